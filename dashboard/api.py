@@ -1,0 +1,95 @@
+"""REST API v1: submit jobs, read their records and outputs, list models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from pydantic import ValidationError
+
+from dashboard.app import scheduler
+from scheduler.submit import SubmitError
+from shared.jobspec import JobSpec, field_errors
+from shared.modelstore import list_models
+from shared.storage import ObjectNotFound
+
+api = Blueprint("api", __name__)
+
+
+def _invalid(status: int, errors: list[dict[str, str]]) -> tuple[Response, int]:
+    return jsonify(error="invalid job spec", errors=errors), status
+
+
+def job_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A job record as clients see it."""
+    outputs = [
+        {"index": i, "key": key, "url": url_for("api.job_output", job_id=record["id"], index=i)}
+        for i, key in enumerate(record.get("outputs", []))
+    ]
+    return {
+        "id": record["id"],
+        "status": record["status"],
+        "progress": record["progress"],
+        "spec": record["spec"],
+        "seeds": record["seeds"],
+        "queue": record["queue"],
+        "worker": record.get("worker"),
+        "error": record.get("error"),
+        "outputs": outputs,
+        "created_at": record["created_at"],
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+    }
+
+
+@api.post("/jobs")
+def submit_job():
+    body = request.get_json(silent=True)
+    if body is None:
+        return _invalid(400, [{"field": "body", "reason": "not a JSON document"}])
+    if not isinstance(body, dict):
+        return _invalid(400, [{"field": "body", "reason": "must be a JSON object"}])
+    try:
+        spec = JobSpec.model_validate(body)
+        record = scheduler().submit(spec)
+    except ValidationError as exc:
+        return _invalid(422, field_errors(exc))
+    except SubmitError as exc:
+        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+    location = url_for("api.get_job", job_id=record["id"])
+    return jsonify(job_view(record)), 202, {"Location": location}
+
+
+@api.get("/jobs")
+def list_jobs():
+    limit = min(request.args.get("limit", 50, type=int), 500)
+    return jsonify(jobs=[job_view(r) for r in scheduler().records.recent(limit)])
+
+
+@api.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    record = scheduler().records.get(job_id)
+    if record is None:
+        return jsonify(error=f"no job {job_id!r}"), 404
+    return jsonify(job_view(record))
+
+
+@api.get("/jobs/<job_id>/outputs/<int:index>")
+def job_output(job_id: str, index: int):
+    record = scheduler().records.get(job_id)
+    if record is None:
+        return jsonify(error=f"no job {job_id!r}"), 404
+    keys = record.get("outputs", [])
+    if not 0 <= index < len(keys):
+        return jsonify(error=f"job {job_id!r} has no output {index}"), 404
+    try:
+        data = current_app.extensions["storage"].get(keys[index])
+    except ObjectNotFound:
+        return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
+    return Response(data, mimetype="image/png")
+
+
+@api.get("/models")
+def models():
+    settings = current_app.config["RENDERFARM"]
+    return jsonify(models=[m.as_dict() for m in list_models(settings.models_dir)])

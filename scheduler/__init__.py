@@ -1,0 +1,1 @@
+"""Submission, routing, job records and the Celery app configuration."""

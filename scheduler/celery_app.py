@@ -1,0 +1,43 @@
+"""The Celery app every component builds from the same settings.
+
+The scheduler only *sends* tasks by name; workers register the task body
+(`worker.tasks`). So the API never imports torch, and both sides agree on one
+configuration.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import HARDWARE_CLASSES, Settings
+
+RUN_JOB = "renderfarm.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("renderfarm", broker=settings.redis_url)
+    # Redis re-delivers an unacked task after the visibility timeout: keep it well
+    # above the longest job, and set it wherever the transport reads it.
+    transport = {"visibility_timeout": settings.job_time_limit_s * 2}
+    app.conf.update(
+        task_queues=[Queue(name) for name in HARDWARE_CLASSES],
+        task_default_queue="cpu",
+        task_serializer="json",
+        accept_content=["json"],
+        # Job records in Redis are the source of truth; Celery results are not used.
+        task_ignore_result=True,
+        # Long GPU jobs: ack only when done, requeue if the worker dies, take one at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=transport["visibility_timeout"],
+        broker_connection_retry_on_startup=True,
+        # Task events on, so Flower and `celery events` can watch the fleet.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""Code every renderfarm component uses: job schema, config, storage, Redis keys."""

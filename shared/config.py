@@ -1,0 +1,39 @@
+"""Configuration from `RENDERFARM_*` environment variables (one place, read once per process)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HARDWARE_CLASSES = ("cpu", "openvino", "gpu")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENDERFARM_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # file:///abs/path or s3://bucket/prefix
+    storage_url: str = Field(default_factory=lambda: f"file://{Path('var/outputs').resolve()}")
+    models_dir: Path = Path("var/models")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    # Limits a submission is checked against.
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+
+    # Longest a single job may run; the broker's visibility timeout sits above it.
+    job_time_limit_s: int = 3600
+    recent_jobs: int = 200
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

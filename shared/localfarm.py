@@ -1,0 +1,115 @@
+"""Starting farm processes on this machine: used by `renderfarm up` and by the tests.
+
+Each service is a real process (redis-server, a worker, the dashboard) started the
+way an operator would start it, so the tests exercise what users run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from redis import Redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with code {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def redis_alive(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
+    """A real redis-server on loopback with persistence on and no eviction."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(lambda: redis_alive(f"redis://127.0.0.1:{port}/0"), 10, "redis-server", proc)
+    return proc
+
+
+def _renderfarm(*args: str, env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", *args],
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+    )
+
+
+def start_worker(
+    hardware: str, env: dict[str, str], log: Path | None = None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    return _renderfarm("worker", "--hardware", hardware, *extra, env=env, log=log)
+
+
+def start_dashboard(
+    host: str, port: int, env: dict[str, str], log: Path | None = None
+) -> subprocess.Popen:
+    proc = _renderfarm("dashboard", "--host", host, "--port", str(port), env=env, log=log)
+    url = f"http://{host}:{port}/api/v1/models"
+    wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 30, "dashboard", proc)
+    return proc
+
+
+def stop(*procs: subprocess.Popen | None, timeout: float = 10) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        if proc is None:
+            continue
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

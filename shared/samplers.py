@@ -1,0 +1,34 @@
+"""SD-WebUI sampler names mapped to diffusers scheduler classes.
+
+Kept as plain data so the API can validate names without importing diffusers;
+the worker turns an entry into a scheduler with `from_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KARRAS = {"use_karras_sigmas": True}
+SDE = {"algorithm_type": "sde-dpmsolver++"}
+
+# name -> (diffusers scheduler class, extra config)
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "LMS Karras": ("LMSDiscreteScheduler", KARRAS),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", KARRAS),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", KARRAS),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", KARRAS),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", SDE),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {**SDE, **KARRAS}),
+    "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
+    "DPM++ SDE Karras": ("DPMSolverSinglestepScheduler", KARRAS),
+    "DDIM": ("DDIMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+}

@@ -1,0 +1,113 @@
+"""Where results live: a local folder (`file://`) or an S3-compatible bucket (`s3://`).
+
+Both backends take the same keys (`jobs/<id>/...`), so a job's outputs can be read
+back without knowing which one the farm was started with.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+from shared.config import Settings, get_settings
+
+
+class ObjectNotFound(KeyError):
+    """The key has no object in storage."""
+
+
+class Storage(ABC):
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+
+class FileStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"key escapes the storage root: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half an object.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+        import boto3  # imported here so file:// users never pay for it
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+        )
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+
+def open_storage(settings: Settings | None = None) -> Storage:
+    settings = settings or get_settings()
+    url = urlparse(settings.storage_url)
+    if url.scheme == "file":
+        return FileStorage(Path(url.path))
+    if url.scheme == "s3":
+        if not url.netloc:
+            raise ValueError(f"no bucket in RENDERFARM_STORAGE_URL={settings.storage_url!r}")
+        return S3Storage(url.netloc, url.path, settings)
+    raise ValueError(
+        f"RENDERFARM_STORAGE_URL must start with file:// or s3://, got {settings.storage_url!r}"
+    )

@@ -1,0 +1,119 @@
+"""Real components for the tests: redis-server, moto's S3 server, worker and dashboard processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from redis import Redis
+
+from shared import localfarm
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BUCKET = "renders"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    port = localfarm.free_port()
+    proc = localfarm.start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    localfarm.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    from worker.demo_models import write_demo_models
+
+    root = tmp_path_factory.mktemp("models")
+    write_demo_models(root)
+    # A model whose folder looks right but whose weights are garbage: it lists, then fails to load.
+    broken = root / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text((root / "demo-sd15" / "model_index.json").read_text())
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (broken / sub).mkdir()
+    (broken / "unet" / "config.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = localfarm.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_env(s3_endpoint) -> dict[str, str]:
+    env = {
+        "RENDERFARM_S3_ENDPOINT_URL": s3_endpoint,
+        "RENDERFARM_S3_ACCESS_KEY_ID": "testing",
+        "RENDERFARM_S3_SECRET_ACCESS_KEY": "testing",
+        "RENDERFARM_S3_REGION": "us-east-1",
+    }
+    s3_client(env).create_bucket(Bucket=BUCKET)
+    return env
+
+
+def s3_client(env: dict[str, str]):
+    return boto3.client(
+        "s3",
+        endpoint_url=env["RENDERFARM_S3_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+@dataclass
+class Farm:
+    url: str
+    env: dict[str, str]
+    redis: Redis
+    logs: Path
+    procs: list = field(default_factory=list)
+
+    def submit(self, **spec) -> requests.Response:
+        return requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
+
+    def wait(self, job_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] not in ("queued", "running"):
+                return job
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s; see {self.logs}")
+
+
+@pytest.fixture(scope="session")
+def farm(redis_url, models_dir, s3_env, tmp_path_factory) -> Iterator[Farm]:
+    """A farm as an operator runs it: one CPU worker and the dashboard, results in S3."""
+    logs = tmp_path_factory.mktemp("logs")
+    env = {
+        **s3_env,
+        "RENDERFARM_REDIS_URL": redis_url,
+        "RENDERFARM_STORAGE_URL": f"s3://{BUCKET}/farm",
+        "RENDERFARM_MODELS_DIR": str(models_dir),
+    }
+    port = localfarm.free_port()
+    worker = localfarm.start_worker("cpu", env, log=logs / "worker.log")
+    dashboard = localfarm.start_dashboard("127.0.0.1", port, env, log=logs / "dashboard.log")
+    yield Farm(
+        f"http://127.0.0.1:{port}", env, Redis.from_url(redis_url), logs, [worker, dashboard]
+    )
+    localfarm.stop(worker, dashboard)

@@ -1,0 +1,36 @@
+"""`renderfarm worker`: a Celery worker process for one hardware class."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from scheduler.celery_app import make_celery
+from shared.config import get_settings
+from worker.runner import JobRunner, register
+
+
+def run_worker(hardware: str, loglevel: str = "INFO") -> None:
+    settings = get_settings()
+    name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"
+    app = make_celery(settings)
+    register(app, JobRunner(settings, hardware, name))
+    # The solo pool runs jobs in this process: the model cache lives across jobs and
+    # CUDA is initialised in the process that runs them.
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            hardware,
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--hostname",
+            name,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
