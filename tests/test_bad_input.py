@@ -1,0 +1,51 @@
+"""Bad input gets a 4xx naming the field and the reason, and nothing is queued or recorded."""
+
+import pytest
+from redis import Redis
+
+from dashboard.app import create_app
+from shared.config import Settings
+
+
+@pytest.fixture
+def client(redis_url, models_dir, tmp_path):
+    # A database of its own and no worker: anything queued would still be sitting there.
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    redis = Redis.from_url(url)
+    redis.flushdb()
+    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    yield create_app(settings).test_client()
+    assert redis.dbsize() == 0, f"bad input left keys behind: {redis.keys()}"
+
+
+GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"model": "no-such-model"}, "model", "unknown model 'no-such-model'"),
+        ({"sampler": "Euler z"}, "sampler", "unknown sampler"),
+        ({"width": 100}, "width", "multiple of 8"),
+        ({"height": 4096}, "height", "between 64 and 2048"),
+        ({"steps": 0}, "steps", "greater than or equal to 1"),
+        ({"steps": 1000}, "steps", "at most 150"),
+        ({"prompt": None}, "prompt", "valid string"),
+        ({"batch_size": "many"}, "batch_size", "valid integer"),
+    ],
+)
+def test_bad_field(client, change, field, reason):
+    resp = client.post("/api/v1/jobs", json={**GOOD, **change})
+    assert resp.status_code == 422
+    errors = {e["field"]: e["reason"] for e in resp.get_json()["errors"]}
+    assert reason in errors[field]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"{not json", "not a JSON document"), (b"[1, 2]", "must be a JSON object"), (b"", "not a")],
+)
+def test_malformed_body(client, body, reason):
+    resp = client.post("/api/v1/jobs", data=body, content_type="application/json")
+    assert resp.status_code == 400
+    assert reason in resp.get_json()["errors"][0]["reason"]

@@ -1,0 +1,84 @@
+"""`renderfarm up` (the README's first command) brings up a farm, and Ctrl-C stops all of it."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from shared import localfarm
+
+
+def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_path):
+    redis_port, port = localfarm.free_port(), localfarm.free_port()
+    env = {
+        **os.environ,
+        "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "RENDERFARM_MODELS_DIR": str(models_dir),
+    }
+    env.pop("RENDERFARM_STORAGE_URL", None)  # the default: a local folder
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in up.stdout:
+            if "renderfarm is up" in line:
+                break
+        else:
+            raise AssertionError(f"up exited with {up.wait()}")
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert {"redis-server", "worker", "dashboard"} <= {
+            word
+            for c in children
+            for word in ("redis-server", "worker", "dashboard")
+            if word in " ".join(c.cmdline())
+        }
+
+        # Submit through the CLI client, as a script would.
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "submit",
+                "a quiet harbour",
+                "--api",
+                f"http://127.0.0.1:{port}",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--steps",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                str(tmp_path / "got"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        job_id = out.stdout.splitlines()[0]
+        assert Image.open(tmp_path / "got" / f"{job_id}-0.png").size == (64, 64)
+        stored = tmp_path / "var" / "outputs" / "jobs" / job_id
+        assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
+        assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir(), "persistence is on"
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)
+    assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/", timeout=2)

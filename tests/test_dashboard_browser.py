@@ -1,0 +1,64 @@
+"""The dashboard page in a real headless Chromium: submit a prompt, see the job and its image."""
+
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Without these, Chromium keeps calling out to the internet, which this machine refuses.
+QUIET = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def page():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        yield browser.new_page()
+        browser.close()
+
+
+def test_submit_from_the_page_and_see_the_thumbnail(farm, page):
+    page.goto(farm.url + "/")
+    page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+    page.select_option("#model-select", "demo-sd15")
+    page.fill("textarea[name=prompt]", "a paper boat from the browser")
+    page.fill("input[name=width]", "64")
+    page.fill("input[name=height]", "64")
+    page.fill("input[name=steps]", "4")
+    page.fill("input[name=seed]", "99")
+    page.click("button[type=submit]")
+
+    row = page.locator("#job-rows tr", has_text="a paper boat from the browser")
+    row.locator("td.status", has_text="succeeded").wait_for(timeout=60_000)
+    thumb = row.locator("img.thumb")
+    thumb.wait_for()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth === 64", arg=thumb.element_handle()
+    )
+
+    job = farm.job(row.get_attribute("data-job-id"))
+    assert job["spec"]["seed"] == 99 and job["spec"]["prompt"] == "a paper boat from the browser"
+
+
+def test_bad_input_is_shown_next_to_the_form(farm, page):
+    page.goto(farm.url + "/")
+    page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+    page.fill("textarea[name=prompt]", "too many steps")
+    page.fill("input[name=steps]", "500")
+    page.click("button[type=submit]")
+    page.locator("#form-errors li", has_text="steps: Value error, must be at most 150").wait_for()
+    assert page.locator("#job-rows tr", has_text="too many steps").count() == 0

@@ -1,0 +1,78 @@
+"""The job spec refuses what cannot run, with the field and the reason."""
+
+import pytest
+from pydantic import ValidationError
+
+from shared.jobspec import MAX_SEED, JobSpec, field_errors
+from shared.samplers import SAMPLERS
+
+
+def errors_for(**spec) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({"model": "demo-sd15", "prompt": "a cat", **spec})
+    return {e["field"]: e["reason"] for e in field_errors(info.value)}
+
+
+def test_defaults_are_sd_webui_like():
+    spec = JobSpec(model="demo-sd15", prompt="a cat")
+    assert (spec.width, spec.height, spec.steps, spec.sampler) == (512, 512, 20, "Euler a")
+    assert spec.kind == "txt2img" and spec.hardware == "auto"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("width", 100, "multiple of 8"),
+        ("height", 8192, "between 64 and 2048"),
+        ("width", 32, "between 64"),
+        ("steps", 0, "greater than or equal to 1"),
+        ("steps", 151, "at most 150"),
+        ("sampler", "Euler z", "unknown sampler"),
+        ("batch_size", 9, "at most 8"),
+        ("hardware", "tpu", "'cpu', 'openvino', 'gpu' or 'auto'"),
+        ("seed", MAX_SEED + 1, "less than or equal"),
+        ("cfg_scale", -1, "greater than or equal to 0"),
+        ("kind", "txt2vid", "'txt2img'"),
+        ("unknown_field", 1, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_field_is_named_with_reason(field, value, reason):
+    errors = errors_for(**{field: value})
+    assert field in errors
+    assert reason in errors[field]
+
+
+def test_missing_prompt_and_model_are_named():
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({})
+    assert {e["field"] for e in field_errors(info.value)} == {"model", "prompt"}
+
+
+def test_limits_come_from_settings(monkeypatch):
+    from shared.config import get_settings
+
+    monkeypatch.setenv("RENDERFARM_MAX_WIDTH", "256")
+    get_settings.cache_clear()
+    try:
+        assert "between 64 and 256" in errors_for(width=512)["width"]
+    finally:
+        get_settings.cache_clear()
+
+
+def test_seed_is_chosen_when_open_and_kept_when_given():
+    assert JobSpec(model="m", prompt="p", seed=42).with_seed().seed == 42
+    for open_seed in (None, -1):
+        seeds = {JobSpec(model="m", prompt="p", seed=open_seed).with_seed().seed for _ in range(5)}
+        assert all(0 <= s <= MAX_SEED for s in seeds) and len(seeds) > 1
+
+
+def test_batch_seeds_follow_sd_webui():
+    spec = JobSpec(model="m", prompt="p", seed=MAX_SEED, batch_size=3)
+    assert spec.image_seeds() == [MAX_SEED, 0, 1]
+
+
+def test_every_sampler_names_a_diffusers_scheduler():
+    import diffusers
+
+    for name, (class_name, _) in SAMPLERS.items():
+        assert hasattr(diffusers, class_name), name

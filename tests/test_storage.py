@@ -1,0 +1,52 @@
+"""Both storage backends keep what is put, at the same keys."""
+
+import pytest
+
+from shared.config import Settings
+from shared.storage import FileStorage, ObjectNotFound, S3Storage, open_storage
+from tests.conftest import BUCKET
+
+
+def roundtrip(storage):
+    assert not storage.exists("jobs/a/image-0.png")
+    storage.put("jobs/a/image-0.png", b"\x89PNG data", "image/png")
+    assert storage.exists("jobs/a/image-0.png")
+    assert storage.get("jobs/a/image-0.png") == b"\x89PNG data"
+    storage.put("jobs/a/image-0.png", b"second", "image/png")
+    assert storage.get("jobs/a/image-0.png") == b"second"
+    with pytest.raises(ObjectNotFound):
+        storage.get("jobs/missing.png")
+
+
+def test_file_storage(tmp_path):
+    storage = open_storage(Settings(storage_url=f"file://{tmp_path}"))
+    assert isinstance(storage, FileStorage)
+    roundtrip(storage)
+    assert (tmp_path / "jobs/a/image-0.png").read_bytes() == b"second"
+    assert not list(tmp_path.rglob(".part-*")), "no temporary files left behind"
+
+
+def test_file_storage_refuses_keys_outside_its_root(tmp_path):
+    storage = FileStorage(tmp_path / "root")
+    with pytest.raises(ValueError, match="escapes"):
+        storage.put("../outside.png", b"x", "image/png")
+
+
+def test_s3_storage_through_a_real_s3_endpoint(s3_env):
+    settings = Settings(
+        storage_url=f"s3://{BUCKET}/unit",
+        s3_endpoint_url=s3_env["RENDERFARM_S3_ENDPOINT_URL"],
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+    storage = open_storage(settings)
+    assert isinstance(storage, S3Storage)
+    roundtrip(storage)
+    body = storage.client.get_object(Bucket=BUCKET, Key="unit/jobs/a/image-0.png")["Body"].read()
+    assert body == b"second"
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y", "s3:///no-bucket", "/plain/path"])
+def test_bad_storage_urls_are_refused(url):
+    with pytest.raises(ValueError, match="RENDERFARM_STORAGE_URL"):
+        open_storage(Settings(storage_url=url))
