@@ -86,7 +86,11 @@ def job_output(job_id: str, index: int):
         data = current_app.extensions["storage"].get(keys[index])
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
-    return Response(data, mimetype="image/png")
+    # An output never changes once its job has succeeded, so browsers may keep it.
+    resp = Response(data, mimetype="image/png")
+    resp.cache_control.private = True
+    resp.cache_control.max_age = 3600
+    return resp
 
 
 @api.get("/models")

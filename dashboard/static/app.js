@@ -40,8 +40,12 @@ function renderJobs(jobs) {
   }
 }
 
+let shown = "";
 async function refresh() {
   const { body } = await api("/jobs?limit=50");
+  const snapshot = JSON.stringify(body.jobs);
+  if (snapshot === shown) return; // nothing changed: keep the rows (and their images) as they are
+  shown = snapshot;
   renderJobs(body.jobs);
 }
 
