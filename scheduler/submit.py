@@ -37,7 +37,7 @@ class Scheduler:
         self.celery = celery or make_celery(settings)
 
     def submit(self, spec: JobSpec) -> dict[str, Any]:
-        if find_model(spec.model, self.settings.models_dir) is None:
+        if find_model(spec.model, "checkpoint", self.settings.models_dir) is None:
             raise SubmitError("model", f"unknown model {spec.model!r}; see GET /api/v1/models")
         spec = spec.with_seed()
         job_id = uuid.uuid4().hex

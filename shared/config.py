@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_steps: int = 150
     max_batch_size: int = 8
 
+    # Model cache budgets per worker process, in MiB (RAM always; VRAM on CUDA workers).
+    cache_ram_mb: int = 8192
+    cache_vram_mb: int = 0  # 0: the GPU's total memory less a working reserve
+
     # Longest a single job may run; the broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
     recent_jobs: int = 200

@@ -1,7 +1,15 @@
-"""The model store: a folder of models, listed the same way by API, scheduler and workers.
+"""The model store: one folder, listed the same way by API, scheduler and workers.
 
-A model is a sub-folder of `RENDERFARM_MODELS_DIR`. A diffusers pipeline folder (with
-`model_index.json`) is a checkpoint; the folder name is the model's name in job specs.
+Layout (one sub-folder per family, like SD-WebUI's `models/`):
+
+    checkpoints/<name>/model_index.json      a diffusers pipeline folder (SD1.5, SDXL, ...)
+    vae/<name>/config.json                   a diffusers AutoencoderKL folder
+    controlnet/<name>/config.json            a diffusers ControlNetModel folder
+    upscalers/<name>.safetensors|.pth|.pt    any architecture spandrel detects
+    upscalers/<name>/config.json             an AuraSR folder (config.json + model.safetensors)
+
+A model's name is its folder or file name without suffix; names are unique per family.
+Names starting with "." are skipped (half-written models).
 """
 
 from __future__ import annotations
@@ -12,50 +20,76 @@ from pathlib import Path
 
 from shared.config import get_settings
 
+FAMILIES = ("checkpoint", "vae", "controlnet", "upscaler")
+FOLDERS = {
+    "checkpoint": "checkpoints",
+    "vae": "vae",
+    "controlnet": "controlnet",
+    "upscaler": "upscalers",
+}
+UPSCALER_SUFFIXES = (".safetensors", ".pth", ".pt")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    family: str  # "checkpoint" for a diffusers pipeline folder
+    family: str
     path: Path
-    pipeline_class: str
+    # What the files say they are: the pipeline or model class, or "spandrel"/"aura-sr".
+    kind: str
     size_bytes: int
 
     def as_dict(self) -> dict:
         return {
             "name": self.name,
             "family": self.family,
-            "pipeline_class": self.pipeline_class,
+            "kind": self.kind,
             "size_bytes": self.size_bytes,
         }
 
 
-def _folder_bytes(path: Path) -> int:
+def _bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _read_checkpoint(path: Path) -> ModelInfo | None:
-    index = path / "model_index.json"
-    if not index.is_file():
-        return None
+def _class_name(config: Path) -> str | None:
     try:
-        pipeline_class = json.loads(index.read_text())["_class_name"]
-    except (ValueError, KeyError):
+        return json.loads(config.read_text()).get("_class_name") or "unknown"
+    except (OSError, ValueError, AttributeError):
         return None
-    return ModelInfo(path.name, "checkpoint", path, pipeline_class, _folder_bytes(path))
 
 
-def list_models(models_dir: Path | None = None) -> list[ModelInfo]:
+def _read(family: str, path: Path) -> ModelInfo | None:
+    kind: str | None = None
+    if family == "checkpoint" and path.is_dir():
+        kind = _class_name(path / "model_index.json")
+    elif family in ("vae", "controlnet") and path.is_dir():
+        kind = _class_name(path / "config.json")
+    elif family == "upscaler":
+        if path.is_file() and path.suffix in UPSCALER_SUFFIXES:
+            kind = "spandrel"
+        elif path.is_dir() and (path / "config.json").is_file():
+            kind = "aura-sr"
+    if kind is None:
+        return None
+    name = path.stem if path.is_file() else path.name
+    return ModelInfo(name, family, path, kind, _bytes(path))
+
+
+def list_models(models_dir: Path | None = None, family: str | None = None) -> list[ModelInfo]:
     root = models_dir or get_settings().models_dir
-    if not root.is_dir():
-        return []
-    found = (
-        _read_checkpoint(p)
-        for p in sorted(root.iterdir())
-        if p.is_dir() and not p.name.startswith(".")  # skip half-written models
-    )
-    return [m for m in found if m is not None]
+    found = []
+    for fam in (family,) if family else FAMILIES:
+        folder = root / FOLDERS[fam]
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not path.name.startswith(".") and (info := _read(fam, path)):
+                found.append(info)
+    return found
 
 
-def find_model(name: str, models_dir: Path | None = None) -> ModelInfo | None:
-    return next((m for m in list_models(models_dir) if m.name == name), None)
+def find_model(name: str, family: str, models_dir: Path | None = None) -> ModelInfo | None:
+    return next((m for m in list_models(models_dir, family) if m.name == name), None)

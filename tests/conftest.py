@@ -34,9 +34,10 @@ def models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     write_demo_models(root)
     # A model whose folder looks right but whose weights are garbage: it lists, then fails to load.
-    broken = root / "broken-model"
+    broken = root / "checkpoints" / "broken-model"
     broken.mkdir()
-    (broken / "model_index.json").write_text((root / "demo-sd15" / "model_index.json").read_text())
+    index = root / "checkpoints" / "demo-sd15" / "model_index.json"
+    (broken / "model_index.json").write_text(index.read_text())
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         (broken / sub).mkdir()
     (broken / "unet" / "config.json").write_text("{not json")

@@ -102,7 +102,7 @@ def test_job_list_models_and_missing_things(farm):
     assert listed[0]["id"] == job["id"], "most recent first"
     models = requests.get(f"{farm.url}/api/v1/models", timeout=10).json()["models"]
     demo = next(m for m in models if m["name"] == "demo-sd15")
-    assert demo["family"] == "checkpoint" and demo["pipeline_class"] == "StableDiffusionPipeline"
+    assert demo["family"] == "checkpoint" and demo["kind"] == "StableDiffusionPipeline"
     assert 0 < demo["size_bytes"] < 20_000_000
     assert requests.get(f"{farm.url}/api/v1/jobs/nope", timeout=10).status_code == 404
     assert (

@@ -119,22 +119,30 @@ def build_sd15(out: Path, seed: int = 0) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-BUILDERS = {DEMO_SD15: build_sd15}
+# (family folder, name) -> builder writing the model at the given path
+BUILDERS = {("checkpoints", DEMO_SD15): build_sd15}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_demo_models(models_dir: Path, force: bool = False) -> list[str]:
     """Write every demo model that is absent (or all, with `force`); returns those written."""
-    models_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, build in BUILDERS.items():
-        target = models_dir / name
+    for (folder, name), build in BUILDERS.items():
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        target = models_dir / folder / name
         if target.exists() and not force:
             continue
         # Build beside the target and rename, so a half-written model is never listed.
-        staging = models_dir / f".{name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = models_dir / folder / f".{name}.partial"
+        _remove(staging)
         build(staging)
-        shutil.rmtree(target, ignore_errors=True)
+        _remove(target)
         staging.rename(target)
         log.info("wrote demo model %s", target)
         written.append(name)

@@ -38,7 +38,7 @@ class JobRunner:
         self.cache = ModelCache(max_entries=1)
 
     def pipeline(self, model_name: str) -> LoadedPipeline:
-        model = find_model(model_name, self.settings.models_dir)
+        model = find_model(model_name, "checkpoint", self.settings.models_dir)
         if model is None:
             raise JobFailed(f"model {model_name!r} is not in this worker's model store")
         key = (str(model.path.resolve()), str(self.dtype), self.device)
