@@ -1,51 +1,346 @@
-"""The worker's model cache: loaded models stay between jobs, keyed by what was loaded.
+"""The worker's model cache: loaded models stay between jobs, within a memory budget.
 
-Loading is separate from caching (as in InvokeAI's model manager): callers pass a
-loader, the cache decides whether to call it.
+Loading is separate from caching (as in InvokeAI's model manager): callers pass a loader,
+the cache decides whether to call it. The cache does not know model families: it stores
+any object and measures its weights (`worker.memory`), so pipelines, VAEs, ControlNets and
+every upscaler family go through the same load, lock, evict and unload path (seed bug 000).
+
+- Budget: bytes of distinct tensor storages over all entries; a storage shared by several
+  entries (`from_pipe` variants) counts once.
+- Eviction: least recently used first, never an entry a job holds (`use`). If only locked
+  entries are left, the cache goes over budget and counts it in `over_budget_events`.
+- Loads: one at a time per key (a second caller waits and gets the same object), different
+  keys in parallel; a failed load leaves nothing behind.
+- Dropped entries give their memory back (`memory.release_memory`) — provided nobody else
+  still holds a reference: `get` hands out the object unlocked, so keep it only briefly.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
+import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from worker.memory import StorageId, release_memory, storage_sizes
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OnEvict = Callable[[Any], None]
+
+
+class EntryLocked(RuntimeError):
+    """An entry a job is using cannot be unloaded."""
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What was loaded, and how: the same key loads, looks up, locks and evicts an entry."""
+
+    path: str  # resolved file or folder
+    dtype: str  # e.g. "torch.float16"
+    device: str  # e.g. "cuda:0", "cpu"
+    variant: str = ""  # e.g. an OpenVINO compiled shape
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, dtype: Any, device: Any, variant: str = "") -> CacheKey:
+        """A canonical key: symlinks and relative paths resolve to one identity."""
+        return cls(str(Path(path).resolve()), str(dtype), str(device), variant)
 
 
 @dataclass
-class CacheStats:
+class _Entry:
+    value: Any
+    storages: dict[StorageId, int]
+    load_s: float
+    last_used: float = field(default_factory=time.time)
+    locks: int = 0
+    on_evict: OnEvict | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+@dataclass
+class _KeyLock:
+    """Serialises loads of one key; dropped when nobody waits on it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+@dataclass
+class _Counters:
     hits: int = 0
-    misses: int = 0
+    misses: int = 0  # a load was attempted: misses == loads + load_failures
     loads: int = 0
+    load_failures: int = 0
     evictions: int = 0
+    unloads: int = 0
+    high_water_bytes: int = 0
+    over_budget_events: int = 0
 
 
 class ModelCache:
-    """Least-recently-used cache of loaded models, holding at most `max_entries`."""
+    """Loaded models within `budget_bytes`, least recently used evicted first."""
 
-    def __init__(self, max_entries: int = 1) -> None:
-        self.max_entries = max_entries
-        self.stats = CacheStats()
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, budget_bytes: int, name: str = "ram") -> None:
+        if budget_bytes < 0:
+            raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
+        self.budget_bytes = budget_bytes
+        self.name = name
+        self._lock = threading.Lock()  # guards everything below; never held during a load
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()  # least recent first
+        self._key_locks: dict[CacheKey, _KeyLock] = {}
+        # Storage -> [bytes, number of entries holding it]: the union over all entries.
+        self._storages: dict[StorageId, list[int]] = {}
+        self._bytes_in_use = 0
+        self._counters = _Counters()
 
-    def get(self, key: Hashable, loader: Callable[[], Any]) -> Any:
+    # -- using models ------------------------------------------------------------------------
+
+    def get(
+        self,
+        key: CacheKey,
+        loader: Callable[[], T],
+        *,
+        size_hint: int | None = None,
+        on_evict: OnEvict | None = None,
+    ) -> T:
+        """The cached object, loading it on a miss. Not locked: it may be evicted later."""
+        return self._acquire(key, loader, size_hint, on_evict, lock=False)
+
+    @contextmanager
+    def use(
+        self,
+        key: CacheKey,
+        loader: Callable[[], T],
+        *,
+        size_hint: int | None = None,
+        on_evict: OnEvict | None = None,
+    ) -> Iterator[T]:
+        """The cached object, locked (never evicted or unloaded) until the block exits.
+
+        `size_hint`: expected bytes, to make room before loading rather than after.
+        `on_evict(obj)`: called once when the entry leaves the cache (set by the loading call).
+        """
+        value = self._acquire(key, loader, size_hint, on_evict, lock=True)
+        try:
+            yield value
+        finally:
+            self._release(key)
+
+    def _acquire(
+        self,
+        key: CacheKey,
+        loader: Callable[[], T],
+        size_hint: int | None,
+        on_evict: OnEvict | None,
+        lock: bool,
+    ) -> T:
         with self._lock:
             if key in self._entries:
-                self.stats.hits += 1
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            self.stats.misses += 1
-            # Make room first, so the old model is gone before the new one loads.
-            while len(self._entries) >= self.max_entries:
-                self._entries.popitem(last=False)
-                self.stats.evictions += 1
-            # A failed load raises here and leaves nothing behind.
-            value = loader()
-            self.stats.loads += 1
-            self._entries[key] = value
-            return value
+                return self._hit(key, lock)
+            key_lock = self._key_locks.setdefault(key, _KeyLock())
+            key_lock.users += 1
+        try:
+            with key_lock.lock:
+                return self._load(key, loader, size_hint, on_evict, lock)
+        finally:
+            with self._lock:
+                key_lock.users -= 1
+                if key_lock.users == 0:
+                    del self._key_locks[key]
 
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
+    def _hit(self, key: CacheKey, lock: bool) -> Any:
+        entry = self._entries[key]
+        self._counters.hits += 1
+        self._touch(key, entry)
+        entry.locks += lock
+        return entry.value
+
+    def _load(
+        self,
+        key: CacheKey,
+        loader: Callable[[], T],
+        size_hint: int | None,
+        on_evict: OnEvict | None,
+        lock: bool,
+    ) -> T:
+        """Under the key's lock: load unless another thread just did."""
+        with self._lock:
+            if key in self._entries:
+                return self._hit(key, lock)
+            self._counters.misses += 1
+            evicted = self._evict_lru(size_hint or 0, protect=None)
+        # Free the evicted models before the new one takes their place.
+        self._drop(evicted)
+
+        started = time.perf_counter()
+        try:
+            value = loader()
+            storages = storage_sizes(value)
+        except BaseException as exc:
+            with self._lock:
+                self._counters.load_failures += 1
+            # The traceback's finished frames hold the half-built model: free it now.
+            traceback.clear_frames(exc.__traceback__)
+            release_memory()
+            raise
+        entry = _Entry(value, storages, time.perf_counter() - started)
+        entry.locks, entry.on_evict = int(lock), on_evict
+
+        with self._lock:
+            self._entries[key] = entry
+            self._add_storages(entry)
+            self._counters.loads += 1
+            self._counters.high_water_bytes = max(
+                self._counters.high_water_bytes, self._bytes_in_use
+            )
+            evicted = self._evict_lru(0, protect=key)
+            if self._bytes_in_use > self.budget_bytes:
+                self._counters.over_budget_events += 1
+                log.warning(
+                    "%s cache over budget: %d > %d bytes; the rest is locked or just loaded",
+                    self.name,
+                    self._bytes_in_use,
+                    self.budget_bytes,
+                )
+        self._drop(evicted)
+        return value
+
+    def _release(self, key: CacheKey) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.locks -= 1
+                self._touch(key, entry)
+            # A job let go: an over-budget cache can shrink now rather than at the next load.
+            evicted = self._evict_lru(0, protect=None)
+        self._drop(evicted)
+
+    # -- dropping models ---------------------------------------------------------------------
+
+    def unload(self, key: CacheKey) -> bool:
+        """Drop one entry and give its memory back. False if it is not cached.
+
+        Raises EntryLocked while a job uses it.
+        """
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False
+            if entry.locks:
+                raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not unloading")
+            self._remove(key)
+            self._counters.unloads += 1
+        self._drop([entry])
+        return True
+
+    def clear(self) -> int:
+        """Unload every entry no job holds; returns how many were unloaded."""
+        with self._lock:
+            dropped = [self._remove(k) for k, e in list(self._entries.items()) if not e.locks]
+            self._counters.unloads += len(dropped)
+        self._drop(dropped)
+        return len(dropped)
+
+    def _evict_lru(self, incoming: int, protect: CacheKey | None) -> list[_Entry]:
+        """Under the lock: remove unlocked entries, least recent first, until `incoming`
+        more bytes fit in the budget. Returns them, to be dropped outside the lock."""
+        evicted: list[_Entry] = []
+        while self._bytes_in_use + incoming > self.budget_bytes:
+            victim = next(
+                (k for k, e in self._entries.items() if not e.locks and k != protect), None
+            )
+            if victim is None:
+                break
+            evicted.append(self._remove(victim))
+            self._counters.evictions += 1
+        return evicted
+
+    def _remove(self, key: CacheKey) -> _Entry:
+        entry = self._entries.pop(key)
+        for sid in entry.storages:
+            held = self._storages[sid]
+            held[1] -= 1
+            if held[1] == 0:
+                del self._storages[sid]
+                self._bytes_in_use -= held[0]
+        return entry
+
+    def _add_storages(self, entry: _Entry) -> None:
+        for sid, nbytes in entry.storages.items():
+            held = self._storages.setdefault(sid, [nbytes, 0])
+            if held[1] == 0:
+                self._bytes_in_use += nbytes
+            held[1] += 1
+
+    def _drop(self, entries: list[_Entry]) -> None:
+        """Outside the lock: tell owners, drop the cache's references, return the memory."""
+        if not entries:
+            return
+        for entry in entries:
+            if entry.on_evict is not None:
+                try:
+                    entry.on_evict(entry.value)
+                except Exception:
+                    log.exception("%s cache: on_evict callback failed", self.name)
+            entry.value = None  # the cache's last reference
+        release_memory()
+
+    def _touch(self, key: CacheKey, entry: _Entry) -> None:
+        self._entries.move_to_end(key)
+        entry.last_used = time.time()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and entries (least recently used first), as plain JSON-able values."""
+        with self._lock:
+            entries = [
+                {
+                    **asdict(key),
+                    "size_bytes": entry.size_bytes,
+                    "last_used": entry.last_used,
+                    "locks": entry.locks,
+                    "load_s": round(entry.load_s, 4),
+                }
+                for key, entry in self._entries.items()
+            ]
+            total = sum(e["size_bytes"] for e in entries)
+            return {
+                "name": self.name,
+                **asdict(self._counters),
+                "bytes_in_use": self._bytes_in_use,
+                # Bytes counted in more than one entry's size_bytes but held once.
+                "shared_bytes": total - self._bytes_in_use,
+                "budget_bytes": self.budget_bytes,
+                "entries": entries,
+            }
+
+    @property
+    def bytes_in_use(self) -> int:
+        return self._bytes_in_use
+
+    def keys(self) -> list[CacheKey]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
