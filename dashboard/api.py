@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from dashboard.app import scheduler
 from scheduler.submit import SubmitError
-from shared.jobspec import JobSpec, field_errors
+from shared.jobspec import field_errors, parse_spec
 from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
 
@@ -50,7 +50,7 @@ def submit_job():
     if not isinstance(body, dict):
         return _invalid(400, [{"field": "body", "reason": "must be a JSON object"}])
     try:
-        spec = JobSpec.model_validate(body)
+        spec = parse_spec(body)
         record = scheduler().submit(spec)
     except ValidationError as exc:
         return _invalid(422, field_errors(exc))
@@ -83,7 +83,7 @@ def job_output(job_id: str, index: int):
     if not 0 <= index < len(keys):
         return jsonify(error=f"job {job_id!r} has no output {index}"), 404
     try:
-        data = current_app.extensions["storage"].get(keys[index])
+        data = scheduler().storage.get(keys[index])
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
     # An output never changes once its job has succeeded, so browsers may keep it.

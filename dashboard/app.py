@@ -12,8 +12,7 @@ from shared.storage import open_storage
 def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     app.config["RENDERFARM"] = settings
-    app.extensions["scheduler"] = Scheduler(settings)
-    app.extensions["storage"] = open_storage(settings)
+    app.extensions["scheduler"] = Scheduler(settings, storage=open_storage(settings))
 
     from dashboard.api import api
     from dashboard.ui import ui

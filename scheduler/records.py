@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 
 from shared import keys
-from shared.jobspec import JobSpec
+from shared.jobspec import AnySpec
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL = ("succeeded", "failed", "canceled")
@@ -47,7 +47,7 @@ class JobRecords:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
 
-    def create(self, job_id: str, spec: JobSpec, queue: str) -> dict[str, Any]:
+    def create(self, job_id: str, spec: AnySpec, queue: str) -> dict[str, Any]:
         now = time.time()
         fields = {
             "id": job_id,

@@ -20,7 +20,7 @@ from shared.config import HARDWARE_CLASSES, get_settings
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
-    run_worker(args.hardware, args.loglevel)
+    run_worker(args.hardware, args.loglevel, args.preload)
     return 0
 
 
@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker for one hardware class")
     p.add_argument("--hardware", choices=HARDWARE_CLASSES, default="cpu")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument(
+        "--preload",
+        action="append",
+        metavar="CHECKPOINT",
+        help="load this checkpoint before taking jobs (repeatable)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("dashboard", help="serve the dashboard and REST API")

@@ -1,23 +1,137 @@
-"""The job spec: what a client asks for, validated before anything is recorded or queued."""
+"""Job specs: what a client asks for, validated before anything is recorded or queued.
+
+One spec class per job kind, told apart by `kind` (default `txt2img`). Parameters are
+named as SD-WebUI users know them. Images (init image, mask, control images, the image to
+upscale) arrive as base64 PNG/JPEG (a data URL is fine); the scheduler stores them
+content-addressed under `inputs/` and the recorded spec names that key instead.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
+import re
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.config import get_settings
 from shared.samplers import SAMPLERS
 
 MAX_SEED = 2**32 - 1
+MAX_IMAGE_BYTES = 32 * 2**20
+INPUT_KEY = re.compile(r"^inputs/[0-9a-f]{64}\.png$")
 Hardware = Literal["cpu", "openvino", "gpu", "auto"]
 
 
-class JobSpec(BaseModel):
+def decode_image(value: str) -> bytes:
+    """Base64 (or a data URL) → the bytes of a PNG/JPEG/WebP image; ValueError if it is not one."""
+    from PIL import Image
+
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be a base64-encoded image or an inputs/<sha256>.png key") from None
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise ValueError(f"image is larger than {MAX_IMAGE_BYTES >> 20} MiB")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.verify()
+    except Exception:
+        raise ValueError("is not a readable image (PNG, JPEG or WebP)") from None
+    return raw
+
+
+def input_key(raw: bytes) -> str:
+    return f"inputs/{hashlib.sha256(raw).hexdigest()}.png"
+
+
+def _image_ref(value: str) -> str:
+    if not INPUT_KEY.match(value):
+        decode_image(value)
+    return value
+
+
+class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["txt2img"] = "txt2img"
+    hardware: Hardware = "auto"
+
+    def with_seed(self) -> _Spec:
+        return self
+
+    def image_seeds(self) -> list[int]:
+        return []
+
+    def output_count(self) -> int:
+        return 1
+
+    def output_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def image_fields(self) -> list[tuple[str, ...]]:
+        """Paths (field names / indexes) of every image input in this spec."""
+        return []
+
+    def required_models(self) -> list[tuple[str, str, str]]:
+        """Every model the job needs from the store, as (field, family, name)."""
+        return []
+
+
+def _check_dimension(v: int, info: ValidationInfo) -> int:
+    settings = get_settings()
+    limit = settings.max_height if "height" in info.field_name else settings.max_width
+    if v % 8:
+        raise ValueError("must be a multiple of 8")
+    if not 64 <= v <= limit:
+        raise ValueError(f"must be between 64 and {limit}")
+    return v
+
+
+class ControlNetUnit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=200)
+    image: str
+    conditioning_scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    guidance_start: float = Field(default=0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    _image = field_validator("image")(lambda cls, v: _image_ref(v))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlNetUnit:
+        if self.guidance_start >= self.guidance_end:
+            raise ValueError("guidance_start must be below guidance_end")
+        return self
+
+
+class HiresFix(BaseModel):
+    """SD-WebUI's hires fix: render at base size, upscale, then img2img at the target size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(default=2.0, gt=1.0, le=4.0)
+    # "latent" (interpolate the latents) or the name of an upscaler model.
+    upscaler: str = "latent"
+    steps: int | None = Field(default=None, ge=1)  # None: the same as the first pass
+    denoising_strength: float = Field(default=0.55, gt=0.0, le=1.0)
+
+
+class DiffusionSpec(_Spec):
     model: str = Field(min_length=1, max_length=200)
     prompt: str = Field(max_length=10_000)
     negative_prompt: str = Field(default="", max_length=10_000)
@@ -28,8 +142,13 @@ class JobSpec(BaseModel):
     width: int = 512
     height: int = 512
     batch_size: int = Field(default=1, ge=1)
+    batch_count: int = Field(default=1, ge=1, le=100)
     sampler: str = "Euler a"
-    hardware: Hardware = "auto"
+    # None / "automatic": the checkpoint's own VAE; otherwise a VAE from the store, this job only.
+    vae: str | None = Field(default=None, max_length=200)
+    controlnet: list[ControlNetUnit] = Field(default_factory=list, max_length=4)
+
+    _dims = field_validator("width", "height")(_check_dimension)
 
     @field_validator("steps")
     @classmethod
@@ -37,17 +156,6 @@ class JobSpec(BaseModel):
         limit = get_settings().max_steps
         if v > limit:
             raise ValueError(f"must be at most {limit}")
-        return v
-
-    @field_validator("width", "height")
-    @classmethod
-    def _dimension(cls, v: int, info) -> int:
-        settings = get_settings()
-        limit = settings.max_width if info.field_name == "width" else settings.max_height
-        if v % 8:
-            raise ValueError("must be a multiple of 8")
-        if not 64 <= v <= limit:
-            raise ValueError(f"must be between 64 and {limit}")
         return v
 
     @field_validator("batch_size")
@@ -65,21 +173,137 @@ class JobSpec(BaseModel):
             raise ValueError(f"unknown sampler {v!r}; known: {', '.join(SAMPLERS)}")
         return v
 
-    def with_seed(self) -> JobSpec:
+    @field_validator("vae")
+    @classmethod
+    def _automatic_vae(cls, v: str | None) -> str | None:
+        return None if v in (None, "", "none", "None", "automatic", "Automatic") else v
+
+    def with_seed(self) -> DiffusionSpec:
         """The spec with a concrete seed, chosen at random when the client left it open."""
         if self.seed is not None and self.seed >= 0:
             return self
         return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
 
     def image_seeds(self) -> list[int]:
-        """One seed per image, SD-WebUI style: seed, seed+1, ..."""
+        """One seed per image over all batches, SD-WebUI style: seed, seed+1, ..."""
         assert self.seed is not None and self.seed >= 0, "resolve the seed first"
-        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.output_count())]
+
+    def output_count(self) -> int:
+        return self.batch_size * self.batch_count
+
+    def output_size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def image_fields(self) -> list[tuple[str, ...]]:
+        return [("controlnet", str(i), "image") for i in range(len(self.controlnet))]
+
+    def required_models(self) -> list[tuple[str, str, str]]:
+        needed = [("model", "checkpoint", self.model)]
+        if self.vae:
+            needed.append(("vae", "vae", self.vae))
+        needed += [
+            (f"controlnet.{i}.model", "controlnet", unit.model)
+            for i, unit in enumerate(self.controlnet)
+        ]
+        return needed
+
+
+class Txt2ImgSpec(DiffusionSpec):
+    kind: Literal["txt2img"] = "txt2img"
+    hires: HiresFix | None = None
+
+    def output_size(self) -> tuple[int, int]:
+        if self.hires is None:
+            return self.width, self.height
+        return hires_size(self.width, self.height, self.hires.scale)
+
+    def required_models(self) -> list[tuple[str, str, str]]:
+        needed = super().required_models()
+        if self.hires and self.hires.upscaler != "latent":
+            needed.append(("hires.upscaler", "upscaler", self.hires.upscaler))
+        return needed
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The hires-fix target size: scaled, rounded down to a multiple of 8."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+class Img2ImgSpec(DiffusionSpec):
+    """img2img; with a `mask` it is inpainting (white = repaint)."""
+
+    kind: Literal["img2img"] = "img2img"
+    init_image: str
+    denoising_strength: float = Field(default=0.75, gt=0.0, le=1.0)
+    resize_mode: Literal["just_resize", "crop_and_resize", "resize_and_fill"] = "just_resize"
+    mask: str | None = None
+    mask_blur: int = Field(default=4, ge=0, le=64)
+
+    _images = field_validator("init_image", "mask")(
+        lambda cls, v: v if v is None else _image_ref(v)
+    )
+
+    def image_fields(self) -> list[tuple[str, ...]]:
+        fields = [("init_image",)] + ([("mask",)] if self.mask else [])
+        return fields + super().image_fields()
+
+
+class UpscaleSpec(_Spec):
+    kind: Literal["upscale"]
+    image: str
+    upscaler: str = Field(min_length=1, max_length=200)
+    # Either a scale factor or an exact target size (both width and height).
+    scale: float | None = Field(default=None, gt=0.0, le=16.0)
+    width: int | None = Field(default=None, ge=1)
+    height: int | None = Field(default=None, ge=1)
+    tile: int = Field(default=256, ge=32, le=2048)
+    # Drop the upscaler from the worker's cache when the job is done.
+    unload_after: bool = False
+
+    _image = field_validator("image")(lambda cls, v: _image_ref(v))
+
+    @model_validator(mode="after")
+    def _scale_or_size(self) -> UpscaleSpec:
+        sized = (self.width is not None, self.height is not None)
+        if self.scale is None and sized != (True, True):
+            raise ValueError("give either scale, or both width and height")
+        if self.scale is not None and any(sized):
+            raise ValueError("give either scale, or width and height, not both")
+        settings = get_settings()
+        if (self.width or 0) > settings.max_width * 4 or (
+            self.height or 0
+        ) > settings.max_height * 4:
+            raise ValueError("target size is larger than 4x the farm's maximum image size")
+        return self
+
+    def image_fields(self) -> list[tuple[str, ...]]:
+        return [("image",)]
+
+    def required_models(self) -> list[tuple[str, str, str]]:
+        return [("upscaler", "upscaler", self.upscaler)]
+
+
+AnySpec = Txt2ImgSpec | Img2ImgSpec | UpscaleSpec
+JobSpec = Annotated[AnySpec, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
+
+
+def parse_spec(data: object) -> AnySpec:
+    """Validate a client's spec (a dict); `kind` defaults to txt2img."""
+    if isinstance(data, dict) and "kind" not in data:
+        data = {**data, "kind": "txt2img"}
+    return _ADAPTER.validate_python(data)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic errors as [{field, reason}] for API answers."""
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "body", "reason": err["msg"]}
-        for err in exc.errors()
-    ]
+    """Pydantic errors as [{field, reason}] for API answers (the union's kind tag left out)."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] in ("txt2img", "img2img", "upscale"):
+            loc = loc[1:]
+        if err["type"] == "union_tag_invalid":
+            loc = ["kind"]
+        out.append({"field": ".".join(loc) or "body", "reason": err["msg"]})
+    return out

@@ -24,7 +24,7 @@ GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
 @pytest.mark.parametrize(
     ("change", "field", "reason"),
     [
-        ({"model": "no-such-model"}, "model", "unknown model 'no-such-model'"),
+        ({"model": "no-such-model"}, "model", "unknown checkpoint 'no-such-model'"),
         ({"sampler": "Euler z"}, "sampler", "unknown sampler"),
         ({"width": 100}, "width", "multiple of 8"),
         ({"height": 4096}, "height", "between 64 and 2048"),

@@ -90,7 +90,7 @@ def test_same_seed_same_images_and_open_seed_is_recorded(farm):
 def test_model_that_fails_to_load_fails_the_job_and_the_worker_goes_on(farm):
     broken = farm.wait(farm.submit(prompt="x", **{**TINY, "model": "broken-model"}).json()["id"])
     assert broken["status"] == "failed"
-    assert "could not load model 'broken-model'" in broken["error"]
+    assert "could not load checkpoint 'broken-model'" in broken["error"]
     assert broken["outputs"] == []
     after = farm.wait(farm.submit(prompt="still serving", **TINY).json()["id"])
     assert after["status"] == "succeeded"

@@ -3,18 +3,18 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.jobspec import MAX_SEED, JobSpec, field_errors
+from shared.jobspec import MAX_SEED, Txt2ImgSpec, UpscaleSpec, field_errors, parse_spec
 from shared.samplers import SAMPLERS
 
 
 def errors_for(**spec) -> dict[str, str]:
     with pytest.raises(ValidationError) as info:
-        JobSpec.model_validate({"model": "demo-sd15", "prompt": "a cat", **spec})
+        parse_spec({"model": "demo-sd15", "prompt": "a cat", **spec})
     return {e["field"]: e["reason"] for e in field_errors(info.value)}
 
 
 def test_defaults_are_sd_webui_like():
-    spec = JobSpec(model="demo-sd15", prompt="a cat")
+    spec = Txt2ImgSpec(model="demo-sd15", prompt="a cat")
     assert (spec.width, spec.height, spec.steps, spec.sampler) == (512, 512, 20, "Euler a")
     assert spec.kind == "txt2img" and spec.hardware == "auto"
 
@@ -32,7 +32,7 @@ def test_defaults_are_sd_webui_like():
         ("hardware", "tpu", "'cpu', 'openvino', 'gpu' or 'auto'"),
         ("seed", MAX_SEED + 1, "less than or equal"),
         ("cfg_scale", -1, "greater than or equal to 0"),
-        ("kind", "txt2vid", "'txt2img'"),
+        ("kind", "txt2vid", "'txt2img', 'img2img', 'upscale'"),
         ("unknown_field", 1, "Extra inputs are not permitted"),
     ],
 )
@@ -44,7 +44,7 @@ def test_bad_field_is_named_with_reason(field, value, reason):
 
 def test_missing_prompt_and_model_are_named():
     with pytest.raises(ValidationError) as info:
-        JobSpec.model_validate({})
+        parse_spec({})
     assert {e["field"] for e in field_errors(info.value)} == {"model", "prompt"}
 
 
@@ -60,14 +60,16 @@ def test_limits_come_from_settings(monkeypatch):
 
 
 def test_seed_is_chosen_when_open_and_kept_when_given():
-    assert JobSpec(model="m", prompt="p", seed=42).with_seed().seed == 42
+    assert Txt2ImgSpec(model="m", prompt="p", seed=42).with_seed().seed == 42
     for open_seed in (None, -1):
-        seeds = {JobSpec(model="m", prompt="p", seed=open_seed).with_seed().seed for _ in range(5)}
+        seeds = {
+            Txt2ImgSpec(model="m", prompt="p", seed=open_seed).with_seed().seed for _ in range(5)
+        }
         assert all(0 <= s <= MAX_SEED for s in seeds) and len(seeds) > 1
 
 
 def test_batch_seeds_follow_sd_webui():
-    spec = JobSpec(model="m", prompt="p", seed=MAX_SEED, batch_size=3)
+    spec = Txt2ImgSpec(model="m", prompt="p", seed=MAX_SEED, batch_size=3)
     assert spec.image_seeds() == [MAX_SEED, 0, 1]
 
 
@@ -76,3 +78,31 @@ def test_every_sampler_names_a_diffusers_scheduler():
 
     for name, (class_name, _) in SAMPLERS.items():
         assert hasattr(diffusers, class_name), name
+
+
+def test_kind_defaults_to_txt2img_and_picks_the_spec_class():
+    assert isinstance(parse_spec({"model": "m", "prompt": "p"}), Txt2ImgSpec)
+    spec = parse_spec(
+        {"kind": "upscale", "image": "inputs/" + "a" * 64 + ".png", "upscaler": "u", "scale": 2}
+    )
+    assert isinstance(spec, UpscaleSpec) and spec.output_count() == 1
+
+
+def test_hires_target_size_and_batch_count_seeds():
+    spec = Txt2ImgSpec(
+        model="m",
+        prompt="p",
+        width=72,
+        height=64,
+        hires={"scale": 1.5},
+        seed=3,
+        batch_size=2,
+        batch_count=3,
+    )
+    assert spec.output_size() == (104, 96)
+    assert spec.image_seeds() == [3, 4, 5, 6, 7, 8]
+
+
+def test_vae_automatic_means_the_checkpoints_own():
+    for value in ("automatic", "none", "", None):
+        assert Txt2ImgSpec(model="m", prompt="p", vae=value).vae is None

@@ -11,13 +11,17 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from worker.demo_upscalers import DEMO_UPSCALERS
+
 log = logging.getLogger(__name__)
 
 DEMO_SD15 = "demo-sd15"
+DEMO_SDXL = "demo-sdxl"
 
 
 def _byte_tokens() -> list[str]:
@@ -50,68 +54,91 @@ def write_clip_tokenizer(folder: Path) -> int:
     return len(tokens)
 
 
-def build_sd15(out: Path, seed: int = 0) -> None:
-    """A Stable Diffusion 1.5-layout pipeline, a few MB, that renders 64×64 fast."""
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+def _text_encoder_config(tokenizer, hidden: int, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def _vae(scaling_factor: float = 0.18215, seed: int = 0):
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_size = write_clip_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
+    # Four blocks, so latents are 1/8 of the image as in every real SD VAE.
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
         layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
         norm_num_groups=32,
         sample_size=64,
+        scaling_factor=scaling_factor,
     )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        steps_offset=1,
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
+
+
+SD15_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def build_sd15(out: Path, seed: int = 0) -> None:
+    """A Stable Diffusion 1.5-layout pipeline, a few MB, that renders 64×64 fast."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=_vae(seed=seed),
+        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, 32)),
         tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
+        unet=UNet2DConditionModel(**SD15_UNET),
+        scheduler=PNDMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            skip_prk_steps=True,
+            steps_offset=1,
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -119,8 +146,79 @@ def build_sd15(out: Path, seed: int = 0) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def build_sdxl(out: Path, seed: int = 1) -> None:
+    """A Stable Diffusion XL-layout pipeline: two text encoders, text-time UNet conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 size/crop ids + pooled text
+        cross_attention_dim=64,  # both text encoders' hidden states, concatenated
+        norm_num_groups=32,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(scaling_factor=0.13025, seed=seed),
+        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, 32)),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _text_encoder_config(tokenizer, 32, projection_dim=32)
+        ),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def build_vae(scaling_factor: float, seed: int) -> Callable[[Path], None]:
+    """A standalone VAE folder, as users drop in for a per-job VAE override."""
+
+    def build(out: Path) -> None:
+        _vae(scaling_factor, seed).save_pretrained(out, safe_serialization=True)
+
+    return build
+
+
+def build_controlnet(out: Path, seed: int = 2) -> None:
+    """A ControlNet matching demo-sd15's UNet (built from its config, as `from_unet` does)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(8, 16, 16, 32)
+    )
+    # A fresh ControlNet's output convs are zero (it starts as a no-op); give them weights
+    # so the demo ControlNet visibly steers the image.
+    for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(block.weight, std=0.05)
+    controlnet.save_pretrained(out, safe_serialization=True)
+
+
 # (family folder, name) -> builder writing the model at the given path
-BUILDERS = {("checkpoints", DEMO_SD15): build_sd15}
+BUILDERS: dict[tuple[str, str], Callable[[Path], None]] = {
+    ("checkpoints", DEMO_SD15): build_sd15,
+    ("checkpoints", DEMO_SDXL): build_sdxl,
+    ("vae", "demo-vae-sd15"): build_vae(0.18215, seed=10),
+    ("vae", "demo-vae-sdxl"): build_vae(0.13025, seed=11),
+    ("controlnet", "demo-controlnet-sd15"): build_controlnet,
+    **{("upscalers", name): build for name, build in DEMO_UPSCALERS.items()},
+}
 
 
 def _remove(path: Path) -> None:

@@ -10,11 +10,13 @@ from shared.config import get_settings
 from worker.runner import JobRunner, register
 
 
-def run_worker(hardware: str, loglevel: str = "INFO") -> None:
+def run_worker(hardware: str, loglevel: str = "INFO", preload: list[str] | None = None) -> None:
     settings = get_settings()
     name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings)
-    register(app, JobRunner(settings, hardware, name))
+    runner = JobRunner(settings, hardware, name)
+    runner.preload(preload or [])
+    register(app, runner)
     # The solo pool runs jobs in this process: the model cache lives across jobs and
     # CUDA is initialised in the process that runs them.
     app.worker_main(

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from shared.jobspec import JobSpec
+from shared.jobspec import AnySpec, DiffusionSpec, Img2ImgSpec, Txt2ImgSpec, UpscaleSpec
 from shared.storage import Storage
 
 
@@ -18,23 +18,55 @@ class OutputError(RuntimeError):
     """The pipeline produced something that must not be reported as a result."""
 
 
-def validate(images: np.ndarray, spec: JobSpec) -> None:
-    expected = (spec.batch_size, spec.height, spec.width, 3)
+def validate(images: np.ndarray, count: int, size: tuple[int, int]) -> None:
+    """Exactly `count` RGB images of `size` (width, height), every pixel finite."""
+    width, height = size
+    expected = (count, height, width, 3)
     if images.shape != expected:
         raise OutputError(f"output has shape {images.shape}, expected {expected}")
     if not np.isfinite(images).all():
         raise OutputError("output contains non-finite pixel values (NaN or inf)")
 
 
-def parameters_text(spec: JobSpec, seed: int) -> str:
+def _diffusion_parameters(spec: DiffusionSpec, seed: int, size: tuple[int, int]) -> list[str]:
+    params = [
+        f"Steps: {spec.steps}",
+        f"Sampler: {spec.sampler}",
+        f"CFG scale: {spec.cfg_scale:g}",
+        f"Seed: {seed}",
+        f"Size: {spec.width}x{spec.height}",
+        f"Model: {spec.model}",
+    ]
+    if spec.vae:
+        params.append(f"VAE: {spec.vae}")
+    if isinstance(spec, Img2ImgSpec):
+        params.append(f"Denoising strength: {spec.denoising_strength:g}")
+        if spec.mask:
+            params.append(f"Mask blur: {spec.mask_blur}")
+    if isinstance(spec, Txt2ImgSpec) and spec.hires:
+        params += [
+            f"Denoising strength: {spec.hires.denoising_strength:g}",
+            f"Hires upscale: {spec.hires.scale:g}",
+            f"Hires steps: {spec.hires.steps or spec.steps}",
+            f"Hires upscaler: {spec.hires.upscaler}",
+            f"Hires resize: {size[0]}x{size[1]}",
+        ]
+    for i, unit in enumerate(spec.controlnet):
+        params.append(
+            f'ControlNet {i}: "Model: {unit.model}, Weight: {unit.conditioning_scale:g}, '
+            f'Guidance Start: {unit.guidance_start:g}, Guidance End: {unit.guidance_end:g}"'
+        )
+    return params
+
+
+def parameters_text(spec: AnySpec, index: int, size: tuple[int, int]) -> str:
     """Generation parameters in SD-WebUI's 'parameters' format, so its tools read them."""
+    if isinstance(spec, UpscaleSpec):
+        return f"Upscaler: {spec.upscaler}, Size: {size[0]}x{size[1]}"
     lines = [spec.prompt]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
-    lines.append(
-        f"Steps: {spec.steps}, Sampler: {spec.sampler}, CFG scale: {spec.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {spec.width}x{spec.height}, Model: {spec.model}"
-    )
+    lines.append(", ".join(_diffusion_parameters(spec, spec.image_seeds()[index], size)))
     return "\n".join(lines)
 
 
@@ -56,13 +88,14 @@ def manifest_key(job_id: str) -> str:
 
 
 def store(
-    storage: Storage, job_id: str, spec: JobSpec, images: np.ndarray, extra: dict[str, Any]
+    storage: Storage, job_id: str, spec: AnySpec, images: np.ndarray, extra: dict[str, Any]
 ) -> list[str]:
     """Upload every image, then the manifest naming them; returns the image keys."""
     keys = []
-    for index, (image, seed) in enumerate(zip(images, spec.image_seeds(), strict=True)):
+    size = (images.shape[2], images.shape[1])
+    for index, image in enumerate(images):
         key = image_key(job_id, index)
-        storage.put(key, encode_png(image, parameters_text(spec, seed)), "image/png")
+        storage.put(key, encode_png(image, parameters_text(spec, index, size)), "image/png")
         keys.append(key)
     manifest = {
         "id": job_id,

@@ -1,0 +1,121 @@
+"""The worker's engine in-process: what its cache holds across jobs (seed bugs 001, 003, 004)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from scheduler.submit import Scheduler
+from shared.config import Settings
+from worker.runner import JobRunner
+
+TINY = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 3, "seed": 5}
+INIT = "inputs/" + "0" * 64 + ".png"
+
+
+@pytest.fixture
+def engine(redis_url, models_dir, tmp_path):
+    """A scheduler and a job runner sharing one Redis database and one folder of storage.
+
+    No worker consumes this database's queue: the test runs each job by calling the runner.
+    """
+    url = redis_url.rsplit("/", 1)[0] + "/7"
+    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    scheduler = Scheduler(settings)
+    runner = JobRunner(settings, "cpu", "engine-test")
+
+    def run(**spec) -> dict:
+        from shared.jobspec import parse_spec
+
+        record = scheduler.submit(parse_spec(spec))
+        runner.run(record["id"])
+        done = scheduler.records.get(record["id"])
+        assert done["status"] == "succeeded", done.get("error")
+        return done
+
+    yield scheduler, runner, run
+    Redis.from_url(url).flushdb()
+
+
+def image(runner: JobRunner, record: dict, index: int = 0) -> np.ndarray:
+    from worker.images import open_rgb
+
+    return np.asarray(open_rgb(runner.storage.get(record["outputs"][index])))
+
+
+def loads_of(runner: JobRunner, name: str) -> list[dict]:
+    return [e for e in runner.cache.stats()["entries"] if Path(e["path"]).stem == name]
+
+
+def test_switching_job_kinds_never_reloads_the_checkpoint(engine, gradient_key):
+    scheduler, runner, run = engine
+    run(**TINY)
+    run(**TINY, kind="img2img", init_image=gradient_key)
+    run(**TINY, kind="img2img", init_image=gradient_key, mask=gradient_key)
+    run(**TINY, hires={"scale": 1.5, "steps": 2})
+    run(**TINY, controlnet=[{"model": "demo-controlnet-sd15", "image": gradient_key}])
+    run(**TINY)
+    stats = runner.cache.stats()
+    assert stats["loads"] == 2, "the checkpoint once, the ControlNet once"
+    assert stats["hits"] >= 5
+
+
+def test_controlnet_loads_only_when_a_job_asks_and_preload_is_explicit(engine, gradient_key):
+    scheduler, runner, run = engine
+    assert runner.cache.stats()["entries"] == []
+    runner.preload(["demo-sd15"])
+    assert [Path(e["path"]).stem for e in runner.cache.stats()["entries"]] == ["demo-sd15"]
+    run(**TINY)
+    assert not loads_of(runner, "demo-controlnet-sd15")
+    run(**TINY, controlnet=[{"model": "demo-controlnet-sd15", "image": gradient_key}])
+    assert len(loads_of(runner, "demo-controlnet-sd15")) == 1
+    assert runner.cache.stats()["loads"] == 2
+
+
+def test_vae_override_is_scoped_to_its_job_and_evictable(engine):
+    """Seed 001: SDXL with an explicit VAE, then SD1.5 with none, must use SD1.5's own VAE."""
+    scheduler, runner, run = engine
+    fresh = image(runner, run(**TINY))  # SD1.5 with its own VAE, nothing else ever loaded
+
+    run(**{**TINY, "model": "demo-sdxl", "vae": "demo-vae-sdxl"})
+    again = image(runner, run(**{**TINY, "vae": "automatic"}))
+    assert np.array_equal(fresh, again), "SD1.5 renders with its own VAE again"
+
+    vae = loads_of(runner, "demo-vae-sdxl")
+    assert len(vae) == 1 and vae[0]["locks"] == 0, "no job holds the override any more"
+    before = runner.cache.stats()["bytes_in_use"]
+    from worker.cache import CacheKey
+
+    assert runner.cache.unload(CacheKey(vae[0]["path"], vae[0]["dtype"], vae[0]["device"]))
+    assert runner.cache.stats()["bytes_in_use"] == before - vae[0]["size_bytes"]
+    assert not loads_of(runner, "demo-vae-sdxl")
+
+
+def test_unload_after_use_works_the_same_for_every_upscaler_family(engine, gradient_key):
+    """Seed 000: one family lacked what the unload path assumed. Here there is one path."""
+    scheduler, runner, run = engine
+    for name in ("demo-esrgan-x4", "demo-realesrgan-x2", "demo-aura-sr"):
+        run(kind="upscale", image=gradient_key, upscaler=name, scale=2)
+        assert len(loads_of(runner, name)) == 1, "kept in the cache by default"
+        run(kind="upscale", image=gradient_key, upscaler=name, scale=2, unload_after=True)
+        assert not loads_of(runner, name), f"{name} unloaded after use"
+    assert runner.cache.stats()["unloads"] == 3
+
+
+@pytest.fixture
+def gradient_key(engine) -> str:
+    import io
+
+    from PIL import Image
+
+    scheduler, runner, run = engine
+    x = np.linspace(0, 255, 40, dtype=np.uint8)
+    rgb = np.stack([np.tile(x, (40, 1)), np.tile(x[:, None], (1, 40)), np.full((40, 40), 60)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
+    from shared.jobspec import input_key
+
+    key = input_key(buf.getvalue())
+    runner.storage.put(key, buf.getvalue(), "image/png")
+    return key
