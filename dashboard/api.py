@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import ValidationError
 
 from dashboard.app import scheduler
+from scheduler.fleet import live_workers
 from scheduler.submit import SubmitError
 from shared.jobspec import field_errors, parse_spec
 from shared.modelstore import list_models
@@ -91,6 +92,11 @@ def job_output(job_id: str, index: int):
     resp.cache_control.private = True
     resp.cache_control.max_age = 3600
     return resp
+
+
+@api.get("/workers")
+def workers():
+    return jsonify(workers=live_workers(scheduler().redis))
 
 
 @api.get("/models")

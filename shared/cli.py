@@ -20,7 +20,7 @@ from shared.config import HARDWARE_CLASSES, get_settings
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
-    run_worker(args.hardware, args.loglevel, args.preload)
+    run_worker(args.hardware, args.loglevel, args.preload, args.device)
     return 0
 
 
@@ -28,6 +28,32 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.app import create_app
 
     create_app(get_settings()).run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from scheduler.fleet import live_workers
+
+    fleet = live_workers(Redis.from_url(get_settings().redis_url))
+    if args.json:
+        print(json.dumps(fleet, indent=2))
+        return 0
+    gib = 2**30
+    print(
+        f"{'worker':<34} {'class':<9} {'device':<28} {'memory used/total':>18} "
+        f"{'cache used/budget':>18} {'models':>6} {'done':>5}  job"
+    )
+    for w in fleet:
+        print(
+            f"{w['name']:<34} {w['hardware']:<9} {w['device_name'][:28]:<28} "
+            f"{w['memory_used'] / gib:>8.1f}/{w['memory_total'] / gib:<6.1f}GiB "
+            f"{w['cache_bytes'] / gib:>8.2f}/{w['cache_budget'] / gib:<6.1f}GiB "
+            f"{len(w['models']):>6} {w['jobs_done']:>5}  {w['current_job'] or '-'}"
+        )
+    if not fleet:
+        print("(no live workers)")
     return 0
 
 
@@ -147,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker for one hardware class")
     p.add_argument("--hardware", choices=HARDWARE_CLASSES, default="cpu")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--device", help="torch device for gpu workers, e.g. cuda:1 (default cuda:0)")
     p.add_argument(
         "--preload",
         action="append",
@@ -154,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="load this checkpoint before taking jobs (repeatable)",
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("workers", help="list the live workers from their heartbeats")
+    p.add_argument("--json", action="store_true", help="print the raw heartbeats")
+    p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("dashboard", help="serve the dashboard and REST API")
     p.add_argument("--host", default="127.0.0.1")

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     cache_ram_mb: int = 8192
     cache_vram_mb: int = 0  # 0: the GPU's total memory less a working reserve
 
+    # Workers publish a heartbeat this often; one missing for 3 intervals ages out.
+    heartbeat_s: float = 2.0
+
     # Longest a single job may run; the broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
     recent_jobs: int = 200

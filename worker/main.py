@@ -5,34 +5,49 @@ from __future__ import annotations
 import os
 import socket
 
+from celery.signals import worker_ready
+from redis import Redis
+
 from scheduler.celery_app import make_celery
 from shared.config import get_settings
+from worker.heartbeat import Heartbeat
 from worker.runner import JobRunner, register
 
 
-def run_worker(hardware: str, loglevel: str = "INFO", preload: list[str] | None = None) -> None:
+def run_worker(
+    hardware: str,
+    loglevel: str = "INFO",
+    preload: list[str] | None = None,
+    device: str | None = None,
+) -> None:
     settings = get_settings()
     name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings)
-    runner = JobRunner(settings, hardware, name)
+    runner = JobRunner(settings, hardware, name, device)
     runner.preload(preload or [])
     register(app, runner)
+    heartbeat = Heartbeat(runner, Redis.from_url(settings.redis_url), settings.heartbeat_s)
+    # Beat once the worker consumes its queue, so the fleet only lists workers taking jobs.
+    worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     # The solo pool runs jobs in this process: the model cache lives across jobs and
     # CUDA is initialised in the process that runs them.
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            hardware,
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "--hostname",
-            name,
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                hardware,
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--hostname",
+                name,
+                "--loglevel",
+                loglevel,
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        heartbeat.stop()

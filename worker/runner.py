@@ -33,16 +33,44 @@ class JobFailed(RuntimeError):
     """A job cannot finish; the message is the reason shown to the user."""
 
 
+# Memory a CUDA worker leaves outside its model cache for activations while rendering.
+CUDA_WORKING_RESERVE = 2 * 2**30
+
+
+def pick_device(hardware: str, device: str | None) -> tuple[str, torch.dtype]:
+    """The torch device and dtype a worker of this class runs jobs on."""
+    if hardware != "gpu":
+        return "cpu", torch.float32
+    if not torch.cuda.is_available():
+        raise RuntimeError("a gpu worker needs a CUDA device, and torch sees none")
+    device = device or "cuda:0"
+    torch.cuda.set_device(device)  # CUDA is initialised here, in the process that runs jobs
+    return device, torch.float16
+
+
+def cache_budget(settings: Settings, device: str) -> int:
+    if not device.startswith("cuda"):
+        return settings.cache_ram_mb * 2**20
+    if settings.cache_vram_mb:
+        return settings.cache_vram_mb * 2**20
+    total = torch.cuda.get_device_properties(device).total_memory
+    return max(total - CUDA_WORKING_RESERVE, total // 2)
+
+
 class JobRunner:
-    def __init__(self, settings: Settings, hardware: str, name: str) -> None:
+    def __init__(
+        self, settings: Settings, hardware: str, name: str, device: str | None = None
+    ) -> None:
         self.settings = settings
         self.hardware = hardware
         self.name = name
-        self.device = "cpu"
-        self.dtype = torch.float32
+        self.device, self.dtype = pick_device(hardware, device)
         self.records = JobRecords(Redis.from_url(settings.redis_url))
         self.storage = open_storage(settings)
-        self.cache = ModelCache(settings.cache_ram_mb * 2**20)
+        self.cache = ModelCache(cache_budget(settings, self.device), name=self.device)
+        self.current_job: str | None = None
+        self.jobs_done = 0
+        self.jobs_failed = 0
 
     # -- models, through the one cache every family shares ---------------------------------
 
@@ -132,10 +160,10 @@ class JobRunner:
         ):
             log.info("job %s is %s; not running it", job_id, record["status"])
             return
+        self.current_job = job_id
         try:
             spec = parse_spec(record["spec"])
-            with ExitStack() as stack:
-                result, passes = self.render(job_id, spec, stack)
+            result, passes = self.render_with_retry(job_id, spec)
             if isinstance(spec, UpscaleSpec) and spec.unload_after:
                 self.cache.unload(self._key("upscaler", spec.upscaler)[1])
             outputs.validate(result, spec.output_count(), self.expected_size(spec))
@@ -158,10 +186,30 @@ class JobRunner:
             self.records.transition(
                 job_id, "failed", ("running",), error=reason, finished_at=time.time()
             )
+            self.jobs_failed += 1
             return
+        finally:
+            self.current_job = None
         self.records.transition(
             job_id, "succeeded", ("running",), outputs=keys, progress=1.0, finished_at=time.time()
         )
+        self.jobs_done += 1
+
+    def render_with_retry(self, job_id: str, spec: AnySpec) -> tuple[np.ndarray, list[str]]:
+        """Render; out of device memory, evict every model no job holds and try once more."""
+        try:
+            with ExitStack() as stack:
+                return self.render(job_id, spec, stack)
+        except torch.OutOfMemoryError:
+            log.warning("job %s ran out of device memory; evicting and retrying once", job_id)
+        self.cache.clear()
+        try:
+            with ExitStack() as stack:
+                return self.render(job_id, spec, stack)
+        except torch.OutOfMemoryError as exc:
+            raise JobFailed(
+                f"out of device memory even after evicting cached models: {exc}"
+            ) from exc
 
 
 def register(app: Celery, runner: JobRunner) -> None:

@@ -1,0 +1,71 @@
+"""Every worker advertises itself; `renderfarm workers` and the API show the live fleet."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from shared import localfarm
+
+
+def fleet(farm) -> dict[str, dict]:
+    workers = requests.get(f"{farm.url}/api/v1/workers", timeout=10).json()["workers"]
+    return {w["name"]: w for w in workers}
+
+
+def wait_until(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_heartbeat_describes_the_worker(farm):
+    job = farm.wait(
+        farm.submit(model="demo-sd15", prompt="beat", width=64, height=64, steps=2).json()["id"]
+    )
+    assert job["status"] == "succeeded"
+    wait_until(lambda: any(w["jobs_done"] >= 1 for w in fleet(farm).values()))
+    worker = next(w for w in fleet(farm).values() if w["name"] == job["worker"])
+    assert worker["hardware"] == "cpu" and worker["device"] == "cpu"
+    assert worker["device_name"] and worker["memory_total"] > worker["memory_used"] > 0
+    assert worker["cache_budget"] == 8192 * 2**20
+    assert any(m["path"].endswith("checkpoints/demo-sd15") for m in worker["models"])
+    assert worker["cache_bytes"] == sum(m["size_bytes"] for m in worker["models"])
+    assert worker["current_job"] is None
+    assert {"torch", "diffusers", "celery"} <= worker["versions"].keys()
+
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "workers"],
+        env={**os.environ, **farm.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert job["worker"] in out.stdout
+
+
+def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
+    env = {**farm.env, "RENDERFARM_HEARTBEAT_S": "0.5"}
+    before = set(fleet(farm))
+    polite = localfarm.start_worker("cpu", env, log=tmp_path / "polite.log")
+    killed = localfarm.start_worker("cpu", env, log=tmp_path / "killed.log")
+    try:
+        wait_until(lambda: len(set(fleet(farm)) - before) == 2)
+        new = set(fleet(farm)) - before
+        polite_name = next(n for n in new if n.startswith(f"cpu-{polite.pid}@"))
+        polite.send_signal(signal.SIGTERM)  # warm shutdown says goodbye at once
+        polite.wait(30)
+        assert polite_name not in fleet(farm)
+
+        killed.kill()  # no goodbye: the heartbeat ages out after three missed intervals
+        killed.wait(10)
+        started = time.monotonic()
+        wait_until(lambda: set(fleet(farm)) == before, timeout=10)
+        assert time.monotonic() - started <= 2.5
+    finally:
+        localfarm.stop(polite, killed)

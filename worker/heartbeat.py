@@ -1,0 +1,132 @@
+"""A worker's heartbeat: what it is, what it holds and what it is doing, every few seconds.
+
+A thread in the worker process writes one JSON document to Redis with a TTL of three
+intervals, so a worker that dies (or hangs without beating) ages out on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import torch
+from redis import Redis
+
+from shared import keys
+
+if TYPE_CHECKING:
+    from worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
+VERSIONS = ("renderfarm", "torch", "diffusers", "transformers", "openvino", "celery")
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in VERSIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """Name and memory of the device jobs run on (the GPU's own memory on CUDA)."""
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return {
+            "device": device,
+            "device_name": torch.cuda.get_device_name(device),
+            "memory_total": total,
+            "memory_used": total - free,
+        }
+    vm = psutil.virtual_memory()
+    return {
+        "device": device,
+        "device_name": _cpu_name(),
+        "memory_total": vm.total,
+        "memory_used": vm.total - vm.available,
+    }
+
+
+class Heartbeat:
+    def __init__(self, runner: JobRunner, redis: Redis, interval_s: float) -> None:
+        self.runner = runner
+        self.redis = redis
+        self.interval_s = interval_s
+        self.started_at = time.time()
+        self.versions = _versions()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def document(self) -> dict[str, Any]:
+        runner = self.runner
+        cache = runner.cache.stats()
+        return {
+            "name": runner.name,
+            "hardware": runner.hardware,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            **device_info(runner.device),
+            "process_rss": psutil.Process().memory_info().rss,
+            "cache_budget": cache["budget_bytes"],
+            "cache_bytes": cache["bytes_in_use"],
+            "models": [
+                {"path": e["path"], "size_bytes": e["size_bytes"], "locks": e["locks"]}
+                for e in cache["entries"]
+            ],
+            "cache": {k: v for k, v in cache.items() if k != "entries"},
+            "current_job": runner.current_job,
+            "jobs_done": runner.jobs_done,
+            "jobs_failed": runner.jobs_failed,
+            "versions": self.versions,
+            "started_at": self.started_at,
+            "seen_at": time.time(),
+        }
+
+    def beat(self) -> None:
+        ttl_ms = int(self.interval_s * 3 * 1000)
+        with self.redis.pipeline() as pipe:
+            pipe.set(keys.worker(self.runner.name), json.dumps(self.document()), px=ttl_ms)
+            pipe.sadd(keys.workers_index(), self.runner.name)
+            pipe.execute()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:  # Redis away for a moment: beat again next interval
+                log.warning("heartbeat failed", exc_info=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and say goodbye, so the fleet view drops this worker at once."""
+        if not self._thread.is_alive():
+            return
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s)
+        self.redis.delete(keys.worker(self.runner.name))
+        self.redis.srem(keys.workers_index(), self.runner.name)
