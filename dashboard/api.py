@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from dashboard.app import scheduler
 from scheduler.fleet import live_workers
-from scheduler.submit import SubmitError
+from scheduler.submit import ConflictError, SubmitError
 from shared.jobspec import field_errors, parse_spec
 from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
@@ -29,7 +29,14 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "id": record["id"],
-        "status": record["status"],
+        # pending (waiting for dispatch) and dispatched are both "queued" to clients.
+        "status": "queued" if record["status"] in ("pending", "dispatched") else record["status"],
+        "state": record["status"],
+        "waiting": record.get("waiting") or None,
+        "note": record.get("note") or None,
+        "owner": record["owner"],
+        "priority": record["priority"],
+        "attempts": record["attempts"],
         "progress": record["progress"],
         "spec": record["spec"],
         "seeds": record["seeds"],
@@ -37,6 +44,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "worker": record.get("worker"),
         "error": record.get("error"),
         "outputs": outputs,
+        "manifest": record.get("manifest"),
         "created_at": record["created_at"],
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
@@ -50,15 +58,49 @@ def submit_job():
         return _invalid(400, [{"field": "body", "reason": "not a JSON document"}])
     if not isinstance(body, dict):
         return _invalid(400, [{"field": "body", "reason": "must be a JSON object"}])
+    # Who submits and how urgent: beside the spec, not part of it.
+    owner = str(body.pop("owner", "anonymous"))[:100] or "anonymous"
+    priority = str(body.pop("priority", "normal"))
     try:
         spec = parse_spec(body)
-        record = scheduler().submit(spec)
+        record, created = scheduler().submit(
+            spec, owner, priority, request.headers.get("Idempotency-Key")
+        )
     except ValidationError as exc:
         return _invalid(422, field_errors(exc))
     except SubmitError as exc:
         return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+    except ConflictError as exc:
+        return jsonify(error=str(exc)), 409
     location = url_for("api.get_job", job_id=record["id"])
-    return jsonify(job_view(record)), 202, {"Location": location}
+    return jsonify(job_view(record)), 202 if created else 200, {"Location": location}
+
+
+def _control(action, job_id: str, *args):
+    try:
+        return jsonify(job_view(action(job_id, *args)))
+    except KeyError:
+        return jsonify(error=f"no job {job_id!r}"), 404
+    except ConflictError as exc:
+        return jsonify(error=str(exc)), 409
+    except SubmitError as exc:
+        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+
+
+@api.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    return _control(scheduler().cancel, job_id)
+
+
+@api.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str):
+    return _control(scheduler().retry, job_id)
+
+
+@api.post("/jobs/<job_id>/priority")
+def set_priority(job_id: str):
+    body = request.get_json(silent=True) or {}
+    return _control(scheduler().set_priority, job_id, str(body.get("priority")))
 
 
 @api.get("/jobs")
@@ -97,6 +139,15 @@ def job_output(job_id: str, index: int):
 @api.get("/workers")
 def workers():
     return jsonify(workers=live_workers(scheduler().redis))
+
+
+@api.post("/workers/<name>/drain")
+def drain_worker(name: str):
+    """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
+    body = request.get_json(silent=True) or {}
+    draining = bool(body.get("drain", True))
+    scheduler().drain(name, draining)
+    return jsonify(worker=name, draining=draining)
 
 
 @api.get("/models")

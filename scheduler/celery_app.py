@@ -1,16 +1,15 @@
 """The Celery app every component builds from the same settings.
 
-The scheduler only *sends* tasks by name; workers register the task body
-(`worker.tasks`). So the API never imports torch, and both sides agree on one
-configuration.
+The dispatcher only *sends* tasks by name, each to the chosen worker's own queue
+(`worker.<name>`); workers register the task body (`worker.runner`). So the API never
+imports torch, and both sides agree on one configuration.
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
 
-from shared.config import HARDWARE_CLASSES, Settings
+from shared.config import Settings
 
 RUN_JOB = "renderfarm.run_job"
 
@@ -19,10 +18,14 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("renderfarm", broker=settings.redis_url)
     # Redis re-delivers an unacked task after the visibility timeout: keep it well
     # above the longest job, and set it wherever the transport reads it.
-    transport = {"visibility_timeout": settings.job_time_limit_s * 2}
+    transport = {
+        "visibility_timeout": settings.job_time_limit_s * 2,
+        # Redis priority support: messages of priority 0 (high), 3 (normal), 6 (low) wait
+        # in separate lists and are taken best first.
+        "priority_steps": [0, 3, 6],
+        "queue_order_strategy": "priority",
+    }
     app.conf.update(
-        task_queues=[Queue(name) for name in HARDWARE_CLASSES],
-        task_default_queue="cpu",
         task_serializer="json",
         accept_content=["json"],
         # Job records in Redis are the source of truth; Celery results are not used.

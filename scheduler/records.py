@@ -1,8 +1,12 @@
 """Job records in Redis: the source of truth for a job's status, progress and outputs.
 
-A record is a Redis hash. Every status change goes through one Lua script that
-checks the allowed previous status and bumps a monotonic `seq`, so a late or
-duplicate writer can never move a finished job backwards.
+A record is a Redis hash. Every change goes through one Lua script that checks the
+allowed previous status and, for a worker's writes, the attempt it holds (fencing: a
+stale attempt can change nothing), keeps the active-status index sets, and bumps a
+monotonic `seq`.
+
+Statuses: `pending` (waiting for dispatch) and `dispatched` (sent to a queue) are both
+shown to clients as `queued`; then `running`, and one of `succeeded`, `failed`, `canceled`.
 """
 
 from __future__ import annotations
@@ -16,24 +20,40 @@ from redis import Redis
 from shared import keys
 from shared.jobspec import AnySpec
 
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL = ("succeeded", "failed", "canceled")
+ACTIVE = ("dispatched", "running")  # indexed in sets, for the dispatcher and the reaper
+PRIORITIES = ("high", "normal", "low")
 _JSON_FIELDS = ("spec", "outputs", "seeds")
+_INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
+_FLOAT_FIELDS = (
+    "progress",
+    "created_at",
+    "dispatched_at",
+    "started_at",
+    "finished_at",
+    "eligible_at",
+)
 
-# KEYS[1] job hash; ARGV[1] allowed previous statuses (comma separated) or "*" for
-# "same status" (progress updates); ARGV[2] new status; ARGV[3..] field, value pairs.
+# KEYS: job hash, dispatched set, running set. ARGV: job id, attempt ("" = any), allowed
+# previous statuses (comma separated; "*" = unchanged status), new status, field/value pairs.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
-local allowed = ARGV[1]
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+local allowed, target = ARGV[3], ARGV[4]
 if allowed == '*' then
-  if current ~= ARGV[2] then return 0 end
+  if current ~= target then return 0 end
 elseif not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'status', target)
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local sets = {dispatched = KEYS[2], running = KEYS[3]}
+if current ~= target then
+  if sets[current] then redis.call('SREM', sets[current], ARGV[1]) end
+  if sets[target] then redis.call('SADD', sets[target], ARGV[1]) end
+end
 return 1
 """
 
@@ -47,18 +67,23 @@ class JobRecords:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
 
-    def create(self, job_id: str, spec: AnySpec, queue: str) -> dict[str, Any]:
+    def create(self, job_id: str, spec: AnySpec, owner: str, priority: str) -> dict[str, Any]:
         now = time.time()
         fields = {
             "id": job_id,
-            "status": "queued",
+            "status": "pending",
             "seq": 1,
             "progress": 0.0,
             "spec": spec.model_dump_json(),
             "seeds": json.dumps(spec.image_seeds()),
-            "queue": queue,
+            "owner": owner,
+            "priority": priority,
+            "queue": "",
+            "attempt": 0,  # the current attempt's number: the fencing token
+            "attempts": 0,  # attempts started since the job was (re)submitted
+            "cancel_requested": 0,
             "created_at": now,
-            "attempts": 0,
+            "eligible_at": now,  # since when it may be dispatched (affinity waits count from it)
         }
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=fields)
@@ -80,27 +105,39 @@ class JobRecords:
         for name in _JSON_FIELDS:
             if name in rec:
                 rec[name] = json.loads(rec[name])
-        for name in ("seq", "attempts"):
+        for name in _INT_FIELDS:
             rec[name] = int(rec.get(name, 0))
-        for name in ("progress", "created_at", "started_at", "finished_at"):
+        for name in _FLOAT_FIELDS:
             if name in rec:
                 rec[name] = float(rec[name])
         return rec
 
-    def transition(self, job_id: str, to: str, allowed_from: tuple[str, ...], **fields) -> bool:
-        """Move a job to `to` if its status is one of `allowed_from`; set fields with it."""
-        args = [",".join(allowed_from), to]
+    def transition(
+        self,
+        job_id: str,
+        to: str,
+        allowed_from: tuple[str, ...],
+        fence: int | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a job to `to` if its status is one of `allowed_from` (and, when `fence` is
+        given, its current attempt is `fence`); set `fields` with it. False if refused."""
+        args: list[Any] = [job_id, "" if fence is None else fence, ",".join(allowed_from), to]
         for name, value in fields.items():
             args += [name, _encode(value)]
-        return bool(self._transition(keys=[keys.job(job_id)], args=args))
+        keys_ = [keys.job(job_id), keys.in_status("dispatched"), keys.in_status("running")]
+        return bool(self._transition(keys=keys_, args=args))
 
-    def set_progress(self, job_id: str, progress: float) -> bool:
-        """Record progress; only a running job moves."""
-        return bool(
-            self._transition(
-                keys=[keys.job(job_id)], args=["*", "running", "progress", f"{progress:.4f}"]
-            )
-        )
+    def update(self, job_id: str, status: str, fence: int | None = None, **fields: Any) -> bool:
+        """Set fields on a job that is (still) in `status` (and attempt `fence`, when given)."""
+        return self.transition(job_id, status, ("*",), fence, **fields)
+
+    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
+        """Record progress of a running attempt; false once the attempt is no longer current."""
+        return self.update(job_id, "running", attempt, progress=f"{progress:.4f}")
+
+    def ids_in(self, status: str) -> list[str]:
+        return sorted(i.decode() for i in self.redis.smembers(keys.in_status(status)))
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = self.redis.zrevrange(keys.jobs_index(), 0, limit - 1)

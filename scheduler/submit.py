@@ -1,8 +1,9 @@
-"""Submission: a validated spec becomes a job record and a task on the right queue."""
+"""Submission and control: a validated spec becomes a pending job; users steer their jobs."""
 
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from typing import Any
 
@@ -10,12 +11,16 @@ from celery import Celery
 from PIL import Image
 from redis import Redis
 
-from scheduler.celery_app import RUN_JOB, make_celery
-from scheduler.records import JobRecords
+from scheduler.celery_app import make_celery
+from scheduler.pending import PendingJobs
+from scheduler.records import PRIORITIES, JobRecords
+from shared import keys
 from shared.config import Settings
 from shared.jobspec import INPUT_KEY, AnySpec, decode_image, input_key, parse_spec
 from shared.modelstore import find_model
 from shared.storage import Storage, open_storage
+
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 class SubmitError(ValueError):
@@ -27,9 +32,8 @@ class SubmitError(ValueError):
         self.reason = reason
 
 
-def route(spec: AnySpec) -> str:
-    """The queue a job goes to: its hardware class; `auto` runs on CPU for now."""
-    return "cpu" if spec.hardware == "auto" else spec.hardware
+class ConflictError(RuntimeError):
+    """The job is not in a state that allows this action."""
 
 
 class Scheduler:
@@ -39,8 +43,11 @@ class Scheduler:
         self.settings = settings
         self.redis = Redis.from_url(settings.redis_url)
         self.records = JobRecords(self.redis)
+        self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
         self.storage = storage or open_storage(settings)
+
+    # -- submission ---------------------------------------------------------------------------
 
     def check_models(self, spec: AnySpec) -> None:
         for field, family, name in spec.required_models():
@@ -68,16 +75,103 @@ class Scheduler:
             self.storage.put(holder[last], png, "image/png")
         return parse_spec(data)
 
-    def submit(self, spec: AnySpec) -> dict[str, Any]:
-        self.check_models(spec)
-        spec = self.stash_inputs(spec).with_seed()
+    def submit(
+        self,
+        spec: AnySpec,
+        owner: str = "anonymous",
+        priority: str = "normal",
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record the job and queue it for dispatch; returns (record, created).
+
+        With an idempotency key, a retried request gets the job the first one created.
+        """
+        if priority not in PRIORITIES:
+            raise SubmitError("priority", f"must be one of {', '.join(PRIORITIES)}")
         job_id = uuid.uuid4().hex
-        queue = route(spec)
-        # Record first, so the worker always finds the record of a task it receives.
-        record = self.records.create(job_id, spec, queue)
+        if idempotency_key:
+            idem = keys.idempotency(owner, idempotency_key)
+            if not self.redis.set(idem, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
+                return self._existing(self.redis.get(idem).decode()), False
         try:
-            self.celery.send_task(RUN_JOB, args=[job_id], queue=queue, task_id=job_id)
+            self.check_models(spec)
+            spec = self.stash_inputs(spec).with_seed()
         except Exception:
-            self.records.delete(job_id)
+            if idempotency_key:
+                self.redis.delete(keys.idempotency(owner, idempotency_key))
             raise
+        record = self.records.create(job_id, spec, owner, priority)
+        self.pending.add(job_id, owner, priority, record["created_at"])
+        return record, True
+
+    def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
+        """The job an earlier request with the same key created (it may be a moment away)."""
+        deadline = time.monotonic() + wait_s
+        while (record := self.records.get(job_id)) is None:
+            if time.monotonic() > deadline:
+                raise ConflictError("the first request with this Idempotency-Key failed")
+            time.sleep(0.02)
         return record
+
+    # -- control ------------------------------------------------------------------------------
+
+    def _get(self, job_id: str) -> dict[str, Any]:
+        record = self.records.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        return record
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job (it never runs) or ask a running one to stop at its next step."""
+        rec = self._get(job_id)
+        now = time.time()
+        if rec["status"] == "pending":
+            self.pending.remove(job_id, rec["owner"])
+        if self.records.transition(
+            job_id, "canceled", ("pending", "dispatched"), finished_at=now, error="canceled"
+        ):
+            return self._get(job_id)
+        if not self.records.update(job_id, "running", cancel_requested=1):
+            raise ConflictError(f"job {job_id} is {rec['status']}; only active jobs can cancel")
+        return self._get(job_id)
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Run a failed or canceled job again, as a fresh submission of the same spec."""
+        rec = self._get(job_id)
+        if not self.records.transition(
+            job_id,
+            "pending",
+            ("failed", "canceled"),
+            attempts=0,
+            error="",
+            note="retried",
+            outputs=[],
+            progress=0.0,
+            cancel_requested=0,
+            queue="",
+            target="",
+            eligible_at=time.time(),
+        ):
+            raise ConflictError(
+                f"job {job_id} is {rec['status']}; only finished jobs that "
+                "did not succeed can be retried"
+            )
+        self.pending.add(job_id, rec["owner"], rec["priority"], rec["created_at"])
+        return self._get(job_id)
+
+    def set_priority(self, job_id: str, priority: str) -> dict[str, Any]:
+        if priority not in PRIORITIES:
+            raise SubmitError("priority", f"must be one of {', '.join(PRIORITIES)}")
+        rec = self._get(job_id)
+        if not self.records.update(job_id, "pending", priority=priority) or not (
+            self.pending.reprioritize(job_id, rec["owner"], priority, rec["created_at"])
+        ):
+            raise ConflictError(f"job {job_id} is no longer waiting; its priority is fixed")
+        return self._get(job_id)
+
+    def drain(self, worker: str, draining: bool = True) -> None:
+        """A draining worker finishes its job and is sent no new ones."""
+        if draining:
+            self.redis.set(keys.drain(worker), 1)
+        else:
+            self.redis.delete(keys.drain(worker))

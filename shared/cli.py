@@ -24,6 +24,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from scheduler.dispatcher import Dispatcher
+
+    Dispatcher(get_settings()).run_forever()
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    if args.command == "drain":
+        body = {"drain": not args.undo}
+        print(json.dumps(_api("POST", f"{args.api}/api/v1/workers/{args.target}/drain", body)))
+        return 0
+    path = f"{args.api}/api/v1/jobs/{args.target}/{args.command}"
+    body = {"priority": args.priority} if args.command == "priority" else {}
+    job = _api("POST", path, body)
+    print(f"{job['id']} {job['status']} priority={job['priority']}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.app import create_app
 
@@ -90,6 +109,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "cfg_scale": args.cfg_scale,
         "hardware": args.hardware,
         "negative_prompt": args.negative_prompt,
+        "priority": args.priority,
+        "owner": args.owner,
     }
     if args.seed is not None:
         spec["seed"] = args.seed
@@ -135,6 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             procs.append(localfarm.start_redis(url.port or 6379, Path("var/redis").resolve()))
         written = write_demo_models(settings.models_dir)
         print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
+        procs.append(localfarm.start_scheduler(env))
         for hardware in args.workers:
             procs.append(localfarm.start_worker(hardware, env))
         procs.append(localfarm.start_dashboard(args.host, args.port, env))
@@ -182,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("scheduler", help="run the dispatcher and reaper (one per farm)")
+    p.set_defaults(func=cmd_scheduler)
+
+    for name, text in (
+        ("cancel", "cancel a queued or running job"),
+        ("retry", "run a failed or canceled job again"),
+        ("priority", "change the priority of a queued job"),
+        ("drain", "let a worker finish its job and take no new ones"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("target", metavar="WORKER" if name == "drain" else "JOB_ID")
+        p.add_argument("--api", default="http://127.0.0.1:8000")
+        if name == "priority":
+            p.add_argument("priority", choices=("high", "normal", "low"))
+        if name == "drain":
+            p.add_argument("--undo", action="store_true", help="take new jobs again")
+        p.set_defaults(func=cmd_control)
+
     p = sub.add_parser("workers", help="list the live workers from their heartbeats")
     p.add_argument("--json", action="store_true", help="print the raw heartbeats")
     p.set_defaults(func=cmd_workers)
@@ -204,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--seed", type=int)
     p.add_argument("--hardware", default="auto")
+    p.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
+    p.add_argument("--owner", default=os.environ.get("USER", "anonymous"))
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
     p.add_argument("--out", type=Path, help="download the images into this folder")
     p.set_defaults(func=cmd_submit)

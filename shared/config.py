@@ -35,6 +35,16 @@ class Settings(BaseSettings):
 
     # Workers publish a heartbeat this often; one missing for 3 intervals ages out.
     heartbeat_s: float = 2.0
+    # A running attempt's lease, renewed by the heartbeat; a dead worker's job is
+    # requeued once its lease expires.
+    lease_s: float = 10.0
+    # Attempts a job may start before it is failed as a poison job.
+    max_attempts: int = 3
+    # A job may wait this long for a busy worker that already holds its model before
+    # it goes to an idle worker that must load it (bounded unfairness of affinity).
+    affinity_wait_s: float = 3.0
+    # How long storage errors are retried (with backoff) before a job fails.
+    storage_retry_s: float = 600.0
 
     # Longest a single job may run; the broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600

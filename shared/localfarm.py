@@ -92,6 +92,10 @@ def start_worker(
     return _renderfarm("worker", "--hardware", hardware, *extra, env=env, log=log)
 
 
+def start_scheduler(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    return _renderfarm("scheduler", env=env, log=log)
+
+
 def start_dashboard(
     host: str, port: int, env: dict[str, str], log: Path | None = None
 ) -> subprocess.Popen:

@@ -112,9 +112,9 @@ def farm(redis_url, models_dir, s3_env, tmp_path_factory) -> Iterator[Farm]:
         "RENDERFARM_MODELS_DIR": str(models_dir),
     }
     port = localfarm.free_port()
+    scheduler = localfarm.start_scheduler(env, log=logs / "scheduler.log")
     worker = localfarm.start_worker("cpu", env, log=logs / "worker.log")
     dashboard = localfarm.start_dashboard("127.0.0.1", port, env, log=logs / "dashboard.log")
-    yield Farm(
-        f"http://127.0.0.1:{port}", env, Redis.from_url(redis_url), logs, [worker, dashboard]
-    )
-    localfarm.stop(worker, dashboard)
+    procs = [scheduler, worker, dashboard]
+    yield Farm(f"http://127.0.0.1:{port}", env, Redis.from_url(redis_url), logs, procs)
+    localfarm.stop(*procs)

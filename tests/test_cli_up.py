@@ -72,7 +72,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         assert out.returncode == 0, out.stdout + out.stderr
         job_id = out.stdout.splitlines()[0]
         assert Image.open(tmp_path / "got" / f"{job_id}-0.png").size == (64, 64)
-        stored = tmp_path / "var" / "outputs" / "jobs" / job_id
+        stored = tmp_path / "var" / "outputs" / "jobs" / job_id / "1"
         assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
         assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir(), "persistence is on"
     finally:

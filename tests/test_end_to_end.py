@@ -39,7 +39,9 @@ def test_txt2img_job_travels_through_every_component(farm):
     assert job["progress"] == 1.0
     assert job["worker"].startswith("cpu-")
     assert job["started_at"] <= job["finished_at"]
-    assert [o["key"] for o in job["outputs"]] == [f"jobs/{job['id']}/image-0.png"]
+    assert [o["key"] for o in job["outputs"]] == [f"jobs/{job['id']}/1/image-0.png"]
+    assert job["manifest"] == f"jobs/{job['id']}/1/manifest.json"
+    assert job["attempts"] == 1 and job["owner"] == "anonymous" and job["priority"] == "normal"
 
     # The PNG really is in the bucket, at the requested size, with SD-WebUI parameters.
     png = Image.open(io.BytesIO(bucket_object(farm, job["outputs"][0]["key"])))
@@ -49,7 +51,7 @@ def test_txt2img_job_travels_through_every_component(farm):
         "Steps: 5, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234, Size: 96x64, "
         "Model: demo-sd15"
     )
-    manifest = json.loads(bucket_object(farm, f"jobs/{job['id']}/manifest.json"))
+    manifest = json.loads(bucket_object(farm, job["manifest"]))
     assert manifest["outputs"] == [o["key"] for o in job["outputs"]]
     assert manifest["seeds"] == [1234] and manifest["spec"]["prompt"] == "a lighthouse at dusk"
 
@@ -62,9 +64,10 @@ def test_txt2img_job_travels_through_every_component(farm):
 def test_progress_is_reported_every_denoising_step(farm):
     job = farm.wait(farm.submit(prompt="steps", **{**TINY, "steps": 9}).json()["id"])
     assert job["status"] == "succeeded"
-    # seq counts every write to the record: created, running, one per step, succeeded.
+    # seq counts every write to the record: created, dispatched, running, one per step,
+    # succeeded.
     seq = int(farm.redis.hget(keys.job(job["id"]), "seq"))
-    assert seq == 1 + 1 + 9 + 1
+    assert seq == 1 + 1 + 1 + 9 + 1
 
 
 def test_same_seed_same_images_and_open_seed_is_recorded(farm):

@@ -55,7 +55,7 @@ def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
     polite = localfarm.start_worker("cpu", env, log=tmp_path / "polite.log")
     killed = localfarm.start_worker("cpu", env, log=tmp_path / "killed.log")
     try:
-        wait_until(lambda: len(set(fleet(farm)) - before) == 2)
+        wait_until(lambda: len(set(fleet(farm)) - before) == 2, timeout=120)
         new = set(fleet(farm)) - before
         polite_name = next(n for n in new if n.startswith(f"cpu-{polite.pid}@"))
         polite.send_signal(signal.SIGTERM)  # warm shutdown says goodbye at once

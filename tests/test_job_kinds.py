@@ -29,7 +29,7 @@ def fetch(farm, key: str) -> Image.Image:
 
 
 def manifest(farm, job: dict) -> dict:
-    key = f"farm/jobs/{job['id']}/manifest.json"
+    key = f"farm/{job['manifest']}"
     return json.loads(s3_client(farm.env).get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from redis import Redis
 
+from scheduler.dispatcher import Dispatcher
 from scheduler.submit import Scheduler
 from shared.config import Settings
 from worker.runner import JobRunner
@@ -16,20 +17,23 @@ INIT = "inputs/" + "0" * 64 + ".png"
 
 @pytest.fixture
 def engine(redis_url, models_dir, tmp_path):
-    """A scheduler and a job runner sharing one Redis database and one folder of storage.
+    """A scheduler, a dispatcher and a job runner sharing one Redis database and storage.
 
-    No worker consumes this database's queue: the test runs each job by calling the runner.
+    No worker process consumes the runner's queue: the test dispatches each job to the
+    runner by name and then runs it by calling the runner.
     """
     url = redis_url.rsplit("/", 1)[0] + "/7"
     settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
     scheduler = Scheduler(settings)
+    dispatcher = Dispatcher(settings, celery=scheduler.celery)
     runner = JobRunner(settings, "cpu", "engine-test")
 
     def run(**spec) -> dict:
         from shared.jobspec import parse_spec
 
-        record = scheduler.submit(parse_spec(spec))
-        runner.run(record["id"])
+        record, _ = scheduler.submit(parse_spec(spec))
+        assert dispatcher.dispatch_one(record, {"name": runner.name})
+        runner.run(record["id"], record["attempt"] + 1)
         done = scheduler.records.get(record["id"])
         assert done["status"] == "succeeded", done.get("error")
         return done

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -21,11 +22,13 @@ import torch
 from redis import Redis
 
 from shared import keys
+from shared.modelstore import FAMILIES, FOLDERS, list_models
 
 if TYPE_CHECKING:
     from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
+FAMILY_OF = {folder: family for family, folder in FOLDERS.items()}
 VERSIONS = ("renderfarm", "torch", "diffusers", "transformers", "openvino", "celery")
 
 
@@ -92,9 +95,22 @@ class Heartbeat:
             "cache_budget": cache["budget_bytes"],
             "cache_bytes": cache["bytes_in_use"],
             "models": [
-                {"path": e["path"], "size_bytes": e["size_bytes"], "locks": e["locks"]}
+                {
+                    "name": Path(e["path"]).stem,
+                    "family": FAMILY_OF.get(Path(e["path"]).parent.name),
+                    "path": e["path"],
+                    "size_bytes": e["size_bytes"],
+                    "locks": e["locks"],
+                }
                 for e in cache["entries"]
             ],
+            # What this worker can run: the dispatcher routes `hardware: auto` jobs by it.
+            "kinds": list(runner.kinds),
+            "store": {
+                family: [m.name for m in list_models(runner.settings.models_dir, family)]
+                for family in FAMILIES
+            },
+            "draining": bool(self.redis.exists(keys.drain(runner.name))),
             "cache": {k: v for k, v in cache.items() if k != "entries"},
             "current_job": runner.current_job,
             "jobs_done": runner.jobs_done,
@@ -105,6 +121,7 @@ class Heartbeat:
         }
 
     def beat(self) -> None:
+        self.runner.renew_lease()
         ttl_ms = int(self.interval_s * 3 * 1000)
         with self.redis.pipeline() as pipe:
             pipe.set(keys.worker(self.runner.name), json.dumps(self.document()), px=ttl_ms)

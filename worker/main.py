@@ -9,6 +9,7 @@ from celery.signals import worker_ready
 from redis import Redis
 
 from scheduler.celery_app import make_celery
+from shared import keys
 from shared.config import get_settings
 from worker.heartbeat import Heartbeat
 from worker.runner import JobRunner, register
@@ -35,8 +36,8 @@ def run_worker(
         app.worker_main(
             [
                 "worker",
-                "--queues",
-                hardware,
+                "--queues",  # only its own: the dispatcher picks the worker for every job
+                keys.worker_queue(name),
                 "--pool",
                 "solo",
                 "--concurrency",

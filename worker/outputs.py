@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from shared.jobspec import AnySpec, DiffusionSpec, Img2ImgSpec, Txt2ImgSpec, UpscaleSpec
 from shared.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 class OutputError(RuntimeError):
@@ -79,23 +84,68 @@ def encode_png(image: np.ndarray, parameters: str) -> bytes:
     return buf.getvalue()
 
 
-def image_key(job_id: str, index: int) -> str:
-    return f"jobs/{job_id}/image-{index}.png"
+def image_key(job_id: str, attempt: int, index: int) -> str:
+    # Per attempt: a stale attempt can never overwrite the outputs of the current one.
+    return f"jobs/{job_id}/{attempt}/image-{index}.png"
 
 
-def manifest_key(job_id: str) -> str:
-    return f"jobs/{job_id}/manifest.json"
+def manifest_key(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/{attempt}/manifest.json"
+
+
+def put_retrying(
+    storage: Storage,
+    key: str,
+    data: bytes,
+    content_type: str,
+    retry_s: float,
+    still_ours: Callable[[], bool],
+) -> None:
+    """Put, retrying storage errors with backoff for up to `retry_s`, then check it is there.
+
+    An S3 outage delays the job instead of failing it; the worker keeps the job's lease
+    meanwhile (its heartbeat renews it), and stops if the lease is lost.
+    """
+    deadline = time.monotonic() + retry_s
+    delay = 0.5
+    while True:
+        try:
+            storage.put(key, data, content_type)
+            if storage.exists(key):
+                return
+            error: Exception = OutputError(f"{key} missing right after upload")
+        except Exception as exc:  # botocore and OS errors alike
+            error = exc
+        if time.monotonic() + delay > deadline:
+            raise OutputError(f"could not store {key} within {retry_s:.0f}s: {error}")
+        if not still_ours():
+            raise OutputError(f"lease lost while storing {key}")
+        log.warning("storing %s failed (%s); retrying in %.1fs", key, error, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 15.0)
 
 
 def store(
-    storage: Storage, job_id: str, spec: AnySpec, images: np.ndarray, extra: dict[str, Any]
+    storage: Storage,
+    job_id: str,
+    attempt: int,
+    spec: AnySpec,
+    images: np.ndarray,
+    extra: dict[str, Any],
+    retry_s: float = 600.0,
+    still_ours: Callable[[], bool] = lambda: True,
 ) -> list[str]:
-    """Upload every image, then the manifest naming them; returns the image keys."""
+    """Upload every image, then the manifest naming them; returns the image keys.
+
+    Each object is checked to exist after its upload, so a job is only ever marked
+    succeeded with all its objects in storage.
+    """
     keys = []
     size = (images.shape[2], images.shape[1])
     for index, image in enumerate(images):
-        key = image_key(job_id, index)
-        storage.put(key, encode_png(image, parameters_text(spec, index, size)), "image/png")
+        key = image_key(job_id, attempt, index)
+        png = encode_png(image, parameters_text(spec, index, size))
+        put_retrying(storage, key, png, "image/png", retry_s, still_ours)
         keys.append(key)
     manifest = {
         "id": job_id,
@@ -104,5 +154,8 @@ def store(
         "outputs": keys,
         **extra,
     }
-    storage.put(manifest_key(job_id), json.dumps(manifest, indent=2).encode(), "application/json")
+    body = json.dumps(manifest, indent=2).encode()
+    put_retrying(
+        storage, manifest_key(job_id, attempt), body, "application/json", retry_s, still_ours
+    )
     return keys

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,12 @@ import torch
 from celery import Celery
 from PIL import Image
 from redis import Redis
+from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB
+from scheduler.leases import Leases
 from scheduler.records import JobRecords
+from shared import keys
 from shared.config import Settings
 from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, parse_spec
 from shared.modelstore import ModelInfo, find_model
@@ -31,6 +36,32 @@ Loader = Callable[[ModelInfo, str, torch.dtype], Any]
 
 class JobFailed(RuntimeError):
     """A job cannot finish; the message is the reason shown to the user."""
+
+
+class JobCanceled(Exception):
+    """The user canceled the running job; raised from the step callback."""
+
+
+class LeaseLost(Exception):
+    """This attempt is no longer the job's current one (its lease expired and it was
+    requeued): stop, and write nothing more."""
+
+
+@dataclass
+class Attempt:
+    job_id: str
+    attempt: int
+    lease_ok: bool = True  # cleared by the heartbeat when renewing the lease fails
+
+    def still_ours(self) -> bool:
+        return self.lease_ok
+
+
+def fault_injected(record: dict[str, Any]) -> bool:
+    """Chaos testing: with RENDERFARM_FAULT_KILL_PROMPT set, a job whose prompt equals it
+    kills its worker at start (as a segfaulting model would)."""
+    poison = os.environ.get("RENDERFARM_FAULT_KILL_PROMPT")
+    return bool(poison) and record["spec"].get("prompt") == poison
 
 
 # Memory a CUDA worker leaves outside its model cache for activations while rendering.
@@ -65,10 +96,13 @@ class JobRunner:
         self.hardware = hardware
         self.name = name
         self.device, self.dtype = pick_device(hardware, device)
-        self.records = JobRecords(Redis.from_url(settings.redis_url))
+        self.redis = Redis.from_url(settings.redis_url)
+        self.records = JobRecords(self.redis)
+        self.leases = Leases(self.redis, settings.lease_s)
         self.storage = open_storage(settings)
         self.cache = ModelCache(cache_budget(settings, self.device), name=self.device)
-        self.current_job: str | None = None
+        self.current: Attempt | None = None
+        self.kinds = ("txt2img", "img2img", "upscale")
         self.jobs_done = 0
         self.jobs_failed = 0
 
@@ -90,6 +124,17 @@ class JobRunner:
         except Exception as exc:
             raise JobFailed(f"could not load {family} {name!r}: {exc}") from exc
 
+    @property
+    def current_job(self) -> str | None:
+        current = self.current
+        return current.job_id if current else None
+
+    def renew_lease(self) -> None:
+        """Called by the heartbeat thread: keep the running attempt's lease alive."""
+        current = self.current
+        if current and not self.leases.renew(current.job_id, current.attempt, self.name):
+            current.lease_ok = False
+
     def preload(self, checkpoints: list[str]) -> None:
         """Load checkpoints before taking jobs (explicit: nothing else loads at start-up)."""
         for name in checkpoints:
@@ -104,9 +149,9 @@ class JobRunner:
 
     # -- the job kinds ------------------------------------------------------------------------
 
-    def render(self, job_id: str, spec: AnySpec, stack: ExitStack) -> tuple[np.ndarray, list[str]]:
+    def render(self, att: Attempt, spec: AnySpec, stack: ExitStack) -> tuple[np.ndarray, list[str]]:
         def progress(p: float) -> None:
-            self.records.set_progress(job_id, p)
+            self.progress(att, p)
 
         if isinstance(spec, UpscaleSpec):
             upscaler = self._use(stack, "upscaler", spec.upscaler, load_upscaler)
@@ -149,63 +194,136 @@ class JobRunner:
 
     # -- one job, start to finish ---------------------------------------------------------------
 
-    def run(self, job_id: str) -> None:
+    def run(self, job_id: str, attempt: int) -> None:
+        """Run one attempt of a job; every write is fenced by the attempt number."""
         record = self.records.get(job_id)
-        if record is None:
-            log.warning("job %s has no record; dropping the task", job_id)
+        if record is None or record["attempt"] != attempt or record["status"] != "dispatched":
+            state = "no record" if record is None else f"{record['status']}, {record['attempt']}"
+            log.info("job %s attempt %s is stale (%s); dropping the task", job_id, attempt, state)
             return
+        if fault_injected(record):
+            os._exit(137)
         started = time.time()
+        self.leases.take(job_id, attempt, self.name)
         if not self.records.transition(
-            job_id, "running", ("queued", "running"), worker=self.name, started_at=started
+            job_id,
+            "running",
+            ("dispatched",),
+            attempt,
+            worker=self.name,
+            started_at=started,
+            attempts=record["attempts"] + 1,
+            note="",
         ):
-            log.info("job %s is %s; not running it", job_id, record["status"])
+            self.leases.release(job_id, attempt, self.name)
             return
-        self.current_job = job_id
+        self.current = Attempt(job_id, attempt)
         try:
-            spec = parse_spec(record["spec"])
-            result, passes = self.render_with_retry(job_id, spec)
+            self._run(self.current, parse_spec(record["spec"]), started)
+        finally:
+            self.current = None
+            self.leases.release(job_id, attempt, self.name)
+            self.redis.lpush(keys.wake(), 1)  # a worker is free: dispatch now
+
+    def _run(self, att: Attempt, spec: AnySpec, started: float) -> None:
+        try:
+            result, passes = self.render_with_retry(att, spec)
             if isinstance(spec, UpscaleSpec) and spec.unload_after:
                 self.cache.unload(self._key("upscaler", spec.upscaler)[1])
             outputs.validate(result, spec.output_count(), self.expected_size(spec))
-            keys = outputs.store(
+            extra = {
+                "worker": self.name,
+                "hardware": self.hardware,
+                "attempt": att.attempt,
+                "passes": passes,
+                "render_s": time.time() - started,
+            }
+            keys_ = outputs.store(
                 self.storage,
-                job_id,
+                att.job_id,
+                att.attempt,
                 spec,
                 result,
-                {
-                    "worker": self.name,
-                    "hardware": self.hardware,
-                    "passes": passes,
-                    "render_s": time.time() - started,
-                },
+                extra,
+                retry_s=self.settings.storage_retry_s,
+                still_ours=att.still_ours,
             )
+        except JobCanceled:
+            self._finish(att, "canceled", error="canceled while running")
+            return
+        except LeaseLost:
+            log.warning("job %s attempt %s lost its lease; stopping", att.job_id, att.attempt)
+            return
         except Exception as exc:
             known = JobFailed | outputs.OutputError | UpscaleError | ValueError
             reason = str(exc) if isinstance(exc, known) else repr(exc)
-            log.exception("job %s failed", job_id)
-            self.records.transition(
-                job_id, "failed", ("running",), error=reason, finished_at=time.time()
-            )
+            log.exception("job %s failed", att.job_id)
+            self._finish(att, "failed", error=reason)
             self.jobs_failed += 1
             return
-        finally:
-            self.current_job = None
-        self.records.transition(
-            job_id, "succeeded", ("running",), outputs=keys, progress=1.0, finished_at=time.time()
-        )
-        self.jobs_done += 1
+        if self._finish(
+            att,
+            "succeeded",
+            outputs=keys_,
+            progress=1.0,
+            manifest=outputs.manifest_key(att.job_id, att.attempt),
+        ):
+            self.jobs_done += 1
 
-    def render_with_retry(self, job_id: str, spec: AnySpec) -> tuple[np.ndarray, list[str]]:
+    def _finish(self, att: Attempt, status: str, **fields: Any) -> bool:
+        """Commit the attempt's outcome if it is still the current attempt.
+
+        Redis may be restarting: retry until it answers, so a finished job is never lost.
+        """
+        delay = 0.5
+        while True:
+            try:
+                done = self.records.transition(
+                    att.job_id,
+                    status,
+                    ("running",),
+                    att.attempt,
+                    finished_at=time.time(),
+                    **fields,
+                )
+                if not done:
+                    log.warning(
+                        "job %s attempt %s: not current any more; %s not recorded",
+                        att.job_id,
+                        att.attempt,
+                        status,
+                    )
+                return done
+            except RedisError:
+                log.warning("Redis unavailable while finishing job %s; retrying", att.job_id)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    def progress(self, att: Attempt, value: float) -> None:
+        """Called every denoising step: record progress, stop if canceled or superseded."""
+        try:
+            if not self.records.set_progress(att.job_id, att.attempt, value):
+                rec = self.records.get(att.job_id)
+                if rec is None or rec["attempt"] != att.attempt:
+                    raise LeaseLost(att.job_id)
+            if int(self.redis.hget(keys.job(att.job_id), "cancel_requested") or 0):
+                raise JobCanceled(att.job_id)
+        except RedisError:
+            pass  # progress is best effort while Redis restarts; the job goes on
+        if not att.still_ours():
+            raise LeaseLost(att.job_id)
+
+    def render_with_retry(self, att: Attempt, spec: AnySpec) -> tuple[np.ndarray, list[str]]:
         """Render; out of device memory, evict every model no job holds and try once more."""
         try:
             with ExitStack() as stack:
-                return self.render(job_id, spec, stack)
+                return self.render(att, spec, stack)
         except torch.OutOfMemoryError:
-            log.warning("job %s ran out of device memory; evicting and retrying once", job_id)
+            log.warning("job %s ran out of device memory; evicting and retrying once", att.job_id)
         self.cache.clear()
         try:
             with ExitStack() as stack:
-                return self.render(job_id, spec, stack)
+                return self.render(att, spec, stack)
         except torch.OutOfMemoryError as exc:
             raise JobFailed(
                 f"out of device memory even after evicting cached models: {exc}"
@@ -214,5 +332,5 @@ class JobRunner:
 
 def register(app: Celery, runner: JobRunner) -> None:
     @app.task(name=RUN_JOB)
-    def run_job(job_id: str) -> None:
-        runner.run(job_id)
+    def run_job(job_id: str, attempt: int) -> None:
+        runner.run(job_id, attempt)

@@ -1,0 +1,235 @@
+"""The dispatcher: decides where and when each pending job runs, and reaps lost attempts.
+
+One dispatcher runs per farm (`renderfarm scheduler`, holding a Redis lock). Each pass:
+- reap: a running job whose lease expired lost its worker → back to pending, or failed
+  after `max_attempts` (a poison job); a dispatched job whose worker is gone → pending.
+- dispatch: pending jobs in fair order (priority, then the owner served longest ago,
+  then age) go one at a time to an idle live worker that can run them, on that worker's
+  own queue. A worker that already holds the job's model wins; a job waits at most
+  `affinity_wait_s` for a busy warm worker before an idle one loads the model.
+Celery carries the task (late ack, requeue if the worker is lost); the record decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from redis import Redis
+from redis.exceptions import RedisError
+
+from scheduler.celery_app import RUN_JOB, make_celery
+from scheduler.fleet import live_workers
+from scheduler.pending import PRIORITY_RANK, PendingJobs
+from scheduler.records import JobRecords
+from shared import keys
+from shared.config import Settings
+from shared.jobspec import AnySpec, UpscaleSpec, parse_spec
+
+log = logging.getLogger(__name__)
+# Celery's Redis transport: 0 is the highest priority.
+CELERY_PRIORITY = {"high": 0, "normal": 3, "low": 6}
+
+
+def model_of(spec: AnySpec) -> str:
+    """The model whose presence in a worker's cache makes it the warm choice."""
+    return spec.upscaler if isinstance(spec, UpscaleSpec) else spec.model
+
+
+def can_run(worker: dict[str, Any], spec: AnySpec) -> bool:
+    if spec.hardware != "auto" and worker["hardware"] != spec.hardware:
+        return False
+    if spec.kind not in worker.get("kinds", ()):
+        return False
+    store = worker.get("store", {})
+    return all(name in store.get(family, ()) for _, family, name in spec.required_models())
+
+
+def holds(worker: dict[str, Any], spec: AnySpec) -> bool:
+    name = model_of(spec)
+    return any(m["name"] == name for m in worker.get("models", ()))
+
+
+@dataclass
+class FleetView:
+    workers: dict[str, dict[str, Any]]
+    busy: set[str] = field(default_factory=set)
+
+    def idle(self) -> list[dict[str, Any]]:
+        return [w for n, w in self.workers.items() if n not in self.busy]
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
+        self.settings = settings
+        self.redis = Redis.from_url(settings.redis_url)
+        self.records = JobRecords(self.redis)
+        self.pending = PendingJobs(self.redis)
+        self.celery = celery or make_celery(settings)
+
+    # -- the fleet --------------------------------------------------------------------------
+
+    def fleet(self) -> FleetView:
+        workers = {
+            w["name"]: w
+            for w in live_workers(self.redis)
+            if not self.redis.exists(keys.drain(w["name"]))
+        }
+        view = FleetView(workers)
+        for status, name_field in (("running", "worker"), ("dispatched", "target")):
+            for job_id in self.records.ids_in(status):
+                rec = self.records.get(job_id)
+                if rec and rec.get(name_field):
+                    view.busy.add(rec[name_field])
+        return view
+
+    # -- reaping ----------------------------------------------------------------------------
+
+    def reap(self) -> int:
+        """Requeue or fail jobs whose attempt was lost; returns how many were handled."""
+        handled = 0
+        live = {w["name"] for w in live_workers(self.redis)}
+        for job_id in self.records.ids_in("running"):
+            rec = self.records.get(job_id)
+            if rec is None or rec["status"] != "running" or self.redis.exists(keys.lease(job_id)):
+                continue
+            lost = f"attempt {rec['attempt']} lost its worker {rec.get('worker', '?')}"
+            if rec["attempts"] >= self.settings.max_attempts:
+                reason = f"{lost}; failed after {rec['attempts']} attempts (poison job?)"
+                if self.records.transition(
+                    job_id,
+                    "failed",
+                    ("running",),
+                    rec["attempt"],
+                    error=reason,
+                    finished_at=time.time(),
+                ):
+                    log.warning("job %s: %s", job_id, reason)
+                    handled += 1
+            elif self._requeue(rec, ("running",), lost):
+                handled += 1
+        for job_id in self.records.ids_in("dispatched"):
+            rec = self.records.get(job_id)
+            if rec is None or rec["status"] != "dispatched" or rec.get("target") in live:
+                continue
+            if self._requeue(rec, ("dispatched",), f"worker {rec.get('target')} went away"):
+                self.redis.delete(rec["queue"])  # its own queue: nobody will consume it
+                handled += 1
+        return handled
+
+    def _requeue(self, rec: dict[str, Any], allowed: tuple[str, ...], why: str) -> bool:
+        ok = self.records.transition(
+            rec["id"],
+            "pending",
+            allowed,
+            rec["attempt"],
+            note=why,
+            progress=0.0,
+            queue="",
+            target="",
+            eligible_at=time.time(),
+        )
+        if ok:
+            log.warning("job %s requeued: %s", rec["id"], why)
+            self.pending.add(rec["id"], rec["owner"], rec["priority"], rec["created_at"])
+        return ok
+
+    # -- dispatching --------------------------------------------------------------------------
+
+    def choose(
+        self, rec: dict[str, Any], spec: AnySpec, view: FleetView
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The worker to send the job to now, or None and why it waits."""
+        able = [w for w in view.workers.values() if can_run(w, spec)]
+        if not able:
+            return None, (
+                f"waiting for a compatible worker (hardware {spec.hardware}, "
+                f"kind {spec.kind}, model {model_of(spec)!r})"
+            )
+        idle = [w for w in able if w["name"] not in view.busy]
+        warm_idle = [w for w in idle if holds(w, spec)]
+        if warm_idle:
+            return warm_idle[0], ""
+        warm_busy = [w for w in able if w["name"] in view.busy and holds(w, spec)]
+        waited = time.time() - rec["eligible_at"]
+        if warm_busy and waited < self.settings.affinity_wait_s:
+            return None, "waiting for a worker that holds the model"
+        if not idle:
+            return None, "waiting for a free worker"
+        # Cold start: the idle worker with the most free cache room loads it.
+        return max(idle, key=lambda w: w["cache_budget"] - w["cache_bytes"]), ""
+
+    def dispatch_one(self, rec: dict[str, Any], worker: dict[str, Any]) -> bool:
+        job_id, attempt = rec["id"], rec["attempt"] + 1
+        queue = keys.worker_queue(worker["name"])
+        if not self.records.transition(
+            job_id,
+            "dispatched",
+            ("pending",),
+            rec["attempt"],
+            attempt=attempt,
+            queue=queue,
+            target=worker["name"],
+            dispatched_at=time.time(),
+            waiting="",
+        ):
+            return False
+        self.pending.remove(job_id, rec["owner"])
+        self.pending.served(rec["owner"])
+        self.celery.send_task(
+            RUN_JOB,
+            args=[job_id, attempt],
+            queue=queue,
+            task_id=f"{job_id}.{attempt}",
+            priority=CELERY_PRIORITY[rec["priority"]],
+        )
+        return True
+
+    def dispatch(self) -> int:
+        view = self.fleet()
+        sent = 0
+        while True:
+            served: set[str] = set()
+            for cand in self.pending.candidates():
+                if cand.owner in served:
+                    continue  # one per owner per round keeps owners interleaved
+                rec = self.records.get(cand.job_id)
+                if rec is None or rec["status"] != "pending":
+                    self.pending.remove(cand.job_id, cand.owner)
+                    continue
+                spec = parse_spec(rec["spec"])
+                worker, why = self.choose(rec, spec, view)
+                if worker is None:
+                    if rec.get("waiting") != why:
+                        self.records.update(cand.job_id, "pending", waiting=why)
+                    continue
+                if self.dispatch_one(rec, worker):
+                    view.busy.add(worker["name"])
+                    served.add(cand.owner)
+                    sent += 1
+            if not served:
+                return sent
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run_forever(self, poll_s: float = 0.25) -> None:
+        name = f"dispatcher-{time.time_ns()}"
+        while True:
+            try:
+                # One dispatcher per farm: hold the lock, or stand by for it.
+                if self.redis.set(keys.dispatcher_lock(), name, px=5000, nx=True) or (
+                    self.redis.get(keys.dispatcher_lock()) == name.encode()
+                ):
+                    self.redis.pexpire(keys.dispatcher_lock(), 5000)
+                    self.reap()
+                    self.dispatch()
+                self.redis.brpop([keys.wake()], timeout=poll_s)
+            except RedisError:
+                log.warning("Redis unavailable; retrying", exc_info=True)
+                time.sleep(1)
+
+
+assert set(CELERY_PRIORITY) == set(PRIORITY_RANK)
