@@ -1,0 +1,650 @@
+"""End-to-end benchmark: the same tiny job in-process vs through the whole farm.
+
+    .venv/bin/python -m bench.bench_e2e [--n 30] [--storage file|s3] [--json PATH]
+
+(a) baseline: `worker.pipelines.load_pipeline` once, then `txt2img` N times in this
+    process, each call timed.
+(b) farm: a real redis-server, one CPU worker and the dashboard (started with
+    `shared.localfarm`, as `renderfarm up` and the tests start them); N jobs are
+    submitted one at a time with HTTP POST /api/v1/jobs and GET /api/v1/jobs/<id> is
+    polled until the record says `succeeded`; each job is timed from the POST to the
+    poll that sees `succeeded`.
+(c) farm burst (skip with --no-burst): N jobs posted at once, timed until the last
+    one is seen `succeeded`: throughput with the queue kept full.
+
+Both sides run on the same CPU cores, one after the other, never at the same time
+(--order blocks: all baseline renders, then all farm jobs; --order interleaved:
+alternating, so background noise on a shared machine hits both alike). Model loading
+and warm-up runs are excluded from both. Everything the benchmark starts
+(redis-server, worker, dashboard, moto's S3 server, the temp dir) is stopped or
+removed on exit, Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Nothing may come from a model hub: set before diffusers/transformers are imported
+# (here and, through the environment, in the worker and dashboard processes).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from shared import localfarm  # noqa: E402
+
+BUCKET = "renders"
+MODEL = "demo-sd15"
+# The one job both sides run: fixed seed, so every render does identical work.
+SPEC: dict[str, Any] = {
+    "kind": "txt2img",
+    "model": MODEL,
+    "prompt": "a lighthouse at dusk",
+    "width": 64,
+    "height": 64,
+    "steps": 4,
+    "seed": 1234,
+    "sampler": "Euler a",
+    "cfg_scale": 7.0,
+    "batch_size": 1,
+    "hardware": "cpu",
+}
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary(values_s: list[float]) -> dict[str, Any]:
+    ms = [v * 1000 for v in values_s]
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "mean_ms": statistics.fmean(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "samples_ms": [round(v, 3) for v in ms],
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable}
+
+
+def versions() -> dict[str, str]:
+    import celery
+    import diffusers
+    import torch
+
+    try:
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        redis_version = next(
+            (w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip()
+        )
+    except OSError:
+        redis_version = "?"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_here": str(torch.get_num_threads()),
+        "diffusers": diffusers.__version__,
+        "celery": celery.__version__,
+        "redis_server": redis_version,
+    }
+
+
+def loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+class OtherLoad:
+    """CPU time the machine spent on processes this benchmark did not start.
+
+    Other work on a small machine (a test run next door) shows up as outliers on both
+    sides; this says how much there was while measuring.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.start = self._sample()
+        self.t0 = time.monotonic()
+
+    def _sample(self) -> tuple[float, float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+        ours = 0.0
+        for proc in self.procs:
+            try:
+                c = proc.cpu_times()
+                ours += c.user + c.system
+            except psutil.Error:
+                pass
+        return busy, ours, getattr(t, "steal", 0.0)
+
+    def stop(self) -> dict[str, float]:
+        busy, ours, steal = self._sample()
+        wall = time.monotonic() - self.t0
+        cores = os.cpu_count() or 1
+        other = max(0.0, (busy - self.start[0]) - (ours - self.start[1]))
+        return {
+            "wall_s": wall,
+            "ours_cpu_s": ours - self.start[1],
+            "other_cpu_s": other,
+            "other_share": other / (wall * cores) if wall else 0.0,
+            "steal_s": steal - self.start[2],
+        }
+
+
+# ---------------------------------------------------------------------------- baseline
+
+
+class Baseline:
+    """`load_pipeline` once, then `txt2img` per render, with the farm's job spec."""
+
+    def __init__(self, models_dir: Path) -> None:
+        import torch
+
+        from shared import jobspec
+        from shared.modelstore import find_model
+        from worker import pipelines
+        from worker.pipelines import load_pipeline, txt2img
+
+        self._txt2img = txt2img
+        # Pipelines are growing add-ons (VAE, ControlNet): pass none, as a plain job does.
+        self._extra: dict[str, Any] = {}
+        if "addons" in inspect.signature(txt2img).parameters:
+            self._extra["addons"] = pipelines.Addons()
+        # Validated the way the API validates a submission (the spec's kind is explicit).
+        parse = getattr(jobspec, "parse_spec", None) or jobspec.JobSpec.model_validate
+        self.spec = parse(SPEC)
+        # The model store is being split into per-family folders: accept either signature.
+        if "family" in inspect.signature(find_model).parameters:
+            model = find_model(MODEL, family="checkpoint", models_dir=models_dir)
+        else:
+            model = find_model(MODEL, models_dir=models_dir)
+        if model is None:
+            raise RuntimeError(f"{MODEL} is not in the model store {models_dir}")
+        t0 = time.perf_counter()
+        # Same device and dtype as the CPU worker (worker.runner.JobRunner).
+        self.loaded = load_pipeline(model, "cpu", torch.float32)
+        self.load_s = time.perf_counter() - t0
+
+    def render(self) -> float:
+        t0 = time.perf_counter()
+        out = self._txt2img(self.loaded, self.spec, on_progress=lambda _: None, **self._extra)
+        elapsed = time.perf_counter() - t0
+        images = out[0] if isinstance(out, tuple) else out  # (images, passes) in newer code
+        if images.shape != (1, SPEC["height"], SPEC["width"], 3):
+            raise RuntimeError(f"baseline render has shape {images.shape}")
+        return elapsed
+
+
+# ---------------------------------------------------------------------------- farm
+
+
+class FarmClient:
+    """Submits the job over HTTP and polls its record, as a script using the API would."""
+
+    def __init__(self, api: str, poll_s: float, job_timeout_s: float, procs: list) -> None:
+        import requests
+
+        self.api = api
+        self.procs = procs  # the farm's processes: a dead one fails the run at once
+        self.poll_s = poll_s
+        self.job_timeout_s = job_timeout_s
+        self.session = requests.Session()
+
+    def post(self) -> str:
+        resp = self.session.post(f"{self.api}/api/v1/jobs", json=SPEC, timeout=30)
+        if resp.status_code != 202:
+            raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
+        return resp.json()["id"]
+
+    def wait(self, job_id: str, since: float, timeout_s: float | None = None) -> tuple[dict, int]:
+        """Poll until `succeeded`; returns the job and the number of GETs."""
+        timeout_s = timeout_s or self.job_timeout_s
+        polls = 0
+        while True:
+            time.sleep(self.poll_s)
+            job = self.session.get(f"{self.api}/api/v1/jobs/{job_id}", timeout=30).json()
+            polls += 1
+            if job["status"] == "succeeded":
+                return job, polls
+            if job["status"] not in ("queued", "running"):
+                raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
+            if any(p.poll() is not None for p in self.procs):
+                dead = [p.args for p in self.procs if p.poll() is not None]
+                raise RuntimeError(f"a farm process exited while job {job_id} waited: {dead}")
+            if time.perf_counter() - since > timeout_s:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f}s")
+
+    def run_job(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """One job, POST to `succeeded` seen; returns timings."""
+        wall_start = time.time()
+        t0 = time.perf_counter()
+        job_id = self.post()
+        t_posted = time.perf_counter()
+        job, polls = self.wait(job_id, t0, timeout_s)
+        t1 = time.perf_counter()
+        wall_seen = time.time()
+        return {
+            "id": job_id,
+            "e2e_s": t1 - t0,
+            "post_s": t_posted - t0,
+            "polls": polls,
+            # Phases from the job record's timestamps (same host, same clock).
+            "to_start_s": job["started_at"] - wall_start,
+            "worker_s": job["finished_at"] - job["started_at"],
+            "to_seen_s": wall_seen - job["finished_at"],
+        }
+
+    def burst(self, n: int) -> dict[str, Any]:
+        """Post n jobs at once, wait for all: throughput with the queue kept full."""
+        t0 = time.perf_counter()
+        ids = [self.post() for _ in range(n)]
+        # One worker takes jobs in order, so waiting on them in order costs no time.
+        jobs = [self.wait(job_id, t0, self.job_timeout_s * n)[0] for job_id in ids]
+        total_s = time.perf_counter() - t0
+        worker_span = max(j["finished_at"] for j in jobs) - min(j["started_at"] for j in jobs)
+        return {"n": n, "total_s": total_s, "worker_span_s": worker_span}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def start_s3() -> tuple[Any, dict[str, str]]:
+    """moto's threaded S3 server on a free loopback port, with the bucket created."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = localfarm.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "RENDERFARM_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "RENDERFARM_S3_ACCESS_KEY_ID": "testing",
+        "RENDERFARM_S3_SECRET_ACCESS_KEY": "testing",
+        "RENDERFARM_S3_REGION": "us-east-1",
+    }
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=env["RENDERFARM_S3_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=BUCKET)
+    except BaseException:
+        server.stop()
+        raise
+    return server, env
+
+
+def start_farm(
+    args: argparse.Namespace, tmp: Path, models_dir: Path, procs: list, servers: list
+) -> tuple[dict[str, str], str, str]:
+    """redis-server, (moto S3), one CPU worker, the dashboard; returns env, API URL, storage."""
+    env = {
+        "RENDERFARM_MODELS_DIR": str(models_dir),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    if args.storage == "s3":
+        server, s3_env = start_s3()
+        servers.append(server)
+        env.update(s3_env, RENDERFARM_STORAGE_URL=f"s3://{BUCKET}/bench")
+        storage = (
+            f"s3://{BUCKET}/bench on moto's ThreadedMotoServer "
+            f"({s3_env['RENDERFARM_S3_ENDPOINT_URL']}, in the benchmark process)"
+        )
+    else:
+        env["RENDERFARM_STORAGE_URL"] = f"file://{tmp / 'outputs'}"
+        storage = f"file://{tmp / 'outputs'}"
+
+    redis_port = localfarm.free_port()
+    procs.append(localfarm.start_redis(redis_port, tmp / "redis"))
+    env["RENDERFARM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    procs.append(localfarm.start_worker("cpu", env, log=tmp / "worker.log"))
+    api_port = localfarm.free_port()
+    procs.append(localfarm.start_dashboard("127.0.0.1", api_port, env, log=tmp / "dashboard.log"))
+    return env, f"http://127.0.0.1:{api_port}", storage
+
+
+def read_render_s(env: dict[str, str], job_ids: list[str]) -> list[float]:
+    """The worker's own render time per job, from jobs/<id>/manifest.json in storage."""
+    from shared.config import Settings
+    from shared.storage import open_storage
+
+    settings = Settings(
+        storage_url=env["RENDERFARM_STORAGE_URL"],
+        s3_endpoint_url=env.get("RENDERFARM_S3_ENDPOINT_URL"),
+        s3_access_key_id=env.get("RENDERFARM_S3_ACCESS_KEY_ID"),
+        s3_secret_access_key=env.get("RENDERFARM_S3_SECRET_ACCESS_KEY"),
+        s3_region=env.get("RENDERFARM_S3_REGION", "us-east-1"),
+    )
+    storage = open_storage(settings)
+    found = []
+    for job_id in job_ids:
+        try:
+            manifest = json.loads(storage.get(f"jobs/{job_id}/manifest.json"))
+        except Exception:
+            continue
+        if "render_s" in manifest:
+            found.append(float(manifest["render_s"]))
+    return found
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def measure(args: argparse.Namespace, baseline: Baseline, farm: FarmClient) -> dict[str, Any]:
+    # Warm-up, not counted: the first farm job also waits for the worker to start and
+    # load the model into its cache.
+    base_warm = [baseline.render() for _ in range(args.warmup)]
+    farm_warm = [farm.run_job(timeout_s=300)["e2e_s"] for _ in range(args.warmup)]
+    meter = OtherLoad([os.getpid(), *(p.pid for p in farm.procs)])
+    base_times: list[float] = []
+    jobs: list[dict[str, Any]] = []
+    if args.order == "interleaved":
+        for _ in range(args.n):
+            base_times.append(baseline.render())
+            jobs.append(farm.run_job())
+    else:
+        base_times = [baseline.render() for _ in range(args.n)]
+        jobs = [farm.run_job() for _ in range(args.n)]
+    burst = farm.burst(args.n) if args.burst else None
+    return {
+        "other_load": meter.stop(),
+        "base_warm_s": base_warm,
+        "farm_warm_s": farm_warm,
+        "base_s": base_times,
+        "jobs": jobs,
+        "burst": burst,
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    machine, vers = machine_info(), versions()
+    jobs = run["jobs"]
+    b = summary(run["base_s"])
+    f = summary([j["e2e_s"] for j in jobs])
+    r = summary(run["render_s"]) if run["render_s"] else None
+    phases = {
+        name: summary([j[key] for j in jobs])
+        for name, key in (
+            ("POST answered (202)", "post_s"),
+            ("POST -> worker started", "to_start_s"),
+            ("worker started -> succeeded", "worker_s"),
+            ("succeeded -> seen by poll", "to_seen_s"),
+        )
+    }
+    overhead_ms = f["p50_ms"] - b["p50_ms"]
+    ratio = f["p50_ms"] / b["p50_ms"]
+    seq_per_min = 60_000 / f["mean_ms"]
+    base_per_min = 60_000 / b["mean_ms"]
+    polls = statistics.fmean(j["polls"] for j in jobs)
+    burst = run["burst"]
+    burst_per_min = burst["n"] / burst["total_s"] * 60 if burst else None
+
+    spec = SPEC
+    order = (
+        "alternating baseline render / farm job"
+        if args.order == "interleaved"
+        else "all baseline renders, then all farm jobs"
+    )
+    if args.warmup:
+        warm = (
+            f"not counted: load_pipeline ({run['load_s'] * 1000:.0f} ms) and "
+            f"{args.warmup} warm-up renders in-process; {args.warmup} warm-up farm jobs "
+            f"(the first took {run['farm_warm_s'][0]:.1f} s: worker start + model load)"
+        )
+    else:
+        warm = (
+            "none (--warmup 0): the first farm job includes worker start and model load; "
+            f"load_pipeline in-process ({run['load_s'] * 1000:.0f} ms) is not counted"
+        )
+    load = run["loadavg"]
+    other = run["other_load"]
+    lines = [
+        "renderfarm end-to-end benchmark",
+        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
+        f"({machine['usable_cores']} usable); 1-min load average before "
+        f"{load[0]:.2f}, after {load[1]:.2f}"
+        if None not in load
+        else f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores",
+        f"other     while measuring, processes this benchmark did not start used "
+        f"{other['other_cpu_s']:.1f} CPU-s of {other['wall_s'] * (machine['cpu_count'] or 1):.1f}"
+        f" ({other['other_share']:.0%} of the machine; steal {other['steal_s']:.1f} s)"
+        + ("  <- busy machine: figures are noisy" if other["other_share"] > 0.1 else ""),
+        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"job       txt2img {spec['model']} {spec['width']}x{spec['height']}, "
+        f"{spec['steps']} steps, {spec['sampler']}, cfg {spec['cfg_scale']:g}, "
+        f"seed {spec['seed']}, batch {spec['batch_size']}, cpu float32",
+        f"storage   {run['storage']}",
+        f"runs      N={args.n} each on the same cores, never concurrently ({order})",
+        f"warm-up   {warm}",
+        "baseline  in this process: load_pipeline once, then txt2img() timed per call",
+        "farm      POST /api/v1/jobs -> Redis/Celery -> 1 CPU worker -> storage -> record "
+        "'succeeded'; timed from the POST to the GET /api/v1/jobs/<id> that sees "
+        f"'succeeded'; one job at a time; polling every {args.poll_ms:g} ms "
+        f"(mean {polls:.1f} GETs/job)",
+        "",
+        f"{'':34}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'min ms':>10}{'max ms':>10}",
+    ]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (
+            f"{name:34}{s['p50_ms']:10.1f}{s['p95_ms']:10.1f}{s['mean_ms']:10.1f}"
+            f"{s['min_ms']:10.1f}{s['max_ms']:10.1f}"
+        )
+
+    lines.append(row("baseline (in-process txt2img)", b))
+    lines.append(row("farm (end to end)", f))
+    lines.append("  farm phases, from the job record:")
+    lines += [row(f"    {name}", s) for name, s in phases.items()]
+    if r:
+        lines.append(row("  worker render_s (manifest)", r))
+    lines += [
+        "",
+        f"overhead per job (farm p50 - baseline p50): {overhead_ms:.1f} ms",
+        f"ratio farm/baseline: p50 {ratio:.2f}x, p95 {f['p95_ms'] / b['p95_ms']:.2f}x, "
+        f"mean {f['mean_ms'] / b['mean_ms']:.2f}x",
+    ]
+    if r:
+        lines.append(
+            f"farm p50 - worker render_s p50: {f['p50_ms'] - r['p50_ms']:.1f} ms "
+            "(queue, storage upload, record, polling: all but the worker's own render)"
+        )
+    slower = r["p50_ms"] - b["p50_ms"] if r else 0.0
+    if slower > max(10.0, 0.1 * b["p50_ms"]):
+        lines.append(
+            f"note: the worker's own render (p50) is {slower:.0f} ms slower than in-process: "
+            f"on {machine['usable_cores']} cores the polling every {args.poll_ms:g} ms "
+            "(this client, the dashboard, Redis) takes CPU from the worker's torch threads "
+            "(a longer --poll-ms shows how much), and so does any other load on the machine "
+            "(see the load average above)."
+        )
+    lines.append(
+        f"farm throughput, one job at a time: {seq_per_min:.1f} jobs/min "
+        f"(in-process: {base_per_min:.1f} renders/min)"
+    )
+    if burst:
+        lines.append(
+            f"farm throughput, {burst['n']} jobs posted at once: {burst_per_min:.1f} jobs/min "
+            f"({burst['total_s']:.2f} s from first POST to last 'succeeded' seen)"
+        )
+    print("\n".join(lines), flush=True)
+
+    return {
+        "machine": {**machine, "loadavg_1min_before": load[0], "loadavg_1min_after": load[1]},
+        "versions": vers,
+        "other_load": other,
+        "config": {
+            "n": args.n,
+            "warmup": args.warmup,
+            "poll_ms": args.poll_ms,
+            "order": args.order,
+            "storage": args.storage,
+            "storage_url": run["storage"],
+            "spec": SPEC,
+        },
+        "baseline": {**b, "load_ms": run["load_s"] * 1000, "renders_per_min": base_per_min},
+        "farm": {
+            **f,
+            "jobs_per_min_sequential": seq_per_min,
+            "mean_gets_per_job": polls,
+            "first_warmup_s": run["farm_warm_s"][0] if run["farm_warm_s"] else None,
+            "phases": phases,
+            "worker_render_s": r,
+        },
+        "burst": {**burst, "jobs_per_min": burst_per_min} if burst else None,
+        "overhead_ms_p50": overhead_ms,
+        "ratio_p50": ratio,
+        "ratio_p95": f["p95_ms"] / b["p95_ms"],
+        "ratio_mean": f["mean_ms"] / b["mean_ms"],
+    }
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--n", type=int, default=30, help="measured jobs on each side (default 30)")
+    p.add_argument("--storage", choices=("file", "s3"), default="file")
+    p.add_argument("--warmup", type=int, default=3, help="uncounted runs on each side")
+    p.add_argument("--poll-ms", type=float, default=10, help="GET /api/v1/jobs/<id> interval")
+    p.add_argument("--order", choices=("blocks", "interleaved"), default="blocks")
+    p.add_argument("--no-burst", dest="burst", action="store_false", help="skip the burst run")
+    p.add_argument("--job-timeout", type=float, default=120, help="seconds per measured job")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, outputs)")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM stops the benchmark the way Ctrl-C does, through the finally below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    procs: list = []
+    servers: list = []
+    farm: FarmClient | None = None
+    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
+    try:
+        from worker.demo_models import write_demo_models
+
+        load_before = loadavg()
+        models_dir = tmp / "models"
+        print(f"writing demo models to {models_dir}", file=sys.stderr, flush=True)
+        write_demo_models(models_dir)
+        baseline = Baseline(models_dir)
+        print(f"starting the farm ({args.storage} storage)", file=sys.stderr, flush=True)
+        env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
+        farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs))
+        print(
+            f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
+            + (f", then a burst of {args.n} farm jobs" if args.burst else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        run = measure(args, baseline, farm)
+        run["render_s"] = read_render_s(env, [j["id"] for j in run["jobs"]])
+        run["load_s"] = baseline.load_s
+        run["storage"] = storage
+        run["loadavg"] = (load_before, loadavg())
+        # Stop the farm before reporting, so nothing else is running while we print.
+        farm.close()
+        localfarm.stop(*reversed(procs))
+        procs.clear()
+        figures = report(args, run)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            print(f"\nfigures written to {args.json}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything the benchmark started", file=sys.stderr)
+        return 130
+    except Exception:
+        for name in ("worker.log", "dashboard.log"):
+            print(f"--- {tmp / name} (last lines)\n{tail(tmp / name)}", file=sys.stderr)
+        raise
+    finally:
+        # Ignore a second Ctrl-C while cleaning up, so no child is left behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if farm is not None:
+                farm.close()
+            localfarm.stop(*reversed(procs))
+            for server in servers:
+                server.stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if args.keep:
+                print(f"kept {tmp} (logs, outputs, redis data)", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
