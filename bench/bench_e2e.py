@@ -23,7 +23,6 @@ removed on exit, Ctrl-C and SIGTERM included.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -185,24 +184,14 @@ class Baseline:
     def __init__(self, models_dir: Path) -> None:
         import torch
 
-        from shared import jobspec
+        from shared.jobspec import parse_spec
         from shared.modelstore import find_model
-        from worker import pipelines
-        from worker.pipelines import load_pipeline, txt2img
+        from worker.pipelines import Addons, load_pipeline, txt2img
 
         self._txt2img = txt2img
-        # Pipelines are growing add-ons (VAE, ControlNet): pass none, as a plain job does.
-        self._extra: dict[str, Any] = {}
-        if "addons" in inspect.signature(txt2img).parameters:
-            self._extra["addons"] = pipelines.Addons()
-        # Validated the way the API validates a submission (the spec's kind is explicit).
-        parse = getattr(jobspec, "parse_spec", None) or jobspec.JobSpec.model_validate
-        self.spec = parse(SPEC)
-        # The model store is being split into per-family folders: accept either signature.
-        if "family" in inspect.signature(find_model).parameters:
-            model = find_model(MODEL, family="checkpoint", models_dir=models_dir)
-        else:
-            model = find_model(MODEL, models_dir=models_dir)
+        self._extra: dict[str, Any] = {"addons": Addons()}  # no VAE/ControlNet, as the job
+        self.spec = parse_spec(SPEC)  # validated the way the API validates a submission
+        model = find_model(MODEL, "checkpoint", models_dir)
         if model is None:
             raise RuntimeError(f"{MODEL} is not in the model store {models_dir}")
         t0 = time.perf_counter()
@@ -345,6 +334,7 @@ def start_farm(
     redis_port = localfarm.free_port()
     procs.append(localfarm.start_redis(redis_port, tmp / "redis"))
     env["RENDERFARM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    procs.append(localfarm.start_scheduler(env, log=tmp / "scheduler.log"))
     procs.append(localfarm.start_worker("cpu", env, log=tmp / "worker.log"))
     api_port = localfarm.free_port()
     procs.append(localfarm.start_dashboard("127.0.0.1", api_port, env, log=tmp / "dashboard.log"))

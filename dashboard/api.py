@@ -46,6 +46,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "outputs": outputs,
         "manifest": record.get("manifest"),
         "created_at": record["created_at"],
+        "dispatched_at": record.get("dispatched_at"),
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
     }

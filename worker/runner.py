@@ -59,7 +59,7 @@ class Attempt:
 
 def fault_injected(record: dict[str, Any]) -> bool:
     """Chaos testing: with RENDERFARM_FAULT_KILL_PROMPT set, a job whose prompt equals it
-    kills its worker at start (as a segfaulting model would)."""
+    kills its worker once running (as a model that segfaults would)."""
     poison = os.environ.get("RENDERFARM_FAULT_KILL_PROMPT")
     return bool(poison) and record["spec"].get("prompt") == poison
 
@@ -118,9 +118,16 @@ class JobRunner:
         """The loaded model, locked in the cache until the job's stack closes."""
         model, key = self._key(family, name)
         try:
+            # The size on disk as a hint, so the cache makes room before the load, not after.
             return stack.enter_context(
-                self.cache.use(key, lambda: loader(model, self.device, self.dtype))
+                self.cache.use(
+                    key,
+                    lambda: loader(model, self.device, self.dtype),
+                    size_hint=model.size_bytes,
+                )
             )
+        except torch.OutOfMemoryError:
+            raise  # render_with_retry evicts and tries once more
         except Exception as exc:
             raise JobFailed(f"could not load {family} {name!r}: {exc}") from exc
 
@@ -201,8 +208,6 @@ class JobRunner:
             state = "no record" if record is None else f"{record['status']}, {record['attempt']}"
             log.info("job %s attempt %s is stale (%s); dropping the task", job_id, attempt, state)
             return
-        if fault_injected(record):
-            os._exit(137)
         started = time.time()
         self.leases.take(job_id, attempt, self.name)
         if not self.records.transition(
@@ -218,6 +223,8 @@ class JobRunner:
             self.leases.release(job_id, attempt, self.name)
             return
         self.current = Attempt(job_id, attempt)
+        if fault_injected(record):
+            os._exit(137)
         try:
             self._run(self.current, parse_spec(record["spec"]), started)
         finally:

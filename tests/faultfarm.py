@@ -1,0 +1,154 @@
+"""A farm for fault tests: restartable Redis, an S3 endpoint behind a pausable TCP proxy,
+a scheduler and two workers with short heartbeats and leases, restarted if they die."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import threading
+import time
+from pathlib import Path
+
+import requests
+from redis import Redis
+
+from shared import localfarm
+
+
+class TcpProxy:
+    """Forwards a loopback port to another; `pause()` refuses connections (an outage)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = localfarm.free_port()
+        self.target_port = target_port
+        self._server: socketserver.ThreadingTCPServer | None = None
+        self._open: set[socket.socket] = set()
+        self.resume()
+
+    def _handler(self):
+        target, open_ = self.target_port, self._open
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(("127.0.0.1", target))
+                open_.update((self.request, upstream))
+                pair = [(self.request, upstream), (upstream, self.request)]
+                threads = [threading.Thread(target=_copy, args=p, daemon=True) for p in pair]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+
+        return Pipe
+
+    def resume(self) -> None:
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def pause(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        for s in list(self._open):  # cut the connections in flight too
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+class FaultFarm:
+    def __init__(self, root: Path, models_dir: Path, s3_env: dict[str, str], workers: int = 2):
+        self.root = root
+        self.redis_port = localfarm.free_port()
+        self.redis_dir = root / "redis"
+        self.redis_proc = localfarm.start_redis(self.redis_port, self.redis_dir)
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = Redis.from_url(self.redis_url)
+        endpoint_port = int(s3_env["RENDERFARM_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+        self.s3_proxy = TcpProxy(endpoint_port)
+        self.env = {
+            **s3_env,
+            "RENDERFARM_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_proxy.port}",
+            "RENDERFARM_REDIS_URL": self.redis_url,
+            "RENDERFARM_STORAGE_URL": "s3://renders/faults",
+            "RENDERFARM_MODELS_DIR": str(models_dir),
+            "RENDERFARM_HEARTBEAT_S": "0.5",
+            "RENDERFARM_LEASE_S": "2",
+            "RENDERFARM_MAX_ATTEMPTS": "2",
+            "RENDERFARM_AFFINITY_WAIT_S": "30",
+            "RENDERFARM_FAULT_KILL_PROMPT": "poison",
+        }
+        self.logs = root / "logs"
+        self.logs.mkdir()
+        self.scheduler = localfarm.start_scheduler(self.env, log=self.logs / "scheduler.log")
+        self.workers = [self._worker(i) for i in range(workers)]
+        self.port = localfarm.free_port()
+        self.dashboard = localfarm.start_dashboard(
+            "127.0.0.1", self.port, self.env, log=self.logs / "dashboard.log"
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._supervise = True
+        self._supervisor = threading.Thread(target=self._restart_dead_workers, daemon=True)
+        self._supervisor.start()
+        self.wait_workers(workers)
+
+    def _worker(self, index: int):
+        return localfarm.start_worker("cpu", self.env, log=self.logs / f"worker{index}.log")
+
+    def _restart_dead_workers(self) -> None:
+        """What systemd or Kubernetes would do: start a worker again when it dies."""
+        while self._supervise:
+            for i, proc in enumerate(self.workers):
+                if proc.poll() is not None:
+                    self.workers[i] = self._worker(i)
+            time.sleep(0.2)
+
+    def live(self) -> list[dict]:
+        return requests.get(f"{self.url}/api/v1/workers", timeout=10).json()["workers"]
+
+    def wait_workers(self, count: int, timeout: float = 120) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(live := self.live()) < count:
+            assert time.monotonic() < deadline, f"only {len(live)} live workers"
+            time.sleep(0.2)
+        return live
+
+    def submit(self, **spec) -> dict:
+        resp = requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=30)
+        assert resp.status_code in (200, 202), resp.text
+        return resp.json()
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=30).json()
+
+    def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")):
+        deadline = time.monotonic() + timeout
+        while (job := self.job(job_id))["status"] not in until:
+            assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
+            time.sleep(0.05)
+        return job
+
+    def restart_redis(self, down_s: float) -> None:
+        localfarm.stop(self.redis_proc)
+        time.sleep(down_s)
+        self.redis_proc = localfarm.start_redis(self.redis_port, self.redis_dir)
+
+    def close(self) -> None:
+        self._supervise = False
+        self._supervisor.join()
+        localfarm.stop(self.dashboard, self.scheduler, *self.workers, self.redis_proc)
+        self.s3_proxy.pause()

@@ -1,0 +1,205 @@
+"""No job lost, none done twice: real processes killed, Redis restarted, S3 cut off.
+
+Bounded in time: every wait has a deadline; the farm uses 0.5 s heartbeats and 2 s leases.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from scheduler.celery_app import RUN_JOB, make_celery
+from shared import keys
+from shared.config import Settings
+from tests.conftest import BUCKET, s3_client
+from tests.faultfarm import FaultFarm
+
+QUICK = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 3}
+SLOW = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 40}
+LONG = {**SLOW, "steps": 150}  # keeps a worker busy while the test acts
+
+
+@pytest.fixture(scope="module")
+def ff(tmp_path_factory, models_dir, s3_env):
+    farm = FaultFarm(tmp_path_factory.mktemp("faultfarm"), models_dir, s3_env)
+    yield farm
+    farm.close()
+
+
+def objects(ff, job_id: str) -> list[str]:
+    listing = s3_client(ff.env).list_objects_v2(Bucket=BUCKET, Prefix=f"faults/jobs/{job_id}/")
+    return sorted(o["Key"].split(f"{job_id}/", 1)[1] for o in listing.get("Contents", []))
+
+
+def pid_of(worker_name: str) -> int:
+    return int(worker_name.split("@")[0].rsplit("-", 1)[1])
+
+
+def running_with_progress(ff, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while True:
+        job = ff.job(job_id)
+        if job["status"] == "running" and job["progress"] > 0:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_worker_killed_mid_job_the_job_completes_elsewhere_once(ff):
+    ff.wait_workers(2)
+    job = ff.submit(prompt="survivor", seed=1, **SLOW)
+    victim = running_with_progress(ff, job["id"])["worker"]
+    os.kill(pid_of(victim), signal.SIGKILL)
+    done = ff.wait(job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["worker"] != victim
+    assert "lost its worker" in (done["note"] or "") or done["attempts"] == 2
+    attempt = done["outputs"][0]["key"].split("/")[2]
+    assert objects(ff, job["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]
+
+
+def test_poison_job_fails_after_max_attempts_and_the_fleet_goes_on(ff):
+    ff.wait_workers(2)
+    poison = ff.submit(prompt="poison", **QUICK)
+    others = [ff.submit(prompt=f"bystander {i}", **QUICK) for i in range(3)]
+    failed = ff.wait(poison["id"])
+    assert failed["status"] == "failed"
+    assert "failed after 2 attempts" in failed["error"] and failed["attempts"] == 2
+    assert all(ff.wait(o["id"])["status"] == "succeeded" for o in others)
+    assert objects(ff, poison["id"]) == []
+
+
+def test_the_same_task_delivered_twice_runs_once(ff):
+    job = ff.wait(ff.submit(prompt="once", **QUICK)["id"])
+    seq = int(ff.redis.hget(keys.job(job["id"]), "seq"))
+    celery = make_celery(Settings(redis_url=ff.redis_url))
+    worker = ff.live()[0]["name"]
+    attempt = int(job["outputs"][0]["key"].split("/")[2])
+    celery.send_task(RUN_JOB, args=[job["id"], attempt], queue=keys.worker_queue(worker))
+    deadline = time.monotonic() + 30
+    while ff.redis.llen(keys.worker_queue(worker)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    assert int(ff.redis.hget(keys.job(job["id"]), "seq")) == seq, "the record did not move"
+    assert objects(ff, job["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]
+
+
+def test_cancel_queued_and_running_jobs_and_retry(ff):
+    ff.wait_workers(2)
+    busy = [ff.submit(prompt="busy 0", **LONG), ff.submit(prompt="busy 1", **SLOW)]
+    queued = ff.submit(prompt="never runs", **QUICK)
+    for b in busy:
+        running_with_progress(ff, b["id"])
+    assert ff.job(queued["id"])["status"] == "queued"
+    canceled = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/cancel", timeout=10).json()
+    assert canceled["status"] == "canceled"
+    stopped = requests.post(f"{ff.url}/api/v1/jobs/{busy[0]['id']}/cancel", timeout=10)
+    assert stopped.status_code == 200
+    started = time.monotonic()
+    assert ff.wait(busy[0]["id"])["status"] == "canceled"
+    assert time.monotonic() - started < 10, "stops within a few denoising steps"
+    assert ff.wait(busy[1]["id"])["status"] == "succeeded"
+    assert ff.job(queued["id"])["started_at"] is None, "the queued job never ran"
+    again = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/retry", timeout=10)
+    assert again.status_code == 200 and again.json()["status"] == "queued"
+    assert ff.wait(queued["id"])["status"] == "succeeded"
+    # The worker whose job was canceled is healthy and takes new work.
+    assert ff.wait(ff.submit(prompt="after cancel", **QUICK)["id"])["status"] == "succeeded"
+    conflict = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/cancel", timeout=10)
+    assert conflict.status_code == 409
+
+
+def test_priority_order_and_per_owner_fairness(ff):
+    ff.wait_workers(2)
+    busy = [ff.submit(prompt=f"hold {i}", **SLOW) for i in range(2)]
+    for b in busy:
+        running_with_progress(ff, b["id"])
+    batch = [ff.submit(prompt=f"batch {i}", owner="alice", **QUICK) for i in range(5)]
+    low = ff.submit(prompt="low", owner="carol", priority="low", **QUICK)
+    single = ff.submit(prompt="single", owner="bob", **QUICK)
+    bumped = ff.submit(prompt="bumped", owner="carol", **QUICK)
+    moved = requests.post(
+        f"{ff.url}/api/v1/jobs/{bumped['id']}/priority", json={"priority": "high"}, timeout=10
+    )
+    assert moved.status_code == 200 and moved.json()["priority"] == "high"
+    jobs = [ff.wait(j["id"]) for j in [*busy, *batch, low, single, bumped]]
+    assert all(j["status"] == "succeeded" for j in jobs)
+    order = [j["spec"]["prompt"] for j in sorted(jobs[2:], key=lambda j: j["dispatched_at"])]
+    assert order[0] == "bumped", order
+    assert order.index("single") <= 2, f"bob waits for at most one of alice's jobs: {order}"
+    assert order[-1] == "low", order
+    running = requests.post(
+        f"{ff.url}/api/v1/jobs/{busy[0]['id']}/priority", json={"priority": "high"}, timeout=10
+    )
+    assert running.status_code == 409
+
+
+def test_affinity_sends_a_job_to_the_worker_holding_its_model(ff):
+    ff.wait_workers(2)
+    first = ff.wait(ff.submit(prompt="xl", **{**QUICK, "model": "demo-sdxl"})["id"])
+    holder = first["worker"]
+    deadline = time.monotonic() + 30
+    while not any(
+        m["name"] == "demo-sdxl" for w in ff.live() if w["name"] == holder for m in w["models"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for i in range(3):
+        again = ff.wait(ff.submit(prompt=f"xl {i}", **{**QUICK, "model": "demo-sdxl"})["id"])
+        assert again["worker"] == holder
+
+
+def test_drained_worker_takes_no_new_jobs(ff):
+    live = ff.wait_workers(2)
+    drained = live[0]["name"]
+    requests.post(f"{ff.url}/api/v1/workers/{drained}/drain", timeout=10).raise_for_status()
+    try:
+        jobs = [ff.wait(ff.submit(prompt=f"d{i}", **QUICK)["id"]) for i in range(3)]
+        assert all(j["status"] == "succeeded" and j["worker"] != drained for j in jobs)
+        assert next(w for w in ff.live() if w["name"] == drained)["draining"] is True
+    finally:
+        requests.post(
+            f"{ff.url}/api/v1/workers/{drained}/drain", json={"drain": False}, timeout=10
+        ).raise_for_status()
+
+
+def test_idempotency_key_returns_the_same_job(ff):
+    headers = {"Idempotency-Key": "retry-me-42"}
+    url = f"{ff.url}/api/v1/jobs"
+    first = requests.post(url, json={"prompt": "idem", **QUICK}, headers=headers, timeout=10)
+    second = requests.post(url, json={"prompt": "idem", **QUICK}, headers=headers, timeout=10)
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert ff.wait(first.json()["id"])["status"] == "succeeded"
+
+
+def test_redis_restart_loses_no_job(ff):
+    ff.wait_workers(2)
+    jobs = [ff.submit(prompt=f"persist {i}", **SLOW) for i in range(3)]
+    running_with_progress(ff, jobs[0]["id"])
+    ff.restart_redis(down_s=1.0)
+    done = [ff.wait(j["id"], timeout=240) for j in jobs]
+    assert [d["status"] for d in done] == ["succeeded"] * 3, [d["error"] for d in done]
+    for d in done:
+        attempt = d["outputs"][0]["key"].split("/")[2]
+        assert f"{attempt}/image-0.png" in objects(ff, d["id"])
+
+
+def test_s3_outage_delays_jobs_and_loses_none(ff):
+    ff.wait_workers(2)
+    ff.s3_proxy.pause()
+    try:
+        jobs = [ff.submit(prompt=f"outage {i}", **QUICK) for i in range(2)]
+        time.sleep(4)  # rendered by now, uploads failing and being retried
+        assert all(ff.job(j["id"])["status"] == "running" for j in jobs)
+    finally:
+        ff.s3_proxy.resume()
+    for j in jobs:
+        done = ff.wait(j["id"], timeout=120)
+        assert done["status"] == "succeeded", done["error"]
+        attempt = done["outputs"][0]["key"].split("/")[2]
+        assert objects(ff, j["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]

@@ -1,0 +1,280 @@
+"""The OpenVINO backend on real OpenVINO: tiny demo models converted, compiled and compared
+with torch on the CPU, through the same `worker.pipelines` code the CPU worker runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.jobspec import parse_spec
+from shared.modelstore import ModelInfo, find_model
+from worker import openvino_backend as ovb
+from worker import pipelines
+from worker.demo_upscalers import DEMO_AURA_SR, DEMO_ESRGAN, DEMO_REALESRGAN
+from worker.upscalers import load_upscaler, upscale
+
+# fp32 on both sides: the measured differences are ~1e-6 (pipelines) and ~1e-7 (upscalers).
+PIPELINE_TOLERANCE = 1e-3
+UPSCALER_TOLERANCE = 1e-4
+TINY = {"model": "demo-sd15", "prompt": "a red fox", "steps": 4, "seed": 7}
+
+
+def no_progress(p: float) -> None:
+    pass
+
+
+def ir_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def sd15(models_dir: Path) -> ModelInfo:
+    model = find_model("demo-sd15", "checkpoint", models_dir)
+    assert model is not None
+    return model
+
+
+@pytest.fixture(scope="module")
+def ir_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("openvino-ir")
+
+
+@pytest.fixture(scope="module")
+def first_load(sd15, ir_cache) -> dict:
+    """The first load of demo-sd15: converts to IR (the slow part of this file)."""
+    before = ovb.conversion_count()
+    started = time.perf_counter()
+    loaded = ovb.load_openvino_pipeline(sd15, ir_cache)
+    return {
+        "loaded": loaded,
+        "seconds": time.perf_counter() - started,
+        "conversions": ovb.conversion_count() - before,
+    }
+
+
+@pytest.fixture(scope="module")
+def ov_pipe(first_load) -> pipelines.LoadedPipeline:
+    return first_load["loaded"]
+
+
+@pytest.fixture(scope="module")
+def torch_pipe(sd15) -> pipelines.LoadedPipeline:
+    return pipelines.load_pipeline(sd15, "cpu", torch.float32)
+
+
+def spec(**fields):
+    return parse_spec({**TINY, **fields})
+
+
+def render(loaded, **fields) -> tuple[np.ndarray, list[str]]:
+    return pipelines.txt2img(loaded, spec(**fields), pipelines.Addons(), no_progress)
+
+
+# -- the IR cache ------------------------------------------------------------------------------
+
+
+def test_first_load_converts_unet_vae_and_text_encoder(first_load, ir_cache):
+    # unet, vae_encoder, vae_decoder, text_encoder
+    assert first_load["conversions"] == 4
+    pipe = first_load["loaded"].pipe
+    assert isinstance(pipe.unet, ovb.OpenVINOUNet)
+    assert isinstance(pipe.vae, ovb.OpenVINOAutoencoderKL)
+    assert isinstance(pipe.text_encoder, ovb.OpenVINOTextEncoder)
+    # What diffusers reads from the components still answers, from the original configs.
+    assert pipe.unet.config.in_channels == 4 and pipe.vae_scale_factor == 8
+    assert (ir_cache / "compiled").is_dir()  # OpenVINO's own compile cache
+
+
+def test_second_load_reads_the_cached_ir(first_load, sd15, ir_cache):
+    folders = [p for p in ir_cache.iterdir() if p.name.startswith("demo-sd15-")]
+    assert len(folders) == 1
+    files = ir_files(folders[0])
+    before = ovb.conversion_count()
+    started = time.perf_counter()
+    again = ovb.load_openvino_pipeline(sd15, ir_cache)
+    seconds = time.perf_counter() - started
+    assert ovb.conversion_count() == before
+    assert ir_files(folders[0]) == files  # nothing written
+    assert seconds < first_load["seconds"] / 5, (seconds, first_load["seconds"])
+    assert again.pipe.unet is not first_load["loaded"].pipe.unet
+
+
+def test_identity_follows_the_source_files(tmp_path):
+    (tmp_path / "unet").mkdir()
+    weights = tmp_path / "unet" / "w.safetensors"
+    weights.write_bytes(b"1234")
+    first = ovb.model_identity(tmp_path)
+    assert ovb.model_identity(tmp_path) == first
+    os.utime(weights, ns=(1, 1))
+    assert ovb.model_identity(tmp_path) != first
+
+
+# -- correctness and shapes --------------------------------------------------------------------
+
+
+def test_txt2img_matches_torch(ov_pipe, torch_pipe):
+    ov_image, passes = render(ov_pipe, width=64, height=64)
+    torch_image, _ = render(torch_pipe, width=64, height=64)
+    assert passes == ["StableDiffusionPipeline"]
+    assert ov_image.shape == torch_image.shape == (1, 64, 64, 3)
+    assert np.abs(ov_image - torch_image).max() < PIPELINE_TOLERANCE
+
+
+def test_each_job_gets_exactly_its_size(ov_pipe):
+    unet = ov_pipe.pipe.unet.parts["unet"]
+    for width, height in [(64, 64), (96, 64), (64, 64)]:
+        images, _ = render(ov_pipe, width=width, height=height)
+        assert images.shape == (1, height, width, 3)
+        assert np.isfinite(images).all()
+    latents = {key[0] for key in unet.shapes()}
+    assert {(2, 4, 8, 8), (2, 4, 8, 12)} <= latents  # one compiled variant per exact shape
+    assert unet.count <= unet.max_variants
+    stats = ovb.openvino_stats(ov_pipe)
+    assert stats["compiled_variants"] >= 3 and stats["compiled_bytes"] > 0
+
+
+def test_a_wrong_output_fails_and_never_returns(ov_pipe):
+    vae = ov_pipe.pipe.vae
+    decoder = vae.parts["vae_decoder"]
+    latents = np.zeros((1, 4, 8, 8), np.float32)
+    with pytest.raises(ovb.OpenVINOOutputError, match="shape"):
+        decoder([latents], [(1, 3, 128, 128)])
+    with pytest.raises(ovb.OpenVINOOutputError, match="NaN"):
+        vae.decode(torch.full((1, 4, 8, 8), float("nan")))
+    # A variant compiled for one shape never serves another (the seed's static-shape bug).
+    vae.decode(torch.zeros(1, 4, 8, 8))
+    small = decoder.shapes()[-1]
+    decoder._variants[((1, 4, 16, 16),)] = decoder._variants[small]
+    try:
+        with pytest.raises(RuntimeError):
+            vae.decode(torch.zeros(1, 4, 16, 16))
+    finally:
+        del decoder._variants[((1, 4, 16, 16),)]
+
+
+def test_img2img_and_inpainting_match_torch(ov_pipe, torch_pipe):
+    x = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    init = Image.fromarray(np.stack([x, x.T, np.full_like(x, 90)], -1))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    job = spec(
+        kind="img2img", init_image=png_b64(init), width=64, height=64, denoising_strength=0.6
+    )
+    for m in (None, mask):
+        ov_image, passes = pipelines.img2img(ov_pipe, job, pipelines.Addons(), init, m, no_progress)
+        torch_image, _ = pipelines.img2img(
+            torch_pipe, job, pipelines.Addons(), init, m, no_progress
+        )
+        assert ov_image.shape == (1, 64, 64, 3)
+        assert np.abs(ov_image - torch_image).max() < PIPELINE_TOLERANCE
+    assert passes == ["StableDiffusionInpaintPipeline"]
+    assert ov_pipe.pipe.vae.parts["vae_encoder"].count >= 1
+
+
+def test_controlnet_job_runs_its_unet_on_openvino(ov_pipe, torch_pipe, models_dir):
+    info = find_model("demo-controlnet-sd15", "controlnet", models_dir)
+    controlnet = pipelines.load_controlnet(info, "cpu", torch.float32)  # the add-on: torch
+    rng = np.random.default_rng(3)
+    control = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    unit = {"model": "demo-controlnet-sd15", "image": png_b64(control)}
+    job = spec(width=64, height=64, controlnet=[unit])
+    addons = pipelines.Addons(controlnets=[controlnet], control_images=[control])
+    ov_image, passes = pipelines.txt2img(ov_pipe, job, addons, no_progress)
+    torch_image, _ = pipelines.txt2img(torch_pipe, job, addons, no_progress)
+    plain, _ = render(ov_pipe, width=64, height=64)
+    assert passes == ["StableDiffusionControlNetPipeline"]
+    assert np.abs(ov_image - torch_image).max() < PIPELINE_TOLERANCE
+    assert np.abs(ov_image - plain).max() > 0.01  # the residuals reached the compiled UNet
+
+
+# -- upscalers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [DEMO_ESRGAN, DEMO_REALESRGAN])
+def test_upscaler_matches_torch_across_image_sizes(name, models_dir, ir_cache):
+    torch_up = load_upscaler(models_dir / "upscalers" / name)
+    ov_up = ovb.openvino_upscaler(torch_up, ir_cache)
+    assert isinstance(ov_up.model, ovb.OpenVINOImageModel)
+    rng = np.random.default_rng(0)
+    for height, width in [(30, 40), (52, 70)]:  # two sizes in a row on one upscaler
+        image = rng.random((height, width, 3), dtype=np.float32)
+        size = (width * torch_up.scale, height * torch_up.scale)
+        ov_out = upscale(ov_up, image, *size, tile=64)
+        torch_out = upscale(torch_up, image, *size, tile=64)
+        assert ov_out.shape == torch_out.shape == (size[1], size[0], 3)
+        assert np.abs(ov_out - torch_out).max() < UPSCALER_TOLERANCE
+    # Every tile has one shape: one compiled variant served both images.
+    assert ov_up.model.parts["model"].shapes() == [((1, 3, 64, 64),)]
+    before = ovb.conversion_count()
+    ovb.openvino_upscaler(torch_up, ir_cache)
+    assert ovb.conversion_count() == before  # the IR is cached
+
+
+def test_aura_sr_stays_on_torch(models_dir, ir_cache):
+    aura = load_upscaler(models_dir / "upscalers" / DEMO_AURA_SR)
+    assert ovb.openvino_upscaler(aura, ir_cache) is aura
+
+
+# -- hires fix ---------------------------------------------------------------------------------
+
+
+def test_hires_fix_pass_two_is_img2img_on_the_same_components(
+    ov_pipe, torch_pipe, models_dir, ir_cache
+):
+    torch_up = load_upscaler(models_dir / "upscalers" / DEMO_REALESRGAN)
+    ov_up = ovb.openvino_upscaler(torch_up, ir_cache)
+    job = spec(
+        width=64,
+        height=64,
+        hires={"scale": 2.0, "upscaler": "demo-realesrgan-x2", "denoising_strength": 0.5},
+    )
+    before = ovb.conversion_count()
+    unet = ov_pipe.pipe.unet
+    images, passes = pipelines.txt2img(
+        ov_pipe, job, pipelines.Addons(), no_progress, lambda img, w, h: upscale(ov_up, img, w, h)
+    )
+    assert passes == ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"]
+    assert images.shape == (1, 128, 128, 3)
+    assert ovb.conversion_count() == before  # nothing reloaded or reconverted
+    assert ov_pipe.pipe.unet is unet
+    assert (2, 4, 16, 16) in {key[0] for key in unet.parts["unet"].shapes()}
+    expected, _ = pipelines.txt2img(
+        torch_pipe,
+        job,
+        pipelines.Addons(),
+        no_progress,
+        lambda img, w, h: upscale(torch_up, img, w, h),
+    )
+    assert np.abs(images - expected).max() < PIPELINE_TOLERANCE
+
+
+# -- SDXL (slow to convert: opt in) ----------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RENDERFARM_TEST_OPENVINO_SDXL"),
+    reason="converting demo-sdxl takes ~30 s; set RENDERFARM_TEST_OPENVINO_SDXL=1",
+)
+def test_sdxl_matches_torch(models_dir, ir_cache):
+    model = find_model("demo-sdxl", "checkpoint", models_dir)
+    ov_loaded = ovb.load_openvino_pipeline(model, ir_cache)
+    torch_loaded = pipelines.load_pipeline(model, "cpu", torch.float32)
+    job = spec(model="demo-sdxl", width=64, height=64)
+    ov_image, passes = pipelines.txt2img(ov_loaded, job, pipelines.Addons(), no_progress)
+    torch_image, _ = pipelines.txt2img(torch_loaded, job, pipelines.Addons(), no_progress)
+    assert passes == ["StableDiffusionXLPipeline"]
+    assert np.abs(ov_image - torch_image).max() < PIPELINE_TOLERANCE
+
+
+def png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
