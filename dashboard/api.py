@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import ValidationError
 
 from dashboard.app import scheduler
+from scheduler.batches import Batches
 from scheduler.fleet import live_workers
 from scheduler.submit import ConflictError, SubmitError
 from shared.jobspec import field_errors, parse_spec
@@ -102,6 +103,56 @@ def retry_job(job_id: str):
 def set_priority(job_id: str):
     body = request.get_json(silent=True) or {}
     return _control(scheduler().set_priority, job_id, str(body.get("priority")))
+
+
+@api.post("/batches")
+def submit_batch():
+    """{"jobs": [spec, ...]} or {"spec": spec} (its batch_count split into jobs)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not (
+        isinstance(body.get("jobs"), list) and body["jobs"] or isinstance(body.get("spec"), dict)
+    ):
+        reason = 'must be a JSON object with "jobs": [spec, ...] or "spec": {...}'
+        return _invalid(400, [{"field": "body", "reason": reason}])
+    owner = str(body.get("owner", "anonymous"))[:100] or "anonymous"
+    priority = str(body.get("priority", "normal"))
+    raw = body["jobs"] if "jobs" in body else [body["spec"]]
+    if len(raw) > 1000:
+        return _invalid(422, [{"field": "jobs", "reason": "at most 1000 specs per batch"}])
+    specs, errors = [], []
+    for i, item in enumerate(raw):
+        try:
+            specs.append(parse_spec(item))
+        except ValidationError as exc:
+            prefix = f"jobs.{i}." if "jobs" in body else "spec."
+            errors += [{**e, "field": prefix + e["field"]} for e in field_errors(exc)]
+    if errors:
+        return _invalid(422, errors)
+    try:
+        batch = Batches(scheduler()).submit(specs, owner, priority)
+    except SubmitError as exc:
+        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+    return jsonify(batch_view(batch)), 202
+
+
+def batch_view(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "jobs": [job_view(j) for j in batch["jobs"]]}
+
+
+@api.get("/batches/<batch_id>")
+def get_batch(batch_id: str):
+    batch = Batches(scheduler()).get(batch_id)
+    if batch is None:
+        return jsonify(error=f"no batch {batch_id!r}"), 404
+    return jsonify(batch_view(batch))
+
+
+@api.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    batch = Batches(scheduler()).cancel(batch_id)
+    if batch is None:
+        return jsonify(error=f"no batch {batch_id!r}"), 404
+    return jsonify(batch_view(batch))
 
 
 @api.get("/jobs")

@@ -66,3 +66,8 @@ def drain(name: str) -> str:
 def worker_queue(name: str) -> str:
     """The Celery queue only this worker consumes (affinity dispatch)."""
     return f"worker.{name}"
+
+
+def batch(batch_id: str) -> str:
+    """Hash of a batch: its owner, creation time and child job ids."""
+    return f"{PREFIX}:batch:{batch_id}"

@@ -89,7 +89,7 @@ class FaultFarm:
             "RENDERFARM_HEARTBEAT_S": "0.5",
             "RENDERFARM_LEASE_S": "2",
             "RENDERFARM_MAX_ATTEMPTS": "2",
-            "RENDERFARM_AFFINITY_WAIT_S": "30",
+            "RENDERFARM_AFFINITY_WAIT_S": "1",
             "RENDERFARM_FAULT_KILL_PROMPT": "poison",
         }
         self.logs = root / "logs"

@@ -203,3 +203,38 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
         assert done["status"] == "succeeded", done["error"]
         attempt = done["outputs"][0]["key"].split("/")[2]
         assert objects(ff, j["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]
+
+
+def test_a_batch_is_shared_by_the_workers(ff):
+    ff.wait_workers(2)
+    spec = {"prompt": "batch", **SLOW, "seed": 100, "batch_count": 4}
+    resp = requests.post(
+        f"{ff.url}/api/v1/batches", json={"spec": spec, "owner": "dana"}, timeout=30
+    )
+    assert resp.status_code == 202, resp.text
+    batch = resp.json()
+    assert [j["spec"]["seed"] for j in batch["jobs"]] == [100, 101, 102, 103]
+    jobs = [ff.wait(j["id"]) for j in batch["jobs"]]
+    assert all(j["status"] == "succeeded" for j in jobs)
+    assert len({j["worker"] for j in jobs}) == 2, "both workers took part"
+    done = requests.get(f"{ff.url}/api/v1/batches/{batch['id']}", timeout=10).json()
+    assert done["status"] == "succeeded" and done["progress"] == 1.0
+
+    before = ff.redis.zcard(keys.jobs_index())
+    bad = {"jobs": [{"prompt": "ok", **QUICK}, {"prompt": "bad", **{**QUICK, "width": 100}}]}
+    refused = requests.post(f"{ff.url}/api/v1/batches", json=bad, timeout=10)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "jobs.1.width"
+    assert ff.redis.zcard(keys.jobs_index()) == before, "nothing queued"
+
+
+def test_a_job_no_live_worker_can_run_waits_visibly(ff):
+    job = ff.submit(prompt="needs a gpu", hardware="gpu", **QUICK)
+    deadline = time.monotonic() + 30
+    while not (waiting := ff.job(job["id"])["waiting"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert ff.job(job["id"])["status"] == "queued"
+    assert "waiting for a compatible worker (hardware gpu" in waiting
+    requests.post(f"{ff.url}/api/v1/jobs/{job['id']}/cancel", timeout=10).raise_for_status()
+    assert ff.job(job["id"])["status"] == "canceled"
