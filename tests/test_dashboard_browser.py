@@ -62,3 +62,17 @@ def test_bad_input_is_shown_next_to_the_form(farm, page):
     page.click("button[type=submit]")
     page.locator("#form-errors li", has_text="steps: Value error, must be at most 150").wait_for()
     assert page.locator("#job-rows tr", has_text="too many steps").count() == 0
+
+
+def test_the_page_shows_workers_and_cancels_a_waiting_job(farm, page):
+    page.goto(farm.url + "/")
+    page.locator("#worker-rows tr", has_text="cpu").first.wait_for()
+    page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+    page.fill("textarea[name=prompt]", "a job for a gpu that is not there")
+    page.select_option("select[name=hardware]", "gpu")
+    page.click("button[type=submit]")
+    row = page.locator("#job-rows tr", has_text="a job for a gpu that is not there")
+    row.locator("small.waiting", has_text="waiting for a compatible worker").wait_for()
+    row.locator("button.cancel").click()
+    row.locator("td.status", has_text="canceled").wait_for()
+    assert farm.job(row.get_attribute("data-job-id"))["status"] == "canceled"

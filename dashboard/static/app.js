@@ -26,7 +26,20 @@ function renderJobs(jobs) {
       bar.max = 1; bar.value = job.progress;
       status.append(" ", bar);
     }
+    if (job.waiting) status.append(" ", Object.assign(document.createElement("small"),
+      { className: "waiting", textContent: job.waiting }));
     if (job.error) status.title = job.error;
+    const action = { queued: "cancel", running: "cancel", failed: "retry", canceled: "retry" }[job.status];
+    if (action) {
+      const button = Object.assign(document.createElement("button"), {
+        className: `action ${action}`, textContent: action === "cancel" ? "Cancel" : "Retry",
+      });
+      button.addEventListener("click", async () => {
+        await api(`/jobs/${job.id}/${action}`, { method: "POST" });
+        refresh();
+      });
+      status.append(" ", button);
+    }
     const images = row.insertCell();
     for (const out of job.outputs) {
       const link = document.createElement("a");
@@ -41,6 +54,21 @@ function renderJobs(jobs) {
 }
 
 let shown = "";
+async function refreshWorkers() {
+  const { body } = await api("/workers");
+  const list = document.getElementById("worker-rows");
+  list.replaceChildren();
+  for (const w of body.workers) {
+    const row = list.insertRow();
+    cell(row, w.name);
+    cell(row, w.hardware);
+    cell(row, w.device_name);
+    cell(row, w.models.map((m) => m.name).join(", ") || "-");
+    cell(row, w.draining ? "draining" : (w.current_job ? `job ${w.current_job.slice(0, 8)}` : "idle"));
+    cell(row, String(w.jobs_done));
+  }
+}
+
 async function refresh() {
   const { body } = await api("/jobs?limit=50");
   const snapshot = JSON.stringify(body.jobs);
@@ -82,4 +110,6 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
 
 loadModels();
 refresh();
+refreshWorkers();
 setInterval(refresh, 1000);
+setInterval(refreshWorkers, 3000);
