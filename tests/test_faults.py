@@ -207,7 +207,7 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
 
 def test_a_batch_is_shared_by_the_workers(ff):
     ff.wait_workers(2)
-    spec = {"prompt": "batch", **SLOW, "seed": 100, "batch_count": 4}
+    spec = {"prompt": "batch", **SLOW, "steps": 20, "seed": 100, "batch_count": 4}
     resp = requests.post(
         f"{ff.url}/api/v1/batches", json={"spec": spec, "owner": "dana"}, timeout=30
     )
