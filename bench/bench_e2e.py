@@ -259,6 +259,8 @@ class FarmClient:
         wall_seen = time.time()
         return {
             "id": job_id,
+            # Where the worker wrote the manifest (newer records say; older: the default key).
+            "manifest": job.get("manifest") or f"jobs/{job_id}/manifest.json",
             "e2e_s": t1 - t0,
             "post_s": t_posted - t0,
             "polls": polls,
@@ -341,8 +343,8 @@ def start_farm(
     return env, f"http://127.0.0.1:{api_port}", storage
 
 
-def read_render_s(env: dict[str, str], job_ids: list[str]) -> list[float]:
-    """The worker's own render time per job, from jobs/<id>/manifest.json in storage."""
+def read_render_s(env: dict[str, str], manifest_keys: list[str]) -> list[float]:
+    """The worker's own render time per job (`render_s` in the job's manifest in storage)."""
     from shared.config import Settings
     from shared.storage import open_storage
 
@@ -355,9 +357,9 @@ def read_render_s(env: dict[str, str], job_ids: list[str]) -> list[float]:
     )
     storage = open_storage(settings)
     found = []
-    for job_id in job_ids:
+    for key in manifest_keys:
         try:
-            manifest = json.loads(storage.get(f"jobs/{job_id}/manifest.json"))
+            manifest = json.loads(storage.get(key))
         except Exception:
             continue
         if "render_s" in manifest:
@@ -478,6 +480,8 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     lines += [row(f"    {name}", s) for name, s in phases.items()]
     if r:
         lines.append(row("  worker render_s (manifest)", r))
+    else:
+        lines.append("  worker render_s: not found in the jobs' manifests")
     lines += [
         "",
         f"overhead per job (farm p50 - baseline p50): {overhead_ms:.1f} ms",
@@ -598,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         run = measure(args, baseline, farm)
-        run["render_s"] = read_render_s(env, [j["id"] for j in run["jobs"]])
+        run["render_s"] = read_render_s(env, [j["manifest"] for j in run["jobs"]])
         run["load_s"] = baseline.load_s
         run["storage"] = storage
         run["loadavg"] = (load_before, loadavg())
