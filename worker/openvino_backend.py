@@ -9,18 +9,21 @@ kind reuses the same compiled components and never reloads or reconverts (seed b
 - Converted IR is cached on disk under `ir_cache/<name>-<identity>/`; the identity hashes the
   source files (paths, sizes, mtimes) and the converter's versions, so a worker start or a
   second load reads the IR and converts nothing. OpenVINO's own compile cache (`CACHE_DIR`)
-  is `ir_cache/compiled/`.
+  is `ir_cache/compiled/<device>-<precision>/`.
 - Compiled variants are keyed by the exact shapes of all inputs (static shapes: `reshape`,
-  then `compile_model`), compiled lazily, the few most recent kept per component. Every
-  output's shape is checked against the request and its values must be finite: a wrong shape
-  raises `OpenVINOOutputError`, never comes back as an image (seed bug 002; optimum-intel's
-  static pipelines return the compiled size with only a warning).
+  then `compile_model`), compiled lazily, the few most recent kept per component, each with
+  the memory it was measured to take (`openvino_stats`). Every output's shape is checked
+  against the request and its values must be finite: a wrong output raises
+  `OpenVINOOutputError`, never comes back as an image (seed bug 002; optimum-intel's static
+  pipelines return the compiled size with only a warning).
 - The UNet IR has ControlNet residual inputs; jobs without ControlNet feed zeros (x + 0 == x),
   so one IR serves both and ControlNet jobs run their UNet on OpenVINO too (the ControlNet
   itself, a per-job add-on, stays a torch module).
 - Spandrel upscalers (ESRGAN, Real-ESRGAN compact, ...) convert the same way; tiles all have
-  one shape, so each tile size is one compiled variant. AuraSR stays on torch: its forward
-  draws random noise, which a converted graph would draw differently.
+  one shape, so each tile size is one compiled variant.
+
+Stays on torch: the ControlNet add-on, a per-job VAE override, the scheduler, and AuraSR
+(its forward draws random noise, which a converted graph would draw differently).
 
 Each wrapper keeps the original module's skeleton on the meta device (no memory) to answer
 what diffusers reads (`config`, `add_embedding.linear_1.in_features`, ...), and to compute
@@ -43,14 +46,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino as ov
+import psutil
 import torch
 
 from shared.modelstore import ModelInfo
+from worker.memory import release_memory
 from worker.pipelines import LoadedPipeline
 from worker.upscalers import Upscaler
 
@@ -58,8 +65,9 @@ log = logging.getLogger(__name__)
 
 # Bump when the conversion's output changes: IR written by an older converter is not reused.
 CONVERTER_VERSION = 1
-# Compiled variants kept per component. Each holds a copy of the weights (reordered for the
-# device), so this bounds memory; hires fix needs two shapes in one job.
+# Compiled variants kept per component. Each holds its own copy of the weights (reordered for
+# the device) and activation buffers that grow with the shape, so this bounds memory; hires fix
+# needs two shapes in one job.
 MAX_VARIANTS = 3
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -85,10 +93,21 @@ def conversion_count() -> int:
 
 
 @cache
-def _core() -> Any:
-    import openvino as ov
-
+def _core() -> ov.Core:
     return ov.Core()
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+@dataclass
+class _Variant:
+    request: ov.InferRequest
+    # Resident memory the process grew by while this variant compiled and first ran: its
+    # copy of the weights (reordered for the device) and its activation buffers, which grow
+    # with the shape and dominate at large sizes. Measured, not assumed.
+    nbytes: int = 0
 
 
 class CompiledVariants:
@@ -104,7 +123,7 @@ class CompiledVariants:
         # The weights file is memory-mapped, not read: a variant's compile copies what it needs.
         self.model = _core().read_model(xml)
         self.weight_bytes = xml.with_suffix(".bin").stat().st_size
-        self._variants: OrderedDict[tuple[tuple[int, ...], ...], Any] = OrderedDict()
+        self._variants: OrderedDict[tuple[tuple[int, ...], ...], _Variant] = OrderedDict()
         self._lock = threading.Lock()  # one infer request per variant: one call at a time
 
     @property
@@ -113,8 +132,7 @@ class CompiledVariants:
 
     @property
     def nbytes(self) -> int:
-        """Estimate: each compiled variant holds one copy of the IR's weights."""
-        return self.weight_bytes * len(self._variants)
+        return sum(v.nbytes for v in self._variants.values())
 
     def shapes(self) -> list[tuple[tuple[int, ...], ...]]:
         return list(self._variants)
@@ -129,14 +147,23 @@ class CompiledVariants:
         """Run at exactly these input shapes; outputs checked against `expected` shapes."""
         key = tuple(tuple(int(d) for d in x.shape) for x in inputs)
         with self._lock:
-            request = self._variant(key)
+            variant = self._variants.get(key)
+            if variant is None:
+                before = _rss()
+                variant = self._compile(key)
+            else:
+                self._variants.move_to_end(key)
+                before = None
+            ports = variant.request.model_inputs
             feed = [
                 np.ascontiguousarray(x, dtype=port.get_element_type().to_dtype())
-                for x, port in zip(inputs, request.model_inputs, strict=True)
+                for x, port in zip(inputs, ports, strict=True)
             ]
-            result = request.infer(feed)  # copies the outputs out of the request's buffers
-            outputs = [result[port] for port in request.model_outputs]
-        for i, (out, want) in enumerate(zip(outputs, expected, strict=False)):
+            result = variant.request.infer(feed)  # copies outputs out of the request's buffers
+            outputs = [result[port] for port in variant.request.model_outputs]
+            if before is not None:
+                variant.nbytes = max(0, _rss() - before)
+        for i, (out, want) in enumerate(zip(outputs, expected, strict=True)):
             if want is not None and tuple(out.shape) != tuple(want):
                 raise OpenVINOOutputError(
                     f"OpenVINO {self.name} output {i} has shape {tuple(out.shape)}; "
@@ -147,17 +174,15 @@ class CompiledVariants:
                 raise OpenVINOOutputError(f"OpenVINO {self.name} gave NaN or infinite values")
         return outputs
 
-    def _variant(self, key: tuple[tuple[int, ...], ...]) -> Any:
-        """Under the lock: the infer request compiled for exactly these input shapes."""
-        if key in self._variants:
-            self._variants.move_to_end(key)
-            return self._variants[key]
-        import openvino as ov
-
+    def _compile(self, key: tuple[tuple[int, ...], ...]) -> _Variant:
+        """Under the lock: compile for exactly these input shapes (static: no other shape
+        can run on it), dropping the least recently used variant first to make room."""
         if len(key) != len(self.model.inputs):
             raise UnsupportedOnOpenVINO(
                 f"OpenVINO {self.name} takes {len(self.model.inputs)} inputs, got {len(key)}"
             )
+        while len(self._variants) >= self.max_variants:
+            self._variants.popitem(last=False)
         started = time.perf_counter()
         model = self.model.clone()  # reshape changes the model: keep the dynamic one intact
         shapes = zip(model.inputs, key, strict=True)
@@ -166,17 +191,14 @@ class CompiledVariants:
         got = tuple(tuple(port.get_shape()) for port in compiled.inputs)
         if got != key:  # a model that ignored the reshape would run at another size
             raise OpenVINOOutputError(f"OpenVINO {self.name} compiled for {got}, asked for {key}")
-        while len(self._variants) >= self.max_variants:
-            self._variants.popitem(last=False)
-        request = compiled.create_infer_request()
-        self._variants[key] = request
+        variant = self._variants[key] = _Variant(compiled.create_infer_request())
         log.info(
             "compiled OpenVINO %s for %s in %.2fs",
             self.name,
             list(key),
             time.perf_counter() - started,
         )
-        return request
+        return variant
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -189,9 +211,9 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
 class OpenVINOModule(torch.nn.Module):
     """A compiled component standing in for a torch module inside a diffusers pipeline.
 
-    Attributes it does not have are read from `original`, the torch module's skeleton on the
-    meta device (so `config` and the like answer as before). It has no parameters: tensors
-    come in and go out on the CPU as float32, whatever device OpenVINO runs on.
+    Attributes it does not have are read from the torch module's skeleton on the meta device
+    (so `config` and the like answer as before). It has no parameters: tensors come in and go
+    out on the CPU as float32, whatever device OpenVINO runs on. `parts` are its compiled IRs.
     """
 
     def __init__(self, original: torch.nn.Module, parts: dict[str, CompiledVariants]) -> None:
@@ -392,7 +414,6 @@ class OpenVINOTextEncoder(OpenVINOModule):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs: Any,
     ) -> Any:
         if attention_mask is not None and not bool((attention_mask == 1).all()):
             raise UnsupportedOnOpenVINO("the OpenVINO text encoder takes no attention mask")
@@ -442,12 +463,11 @@ class OpenVINOImageModel(OpenVINOModule):
 # -- conversion --------------------------------------------------------------------------------
 
 
-def _trace_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+def _trace_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> ov.Model:
     """TorchScript trace (as optimum-intel does; `check_trace` off: it doubles the time).
 
     The traced shape arithmetic stays symbolic, so the IR takes any shape until reshaped.
     """
-    import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     with torch.no_grad():
@@ -457,10 +477,9 @@ def _trace_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -
         return ov.convert_model(decoder)
 
 
-def _export_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+def _export_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> ov.Model:
     """torch.export, every dimension dynamic: transformers' attention masks do not trace
     with TorchScript (they get tensors where they expect ints)."""
-    import openvino as ov
     from torch.export import Dim
 
     dynamic = tuple({d: Dim.AUTO for d in range(x.ndim)} for x in example)
@@ -469,9 +488,7 @@ def _export_convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
     return ov.convert_model(program)
 
 
-def _save_ir(model: Any, xml: Path) -> None:
-    import openvino as ov
-
+def _save_ir(model: ov.Model, xml: Path) -> None:
     global _conversions
     ov.save_model(model, xml, compress_to_fp16=False)  # fp32 weights, as torch has them
     with _conversions_lock:
@@ -530,6 +547,11 @@ class _TextEncoderForExport(torch.nn.Module):
         return tuple(flat)
 
 
+def _generator() -> torch.Generator:
+    """Example inputs from a local generator: converting leaves the global RNG alone."""
+    return torch.Generator().manual_seed(0)
+
+
 class _Captured(Exception):
     def __init__(self, args: tuple, kwargs: dict) -> None:
         super().__init__()
@@ -551,7 +573,14 @@ def _unet_example_call(pipe: Any) -> tuple[tuple, dict]:
     side = (2**unet.num_upsamplers + 1) * pipe.vae_scale_factor
     handle = unet.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        pipe(prompt="a", num_inference_steps=1, width=side, height=side, guidance_scale=7.0)
+        pipe(
+            prompt="a",
+            num_inference_steps=1,
+            width=side,
+            height=side,
+            guidance_scale=7.0,
+            generator=_generator(),
+        )
     except _Captured as call:
         return call.args_, call.kwargs
     finally:
@@ -579,16 +608,16 @@ def _convert_unet(pipe: Any, out: Path) -> dict[str, Any]:
 
 def _convert_vae(pipe: Any, out: Path) -> dict[str, Any]:
     vae, f = pipe.vae, pipe.vae_scale_factor
-    latent = torch.randn(2, vae.config.latent_channels, 9, 9)
+    latent = torch.randn(2, vae.config.latent_channels, 9, 9, generator=_generator())
     _save_ir(_trace_convert(_DecodeForExport(vae), (latent,)), out / "vae_decoder.xml")
-    image = torch.rand(2, vae.config.in_channels, 9 * f, 9 * f) * 2 - 1
+    image = torch.rand(2, vae.config.in_channels, 9 * f, 9 * f, generator=_generator()) * 2 - 1
     _save_ir(_trace_convert(_EncodeForExport(vae), (image,)), out / "vae_encoder.xml")
     return {}
 
 
 def _convert_text_encoder(encoder: torch.nn.Module, xml: Path) -> dict[str, Any]:
     length = encoder.config.max_position_embeddings
-    ids = torch.randint(0, encoder.config.vocab_size, (2, length))
+    ids = torch.randint(0, encoder.config.vocab_size, (2, length), generator=_generator())
     with torch.no_grad():
         sample = encoder(ids, output_hidden_states=True, return_dict=True)
     fields = [(k, len(v) if isinstance(v, tuple) else 1) for k, v in sample.items()]
@@ -623,10 +652,9 @@ def _convert_pipeline(model: ModelInfo, out: Path) -> None:
 
 def _versions() -> str:
     import diffusers
-    import openvino
     import transformers
 
-    versions = (openvino.__version__, torch.__version__, diffusers.__version__)
+    versions = (ov.__version__, torch.__version__, diffusers.__version__)
     return f"{CONVERTER_VERSION}|{'|'.join(versions)}|{transformers.__version__}"
 
 
@@ -666,17 +694,21 @@ def _cached_ir(ir_cache: Path, identity: str, convert: Any) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        release_memory()  # what the conversion loaded (a whole torch pipeline): give it back
     return target
 
 
-def compile_config(ir_cache: Path, precision: str = "f32") -> dict[str, str]:
+def compile_config(ir_cache: Path, device: str = "CPU", precision: str = "f32") -> dict[str, str]:
     """Compile options: OpenVINO's compile cache under `ir_cache`, and the precision.
 
     f32 by default: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise pick bf16 and drift
     from the torch result; "bf16" is the faster choice where that is acceptable.
+    One cache folder per device and precision: OpenVINO 2026.4 hands out a blob compiled for
+    f32 when bf16 is asked for (LOADED_FROM_CACHE), and that blob then computes NaN.
     """
-    (ir_cache / "compiled").mkdir(parents=True, exist_ok=True)
-    return {"CACHE_DIR": str(ir_cache / "compiled"), "INFERENCE_PRECISION_HINT": precision}
+    folder = ir_cache / "compiled" / f"{_slug(device)}-{precision}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"CACHE_DIR": str(folder), "INFERENCE_PRECISION_HINT": precision}
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -722,9 +754,9 @@ def load_openvino_pipeline(
     identity = f"{_slug(model.name)}-{model_identity(Path(model.path))}"
     folder = _cached_ir(ir_cache, identity, lambda out: _convert_pipeline(model, out))
     meta = json.loads((folder / "meta.json").read_text())
-    config = compile_config(ir_cache, precision)
+    config = compile_config(ir_cache, device, precision)
 
-    def part(stem: str) -> CompiledVariants:
+    def part(stem: str, config: dict[str, str] = config) -> CompiledVariants:
         return CompiledVariants(folder / f"{stem}.xml", device, config, max_variants)
 
     def skeleton(name: str) -> torch.nn.Module:
@@ -739,9 +771,10 @@ def load_openvino_pipeline(
     }
     for name in TEXT_ENCODERS:
         if name in meta:
-            converted[name] = OpenVINOTextEncoder(
-                skeleton(name), {"text_encoder": part(name)}, meta[name]
-            )
+            # Always f32: CLIP's causal mask (float32's minimum) overflows to NaN in bf16, and
+            # a text encoder runs once per image, so lower precision gains nothing.
+            parts = {"text_encoder": part(name, compile_config(ir_cache, device, "f32"))}
+            converted[name] = OpenVINOTextEncoder(skeleton(name), parts, meta[name])
     # The rest (tokenizers, scheduler, safety checker, ...) loads as usual; `from_pipe` then
     # builds the pipeline with the wrappers, as every job's pipeline will be built.
     rest = DiffusionPipeline.from_pretrained(
@@ -794,7 +827,7 @@ def openvino_upscaler(
         req = descriptor.size_requirements
         side = max(req.minimum, 16)
         side = -(-side // req.multiple_of) * req.multiple_of
-        example = torch.rand(2, descriptor.input_channels, side, side)
+        example = torch.rand(2, descriptor.input_channels, side, side, generator=_generator())
         _save_ir(_trace_convert(network, (example,)), out / "model.xml")
         (out / "meta.json").write_text(json.dumps({"family": up.family, "scale": up.scale}))
         log.info("converted %s to OpenVINO IR in %.1fs", up.family, time.perf_counter() - started)
@@ -802,7 +835,7 @@ def openvino_upscaler(
     folder = _cached_ir(ir_cache, identity, convert)
     parts = {
         "model": CompiledVariants(
-            folder / "model.xml", device, compile_config(ir_cache, precision), max_variants
+            folder / "model.xml", device, compile_config(ir_cache, device, precision), max_variants
         )
     }
     skeleton = copy.deepcopy(network).to("meta")
@@ -838,7 +871,8 @@ def openvino_modules(obj: Any) -> list[OpenVINOModule]:
 
 
 def openvino_stats(obj: Any) -> dict[str, int]:
-    """Compiled variants and their (estimated) bytes, for the worker's cache and heartbeat."""
+    """Compiled variants, the memory they were measured to take, and the IR weights' size:
+    for the worker's cache accounting and heartbeat."""
     modules = openvino_modules(obj)
     return {
         "compiled_variants": sum(m.compiled_variants() for m in modules),
