@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker for one hardware class")
     p.add_argument("--hardware", choices=HARDWARE_CLASSES, default="cpu")
     p.add_argument("--loglevel", default="INFO")
-    p.add_argument("--device", help="torch device for gpu workers, e.g. cuda:1 (default cuda:0)")
+    p.add_argument(
+        "--device",
+        help="gpu workers: torch device, e.g. cuda:1 (default cuda:0); "
+        "openvino workers: OpenVINO device, e.g. GPU (default RENDERFARM_OPENVINO_DEVICE)",
+    )
     p.add_argument(
         "--preload",
         action="append",

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # How long storage errors are retried (with backoff) before a job fails.
     storage_retry_s: float = 600.0
 
+    # OpenVINO workers: where converted IR and compiled blobs are cached (keep it on a
+    # persistent volume), and the OpenVINO device (CPU, GPU for an Intel GPU).
+    openvino_cache_dir: Path = Path("var/openvino-cache")
+    openvino_device: str = "CPU"
+
     # Longest a single job may run; the broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
     recent_jobs: int = 200

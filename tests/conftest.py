@@ -88,6 +88,11 @@ class Farm:
     def submit(self, **spec) -> requests.Response:
         return requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
 
+    def redis_workers(self) -> list[dict]:
+        from scheduler.fleet import live_workers
+
+        return live_workers(self.redis)
+
     def job(self, job_id: str) -> dict:
         return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
 

@@ -22,6 +22,9 @@ def run_worker(
     device: str | None = None,
 ) -> None:
     settings = get_settings()
+    if hardware == "openvino" and device:
+        settings = settings.model_copy(update={"openvino_device": device})
+        device = None
     name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings)
     runner = JobRunner(settings, hardware, name, device)

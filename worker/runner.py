@@ -27,7 +27,7 @@ from shared.modelstore import ModelInfo, find_model
 from shared.storage import ObjectNotFound, open_storage
 from worker import images, outputs, pipelines
 from worker.cache import CacheKey, ModelCache
-from worker.upscalers import UpscaleError, load_upscaler, target_size, upscale
+from worker.upscalers import load_upscaler, target_size, upscale
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,22 @@ class JobRunner:
         self.storage = open_storage(settings)
         self.cache = ModelCache(cache_budget(settings, self.device), name=self.device)
         self.current: Attempt | None = None
+        # Loaders per hardware class: OpenVINO workers convert checkpoints and upscalers to
+        # OpenVINO IR (cached on disk) and put them back into the same diffusers pipelines.
+        self.load_checkpoint: Loader = pipelines.load_pipeline
+        self.load_upscaler: Loader = load_upscaler
+        self.variant = ""
+        if hardware == "openvino":
+            from worker import openvino_backend as ovb  # keeps openvino off other workers
+
+            ir_cache, ov_device = settings.openvino_cache_dir, settings.openvino_device
+            self.variant = f"openvino:{ov_device}"
+            self.load_checkpoint = lambda m, d, t: ovb.load_openvino_pipeline(
+                m, ir_cache, ov_device
+            )
+            self.load_upscaler = lambda m, d, t: ovb.openvino_upscaler(
+                load_upscaler(m, d, t), ir_cache, ov_device
+            )
         self.kinds = ("txt2img", "img2img", "upscale")
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -112,7 +128,8 @@ class JobRunner:
         model = find_model(name, family, self.settings.models_dir)
         if model is None:
             raise JobFailed(f"{family} {name!r} is not in this worker's model store")
-        return model, CacheKey.of(model.path, str(self.dtype), self.device)
+        variant = self.variant if family in ("checkpoint", "upscaler") else ""
+        return model, CacheKey.of(model.path, str(self.dtype), self.device, variant)
 
     def _use(self, stack: ExitStack, family: str, name: str, loader: Loader) -> Any:
         """The loaded model, locked in the cache until the job's stack closes."""
@@ -146,7 +163,7 @@ class JobRunner:
         """Load checkpoints before taking jobs (explicit: nothing else loads at start-up)."""
         for name in checkpoints:
             model, key = self._key("checkpoint", name)
-            self.cache.get(key, lambda m=model: pipelines.load_pipeline(m, self.device, self.dtype))
+            self.cache.get(key, lambda m=model: self.load_checkpoint(m, self.device, self.dtype))
 
     def _image(self, key: str) -> Image.Image:
         try:
@@ -161,13 +178,13 @@ class JobRunner:
             self.progress(att, p)
 
         if isinstance(spec, UpscaleSpec):
-            upscaler = self._use(stack, "upscaler", spec.upscaler, load_upscaler)
+            upscaler = self._use(stack, "upscaler", spec.upscaler, self.load_upscaler)
             image = images.to_float(self._image(spec.image))
             height, width = image.shape[:2]
             size = target_size(width, height, spec.scale, spec.width, spec.height)
             return upscale(upscaler, image, *size, tile=spec.tile)[None], [upscaler.family]
 
-        base = self._use(stack, "checkpoint", spec.model, pipelines.load_pipeline)
+        base = self._use(stack, "checkpoint", spec.model, self.load_checkpoint)
         addons = pipelines.Addons()
         if spec.vae:
             addons.vae = self._use(stack, "vae", spec.vae, pipelines.load_vae)
@@ -186,7 +203,7 @@ class JobRunner:
 
         upscale_image = None
         if spec.hires and spec.hires.upscaler != "latent":
-            upscaler = self._use(stack, "upscaler", spec.hires.upscaler, load_upscaler)
+            upscaler = self._use(stack, "upscaler", spec.hires.upscaler, self.load_upscaler)
 
             def upscale_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
                 return upscale(upscaler, image, width, height)
@@ -262,7 +279,9 @@ class JobRunner:
             log.warning("job %s attempt %s lost its lease; stopping", att.job_id, att.attempt)
             return
         except Exception as exc:
-            known = JobFailed | outputs.OutputError | UpscaleError | ValueError
+            # Our own errors (JobFailed, OutputError, UpscaleError, the OpenVINO backend's)
+            # are RuntimeErrors whose message is the reason; show it plainly.
+            known = RuntimeError | ValueError
             reason = str(exc) if isinstance(exc, known) else repr(exc)
             log.exception("job %s failed", att.job_id)
             self._finish(att, "failed", error=reason)
