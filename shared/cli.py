@@ -146,14 +146,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     }
     # Stop everything on SIGTERM too (not only Ctrl-C), so no child is left behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    procs = []
+    procs: list = []
+    redis_proc = None
     try:
         if not localfarm.redis_alive(settings.redis_url):
             url = urlparse(settings.redis_url)
             if url.hostname not in ("127.0.0.1", "localhost"):
                 raise SystemExit(f"cannot reach Redis at {settings.redis_url}")
             print(f"starting redis-server on 127.0.0.1:{url.port or 6379} (appendonly yes)")
-            procs.append(localfarm.start_redis(url.port or 6379, Path("var/redis").resolve()))
+            redis_proc = localfarm.start_redis(url.port or 6379, Path("var/redis").resolve())
+            procs.append(redis_proc)
         written = write_demo_models(settings.models_dir)
         print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
         procs.append(localfarm.start_scheduler(env))
@@ -173,7 +175,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nstopping renderfarm")
         return 0
     finally:
-        localfarm.stop(*reversed(procs))
+        # Redis (if we started it) goes last: the others need it to shut down cleanly.
+        localfarm.stop(*procs[1:] if redis_proc else procs)
+        localfarm.stop(redis_proc)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,6 +71,9 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
             "yes",
         ],
         stdout=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal reaches the farm's processes, which
+        # still need Redis to shut down cleanly; whoever started it stops it last.
+        start_new_session=True,
     )
     wait_for(lambda: redis_alive(f"redis://127.0.0.1:{port}/0"), 10, "redis-server", proc)
     return proc
