@@ -4,8 +4,8 @@
 
 (a) baseline: `worker.pipelines.load_pipeline` once, then `txt2img` N times in this
     process, each call timed.
-(b) farm: a real redis-server, one CPU worker and the dashboard (started with
-    `shared.localfarm`, as `renderfarm up` and the tests start them); N jobs are
+(b) farm: a real redis-server, the scheduler, one CPU worker and the dashboard
+    (started with `shared.localfarm`, as `renderfarm up` and the tests do); N jobs are
     submitted one at a time with HTTP POST /api/v1/jobs and GET /api/v1/jobs/<id> is
     polled until the record says `succeeded`; each job is timed from the POST to the
     poll that sees `succeeded`.
@@ -16,7 +16,7 @@ Both sides run on the same CPU cores, one after the other, never at the same tim
 (--order blocks: all baseline renders, then all farm jobs; --order interleaved:
 alternating, so background noise on a shared machine hits both alike). Model loading
 and warm-up runs are excluded from both. Everything the benchmark starts
-(redis-server, worker, dashboard, moto's S3 server, the temp dir) is stopped or
+(redis-server, scheduler, worker, dashboard, moto's S3 server, the temp dir) is stopped or
 removed on exit, Ctrl-C and SIGTERM included.
 """
 
@@ -266,6 +266,10 @@ class FarmClient:
             "polls": polls,
             # Phases from the job record's timestamps (same host, same clock).
             "to_start_s": job["started_at"] - wall_start,
+            # The scheduler's dispatch time, where the record has one.
+            "to_dispatch_s": (
+                job["dispatched_at"] - wall_start if job.get("dispatched_at") else None
+            ),
             "worker_s": job["finished_at"] - job["started_at"],
             "to_seen_s": wall_seen - job["finished_at"],
         }
@@ -405,14 +409,20 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     b = summary(run["base_s"])
     f = summary([j["e2e_s"] for j in jobs])
     r = summary(run["render_s"]) if run["render_s"] else None
+    for j in jobs:
+        if j.get("to_dispatch_s") is not None:
+            j["dispatch_to_start_s"] = j["to_start_s"] - j["to_dispatch_s"]
     phases = {
         name: summary([j[key] for j in jobs])
         for name, key in (
             ("POST answered (202)", "post_s"),
+            ("POST -> dispatched (scheduler)", "to_dispatch_s"),
+            ("dispatched -> worker started", "dispatch_to_start_s"),
             ("POST -> worker started", "to_start_s"),
             ("worker started -> succeeded", "worker_s"),
             ("succeeded -> seen by poll", "to_seen_s"),
         )
+        if all(j.get(key) is not None for j in jobs)
     }
     overhead_ms = f["p50_ms"] - b["p50_ms"]
     ratio = f["p50_ms"] / b["p50_ms"]
@@ -460,8 +470,8 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         f"runs      N={args.n} each on the same cores, never concurrently ({order})",
         f"warm-up   {warm}",
         "baseline  in this process: load_pipeline once, then txt2img() timed per call",
-        "farm      POST /api/v1/jobs -> Redis/Celery -> 1 CPU worker -> storage -> record "
-        "'succeeded'; timed from the POST to the GET /api/v1/jobs/<id> that sees "
+        "farm      POST /api/v1/jobs -> scheduler -> Celery queue -> 1 CPU worker -> storage -> "
+        "record 'succeeded'; timed from the POST to the GET /api/v1/jobs/<id> that sees "
         f"'succeeded'; one job at a time; polling every {args.poll_ms:g} ms "
         f"(mean {polls:.1f} GETs/job)",
         "",
@@ -620,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; stopping everything the benchmark started", file=sys.stderr)
         return 130
     except Exception:
-        for name in ("worker.log", "dashboard.log"):
+        for name in ("scheduler.log", "worker.log", "dashboard.log"):
             print(f"--- {tmp / name} (last lines)\n{tail(tmp / name)}", file=sys.stderr)
         raise
     finally:
