@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from redis import Redis
 from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB, make_celery
@@ -26,7 +25,7 @@ from scheduler.fleet import live_workers
 from scheduler.pending import PRIORITY_RANK, PendingJobs
 from scheduler.records import JobRecords
 from shared import keys
-from shared.config import Settings
+from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, UpscaleSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ class FleetView:
 class Dispatcher:
     def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = redis_client(settings.redis_url)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)

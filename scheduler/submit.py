@@ -9,13 +9,12 @@ from typing import Any
 
 from celery import Celery
 from PIL import Image
-from redis import Redis
 
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
 from scheduler.records import PRIORITIES, JobRecords
 from shared import keys
-from shared.config import Settings
+from shared.config import Settings, redis_client
 from shared.jobspec import INPUT_KEY, AnySpec, decode_image, input_key, parse_spec
 from shared.modelstore import find_model
 from shared.storage import Storage, open_storage
@@ -41,7 +40,7 @@ class Scheduler:
         self, settings: Settings, celery: Celery | None = None, storage: Storage | None = None
     ) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = redis_client(settings.redis_url)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis import Redis
 
 HARDWARE_CLASSES = ("cpu", "openvino", "gpu")
 
@@ -59,3 +60,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def redis_client(url: str) -> Redis:
+    """A Redis client for long-running farm processes.
+
+    Timeouts turn a dead connection into an error instead of a wait without end, and a
+    health check before reusing an idle connection notices a restarted Redis.
+    """
+    return Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=5)

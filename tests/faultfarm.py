@@ -78,6 +78,7 @@ class FaultFarm:
         self.redis_proc = localfarm.start_redis(self.redis_port, self.redis_dir)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis = Redis.from_url(self.redis_url)
+        self.s3_direct = s3_env  # the S3 server itself, not through the proxy
         endpoint_port = int(s3_env["RENDERFARM_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
         self.s3_proxy = TcpProxy(endpoint_port)
         self.env = {

@@ -6,11 +6,10 @@ import os
 import socket
 
 from celery.signals import worker_ready
-from redis import Redis
 
 from scheduler.celery_app import make_celery
 from shared import keys
-from shared.config import get_settings
+from shared.config import get_settings, redis_client
 from worker.heartbeat import Heartbeat
 from worker.runner import JobRunner, register
 
@@ -30,7 +29,7 @@ def run_worker(
     runner = JobRunner(settings, hardware, name, device)
     runner.preload(preload or [])
     register(app, runner)
-    heartbeat = Heartbeat(runner, Redis.from_url(settings.redis_url), settings.heartbeat_s)
+    heartbeat = Heartbeat(runner, redis_client(settings.redis_url), settings.heartbeat_s)
     # Beat once the worker consumes its queue, so the fleet only lists workers taking jobs.
     worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     # The solo pool runs jobs in this process: the model cache lives across jobs and

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 from celery import Celery
 from PIL import Image
-from redis import Redis
 from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB
 from scheduler.leases import Leases
 from scheduler.records import JobRecords
 from shared import keys
-from shared.config import Settings
+from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, parse_spec
 from shared.modelstore import ModelInfo, find_model
 from shared.storage import ObjectNotFound, open_storage
@@ -96,7 +95,7 @@ class JobRunner:
         self.hardware = hardware
         self.name = name
         self.device, self.dtype = pick_device(hardware, device)
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = redis_client(settings.redis_url)
         self.records = JobRecords(self.redis)
         self.leases = Leases(self.redis, settings.lease_s)
         self.storage = open_storage(settings)
