@@ -1,0 +1,532 @@
+"""OpenVINO worker vs torch CPU worker: the same jobs, seconds per job, first-job latency.
+
+    .venv/bin/python -m bench.bench_openvino [--json PATH] [--full]
+
+Models (random weights, generated into a temp model store, removed on exit unless --keep):
+- checkpoint `bench-sd15`: the real SD1.5 block structure (UNet: 4 levels, 2 layers per
+  block, cross-attention in the first three, 768-d text; VAE: 4 levels, 2 layers per block;
+  CLIP text encoder 768 wide). By default at reduced width: UNet block_out_channels
+  (64, 128, 256, 256), VAE (32, 64, 128, 128), a 4-layer text encoder. `--full`: the real
+  SD1.5 configs (UNet 860M parameters, ~4 GB float32; conversion takes minutes).
+- upscaler `bench-esrgan-x4.safetensors`: an ESRGAN (RRDBNet) x4 that spandrel detects. By
+  default 32 filters and 1 RRDB block (the real one, 64 filters and 23 blocks, takes
+  minutes per 512x512 image on 2 cores); `--full`: 64 filters, 23 blocks.
+
+Measured, in one run:
+(1) txt2img 256x256, --steps steps (Euler a, CFG 7, seed 1234) through `worker.pipelines.
+    txt2img`, on the torch pipeline (`load_pipeline`, CPU float32) and on the OpenVINO one
+    (`load_openvino_pipeline`, CPU f32): one warm-up job each, then --repeats jobs per
+    backend, the two backends alternating (order flipped each round); medians, speedup.
+(2) First-job latency, each in a fresh process (this script's --child mode), import time
+    reported apart: torch (load + first job); OpenVINO with an empty IR cache (convert +
+    compile + first job); with the IR cached but OpenVINO's compile cache (CACHE_DIR)
+    emptied (read IR + compile + first job); with both cached (the normal worker restart).
+(3) Upscale of a 512x512 image x4 (2048x2048) with `worker.upscalers.upscale` (tile 256,
+    overlap 16: 3x3 tiles) on the torch upscaler and on `openvino_upscaler(...)`: one warm-up
+    on a 224x224 image (one tile, the same 256x256 compiled shape), then --upscale-repeats runs
+    (default 2) per backend, alternating; medians, speedup, and the max abs difference of
+    the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Nothing may come from a model hub: set before diffusers/transformers are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+CHECKPOINT = "bench-sd15"
+UPSCALER = "bench-esrgan-x4"
+SEED = 1234
+SIZE = 256
+UPSCALE_IN = 512
+UPSCALE_WARMUP_IN = 224  # one 256 px tile with the 16 px overlap: the same compiled shape
+CHILD_MODES = ("torch", "ov-cold", "ov-warm-ir", "ov-warm")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def sd15_configs(full: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(unet, text encoder, vae) configs: SD1.5's, or its block structure at reduced width."""
+    from bench.bench_cache import sd15_unet
+
+    unet = sd15_unet((320, 640, 1280, 1280) if full else (64, 128, 256, 256))
+    text = dict(
+        hidden_size=768,  # the UNet's cross-attention width
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12 if full else 4,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512) if full else (32, 64, 128, 128),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    return unet, text, vae
+
+
+def build_checkpoint(full: bool):
+    from bench.bench_cache import build_sd15_layout
+
+    unet, text, vae = sd15_configs(full)
+
+    def build(out: Path) -> None:
+        build_sd15_layout(out, 7, unet, text, vae)
+
+    return build
+
+
+def esrgan_size(full: bool) -> tuple[int, int]:
+    return (64, 23) if full else (32, 1)
+
+
+def build_esrgan(filters: int, blocks: int):
+    def build(out: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+        from spandrel.architectures.ESRGAN import ESRGAN
+
+        torch.manual_seed(20)
+        net = ESRGAN(in_nc=3, out_nc=3, num_filters=filters, num_blocks=blocks, scale=4)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out)
+
+    return build
+
+
+def write_models(models_dir: Path, full: bool) -> dict[str, Any]:
+    from bench.bench_cache import write_model
+
+    started = time.perf_counter()
+    write_model(models_dir, "checkpoints", CHECKPOINT, build_checkpoint(full))
+    filters, blocks = esrgan_size(full)
+    target = models_dir / "upscalers" / f"{UPSCALER}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build_esrgan(filters, blocks)(target)
+
+    def mib(path: Path) -> float:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files) / 2**20
+
+    ckpt = models_dir / "checkpoints" / CHECKPOINT
+    return {
+        "build_s": time.perf_counter() - started,
+        "checkpoint_mib": mib(ckpt),
+        "unet_mib": mib(ckpt / "unet"),
+        "vae_mib": mib(ckpt / "vae"),
+        "text_encoder_mib": mib(ckpt / "text_encoder"),
+        "esrgan_filters": filters,
+        "esrgan_blocks": blocks,
+        "esrgan_mib": mib(target),
+    }
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def job_spec(steps: int):
+    from shared.jobspec import parse_spec
+
+    return parse_spec(
+        {
+            "model": CHECKPOINT,
+            "prompt": "a lighthouse on a cliff at sunset, oil painting",
+            "negative_prompt": "blurry",
+            "steps": steps,
+            "width": SIZE,
+            "height": SIZE,
+            "seed": SEED,
+            "sampler": "Euler a",
+            "cfg_scale": 7.0,
+        }
+    )
+
+
+def render(pipe, steps: int):
+    from worker.pipelines import Addons, txt2img
+
+    images, _ = txt2img(pipe, job_spec(steps), Addons(), lambda p: None)
+    return images
+
+
+def timed(fn, *args):
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+class OVLog(logging.Handler):
+    """Collects the backend's own "converted ... in Xs" and "compiled ... in Xs" lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.convert_s = 0.0
+        self.compile_s = 0.0
+        self.compiles = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = str(record.msg)
+        if msg.startswith("compiled OpenVINO"):
+            self.compile_s += float(record.args[-1])
+            self.compiles += 1
+        elif msg.startswith("converted "):
+            self.convert_s += float(record.args[-1])
+
+
+def ov_log() -> OVLog:
+    handler = OVLog()
+    logger = logging.getLogger("worker.openvino_backend")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def child(mode: str, models_dir: Path, ir_cache: Path, steps: int, out: Path) -> int:
+    """One first job in this fresh process; figures written to `out` as JSON."""
+    started = time.perf_counter()
+    import torch
+
+    from bench.bench_cache import quiet_libraries
+    from shared.modelstore import find_model
+
+    quiet_libraries()
+    info = find_model(CHECKPOINT, "checkpoint", models_dir)
+    assert info is not None
+    result: dict[str, Any] = {"mode": mode}
+    if mode == "torch":
+        from worker.pipelines import load_pipeline
+
+        result["import_s"] = time.perf_counter() - started
+        result["load_s"], pipe = timed(load_pipeline, info, "cpu", torch.float32)
+    else:
+        from worker import openvino_backend as ovb
+
+        handler = ov_log()
+        result["import_s"] = time.perf_counter() - started
+        result["load_s"], pipe = timed(ovb.load_openvino_pipeline, info, ir_cache, "CPU")
+        result["conversions"] = ovb.conversion_count()
+        result["convert_s"] = handler.convert_s
+    result["first_job_s"], _ = timed(render, pipe, steps)
+    if mode != "torch":
+        result["compile_s"] = handler.compile_s
+        result["compiles"] = handler.compiles
+    result["total_s"] = result["load_s"] + result["first_job_s"]
+    out.write_text(json.dumps(result))
+    return 0
+
+
+def run_child(mode: str, models_dir: Path, ir_cache: Path, steps: int, tmp: Path) -> dict:
+    out = tmp / f"child-{mode}.json"
+    cmd = [sys.executable, "-m", "bench.bench_openvino", "--child", mode]
+    cmd += ["--models-dir", str(models_dir), "--ir-cache", str(ir_cache)]
+    cmd += ["--steps", str(steps), "--child-out", str(out)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+    result = json.loads(out.read_text())
+    result["process_wall_s"] = time.perf_counter() - started
+    return result
+
+
+def first_jobs(models_dir: Path, ir_cache: Path, steps: int, tmp: Path) -> dict[str, dict]:
+    results = {}
+    for mode in CHILD_MODES:
+        if mode == "ov-cold":
+            shutil.rmtree(ir_cache, ignore_errors=True)
+        if mode == "ov-warm-ir":  # keep the IR, drop OpenVINO's compiled blobs
+            shutil.rmtree(ir_cache / "compiled", ignore_errors=True)
+        log(f"(2) first job in a fresh process: {mode}")
+        results[mode] = run_child(mode, models_dir, ir_cache, steps, tmp)
+    return results
+
+
+def alternate(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """`repeats` timed calls per backend, alternating, order flipped every round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            dt, _ = timed(fns[name])
+            times[name].append(dt)
+            log(f"    {name} {dt:.2f}s")
+    return times
+
+
+def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -> dict:
+    import numpy as np
+    import torch
+
+    from shared.modelstore import find_model
+    from worker import openvino_backend as ovb
+    from worker.pipelines import load_pipeline
+
+    info = find_model(CHECKPOINT, "checkpoint", models_dir)
+    pipes = {
+        "torch": load_pipeline(info, "cpu", torch.float32),
+        "openvino": ovb.load_openvino_pipeline(info, ir_cache, "CPU"),
+    }
+    log("(1) txt2img warm-up")
+    warm = {name: timed(render, pipe, steps) for name, pipe in pipes.items()}
+    diff = float(np.abs(warm["torch"][1] - warm["openvino"][1]).max())
+    log(f"(1) txt2img {repeats} runs per backend, alternating")
+    times = alternate({n: (lambda p=p: render(p, steps)) for n, p in pipes.items()}, repeats)
+    stats = ovb.openvino_stats(pipes["openvino"])
+    del pipes
+    return {
+        "warmup_s": {name: w[0] for name, w in warm.items()},
+        "times_s": times,
+        "median_s": {name: statistics.median(t) for name, t in times.items()},
+        "max_abs_diff": diff,
+        "openvino_stats": stats,
+    }
+
+
+def steady_upscale(models_dir: Path, ir_cache: Path, repeats: int) -> dict:
+    import numpy as np
+
+    from shared.modelstore import find_model
+    from worker import openvino_backend as ovb
+    from worker.upscalers import load_upscaler, upscale
+
+    info = find_model(UPSCALER, "upscaler", models_dir)
+    torch_up = load_upscaler(info)
+    before = ovb.conversion_count()
+    convert_s, ov_up = timed(ovb.openvino_upscaler, load_upscaler(info), ir_cache, "CPU")
+    converted = ovb.conversion_count() - before
+    ups = {"torch": torch_up, "openvino": ov_up}
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:UPSCALE_IN, 0:UPSCALE_IN] / UPSCALE_IN
+    base = np.stack([x, y, (x + y) / 2], axis=-1)
+    image = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1).astype(np.float32)
+    small = image[:UPSCALE_WARMUP_IN, :UPSCALE_WARMUP_IN]
+    out = UPSCALE_IN * 4
+
+    log("(3) upscale warm-up (one tile)")
+    warm = {
+        n: timed(upscale, u, small, 4 * UPSCALE_WARMUP_IN, 4 * UPSCALE_WARMUP_IN)[0]
+        for n, u in ups.items()
+    }
+    results: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        results[name] = upscale(ups[name], image, out, out, tile=256)
+
+    log(f"(3) upscale {repeats} runs per backend, alternating")
+    times = alternate({n: (lambda n=n: run(n)) for n in ups}, repeats)
+    return {
+        "family": torch_up.family,
+        "convert_and_load_s": convert_s,
+        "conversions": converted,
+        "warmup_one_tile_s": warm,
+        "times_s": times,
+        "median_s": {name: statistics.median(t) for name, t in times.items()},
+        "max_abs_diff": float(np.abs(results["torch"] - results["openvino"]).max()),
+        "output_shape": list(results["torch"].shape),
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def ov_versions() -> dict[str, str]:
+    import openvino
+    import spandrel
+
+    from bench.bench_cache import versions
+
+    return {**versions(), "openvino": openvino.__version__, "spandrel": spandrel.__version__}
+
+
+def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    from bench.bench_cache import machine_info
+
+    machine, vers = machine_info(), ov_versions()
+    m, t, u, f = run["models"], run["txt2img"], run["upscale"], run["first"]
+    load = run["loadavg"]
+    mem = f", {machine['mem'] / 2**30:.0f} GiB RAM" if machine["mem"] else ""
+    size = "full SD1.5 configs" if args.full else "reduced width"
+
+    def ratio(d: dict[str, float]) -> float:
+        return d["torch"] / d["openvino"]
+
+    lines = [
+        "renderfarm OpenVINO vs torch CPU benchmark",
+        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
+        f"({machine['usable_cores']} usable){mem}; 1-min load average "
+        + ", ".join(f"{k} {v:.2f}" for k, v in load.items() if v is not None),
+        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        "backends  torch: load_pipeline / load_upscaler, CPU float32; openvino: "
+        "load_openvino_pipeline / openvino_upscaler, CPU f32",
+        f"models    {CHECKPOINT} ({size}; random weights): {m['checkpoint_mib']:.0f} MiB "
+        f"(UNet {m['unet_mib']:.0f}, VAE {m['vae_mib']:.0f}, text encoder "
+        f"{m['text_encoder_mib']:.0f}); {UPSCALER}: ESRGAN x4, {m['esrgan_filters']} filters, "
+        f"{m['esrgan_blocks']} RRDB blocks, {m['esrgan_mib']:.1f} MiB; built in "
+        f"{m['build_s']:.0f} s",
+        "",
+        f"(1) txt2img {SIZE}x{SIZE}, {args.steps} steps, Euler a, CFG 7, seed {SEED}: "
+        f"median of {args.repeats} per backend after one warm-up, alternating",
+        f"(3) upscale {UPSCALE_IN}x{UPSCALE_IN} -> {4 * UPSCALE_IN}x{4 * UPSCALE_IN} "
+        f"(tile 256, 3x3 tiles): median of {args.upscale_repeats}, alternating",
+        "",
+        f"{'job':30}{'torch s':>10}{'openvino s':>12}{'speedup':>9}{'max |diff|':>12}"
+        f"{'runs (torch / openvino)':>40}",
+    ]
+
+    def row(name: str, d: dict[str, Any]) -> str:
+        samples = " / ".join(
+            ",".join(f"{x:.1f}" for x in d["times_s"][b]) for b in ("torch", "openvino")
+        )
+        med = d["median_s"]
+        return (
+            f"{name:30}{med['torch']:10.2f}{med['openvino']:12.2f}{ratio(med):8.2f}x"
+            f"{d['max_abs_diff']:12.2e}{samples:>40}"
+        )
+
+    lines += [
+        row(f"txt2img {SIZE}px {args.steps} steps", t),
+        row(f"upscale {UPSCALE_IN}px x4", u),
+        f"    warm-up job: txt2img torch {t['warmup_s']['torch']:.2f} s, openvino "
+        f"{t['warmup_s']['openvino']:.2f} s; upscale one tile torch "
+        f"{u['warmup_one_tile_s']['torch']:.2f} s, openvino "
+        f"{u['warmup_one_tile_s']['openvino']:.2f} s (compiles the 256 px variant)",
+        f"    upscaler conversion to IR (first openvino_upscaler call, {u['conversions']} "
+        f"converted): {u['convert_and_load_s']:.2f} s",
+        "    max |diff|: images in [0, 1]; txt2img: the warm-up jobs' images",
+        "",
+        "(2) first job (txt2img as in (1)), each in a fresh process; import time not counted",
+        f"{'case':36}{'import':>8}{'load':>8}{'convert':>9}{'compile':>9}{'1st job':>9}"
+        f"{'load+1st':>10}",
+    ]
+    labels = {
+        "torch": "torch",
+        "ov-cold": "openvino, empty IR cache",
+        "ov-warm-ir": "openvino, IR cached, no CACHE_DIR",
+        "ov-warm": "openvino, IR + CACHE_DIR cached",
+    }
+    for mode, label in labels.items():
+        r = f[mode]
+        conv = f"{r['convert_s']:9.1f}" if "convert_s" in r else f"{'-':>9}"
+        comp = f"{r['compile_s']:9.1f}" if "compile_s" in r else f"{'-':>9}"
+        lines.append(
+            f"{label:36}{r['import_s']:8.1f}{r['load_s']:8.1f}{conv}{comp}"
+            f"{r['first_job_s']:9.1f}{r['total_s']:10.1f}"
+        )
+    cold, warm_ir, warm = f["ov-cold"], f["ov-warm-ir"], f["ov-warm"]
+    lines += [
+        "    seconds; load = load_pipeline / load_openvino_pipeline (convert = the backend's "
+        "own conversion time, inside load); compile = OpenVINO compile_model of every shape",
+        "    the job used (inside 1st job; from the compile cache when CACHE_DIR has it)",
+        f"    conversions: cold {cold['conversions']}, warm {warm_ir['conversions']} / "
+        f"{warm['conversions']}; compiles per first job: {warm['compiles']}; CACHE_DIR "
+        f"cuts compile from {warm_ir['compile_s']:.1f} s to {warm['compile_s']:.1f} s",
+        f"    first-job latency openvino warm {warm['total_s']:.1f} s vs torch "
+        f"{f['torch']['total_s']:.1f} s; cold (conversion) {cold['total_s']:.1f} s",
+    ]
+    print("\n".join(lines), flush=True)
+    return {
+        "machine": {**machine, "loadavg_1min": load},
+        "versions": vers,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "models": m,
+        "txt2img": t | {"speedup": ratio(t["median_s"])},
+        "upscale": u | {"speedup": ratio(u["median_s"])},
+        "first_job": f,
+    }
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_openvino",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="real sizes: SD1.5 configs (~4 GB) and ESRGAN 64 filters x 23 blocks (slow)",
+    )
+    p.add_argument("--steps", type=int, default=10, help="txt2img steps (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per backend (default 3)")
+    p.add_argument(
+        "--upscale-repeats", type=int, default=2, help="timed upscales per backend (default 2)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temp model store and IR cache")
+    p.add_argument("--child", choices=CHILD_MODES, help=argparse.SUPPRESS)
+    p.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--ir-cache", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if min(args.steps, args.repeats, args.upscale_repeats) < 1:
+        p.error("--steps, --repeats and --upscale-repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args.child, args.models_dir, args.ir_cache, args.steps, args.child_out)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-openvino-"))
+    try:
+        from bench.bench_cache import loadavg, quiet_libraries
+
+        quiet_libraries()
+        load = {"start": loadavg()}
+        models_dir, ir_cache = tmp / "models", tmp / "ir-cache"
+        log(f"writing models to {models_dir}")
+        models = write_models(models_dir, args.full)
+        first = first_jobs(models_dir, ir_cache, args.steps, tmp)
+        load["after (2)"] = loadavg()
+        txt = steady_txt2img(models_dir, ir_cache, args.steps, args.repeats)
+        up = steady_upscale(models_dir, ir_cache, args.upscale_repeats)
+        load["end"] = loadavg()
+        run = {"models": models, "first": first, "txt2img": txt, "upscale": up, "loadavg": load}
+        figures = report(args, run)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            print(f"\nfigures written to {args.json}")
+        return 0
+    except KeyboardInterrupt:
+        log("\ninterrupted; removing the temp model store")
+        return 130
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
