@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB, make_celery
 from scheduler.fleet import live_workers
-from scheduler.pending import PRIORITY_RANK, PendingJobs
-from scheduler.records import JobRecords
+from scheduler.pending import PRIORITY_RANK, Candidate, PendingJobs
+from scheduler.records import FINAL, JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, UpscaleSpec, parse_spec
@@ -31,6 +31,7 @@ from shared.jobspec import AnySpec, UpscaleSpec, parse_spec
 log = logging.getLogger(__name__)
 # Celery's Redis transport: 0 is the highest priority.
 CELERY_PRIORITY = {"high": 0, "normal": 3, "low": 6}
+AFFINITY_WINDOW = 4
 
 
 def model_of(spec: AnySpec) -> str:
@@ -187,17 +188,44 @@ class Dispatcher:
         )
         return True
 
+    def warm_pass(self, cands: list[Candidate], view: FleetView, served: set[str]) -> int:
+        """Each idle worker first takes, among the next few jobs of the best priority, the
+        first whose model it already holds. Without this, a backlog makes every job take
+        whichever worker is free, and affinity stops saving loads. Bounded: a job can be
+        passed over only by the AFFINITY_WINDOW - 1 jobs behind it."""
+        if not cands:
+            return 0
+        window = [c for c in cands[:AFFINITY_WINDOW] if c.rank == cands[0].rank]
+        sent = 0
+        for worker in view.idle():
+            for cand in window:
+                if cand.owner in served:
+                    continue
+                rec = self.records.get(cand.job_id)
+                if rec is None or rec["status"] != "pending":
+                    continue
+                spec = parse_spec(rec["spec"])
+                if can_run(worker, spec) and holds(worker, spec) and self.dispatch_one(rec, worker):
+                    view.busy.add(worker["name"])
+                    served.add(cand.owner)
+                    sent += 1
+                    break
+        return sent
+
     def dispatch(self) -> int:
         view = self.fleet()
         sent = 0
         while True:
             served: set[str] = set()
-            for cand in self.pending.candidates():
+            cands = self.pending.candidates()
+            sent += self.warm_pass(cands, view, served)
+            for cand in cands:
                 if cand.owner in served:
                     continue  # one per owner per round keeps owners interleaved
                 rec = self.records.get(cand.job_id)
                 if rec is None or rec["status"] != "pending":
-                    self.pending.remove(cand.job_id, cand.owner)
+                    if rec is None or rec["status"] in FINAL:
+                        self.pending.remove(cand.job_id, cand.owner)
                     continue
                 spec = parse_spec(rec["spec"])
                 worker, why = self.choose(rec, spec, view)
@@ -225,7 +253,8 @@ class Dispatcher:
                     self.redis.pexpire(keys.dispatcher_lock(), 5000)
                     self.reap()
                     self.dispatch()
-                self.redis.brpop([keys.wake()], timeout=poll_s)
+                if self.redis.brpop([keys.wake()], timeout=poll_s):
+                    self.redis.delete(keys.wake())  # one pass serves every wake-up so far
             except RedisError:
                 log.warning("Redis unavailable; retrying", exc_info=True)
                 time.sleep(1)
