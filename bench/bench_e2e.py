@@ -64,6 +64,9 @@ SPEC: dict[str, Any] = {
 # ---------------------------------------------------------------------------- figures
 
 
+from bench.bench_cache import machine_info  # noqa: E402  (one definition for all benches)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default method)."""
     ordered = sorted(values)
@@ -84,22 +87,6 @@ def summary(values_s: list[float]) -> dict[str, Any]:
         "max_ms": max(ms),
         "samples_ms": [round(v, 3) for v in ms],
     }
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable}
 
 
 def versions() -> dict[str, str]:
