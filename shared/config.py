@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # How long storage errors are retried (with backoff) before a job fails.
     storage_retry_s: float = 600.0
 
+    # CPU threads torch may use in a worker (0: torch's default, every core). Set it to
+    # cores / workers when several workers share a machine or a container CPU limit.
+    torch_threads: int = 0
+
     # OpenVINO workers: where converted IR and compiled blobs are cached (keep it on a
     # persistent volume), and the OpenVINO device (CPU, GPU for an Intel GPU).
     openvino_cache_dir: Path = Path("var/openvino-cache")

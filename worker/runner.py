@@ -95,6 +95,8 @@ class JobRunner:
         self.hardware = hardware
         self.name = name
         self.device, self.dtype = pick_device(hardware, device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.redis = redis_client(settings.redis_url)
         self.records = JobRecords(self.redis)
         self.leases = Leases(self.redis, settings.lease_s)
