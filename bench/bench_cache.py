@@ -154,47 +154,13 @@ def build_sd15_layout(
     The tokenizer is the demo models' generated CLIP vocabulary (a few hundred tokens, so
     the token embedding is much smaller than a real CLIP's 49408 x 768).
     """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from worker.demo_models import build_sd15
 
-    from worker.demo_models import _tokenizer, _vae
-
-    torch.manual_seed(seed)
-    tokenizer = _tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **text,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**vae) if vae else _vae(seed=seed),
-        text_encoder=CLIPTextModel(text_config),
-        tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**unet),
-        scheduler=PNDMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            skip_prk_steps=True,
-            steps_offset=1,
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
+    build_sd15(out, seed, unet=unet, text=text, vae=vae)
 
 
-TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+from worker.demo_models import TINY_TEXT  # noqa: E402
+
 SD15_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 SD15_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,20 +63,20 @@ def _tokenizer():
         return CLIPTokenizer.from_pretrained(tmp)
 
 
-def _text_encoder_config(tokenizer, hidden: int, **extra):
+# The demo models' CLIP text encoder sizes (a real SD1.5 one is 768 wide, 12 layers).
+TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+
+
+def _text_encoder_config(tokenizer, **sizes):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
         max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **extra,
+        **sizes,
     )
 
 
@@ -120,18 +121,33 @@ SD15_UNET = dict(
 )
 
 
-def build_sd15(out: Path, seed: int = 0) -> None:
-    """A Stable Diffusion 1.5-layout pipeline, a few MB, that renders 64×64 fast."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def build_sd15(
+    out: Path,
+    seed: int = 0,
+    unet: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
+    vae: dict[str, Any] | None = None,
+) -> None:
+    """A Stable Diffusion 1.5-layout pipeline; by default a few MB that renders 64×64 fast.
+
+    `unet`, `text` and `vae` override the component sizes (the benchmarks build larger
+    ones with the real SD1.5 block structure).
+    """
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     pipe = StableDiffusionPipeline(
-        vae=_vae(seed=seed),
-        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, 32)),
+        vae=AutoencoderKL(**vae) if vae else _vae(seed=seed),
+        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, **(text or TINY_TEXT))),
         tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**SD15_UNET),
+        unet=UNet2DConditionModel(**(unet or SD15_UNET)),
         scheduler=PNDMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -172,9 +188,9 @@ def build_sdxl(out: Path, seed: int = 1) -> None:
     )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(scaling_factor=0.13025, seed=seed),
-        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, 32)),
+        text_encoder=CLIPTextModel(_text_encoder_config(tokenizer, **TINY_TEXT)),
         text_encoder_2=CLIPTextModelWithProjection(
-            _text_encoder_config(tokenizer, 32, projection_dim=32)
+            _text_encoder_config(tokenizer, **TINY_TEXT, projection_dim=32)
         ),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
