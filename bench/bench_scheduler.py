@@ -70,7 +70,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from bench.bench_cache import simulate, zipf_trace  # noqa: E402
-from bench.bench_e2e import OtherLoad, machine_info, percentile  # noqa: E402
+from bench.bench_e2e import OtherLoad, machine_info, percentile, tail  # noqa: E402
 from shared import localfarm  # noqa: E402
 
 MIB = 2**20
@@ -707,13 +707,6 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- main
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
