@@ -367,7 +367,8 @@ def test_stats_are_json_and_track_the_high_water_mark():
     assert stats["high_water_bytes"] == 3 * LIN >= stats["bytes_in_use"] == LIN
     (entry,) = stats["entries"]
     assert entry["path"] == "/models/a" and entry["dtype"] == "torch.float32"
-    assert set(entry) == {"path", "dtype", "device", "variant", "size_bytes"} | {
+    assert entry["tier"] == "vram"
+    assert set(entry) == {"path", "dtype", "device", "variant", "tier", "size_bytes"} | {
         "last_used",
         "locks",
         "load_s",

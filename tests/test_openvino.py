@@ -18,6 +18,7 @@ from shared.jobspec import parse_spec
 from shared.modelstore import ModelInfo, find_model
 from worker import openvino_backend as ovb
 from worker import pipelines
+from worker.cache import CacheKey, ModelCache
 from worker.demo_upscalers import DEMO_AURA_SR, DEMO_ESRGAN, DEMO_REALESRGAN
 from worker.upscalers import load_upscaler, upscale
 
@@ -54,11 +55,17 @@ def ir_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_load(sd15, ir_cache) -> dict:
+def cache() -> ModelCache:
+    """The model cache compiled variants go into (a worker's own), with room for them all."""
+    return ModelCache(8 * 2**30, name="openvino-test")
+
+
+@pytest.fixture(scope="module")
+def first_load(sd15, ir_cache, cache) -> dict:
     """The first load of demo-sd15: converts to IR (the slow part of this file)."""
     before = ovb.conversion_count()
     started = time.perf_counter()
-    loaded = ovb.load_openvino_pipeline(sd15, ir_cache)
+    loaded = ovb.load_openvino_pipeline(sd15, ir_cache, cache=cache)
     return {
         "loaded": loaded,
         "seconds": time.perf_counter() - started,
@@ -99,13 +106,13 @@ def test_first_load_converts_unet_vae_and_text_encoder(first_load, ir_cache):
     assert (ir_cache / "compiled").is_dir()  # OpenVINO's own compile cache
 
 
-def test_second_load_reads_the_cached_ir(first_load, sd15, ir_cache):
+def test_second_load_reads_the_cached_ir(first_load, sd15, ir_cache, cache):
     folders = [p for p in ir_cache.iterdir() if p.name.startswith("demo-sd15-")]
     assert len(folders) == 1
     files = ir_files(folders[0])
     before = ovb.conversion_count()
     started = time.perf_counter()
-    again = ovb.load_openvino_pipeline(sd15, ir_cache)
+    again = ovb.load_openvino_pipeline(sd15, ir_cache, cache=cache)
     seconds = time.perf_counter() - started
     assert ovb.conversion_count() == before
     assert ir_files(folders[0]) == files  # nothing written
@@ -148,7 +155,7 @@ def test_txt2img_matches_torch(ov_pipe, torch_pipe):
     assert np.abs(ov_image - torch_image).max() < PIPELINE_TOLERANCE
 
 
-def test_each_job_gets_exactly_its_size(ov_pipe):
+def test_each_job_gets_exactly_its_size(ov_pipe, cache):
     unet = ov_pipe.pipe.unet.parts["unet"]
     outputs = []
     for width, height in [(64, 64), (96, 64), (64, 64)]:
@@ -159,9 +166,40 @@ def test_each_job_gets_exactly_its_size(ov_pipe):
     assert np.array_equal(outputs[0], outputs[2])  # back at 64x64: the same variant, same image
     latents = {key[0] for key in unet.shapes()}
     assert {(2, 4, 8, 8), (2, 4, 8, 12)} <= latents  # one compiled variant per exact shape
-    assert unet.count <= unet.max_variants
     stats = ovb.openvino_stats(ov_pipe)
-    assert stats["compiled_variants"] >= 3 and stats["compiled_bytes"] > 0
+    assert stats["compiled_variants"] >= 3
+    # Each variant is a cache entry, at least as large as the weights it compiled.
+    entries = [e for e in cache.stats()["entries"] if e["device"] == "openvino:CPU"]
+    assert len(entries) >= stats["compiled_variants"]
+    assert unet.nbytes >= unet.count * unet.weight_bytes
+    assert cache.bytes_in_use >= stats["compiled_bytes"] > 0
+
+
+def test_compiled_variants_count_against_the_budget_and_go_with_their_model(
+    first_load, sd15, ir_cache
+):
+    """A cache with room for one job's variants: each new shape evicts the least recently
+    used variants, every job still gets exactly its size, and unloading the model drops the
+    rest."""
+    small = ModelCache(2**40, name="small")
+    key = CacheKey.of(sd15.path, "f32", "openvino:CPU")
+
+    def load() -> pipelines.LoadedPipeline:
+        return ovb.load_openvino_pipeline(sd15, ir_cache, cache=small)
+
+    with small.use(key, load, on_evict=ovb.drop_variants) as loaded:
+        render(loaded, width=64, height=64, steps=2)
+        small.budget_bytes = small.bytes_in_use  # room for this job's variants, no more
+        for width, height in [(96, 64), (64, 96)]:
+            images, _ = render(loaded, width=width, height=height, steps=2)
+            assert images.shape == (1, height, width, 3)
+            assert small.bytes_in_use <= small.budget_bytes
+        assert small.stats()["evictions"] >= 2
+        unet = loaded.pipe.unet.parts["unet"]
+        assert (2, 4, 12, 8) in {shapes[0] for shapes in unet.shapes()}  # the latest stays
+        assert (2, 4, 8, 8) not in {shapes[0] for shapes in unet.shapes()}  # the oldest went
+    assert small.unload(key)
+    assert len(small) == 0 and small.bytes_in_use == 0  # no variant outlived its model
 
 
 def test_a_wrong_output_fails_and_never_returns(ov_pipe):
@@ -174,13 +212,14 @@ def test_a_wrong_output_fails_and_never_returns(ov_pipe):
         vae.decode(torch.full((1, 4, 8, 8), float("nan")))
     # A variant compiled for one shape never serves another (the seed's static-shape bug).
     vae.decode(torch.zeros(1, 4, 8, 8))
-    small = decoder.shapes()[-1]
-    decoder._variants[((1, 4, 16, 16),)] = decoder._variants[small]
+    small = decoder.cache.get(decoder._key(((1, 4, 8, 8),)), lambda: None)
+    wrong = decoder._key(((1, 4, 16, 16),))
+    decoder.cache.get(wrong, lambda: small)  # a cache entry pretending to be another shape
     try:
         with pytest.raises(RuntimeError):
             vae.decode(torch.zeros(1, 4, 16, 16))
     finally:
-        del decoder._variants[((1, 4, 16, 16),)]
+        decoder.cache.unload(wrong)
 
 
 def test_img2img_and_inpainting_match_torch(ov_pipe, torch_pipe):
@@ -222,9 +261,9 @@ def test_controlnet_job_runs_its_unet_on_openvino(ov_pipe, torch_pipe, models_di
 
 
 @pytest.mark.parametrize("name", [DEMO_ESRGAN, DEMO_REALESRGAN])
-def test_upscaler_matches_torch_across_image_sizes(name, models_dir, ir_cache):
+def test_upscaler_matches_torch_across_image_sizes(name, models_dir, ir_cache, cache):
     torch_up = load_upscaler(models_dir / "upscalers" / name)
-    ov_up = ovb.openvino_upscaler(torch_up, ir_cache)
+    ov_up = ovb.openvino_upscaler(torch_up, ir_cache, cache=cache)
     assert isinstance(ov_up.model, ovb.OpenVINOImageModel)
     rng = np.random.default_rng(0)
     for height, width in [(20, 28), (36, 44)]:  # two sizes in a row on one upscaler
@@ -237,23 +276,23 @@ def test_upscaler_matches_torch_across_image_sizes(name, models_dir, ir_cache):
     # Every tile has one shape: one compiled variant served both images.
     assert ov_up.model.parts["model"].shapes() == [((1, 3, 32, 32),)]
     before = ovb.conversion_count()
-    ovb.openvino_upscaler(torch_up, ir_cache)
+    ovb.openvino_upscaler(torch_up, ir_cache, cache=cache)
     assert ovb.conversion_count() == before  # the IR is cached
 
 
-def test_aura_sr_stays_on_torch(models_dir, ir_cache):
+def test_aura_sr_stays_on_torch(models_dir, ir_cache, cache):
     aura = load_upscaler(models_dir / "upscalers" / DEMO_AURA_SR)
-    assert ovb.openvino_upscaler(aura, ir_cache) is aura
+    assert ovb.openvino_upscaler(aura, ir_cache, cache=cache) is aura
 
 
 # -- hires fix ---------------------------------------------------------------------------------
 
 
 def test_hires_fix_pass_two_is_img2img_on_the_same_components(
-    ov_pipe, torch_pipe, models_dir, ir_cache
+    ov_pipe, torch_pipe, models_dir, ir_cache, cache
 ):
     torch_up = load_upscaler(models_dir / "upscalers" / DEMO_REALESRGAN)
-    ov_up = ovb.openvino_upscaler(torch_up, ir_cache)
+    ov_up = ovb.openvino_upscaler(torch_up, ir_cache, cache=cache)
     job = spec(
         width=64,
         height=64,
@@ -288,9 +327,9 @@ def test_hires_fix_pass_two_is_img2img_on_the_same_components(
     not os.environ.get("RENDERFARM_TEST_OPENVINO_SDXL"),
     reason="converting demo-sdxl takes 30-50 s here; set RENDERFARM_TEST_OPENVINO_SDXL=1",
 )
-def test_sdxl_matches_torch(models_dir, ir_cache):
+def test_sdxl_matches_torch(models_dir, ir_cache, cache):
     model = find_model("demo-sdxl", "checkpoint", models_dir)
-    ov_loaded = ovb.load_openvino_pipeline(model, ir_cache)
+    ov_loaded = ovb.load_openvino_pipeline(model, ir_cache, cache=cache)
     torch_loaded = pipelines.load_pipeline(model, "cpu", torch.float32)
     job = spec(model="demo-sdxl", width=64, height=64)
     ov_image, passes = pipelines.txt2img(ov_loaded, job, pipelines.Addons(), no_progress)

@@ -6,7 +6,9 @@ any object and measures its weights (`worker.memory`), so pipelines, VAEs, Contr
 every upscaler family go through the same load, lock, evict and unload path (seed bug 000).
 
 - Budget: bytes of distinct tensor storages over all entries; a storage shared by several
-  entries (`from_pipe` variants) counts once.
+  entries (`from_pipe` variants) counts once. Memory outside torch counts too, as its holder
+  declares it (`memory.NativeMemory`: an OpenVINO compiled variant); an entry that grows
+  after loading is measured again with `remeasure`.
 - Eviction: least recently used first, never an entry a job holds (`use`). If only locked
   entries are left, the cache goes over budget and counts it in `over_budget_events`.
 - Loads: one at a time per key (a second caller waits and gets the same object), different
@@ -218,6 +220,26 @@ class ModelCache:
         self._drop(evicted)
         return value
 
+    def remeasure(self, key: CacheKey) -> None:
+        """Measure an entry again after it grew or shrank, and evict others if it no longer
+        fits. The caller holds the entry (`use`), so it cannot be dropped meanwhile."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return
+        storages = storage_sizes(entry.value)
+        with self._lock:
+            if self._entries.get(key) is not entry:
+                return
+            self._remove_storages(entry)
+            entry.storages = storages
+            self._add_storages(entry)
+            self._counters.high_water_bytes = max(
+                self._counters.high_water_bytes, self._bytes_in_use
+            )
+            evicted = self._evict_lru(0, protect=key)
+        self._drop(evicted)
+
     def _release(self, key: CacheKey) -> None:
         with self._lock:
             entry = self._entries.get(key)
@@ -268,15 +290,34 @@ class ModelCache:
             self._counters.evictions += 1
         return evicted
 
+    def take(self, key: CacheKey) -> Any:
+        """Remove an entry and hand its object to the caller, memory and all (a GPU worker
+        moves a model between its RAM and VRAM tiers). None if it is not cached.
+
+        Raises EntryLocked while a job uses it.
+        """
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.locks:
+                raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not moving")
+            self._remove(key)
+            self._counters.hits += 1
+        return entry.value
+
     def _remove(self, key: CacheKey) -> _Entry:
         entry = self._entries.pop(key)
+        self._remove_storages(entry)
+        return entry
+
+    def _remove_storages(self, entry: _Entry) -> None:
         for sid in entry.storages:
             held = self._storages[sid]
             held[1] -= 1
             if held[1] == 0:
                 del self._storages[sid]
                 self._bytes_in_use -= held[0]
-        return entry
 
     def _add_storages(self, entry: _Entry) -> None:
         for sid, nbytes in entry.storages.items():
@@ -310,6 +351,7 @@ class ModelCache:
             entries = [
                 {
                     **asdict(key),
+                    "tier": self.name,
                     "size_bytes": entry.size_bytes,
                     "last_used": entry.last_used,
                     "locks": entry.locks,

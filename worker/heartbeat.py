@@ -85,6 +85,8 @@ class Heartbeat:
     def document(self) -> dict[str, Any]:
         runner = self.runner
         cache = runner.cache.stats()
+        entries = cache["entries"]
+        compiled = [e for e in entries if e["device"].startswith("openvino:")]
         return {
             "name": runner.name,
             "hardware": runner.hardware,
@@ -97,13 +99,20 @@ class Heartbeat:
             "models": [
                 {
                     "name": Path(e["path"]).stem,
-                    "family": FAMILY_OF.get(Path(e["path"]).parent.name),
+                    "family": FAMILY_OF[Path(e["path"]).parent.name],
                     "path": e["path"],
                     "size_bytes": e["size_bytes"],
                     "locks": e["locks"],
+                    "tier": e["tier"],
                 }
-                for e in cache["entries"]
+                for e in entries
+                if Path(e["path"]).parent.name in FAMILY_OF
             ],
+            # The rest of the cache: OpenVINO compiled variants (one per model part and shape).
+            "compiled": {
+                "variants": len(compiled),
+                "bytes": sum(e["size_bytes"] for e in compiled),
+            },
             # What this worker can run: the dispatcher routes `hardware: auto` jobs by it.
             "kinds": list(runner.kinds),
             "store": {

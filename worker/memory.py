@@ -4,6 +4,9 @@ Sizes are measured from the weights, never assumed: every tensor storage reachab
 the object is counted once, keyed by where it lives. So components shared by several
 objects (a diffusers `from_pipe` variant shares the base pipeline's modules) are counted
 once, and a cache can sum storages over all its entries without double counting.
+
+Memory that is not a torch tensor (an OpenVINO compiled model) is declared by the object
+holding it, with a `native_bytes()` method (`NativeMemory`); it counts once per object.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import types
 from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -48,6 +51,13 @@ _LEAVES = (
 )
 
 
+@runtime_checkable
+class NativeMemory(Protocol):
+    """An object holding memory outside torch; the walk counts it and does not look inside."""
+
+    def native_bytes(self) -> int: ...
+
+
 def tensors(obj: Any) -> Iterator[torch.Tensor]:
     """Every tensor reachable from `obj`, whatever model family it is.
 
@@ -60,14 +70,15 @@ def tensors(obj: Any) -> Iterator[torch.Tensor]:
       spandrel `ModelDescriptor` (its module), AuraSR (`.upsampler`) and our own wrappers.
     Each object is visited once, at most `MAX_DEPTH` levels down.
     """
-    yield from _walk(obj, set(), 0)
+    return (t for t in _walk(obj, set(), 0) if isinstance(t, torch.Tensor))
 
 
-def _walk(obj: Any, seen: set[int], depth: int) -> Iterator[torch.Tensor]:
+def _walk(obj: Any, seen: set[int], depth: int) -> Iterator[torch.Tensor | NativeMemory]:
+    """The walk `tensors` describes, also yielding `NativeMemory` holders (not entered)."""
     if depth > MAX_DEPTH or isinstance(obj, _LEAVES) or id(obj) in seen:
         return
     seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, torch.Tensor | NativeMemory):
         yield obj
     elif isinstance(obj, torch.nn.Module):
         yield from obj.parameters()
@@ -91,9 +102,13 @@ def _children(obj: Any) -> list[Any]:
 
 
 def storage_sizes(obj: Any) -> dict[StorageId, int]:
-    """Bytes of each distinct tensor storage reachable from `obj` (see `tensors`)."""
+    """Bytes of each distinct tensor storage reachable from `obj` (see `tensors`), and of
+    each `NativeMemory` holder (keyed ("native", id))."""
     sizes: dict[StorageId, int] = {}
-    for t in tensors(obj):
+    for t in _walk(obj, set(), 0):
+        if not isinstance(t, torch.Tensor):
+            sizes[("native", id(t))] = t.native_bytes()
+            continue
         if t.device.type == "meta":  # no memory behind it
             continue
         try:

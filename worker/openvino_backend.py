@@ -11,9 +11,10 @@ kind reuses the same compiled components and never reloads or reconverts (seed b
   second load reads the IR and converts nothing. OpenVINO's own compile cache (`CACHE_DIR`)
   is `ir_cache/compiled/<device>-<precision>/`.
 - Compiled variants are keyed by the exact shapes of all inputs (static shapes: `reshape`,
-  then `compile_model`), compiled lazily, the few most recent kept per component, each with
-  the memory it was measured to take (`openvino_stats`). Every output's shape is checked
-  against the request and its values must be finite: a wrong output raises
+  then `compile_model`) and compiled lazily. Each is an entry in the worker's model cache,
+  sized by the memory it was measured to take, so variants count against the cache budget
+  and are evicted like any model (`openvino_stats` sums them per pipeline). Every output's
+  shape is checked against the request and its values must be finite: a wrong output raises
   `OpenVINOOutputError`, never comes back as an image (seed bug 002; optimum-intel's static
   pipelines return the compiled size with only a warning).
 - The UNet IR has ControlNet residual inputs; jobs without ControlNet feed zeros (x + 0 == x),
@@ -43,10 +44,9 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ import psutil
 import torch
 
 from shared.modelstore import ModelInfo
+from worker.cache import CacheKey, EntryLocked, ModelCache
 from worker.memory import release_memory
 from worker.pipelines import LoadedPipeline
 from worker.upscalers import Upscaler
@@ -65,10 +66,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the conversion's output changes: IR written by an older converter is not reused.
 CONVERTER_VERSION = 1
-# Compiled variants kept per component. Each holds its own copy of the weights (reordered for
-# the device) and activation buffers that grow with the shape, so this bounds memory; hires fix
-# needs two shapes in one job.
-MAX_VARIANTS = 3
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
@@ -103,102 +100,131 @@ def _rss() -> int:
 
 @dataclass
 class _Variant:
+    """One compiled shape: a cache entry like any loaded model (`memory.NativeMemory`)."""
+
     request: ov.InferRequest
+    weight_bytes: int
+    rss_before: int  # the process's resident memory just before this variant compiled
     # Resident memory the process grew by while this variant compiled and first ran: its
     # copy of the weights (reordered for the device) and its activation buffers, which grow
-    # with the shape and dominate at large sizes. Measured, not assumed.
+    # with the shape and dominate at large sizes. Measured, not assumed; at least the weights.
     nbytes: int = 0
+    ran: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one call per request
+
+    def native_bytes(self) -> int:
+        return max(self.nbytes, self.weight_bytes)
 
 
 class CompiledVariants:
-    """One IR, compiled once per exact input shapes; the `max_variants` most recent kept."""
+    """One IR, compiled once per exact input shapes.
 
-    def __init__(
-        self, xml: Path, device: str, config: dict[str, str], max_variants: int = MAX_VARIANTS
-    ) -> None:
+    Each compiled shape is an entry in the worker's model cache, keyed by the IR file, the
+    device, the precision and the shapes: it counts against the cache's budget, is evicted
+    least recently used first like any model, and is locked while it runs. They leave the
+    cache with the model they belong to (`drop_variants`).
+    """
+
+    def __init__(self, xml: Path, device: str, config: dict[str, str], cache: ModelCache) -> None:
         self.name = xml.stem
+        self.xml = xml
         self.device = device
         self.config = config
-        self.max_variants = max_variants
+        self.cache = cache
         # The weights file is memory-mapped, not read: a variant's compile copies what it needs.
         self.model = _core().read_model(xml)
         self.weight_bytes = xml.with_suffix(".bin").stat().st_size
-        self._variants: OrderedDict[tuple[tuple[int, ...], ...], _Variant] = OrderedDict()
-        self._lock = threading.Lock()  # one infer request per variant: one call at a time
+
+    def _key(self, shapes: tuple[tuple[int, ...], ...]) -> CacheKey:
+        variant = ",".join("x".join(map(str, shape)) for shape in shapes)
+        precision = self.config.get("INFERENCE_PRECISION_HINT", "")
+        return CacheKey.of(self.xml, precision, f"openvino:{self.device}", variant)
+
+    def _entries(self) -> list[dict[str, Any]]:
+        """This IR's compiled variants in the cache, least recently used first."""
+        path, device = str(self.xml.resolve()), f"openvino:{self.device}"
+        return [
+            e for e in self.cache.stats()["entries"] if e["path"] == path and e["device"] == device
+        ]
 
     @property
     def count(self) -> int:
-        return len(self._variants)
+        return len(self._entries())
 
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in self._variants.values())
+        return sum(e["size_bytes"] for e in self._entries())
 
     def shapes(self) -> list[tuple[tuple[int, ...], ...]]:
-        return list(self._variants)
+        return [
+            tuple(tuple(int(d) for d in shape.split("x")) for shape in e["variant"].split(","))
+            for e in self._entries()
+        ]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._variants.clear()
+    def drop(self) -> None:
+        """Unload every compiled variant of this IR that no call is running."""
+        for shapes in self.shapes():
+            try:
+                self.cache.unload(self._key(shapes))
+            except EntryLocked:
+                log.warning("OpenVINO %s %s is running; left in the cache", self.name, shapes)
 
     def __call__(
         self, inputs: Sequence[np.ndarray], expected: Sequence[tuple[int, ...] | None]
     ) -> list[np.ndarray]:
         """Run at exactly these input shapes; outputs checked against `expected` shapes."""
-        key = tuple(tuple(int(d) for d in x.shape) for x in inputs)
-        with self._lock:
-            variant = self._variants.get(key)
-            if variant is None:
-                before = _rss()
-                variant = self._compile(key)
-            else:
-                self._variants.move_to_end(key)
-                before = None
-            ports = variant.request.model_inputs
+        shapes = tuple(tuple(int(d) for d in x.shape) for x in inputs)
+        key = self._key(shapes)
+        with (
+            self.cache.use(key, lambda: self._compile(shapes), size_hint=self.weight_bytes) as var,
+            var.lock,
+        ):
+            ports = var.request.model_inputs
             feed = [
                 np.ascontiguousarray(x, dtype=port.get_element_type().to_dtype())
                 for x, port in zip(inputs, ports, strict=True)
             ]
-            result = variant.request.infer(feed)  # copies outputs out of the request's buffers
-            outputs = [result[port] for port in variant.request.model_outputs]
-            if before is not None:
-                variant.nbytes = max(0, _rss() - before)
+            result = var.request.infer(feed)  # copies outputs out of the request's buffers
+            outputs = [result[port] for port in var.request.model_outputs]
+            if not var.ran:  # the first run allocated the activation buffers: count them
+                var.ran = True
+                var.nbytes = max(0, _rss() - var.rss_before)
+                self.cache.remeasure(key)
         for i, (out, want) in enumerate(zip(outputs, expected, strict=True)):
             if want is not None and tuple(out.shape) != tuple(want):
                 raise OpenVINOOutputError(
                     f"OpenVINO {self.name} output {i} has shape {tuple(out.shape)}; "
-                    f"expected {tuple(want)} for inputs {list(key)}"
+                    f"expected {tuple(want)} for inputs {list(shapes)}"
                 )
         for out in outputs:
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise OpenVINOOutputError(f"OpenVINO {self.name} gave NaN or infinite values")
         return outputs
 
-    def _compile(self, key: tuple[tuple[int, ...], ...]) -> _Variant:
-        """Under the lock: compile for exactly these input shapes (static: no other shape
-        can run on it), dropping the least recently used variant first to make room."""
-        if len(key) != len(self.model.inputs):
+    def _compile(self, shapes: tuple[tuple[int, ...], ...]) -> _Variant:
+        """Compile for exactly these input shapes (static: no other shape can run on it)."""
+        if len(shapes) != len(self.model.inputs):
             raise UnsupportedOnOpenVINO(
-                f"OpenVINO {self.name} takes {len(self.model.inputs)} inputs, got {len(key)}"
+                f"OpenVINO {self.name} takes {len(self.model.inputs)} inputs, got {len(shapes)}"
             )
-        while len(self._variants) >= self.max_variants:
-            self._variants.popitem(last=False)
+        before = _rss()
         started = time.perf_counter()
         model = self.model.clone()  # reshape changes the model: keep the dynamic one intact
-        shapes = zip(model.inputs, key, strict=True)
-        model.reshape({port: ov.PartialShape(list(shape)) for port, shape in shapes})
+        ports = zip(model.inputs, shapes, strict=True)
+        model.reshape({port: ov.PartialShape(list(shape)) for port, shape in ports})
         compiled = _core().compile_model(model, self.device, self.config)
         got = tuple(tuple(port.get_shape()) for port in compiled.inputs)
-        if got != key:  # a model that ignored the reshape would run at another size
-            raise OpenVINOOutputError(f"OpenVINO {self.name} compiled for {got}, asked for {key}")
-        variant = self._variants[key] = _Variant(compiled.create_infer_request())
+        if got != shapes:  # a model that ignored the reshape would run at another size
+            raise OpenVINOOutputError(
+                f"OpenVINO {self.name} compiled for {got}, asked for {shapes}"
+            )
         log.info(
             "compiled OpenVINO %s for %s in %.2fs",
             self.name,
-            list(key),
+            list(shapes),
             time.perf_counter() - started,
         )
-        return variant
+        return _Variant(compiled.create_infer_request(), self.weight_bytes, before)
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -251,10 +277,6 @@ class OpenVINOModule(torch.nn.Module):
 
     def ir_bytes(self) -> int:
         return sum(p.weight_bytes for p in self.parts.values())
-
-    def clear_variants(self) -> None:
-        for part in self.parts.values():
-            part.clear()
 
 
 class OpenVINOUNet(OpenVINOModule):
@@ -734,13 +756,13 @@ def load_openvino_pipeline(
     device: str = "CPU",
     *,
     precision: str = "f32",
-    max_variants: int = MAX_VARIANTS,
+    cache: ModelCache,
 ) -> LoadedPipeline:
     """A checkpoint as a diffusers pipeline whose UNet, VAE and text encoders run on OpenVINO.
 
     Converts on the first load of these files (seconds), reads the cached IR after that.
-    Shapes compile lazily, at the first call of each; `worker.pipelines` uses the result
-    exactly as it uses `load_pipeline`'s.
+    Shapes compile lazily, at the first call of each, into `cache` (the worker's model cache);
+    `worker.pipelines` uses the result exactly as it uses `load_pipeline`'s.
     """
     from diffusers import DiffusionPipeline
 
@@ -757,7 +779,7 @@ def load_openvino_pipeline(
     config = compile_config(ir_cache, device, precision)
 
     def part(stem: str, config: dict[str, str] = config) -> CompiledVariants:
-        return CompiledVariants(folder / f"{stem}.xml", device, config, max_variants)
+        return CompiledVariants(folder / f"{stem}.xml", device, config, cache)
 
     def skeleton(name: str) -> torch.nn.Module:
         return _meta_skeleton(Path(model.path), name, *index[name])
@@ -803,7 +825,7 @@ def openvino_upscaler(
     device: str = "CPU",
     *,
     precision: str = "f32",
-    max_variants: int = MAX_VARIANTS,
+    cache: ModelCache,
 ) -> Upscaler:
     """The upscaler with its network compiled by OpenVINO; same interface, same results.
 
@@ -835,7 +857,7 @@ def openvino_upscaler(
     folder = _cached_ir(ir_cache, identity, convert)
     parts = {
         "model": CompiledVariants(
-            folder / "model.xml", device, compile_config(ir_cache, device, precision), max_variants
+            folder / "model.xml", device, compile_config(ir_cache, device, precision), cache
         )
     }
     skeleton = copy.deepcopy(network).to("meta")
@@ -868,6 +890,13 @@ def openvino_modules(obj: Any) -> list[OpenVINOModule]:
         return [obj]
     components = getattr(obj, "components", {}) or {}
     return [m for m in components.values() if isinstance(m, OpenVINOModule)]
+
+
+def drop_variants(obj: Any) -> None:
+    """The cache's `on_evict` for an OpenVINO model: its compiled variants go with it."""
+    for module in openvino_modules(obj):
+        for part in module.parts.values():
+            part.drop()
 
 
 def openvino_stats(obj: Any) -> dict[str, int]:
