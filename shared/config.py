@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,9 @@ class Settings(BaseSettings):
     # Model cache budgets per worker process, in MiB (RAM always; VRAM on CUDA workers).
     cache_ram_mb: int = 8192
     cache_vram_mb: int = 0  # 0: the GPU's total memory less a working reserve
+    # GPU workers: run a checkpoint with diffusers' model CPU offload (its components take
+    # turns on the GPU) when it is larger than the VRAM budget ("auto"), always, or never.
+    cpu_offload: Literal["auto", "always", "never"] = "auto"
 
     # Workers publish a heartbeat this often; one missing for 3 intervals ages out.
     heartbeat_s: float = 2.0

@@ -28,14 +28,14 @@ def engine(redis_url, models_dir, tmp_path):
     dispatcher = Dispatcher(settings, celery=scheduler.celery)
     runner = JobRunner(settings, "cpu", "engine-test")
 
-    def run(**spec) -> dict:
+    def run(expect: str = "succeeded", **spec) -> dict:
         from shared.jobspec import parse_spec
 
         record, _ = scheduler.submit(parse_spec(spec))
         assert dispatcher.dispatch_one(record, {"name": runner.name})
         runner.run(record["id"], record["attempt"] + 1)
         done = scheduler.records.get(record["id"])
-        assert done["status"] == "succeeded", done.get("error")
+        assert done["status"] == expect, done.get("error")
         return done
 
     yield scheduler, runner, run
@@ -105,6 +105,25 @@ def test_unload_after_use_works_the_same_for_every_upscaler_family(engine, gradi
         run(kind="upscale", image=gradient_key, upscaler=name, scale=2, unload_after=True)
         assert not loads_of(runner, name), f"{name} unloaded after use"
     assert runner.cache.stats()["unloads"] == 3
+
+
+def test_out_of_memory_evicts_retries_once_then_fails_clearly(engine, gradient_key, monkeypatch):
+    """The device has room for one model (RENDERFARM_FAULT_OOM_PROMPT): a job that runs out of
+    memory with another model cached succeeds after evicting it; one that needs two models
+    fails with the reason, and the worker goes on with the next job."""
+    scheduler, runner, run = engine
+    monkeypatch.setenv("RENDERFARM_FAULT_OOM_PROMPT", "oom")
+    run(**{**TINY, "model": "demo-sdxl"})
+    done = run(**{**TINY, "prompt": "oom"})
+    assert done["attempts"] == 1, done  # retried inside the attempt, not requeued
+    assert [Path(e["path"]).stem for e in runner.cache.stats()["entries"]] == ["demo-sd15"]
+    assert runner.cache.stats()["unloads"] == 1  # demo-sdxl made way
+
+    unit = {"model": "demo-controlnet-sd15", "image": gradient_key}
+    failed = run("failed", **{**TINY, "prompt": "oom", "controlnet": [unit]})
+    assert "out of device memory even after evicting cached models" in failed["error"]
+    assert runner.jobs_failed == 1
+    run(**TINY)  # the worker is still up and renders the next job
 
 
 @pytest.fixture

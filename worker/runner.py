@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, parse_spec
 from shared.modelstore import ModelInfo, find_model
 from shared.storage import ObjectNotFound, open_storage
 from worker import images, outputs, pipelines
-from worker.cache import CacheKey, ModelCache
+from worker.cache import CacheKey, ModelCache, OnEvict
+from worker.memory import release_memory
+from worker.tiers import TieredCache
 from worker.upscalers import load_upscaler, target_size, upscale
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,13 @@ def fault_injected(record: dict[str, Any]) -> bool:
     return bool(poison) and record["spec"].get("prompt") == poison
 
 
+def oom_injected(spec: AnySpec, models_cached: int) -> bool:
+    """Chaos testing: with RENDERFARM_FAULT_OOM_PROMPT set, a job whose prompt equals it runs
+    as if on a device with room for one model: out of memory while more than one is cached."""
+    poison = os.environ.get("RENDERFARM_FAULT_OOM_PROMPT")
+    return bool(poison) and getattr(spec, "prompt", None) == poison and models_cached > 1
+
+
 # Memory a CUDA worker leaves outside its model cache for activations while rendering.
 CUDA_WORKING_RESERVE = 2 * 2**30
 
@@ -78,13 +88,20 @@ def pick_device(hardware: str, device: str | None) -> tuple[str, torch.dtype]:
     return device, torch.float16
 
 
-def cache_budget(settings: Settings, device: str) -> int:
-    if not device.startswith("cuda"):
-        return settings.cache_ram_mb * 2**20
+def vram_budget(settings: Settings, device: str) -> int:
     if settings.cache_vram_mb:
         return settings.cache_vram_mb * 2**20
     total = torch.cuda.get_device_properties(device).total_memory
     return max(total - CUDA_WORKING_RESERVE, total // 2)
+
+
+def make_cache(settings: Settings, device: str) -> ModelCache | TieredCache:
+    """One RAM cache on the CPU; on a GPU, VRAM backed by RAM as the second tier."""
+    ram = ModelCache(settings.cache_ram_mb * 2**20, name="ram")
+    if not device.startswith("cuda"):
+        return ram
+    vram = ModelCache(vram_budget(settings, device), name=device)
+    return TieredCache(vram, ram, device, settings.cpu_offload)
 
 
 class JobRunner:
@@ -101,24 +118,29 @@ class JobRunner:
         self.records = JobRecords(self.redis)
         self.leases = Leases(self.redis, settings.lease_s)
         self.storage = open_storage(settings)
-        self.cache = ModelCache(cache_budget(settings, self.device), name=self.device)
+        self.cache = make_cache(settings, self.device)
+        # A tiered cache loads models into RAM and moves them to the GPU itself.
+        self.load_device = "cpu" if isinstance(self.cache, TieredCache) else self.device
         self.current: Attempt | None = None
         # Loaders per hardware class: OpenVINO workers convert checkpoints and upscalers to
         # OpenVINO IR (cached on disk) and put them back into the same diffusers pipelines.
         self.load_checkpoint: Loader = pipelines.load_pipeline
         self.load_upscaler: Loader = load_upscaler
         self.variant = ""
+        self.on_evict: OnEvict | None = None
         if hardware == "openvino":
             from worker import openvino_backend as ovb  # keeps openvino off other workers
 
             ir_cache, ov_device = settings.openvino_cache_dir, settings.openvino_device
             self.variant = f"openvino:{ov_device}"
+            # Compiled shapes are entries of the same cache, and leave it with their model.
             self.load_checkpoint = lambda m, d, t: ovb.load_openvino_pipeline(
-                m, ir_cache, ov_device
+                m, ir_cache, ov_device, cache=self.cache
             )
             self.load_upscaler = lambda m, d, t: ovb.openvino_upscaler(
-                load_upscaler(m, d, t), ir_cache, ov_device
+                load_upscaler(m, d, t), ir_cache, ov_device, cache=self.cache
             )
+            self.on_evict = ovb.drop_variants
         self.kinds = ("txt2img", "img2img", "upscale")
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -140,8 +162,9 @@ class JobRunner:
             return stack.enter_context(
                 self.cache.use(
                     key,
-                    lambda: loader(model, self.device, self.dtype),
+                    lambda: loader(model, self.load_device, self.dtype),
                     size_hint=model.size_bytes,
+                    on_evict=self.on_evict,
                 )
             )
         except torch.OutOfMemoryError:
@@ -164,7 +187,11 @@ class JobRunner:
         """Load checkpoints before taking jobs (explicit: nothing else loads at start-up)."""
         for name in checkpoints:
             model, key = self._key("checkpoint", name)
-            self.cache.get(key, lambda m=model: self.load_checkpoint(m, self.device, self.dtype))
+            self.cache.get(
+                key,
+                lambda m=model: self.load_checkpoint(m, self.load_device, self.dtype),
+                on_evict=self.on_evict,
+            )
 
     def _image(self, key: str) -> Image.Image:
         try:
@@ -195,6 +222,8 @@ class JobRunner:
             )
             addons.control_images.append(self._image(unit.image))
 
+        if oom_injected(spec, len(self.cache)):
+            raise torch.OutOfMemoryError("out of memory (RENDERFARM_FAULT_OOM_PROMPT)")
         if isinstance(spec, Img2ImgSpec):
             mask = None
             if spec.mask:
@@ -341,20 +370,22 @@ class JobRunner:
             raise LeaseLost(att.job_id)
 
     def render_with_retry(self, att: Attempt, spec: AnySpec) -> tuple[np.ndarray, list[str]]:
-        """Render; out of device memory, evict every model no job holds and try once more."""
-        try:
-            with ExitStack() as stack:
+        """Render; out of device memory, evict every model this job does not hold and try
+        once more with the job's own models still loaded."""
+        with ExitStack() as stack:
+            try:
                 return self.render(att, spec, stack)
-        except torch.OutOfMemoryError:
-            log.warning("job %s ran out of device memory; evicting and retrying once", att.job_id)
-        self.cache.clear()
-        try:
-            with ExitStack() as stack:
-                return self.render(att, spec, stack)
-        except torch.OutOfMemoryError as exc:
-            raise JobFailed(
-                f"out of device memory even after evicting cached models: {exc}"
-            ) from exc
+            except torch.OutOfMemoryError as exc:
+                log.warning("job %s ran out of device memory; evicting, retrying", att.job_id)
+                traceback.clear_frames(exc.__traceback__)  # its frames hold activations
+            self.cache.clear()
+            release_memory()
+            try:
+                return self.render(att, spec, stack)  # the same models: cache hits
+            except torch.OutOfMemoryError as exc:
+                raise JobFailed(
+                    f"out of device memory even after evicting cached models: {exc}"
+                ) from None
 
 
 def register(app: Celery, runner: JobRunner) -> None:

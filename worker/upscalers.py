@@ -118,7 +118,7 @@ def _load_aura_sr(folder: Path, device: torch.device) -> Upscaler:
         # the same output, without touching the process's random state.
         with torch.random.fork_rng(devices=[tiles.device] if tiles.device.type == "cuda" else []):
             torch.manual_seed(0)
-            out = net(lowres_image=tiles, noise=style.expand(len(tiles), -1))
+            out = net(lowres_image=tiles, noise=style.to(tiles.device).expand(len(tiles), -1))
         return out.clamp(0, 1)
 
     scale = config["image_size"] // config["input_image_size"]
