@@ -45,6 +45,11 @@ def test_consecutive_sizes_and_hires_on_openvino(farm, openvino_worker):
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
     ]
+    # The heartbeat counts the compiled variants into the cache's bytes, apart from models.
+    (worker,) = [w for w in farm.redis_workers() if w["hardware"] == "openvino"]
+    assert [m["name"] for m in worker["models"]] == ["demo-sd15"]
+    assert worker["compiled"]["variants"] >= 4  # 2 UNet shapes at least, text encoder, VAE
+    assert worker["cache_bytes"] >= worker["compiled"]["bytes"] > 0
 
 
 def test_upscales_on_openvino_match_the_torch_worker(farm, openvino_worker):
