@@ -36,16 +36,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import mmap
 import os
 import platform
 import random
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -54,12 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Nothing may come from a model hub: set before diffusers/transformers are imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from bench.common import (
+    MIB,
+    config,
+    loadavg,
+    log,
+    machine_info,
+    machine_line,
+    parser,
+    quiet_libraries,
+    run_dir,
+    versions_line,
+    write_json,
+    write_model,
+)
 
-MIB = 2**20
 DEVICE = "cpu"
 
 
@@ -81,30 +86,6 @@ def spread_ms(values_s: list[float]) -> dict[str, Any]:
     }
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        mem = next(
-            int(line.split()[1]) * 1024
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal:")
-        )
-    except (OSError, StopIteration):
-        mem = None
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable, "mem": mem}
-
-
 def versions() -> dict[str, str]:
     import diffusers
     import safetensors
@@ -119,24 +100,6 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "safetensors": safetensors.__version__,
     }
-
-
-def loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-def quiet_libraries() -> None:
-    """No progress bars or info logs from diffusers/transformers while timing."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 # ---------------------------------------------------------------------------- models
@@ -223,14 +186,6 @@ def build_full(out: Path, seed: int = 8) -> None:
         scaling_factor=0.18215,
     )
     build_sd15_layout(out, seed, sd15_unet((320, 640, 1280, 1280)), text, vae)
-
-
-def write_model(models_dir: Path, folder: str, name: str, build: Callable[[Path], None]) -> None:
-    target = models_dir / folder / name
-    staging = models_dir / folder / f".{name}.partial"
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    build(staging)
-    staging.rename(target)
 
 
 def trace_variants(n: int) -> list[tuple[str, Callable[[Path], None]]]:
@@ -566,7 +521,7 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
 
     runs = []
     for rep in range(args.trace_repeats):
-        print(f"  trace replay {rep + 1}/{args.trace_repeats}", file=sys.stderr, flush=True)
+        log(f"  trace replay {rep + 1}/{args.trace_repeats}")
         runs.append(replay(targets, trace, budget))
     loads = {r["stats"]["loads"] for r in runs}
     assert len(loads) == 1, f"LRU is deterministic, yet loads differ between replays: {loads}"
@@ -663,17 +618,15 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
 def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     machine, vers = machine_info(), versions()
     load = run["loadavg"]
-    mem = f", {machine['mem'] / 2**30:.0f} GiB RAM" if machine["mem"] else ""
     lines = [
         "renderfarm model cache benchmark",
-        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
-        f"({machine['usable_cores']} usable){mem}"
+        machine_line(machine, ram=True)
         + (
             f"; 1-min load average before {load[0]:.2f}, after {load[1]:.2f}"
             if None not in load
             else ""
         ),
-        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        versions_line(vers),
         f"device    {DEVICE}, torch.float32; ModelCache + the worker's loaders and CacheKey.of",
         "",
         f"(1) switch latency: median of {args.repeats} rounds per model"
@@ -787,7 +740,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     return {
         "machine": {**machine, "loadavg_1min_before": load[0], "loadavg_1min_after": load[1]},
         "versions": vers,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": config(args),
         "gc_collect": run["gc"],
         "switch": switch,
         "trace": t,
@@ -798,11 +751,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_cache",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("python -m bench.bench_cache", __doc__)
     p.add_argument("--jobs", type=int, default=200, help="jobs in the trace (default 200)")
     p.add_argument("--models", type=int, default=8, help="checkpoints in the trace (default 8)")
     p.add_argument("--capacity", type=float, default=3, help="budget in mean model sizes (3)")
@@ -830,70 +779,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM stops the benchmark the way Ctrl-C does, through the finally below.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-cache-"))
-    try:
-        quiet_libraries()
-        from worker.demo_models import write_demo_models
+    with run_dir("renderfarm-bench-cache-", args.keep) as tmp:
+        try:
+            quiet_libraries()
+            from worker.demo_models import write_demo_models
 
-        load_before = loadavg()
-        models_dir = tmp / "models"
-        print(f"writing models to {models_dir}", file=sys.stderr, flush=True)
-        write_demo_models(models_dir)
-        write_model(models_dir, "checkpoints", "bench-sd15-mid", build_mid)
-        for name, build in trace_variants(args.models):
-            write_model(models_dir, "checkpoints", name, build)
-        if args.big:
-            started = time.perf_counter()
-            print("building the full-size SD1.5 (--big)", file=sys.stderr, flush=True)
-            write_model(models_dir, "checkpoints", "bench-sd15-full", build_full)
-            print(f"  built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            load_before = loadavg()
+            models_dir = tmp / "models"
+            log(f"writing models to {models_dir}")
+            write_demo_models(models_dir)
+            write_model(models_dir, "checkpoints", "bench-sd15-mid", build_mid)
+            for name, build in trace_variants(args.models):
+                write_model(models_dir, "checkpoints", name, build)
+            if args.big:
+                started = time.perf_counter()
+                log("building the full-size SD1.5 (--big)")
+                write_model(models_dir, "checkpoints", "bench-sd15-full", build_full)
+                log(f"  built in {time.perf_counter() - started:.0f} s")
 
-        switch_models = [
-            ("demo-sd15", "checkpoint"),
-            ("demo-sdxl", "checkpoint"),
-            ("bench-sd15-mid", "checkpoint"),
-            ("demo-vae-sd15", "vae"),
-            ("demo-controlnet-sd15", "controlnet"),
-            ("demo-esrgan-x4", "upscaler"),
-            ("demo-realesrgan-x2", "upscaler"),
-            ("demo-aura-sr", "upscaler"),
-        ]
-        if args.big:
-            switch_models.insert(3, ("bench-sd15-full", "checkpoint"))
-        targets = [Target.of(n, n, f, models_dir) for n, f in switch_models]
-        print(f"(1) switch latency: {args.repeats} rounds", file=sys.stderr, flush=True)
-        gc_before = gc_cost()
-        caps = {"bench-sd15-full": min(args.big_repeats, args.repeats)}
-        switch = switch_latency(targets, args.repeats, args.lookups, caps)
+            switch_models = [
+                ("demo-sd15", "checkpoint"),
+                ("demo-sdxl", "checkpoint"),
+                ("bench-sd15-mid", "checkpoint"),
+                ("demo-vae-sd15", "vae"),
+                ("demo-controlnet-sd15", "controlnet"),
+                ("demo-esrgan-x4", "upscaler"),
+                ("demo-realesrgan-x2", "upscaler"),
+                ("demo-aura-sr", "upscaler"),
+            ]
+            if args.big:
+                switch_models.insert(3, ("bench-sd15-full", "checkpoint"))
+            targets = [Target.of(n, n, f, models_dir) for n, f in switch_models]
+            log(f"(1) switch latency: {args.repeats} rounds")
+            gc_before = gc_cost()
+            caps = {"bench-sd15-full": min(args.big_repeats, args.repeats)}
+            switch = switch_latency(targets, args.repeats, args.lookups, caps)
 
-        trace_targets = [
-            Target.of(name, name, "checkpoint", models_dir)
-            for name, _ in trace_variants(args.models)
-        ]
-        print(f"(2) trace: {args.jobs} jobs", file=sys.stderr, flush=True)
-        trace = run_trace(trace_targets, args)
-        run = {
-            "switch": switch,
-            "trace": trace,
-            "gc": gc_before,
-            "loadavg": (load_before, loadavg()),
-        }
-        figures = report(args, run)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
-            print(f"\nfigures written to {args.json}")
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; removing the temp model store", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            trace_targets = [
+                Target.of(name, name, "checkpoint", models_dir)
+                for name, _ in trace_variants(args.models)
+            ]
+            log(f"(2) trace: {args.jobs} jobs")
+            trace = run_trace(trace_targets, args)
+            run = {
+                "switch": switch,
+                "trace": trace,
+                "gc": gc_before,
+                "loadavg": (load_before, loadavg()),
+            }
+            write_json(args.json, report(args, run))
+            return 0
+        except KeyboardInterrupt:
+            log("\ninterrupted; removing the temp model store")
+            return 130
 
 
 if __name__ == "__main__":

@@ -26,22 +26,28 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# Nothing may come from a model hub: set before diffusers/transformers are imported
-# (here and, through the environment, in the worker and dashboard processes).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from shared import localfarm  # noqa: E402
+from bench.common import (
+    OtherLoad,
+    loadavg,
+    log,
+    machine_info,
+    machine_line,
+    parser,
+    percentile,
+    redis_server_version,
+    run_dir,
+    sigint_ignored,
+    tail,
+    versions_line,
+    write_json,
+)
+from shared import localfarm
 
 BUCKET = "renders"
 MODEL = "demo-sd15"
@@ -64,18 +70,6 @@ SPEC: dict[str, Any] = {
 # ---------------------------------------------------------------------------- figures
 
 
-from bench.bench_cache import machine_info  # noqa: E402  (one definition for all benches)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def summary(values_s: list[float]) -> dict[str, Any]:
     ms = [v * 1000 for v in values_s]
     return {
@@ -94,72 +88,15 @@ def versions() -> dict[str, str]:
     import diffusers
     import torch
 
-    try:
-        out = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout
-        redis_version = next(
-            (w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip()
-        )
-    except OSError:
-        redis_version = "?"
+    redis_version = redis_server_version()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads_here": str(torch.get_num_threads()),
         "diffusers": diffusers.__version__,
         "celery": celery.__version__,
-        "redis_server": redis_version,
+        "redis_server": "?" if redis_version is None else redis_version,
     }
-
-
-def loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-class OtherLoad:
-    """CPU time the machine spent on processes this benchmark did not start.
-
-    Other work on a small machine (a test run next door) shows up as outliers on both
-    sides; this says how much there was while measuring.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        import psutil
-
-        self.procs = [psutil.Process(pid) for pid in pids]
-        self.start = self._sample()
-        self.t0 = time.monotonic()
-
-    def _sample(self) -> tuple[float, float, float]:
-        import psutil
-
-        t = psutil.cpu_times()
-        busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        ours = 0.0
-        for proc in self.procs:
-            try:
-                c = proc.cpu_times()
-                ours += c.user + c.system
-            except psutil.Error:
-                pass
-        return busy, ours, getattr(t, "steal", 0.0)
-
-    def stop(self) -> dict[str, float]:
-        busy, ours, steal = self._sample()
-        wall = time.monotonic() - self.t0
-        cores = os.cpu_count() or 1
-        other = max(0.0, (busy - self.start[0]) - (ours - self.start[1]))
-        return {
-            "wall_s": wall,
-            "ours_cpu_s": ours - self.start[1],
-            "other_cpu_s": other,
-            "other_share": other / (wall * cores) if wall else 0.0,
-            "steal_s": steal - self.start[2],
-        }
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -412,7 +349,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         if all(j.get(key) is not None for j in jobs)
     }
     overhead_ms = f["p50_ms"] - b["p50_ms"]
-    ratio = f["p50_ms"] / b["p50_ms"]
+    ratios = {q: f[f"{q}_ms"] / b[f"{q}_ms"] for q in ("p50", "p95", "mean")}
     seq_per_min = 60_000 / f["mean_ms"]
     base_per_min = 60_000 / b["mean_ms"]
     polls = statistics.fmean(j["polls"] for j in jobs)
@@ -440,16 +377,14 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     other = run["other_load"]
     lines = [
         "renderfarm end-to-end benchmark",
-        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
-        f"({machine['usable_cores']} usable); 1-min load average before "
-        f"{load[0]:.2f}, after {load[1]:.2f}"
+        f"{machine_line(machine)}; 1-min load average before {load[0]:.2f}, after {load[1]:.2f}"
         if None not in load
         else f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores",
         f"other     while measuring, processes this benchmark did not start used "
         f"{other['other_cpu_s']:.1f} CPU-s of {other['wall_s'] * (machine['cpu_count'] or 1):.1f}"
         f" ({other['other_share']:.0%} of the machine; steal {other['steal_s']:.1f} s)"
         + ("  <- busy machine: figures are noisy" if other["other_share"] > 0.1 else ""),
-        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        versions_line(vers),
         f"job       txt2img {spec['model']} {spec['width']}x{spec['height']}, "
         f"{spec['steps']} steps, {spec['sampler']}, cfg {spec['cfg_scale']:g}, "
         f"seed {spec['seed']}, batch {spec['batch_size']}, cpu float32",
@@ -482,8 +417,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     lines += [
         "",
         f"overhead per job (farm p50 - baseline p50): {overhead_ms:.1f} ms",
-        f"ratio farm/baseline: p50 {ratio:.2f}x, p95 {f['p95_ms'] / b['p95_ms']:.2f}x, "
-        f"mean {f['mean_ms'] / b['mean_ms']:.2f}x",
+        "ratio farm/baseline: " + ", ".join(f"{q} {x:.2f}x" for q, x in ratios.items()),
     ]
     if r:
         lines.append(
@@ -534,28 +468,15 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         },
         "burst": {**burst, "jobs_per_min": burst_per_min} if burst else None,
         "overhead_ms_p50": overhead_ms,
-        "ratio_p50": ratio,
-        "ratio_p95": f["p95_ms"] / b["p95_ms"],
-        "ratio_mean": f["mean_ms"] / b["mean_ms"],
+        **{f"ratio_{q}": x for q, x in ratios.items()},
     }
 
 
 # ---------------------------------------------------------------------------- main
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_e2e",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("python -m bench.bench_e2e", __doc__)
     p.add_argument("--n", type=int, default=30, help="measured jobs on each side (default 30)")
     p.add_argument("--storage", choices=("file", "s3"), default="file")
     p.add_argument("--warmup", type=int, default=3, help="uncounted runs on each side")
@@ -575,66 +496,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM stops the benchmark the way Ctrl-C does, through the finally below.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     procs: list = []
     servers: list = []
     farm: FarmClient | None = None
-    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
-    try:
-        from worker.demo_models import write_demo_models
-
-        load_before = loadavg()
-        models_dir = tmp / "models"
-        print(f"writing demo models to {models_dir}", file=sys.stderr, flush=True)
-        write_demo_models(models_dir)
-        baseline = Baseline(models_dir)
-        print(f"starting the farm ({args.storage} storage)", file=sys.stderr, flush=True)
-        env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
-        farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs))
-        print(
-            f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
-            + (f", then a burst of {args.n} farm jobs" if args.burst else ""),
-            file=sys.stderr,
-            flush=True,
-        )
-        run = measure(args, baseline, farm)
-        run["render_s"] = read_render_s(env, [j["manifest"] for j in run["jobs"]])
-        run["load_s"] = baseline.load_s
-        run["storage"] = storage
-        run["loadavg"] = (load_before, loadavg())
-        # Stop the farm before reporting, so nothing else is running while we print.
-        farm.close()
-        localfarm.stop(*reversed(procs))
-        procs.clear()
-        figures = report(args, run)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
-            print(f"\nfigures written to {args.json}")
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything the benchmark started", file=sys.stderr)
-        return 130
-    except Exception:
-        for name in ("scheduler.log", "worker.log", "dashboard.log"):
-            print(f"--- {tmp / name} (last lines)\n{tail(tmp / name)}", file=sys.stderr)
-        raise
-    finally:
-        # Ignore a second Ctrl-C while cleaning up, so no child is left behind.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with run_dir("renderfarm-bench-", args.keep, "logs, outputs, redis data") as tmp:
         try:
-            if farm is not None:
-                farm.close()
+            from worker.demo_models import write_demo_models
+
+            load_before = loadavg()
+            models_dir = tmp / "models"
+            log(f"writing demo models to {models_dir}")
+            write_demo_models(models_dir)
+            baseline = Baseline(models_dir)
+            log(f"starting the farm ({args.storage} storage)")
+            env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
+            farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs))
+            log(
+                f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
+                + (f", then a burst of {args.n} farm jobs" if args.burst else "")
+            )
+            run = measure(args, baseline, farm)
+            run["render_s"] = read_render_s(env, [j["manifest"] for j in run["jobs"]])
+            run["load_s"] = baseline.load_s
+            run["storage"] = storage
+            run["loadavg"] = (load_before, loadavg())
+            # Stop the farm before reporting, so nothing else is running while we print.
+            farm.close()
             localfarm.stop(*reversed(procs))
-            for server in servers:
-                server.stop()
+            procs.clear()
+            write_json(args.json, report(args, run))
+            return 0
+        except KeyboardInterrupt:
+            log("\ninterrupted; stopping everything the benchmark started")
+            return 130
+        except Exception:
+            for name in ("scheduler.log", "worker.log", "dashboard.log"):
+                log(f"--- {tmp / name} (last lines)\n{tail(tmp / name)}")
+            raise
         finally:
-            signal.signal(signal.SIGINT, previous)
-            if args.keep:
-                print(f"kept {tmp} (logs, outputs, redis data)", file=sys.stderr)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with sigint_ignored():
+                if farm is not None:
+                    farm.close()
+                localfarm.stop(*reversed(procs))
+                for server in servers:
+                    server.stop()
 
 
 if __name__ == "__main__":

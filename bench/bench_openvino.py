@@ -33,21 +33,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# Nothing may come from a model hub: set before diffusers/transformers are imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from bench.common import (
+    MIB,
+    config,
+    loadavg,
+    log,
+    machine_info,
+    machine_line,
+    parser,
+    quiet_libraries,
+    run_dir,
+    versions_line,
+    write_json,
+    write_model,
+)
 
 CHECKPOINT = "bench-sd15"
 UPSCALER = "bench-esrgan-x4"
@@ -56,10 +63,6 @@ SIZE = 256
 UPSCALE_IN = 512
 UPSCALE_WARMUP_IN = 224  # one 256 px tile with the 16 px overlap: the same compiled shape
 CHILD_MODES = ("torch", "ov-cold", "ov-warm-ir", "ov-warm")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- models
@@ -122,7 +125,7 @@ def build_esrgan(filters: int, blocks: int):
 
 
 def write_models(models_dir: Path, full: bool) -> dict[str, Any]:
-    from bench.bench_cache import write_model
+    from bench.bench_cache import files_of
 
     started = time.perf_counter()
     write_model(models_dir, "checkpoints", CHECKPOINT, build_checkpoint(full))
@@ -132,8 +135,7 @@ def write_models(models_dir: Path, full: bool) -> dict[str, Any]:
     build_esrgan(filters, blocks)(target)
 
     def mib(path: Path) -> float:
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        return sum(p.stat().st_size for p in files) / 2**20
+        return sum(p.stat().st_size for p in files_of(path)) / MIB
 
     ckpt = models_dir / "checkpoints" / CHECKPOINT
     return {
@@ -213,7 +215,6 @@ def child(mode: str, models_dir: Path, ir_cache: Path, steps: int, out: Path) ->
     started = time.perf_counter()
     import torch
 
-    from bench.bench_cache import quiet_libraries
     from shared.modelstore import find_model
 
     quiet_libraries()
@@ -365,12 +366,9 @@ def ov_versions() -> dict[str, str]:
 
 
 def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    from bench.bench_cache import machine_info
-
     machine, vers = machine_info(), ov_versions()
     m, t, u, f = run["models"], run["txt2img"], run["upscale"], run["first"]
     load = run["loadavg"]
-    mem = f", {machine['mem'] / 2**30:.0f} GiB RAM" if machine["mem"] else ""
     size = "full SD1.5 configs" if args.full else "reduced width"
 
     def ratio(d: dict[str, float]) -> float:
@@ -378,10 +376,10 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
 
     lines = [
         "renderfarm OpenVINO vs torch CPU benchmark",
-        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
-        f"({machine['usable_cores']} usable){mem}; 1-min load average "
+        machine_line(machine, ram=True)
+        + "; 1-min load average "
         + ", ".join(f"{k} {v:.2f}" for k, v in load.items() if v is not None),
-        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        versions_line(vers),
         "backends  torch: load_pipeline / load_upscaler, CPU float32; openvino: "
         "load_openvino_pipeline / openvino_upscaler, CPU f32",
         f"models    {CHECKPOINT} ({size}; random weights): {m['checkpoint_mib']:.0f} MiB "
@@ -453,7 +451,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     return {
         "machine": {**machine, "loadavg_1min": load},
         "versions": vers,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": config(args),
         "models": m,
         "txt2img": t | {"speedup": ratio(t["median_s"])},
         "upscale": u | {"speedup": ratio(u["median_s"])},
@@ -465,11 +463,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_openvino",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("python -m bench.bench_openvino", __doc__)
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument(
         "--full",
@@ -496,36 +490,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args.child, args.models_dir, args.ir_cache, args.steps, args.child_out)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-openvino-"))
-    try:
-        from bench.bench_cache import loadavg, quiet_libraries
-
-        quiet_libraries()
-        load = {"start": loadavg()}
-        models_dir, ir_cache = tmp / "models", tmp / "ir-cache"
-        log(f"writing models to {models_dir}")
-        models = write_models(models_dir, args.full)
-        first = first_jobs(models_dir, ir_cache, args.steps, tmp)
-        load["after (2)"] = loadavg()
-        txt = steady_txt2img(models_dir, ir_cache, args.steps, args.repeats)
-        up = steady_upscale(models_dir, ir_cache, args.upscale_repeats)
-        load["end"] = loadavg()
-        run = {"models": models, "first": first, "txt2img": txt, "upscale": up, "loadavg": load}
-        figures = report(args, run)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
-            print(f"\nfigures written to {args.json}")
-        return 0
-    except KeyboardInterrupt:
-        log("\ninterrupted; removing the temp model store")
-        return 130
-    finally:
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with run_dir("renderfarm-bench-openvino-", args.keep) as tmp:
+        try:
+            quiet_libraries()
+            load = {"start": loadavg()}
+            models_dir, ir_cache = tmp / "models", tmp / "ir-cache"
+            log(f"writing models to {models_dir}")
+            models = write_models(models_dir, args.full)
+            first = first_jobs(models_dir, ir_cache, args.steps, tmp)
+            load["after (2)"] = loadavg()
+            txt = steady_txt2img(models_dir, ir_cache, args.steps, args.repeats)
+            up = steady_upscale(models_dir, ir_cache, args.upscale_repeats)
+            load["end"] = loadavg()
+            run = {"models": models, "first": first, "txt2img": txt, "upscale": up, "loadavg": load}
+            write_json(args.json, report(args, run))
+            return 0
+        except KeyboardInterrupt:
+            log("\ninterrupted; removing the temp model store")
+            return 130
 
 
 if __name__ == "__main__":

@@ -46,34 +46,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
-import shutil
-import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-# Nothing may come from a model hub: set before diffusers/transformers are imported
-# (here and, through the environment, in every process the benchmark starts).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from bench import common
+from bench.bench_cache import simulate, zipf_trace
+from bench.common import (
+    MIB,
+    OtherLoad,
+    config,
+    machine_info,
+    machine_line,
+    parser,
+    percentile,
+    redis_server_version,
+    run_dir,
+    sigint_ignored,
+    tail,
+    versions_line,
+    write_json,
+    write_model,
+)
+from shared import localfarm
 
-from bench.bench_cache import simulate, zipf_trace  # noqa: E402
-from bench.bench_e2e import OtherLoad, machine_info, percentile, tail  # noqa: E402
-from shared import localfarm  # noqa: E402
-
-MIB = 2**20
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_MODEL = "sched-warmup"
 OWNER = "bench"
@@ -83,7 +89,8 @@ STARTED = time.monotonic()
 
 
 def log(msg: str) -> None:
-    print(f"[{time.monotonic() - STARTED:5.0f} s] {msg}", file=sys.stderr, flush=True)
+    """A progress line, stamped with the seconds since the start."""
+    common.log(f"[{time.monotonic() - STARTED:5.0f} s] {msg}")
 
 
 # ---------------------------------------------------------------------------- plain routing
@@ -159,11 +166,7 @@ def write_models(models_dir: Path, n: int, seed: int) -> list[str]:
 
     names = [f"sched-m{i}" for i in range(n)]
     for i, name in enumerate([*names, WARMUP_MODEL]):
-        target = models_dir / "checkpoints" / name
-        staging = target.parent / f".{name}.partial"
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        build_sd15(staging, seed=seed * 1000 + i)
-        staging.rename(target)
+        write_model(models_dir, "checkpoints", name, partial(build_sd15, seed=seed * 1000 + i))
     return names
 
 
@@ -542,15 +545,9 @@ def versions() -> dict[str, str]:
     for name in ("torch", "diffusers", "celery", "kombu", "redis", "flask", "werkzeug"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-    try:
-        out = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout
-        found["redis_server"] = next(
-            (w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip()
-        )
-    except OSError:
-        pass
+    redis_version = redis_server_version()
+    if redis_version is not None:
+        found["redis_server"] = redis_version
     return found
 
 
@@ -578,12 +575,12 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
     b = r["bounds"]
     lines = [
         "renderfarm scheduler benchmark",
-        f"machine   {machine['cpu_model']}, {machine['cpu_count']} cores "
-        f"({machine['usable_cores']} usable); load average (1/5/15 min) at start "
+        machine_line(machine)
+        + "; load average (1/5/15 min) at start "
         + "/".join(f"{x:.2f}" for x in la[0])
         + ", at end "
         + "/".join(f"{x:.2f}" for x in la[1]),
-        "versions  " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        versions_line(vers),
         "",
         "(1) model affinity vs plain routing, same trace, fresh farm each",
         f"models    {args.models} tiny SD1.5 checkpoints (build_sd15, own seeds), "
@@ -696,7 +693,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
     return {
         "machine": {**machine, "loadavg_start": la[0], "loadavg_end": la[1]},
         "versions": vers,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": config(args),
         "sizes": r["sizes"],
         "trace": r["trace"],
         "bounds": b,
@@ -710,11 +707,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_scheduler",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("python -m bench.bench_scheduler", __doc__)
     p.add_argument("--jobs", type=int, default=60, help="jobs in the trace (default 60)")
     p.add_argument("--models", type=int, default=6, help="checkpoints in the trace (default 6)")
     p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (default 1.1)")
@@ -780,115 +773,106 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plain_dispatcher:
         return run_plain_dispatcher()
-    # SIGTERM stops the benchmark the way Ctrl-C does, through the finally below.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="renderfarm-bench-sched-"))
     redis_proc = None
     farms: list[Farm] = []
-    try:
-        la_start = os.getloadavg()
-        models_dir = tmp / "models"
-        log(f"writing {args.models + 1} models to {models_dir}")
-        names = write_models(models_dir, args.models, args.seed)
-        sizes = cache_budget_mb(models_dir, names, args.capacity)
-        trace_idx, ranks = zipf_trace(args.models, args.jobs, args.zipf_s, args.seed)
-        trace = [names[i] for i in trace_idx]
-        counts = sorted(((m, trace.count(m)) for m in names), key=lambda mc: -mc[1])
-
-        redis_port = localfarm.free_port()
-        redis_proc = localfarm.start_redis(redis_port, tmp / "redis")
-        base = {
-            "RENDERFARM_MODELS_DIR": str(models_dir),
-            "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
-            "RENDERFARM_CACHE_RAM_MB": str(sizes["budget_mb"]),
-            "RENDERFARM_HEARTBEAT_S": str(args.heartbeat_s),
-            # torch uses every core per process by default; several workers on a small
-            # shared machine then oversubscribe it and renders slow down 10-100x.
-            "OMP_NUM_THREADS": str(args.torch_threads),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        }
-        runs: list[dict[str, Any]] = []
-        rates: dict[str, float] = {}
-        db = 0
-        for spec in args.arrivals:
-            rate = rates[spec] = resolve_rate(spec, runs, args.jobs)
-            for label, wait_s in (("affinity", args.affinity_wait_s), ("plain", 0.0)):
-                db += 1  # a Redis DB of its own: fresh records, queues and heartbeats
-                env = {
-                    **base,
-                    "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db}",
-                    "RENDERFARM_AFFINITY_WAIT_S": str(wait_s),
-                }
-                name = f"{arrival_name(rate, short=True)}/{label}"
-                log(
-                    f"({name}) starting a farm: {args.workers} fresh workers, dispatcher, dashboard"
-                )
-                farm = Farm(f"{db}-{label}", env, tmp, args.workers, label, WARMUP_MODEL)
-                farms.append(farm)
-                log(
-                    f"({name}) running the trace: {args.jobs} jobs, {arrival_name(rate, spec=spec)}"
-                )
-                result = run_trace(farm, trace, rate, args)
-                farm.close()
-                farms.remove(farm)
-                runs.append(
-                    {
-                        "arrival": spec,
-                        "arrival_rate": rate,
-                        "routing": label,
-                        **analyse(result, args.capacity),
-                    }
-                )
-                log(f"({name}) {runs[-1]['loads']} loads, makespan {runs[-1]['makespan_s']:.1f} s")
-
-        log(f"submission throughput: {args.submit_n} x {args.rounds} rounds per side")
-        env = {**base, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db + 1}"}
-        farm = Farm("submit", env, tmp, 0, None, None)
-        farms.append(farm)
-        submission = submission_rate(
-            farm.url, env["RENDERFARM_REDIS_URL"], models_dir, args, names[0]
-        )
-        farm.close()
-        farms.remove(farm)
-
-        run = {
-            "loadavg": (la_start, os.getloadavg()),
-            "sizes": sizes,
-            "trace": {"models": trace, "zipf_ranks": dict(zip(names, ranks, strict=True))},
-            "trace_counts": counts,
-            "bounds": bounds(trace, args.workers, args.capacity),
-            "rates": rates,
-            "runs": runs,
-            "submission": submission,
-        }
-        figures = report(args, run)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
-            print(f"\nfigures written to {args.json}")
-        return 0
-    except KeyboardInterrupt:
-        log("\ninterrupted; stopping everything the benchmark started")
-        return 130
-    except Exception:
-        for farm in farms:
-            for f in sorted(farm.logs.glob("*.log")):
-                log(f"--- {f} (last lines)\n{tail(f)}")
-        raise
-    finally:
-        # Ignore a second Ctrl-C while cleaning up, so no child is left behind.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with run_dir("renderfarm-bench-sched-", args.keep, "logs, models, redis data", log) as tmp:
         try:
+            la_start = os.getloadavg()
+            models_dir = tmp / "models"
+            log(f"writing {args.models + 1} models to {models_dir}")
+            names = write_models(models_dir, args.models, args.seed)
+            sizes = cache_budget_mb(models_dir, names, args.capacity)
+            trace_idx, ranks = zipf_trace(args.models, args.jobs, args.zipf_s, args.seed)
+            trace = [names[i] for i in trace_idx]
+            counts = sorted(((m, trace.count(m)) for m in names), key=lambda mc: -mc[1])
+
+            redis_port = localfarm.free_port()
+            redis_proc = localfarm.start_redis(redis_port, tmp / "redis")
+            base = {
+                "RENDERFARM_MODELS_DIR": str(models_dir),
+                "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
+                "RENDERFARM_CACHE_RAM_MB": str(sizes["budget_mb"]),
+                "RENDERFARM_HEARTBEAT_S": str(args.heartbeat_s),
+                # torch uses every core per process by default; several workers on a small
+                # shared machine then oversubscribe it and renders slow down 10-100x.
+                "OMP_NUM_THREADS": str(args.torch_threads),
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+            }
+            runs: list[dict[str, Any]] = []
+            rates: dict[str, float] = {}
+            db = 0
+            for spec in args.arrivals:
+                rate = rates[spec] = resolve_rate(spec, runs, args.jobs)
+                for label, wait_s in (("affinity", args.affinity_wait_s), ("plain", 0.0)):
+                    db += 1  # a Redis DB of its own: fresh records, queues and heartbeats
+                    env = {
+                        **base,
+                        "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db}",
+                        "RENDERFARM_AFFINITY_WAIT_S": str(wait_s),
+                    }
+                    name = f"{arrival_name(rate, short=True)}/{label}"
+                    log(
+                        f"({name}) starting a farm: {args.workers} fresh workers, "
+                        "dispatcher, dashboard"
+                    )
+                    farm = Farm(f"{db}-{label}", env, tmp, args.workers, label, WARMUP_MODEL)
+                    farms.append(farm)
+                    log(
+                        f"({name}) running the trace: {args.jobs} jobs, "
+                        + arrival_name(rate, spec=spec)
+                    )
+                    result = run_trace(farm, trace, rate, args)
+                    farm.close()
+                    farms.remove(farm)
+                    runs.append(
+                        {
+                            "arrival": spec,
+                            "arrival_rate": rate,
+                            "routing": label,
+                            **analyse(result, args.capacity),
+                        }
+                    )
+                    log(
+                        f"({name}) {runs[-1]['loads']} loads, "
+                        f"makespan {runs[-1]['makespan_s']:.1f} s"
+                    )
+
+            log(f"submission throughput: {args.submit_n} x {args.rounds} rounds per side")
+            env = {**base, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db + 1}"}
+            farm = Farm("submit", env, tmp, 0, None, None)
+            farms.append(farm)
+            submission = submission_rate(
+                farm.url, env["RENDERFARM_REDIS_URL"], models_dir, args, names[0]
+            )
+            farm.close()
+            farms.remove(farm)
+
+            run = {
+                "loadavg": (la_start, os.getloadavg()),
+                "sizes": sizes,
+                "trace": {"models": trace, "zipf_ranks": dict(zip(names, ranks, strict=True))},
+                "trace_counts": counts,
+                "bounds": bounds(trace, args.workers, args.capacity),
+                "rates": rates,
+                "runs": runs,
+                "submission": submission,
+            }
+            write_json(args.json, report(args, run))
+            return 0
+        except KeyboardInterrupt:
+            log("\ninterrupted; stopping everything the benchmark started")
+            return 130
+        except Exception:
             for farm in farms:
-                farm.close()
-            localfarm.stop(redis_proc)
+                for f in sorted(farm.logs.glob("*.log")):
+                    log(f"--- {f} (last lines)\n{tail(f)}")
+            raise
         finally:
-            signal.signal(signal.SIGINT, previous)
-            if args.keep:
-                log(f"kept {tmp} (logs, models, redis data)")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with sigint_ignored():
+                for farm in farms:
+                    farm.close()
+                localfarm.stop(redis_proc)
 
 
 if __name__ == "__main__":
