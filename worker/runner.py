@@ -190,6 +190,7 @@ class JobRunner:
             self.cache.get(
                 key,
                 lambda m=model: self.load_checkpoint(m, self.load_device, self.dtype),
+                size_hint=model.size_bytes,
                 on_evict=self.on_evict,
             )
 
