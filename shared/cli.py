@@ -65,11 +65,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
         f"{'cache used/budget':>18} {'models':>6} {'done':>5}  job"
     )
     for w in fleet:
+        job = w["current_job"] or "-"
+        if w.get("stalled_job"):
+            job += " (stalled: given up, running elsewhere)"
         print(
             f"{w['name']:<34} {w['hardware']:<9} {w['device_name'][:28]:<28} "
             f"{w['memory_used'] / gib:>8.1f}/{w['memory_total'] / gib:<6.1f}GiB "
             f"{w['cache_bytes'] / gib:>8.2f}/{w['cache_budget'] / gib:<6.1f}GiB "
-            f"{len(w['models']):>6} {w['jobs_done']:>5}  {w['current_job'] or '-'}"
+            f"{len(w['models']):>6} {w['jobs_done']:>5}  {job}"
         )
     if not fleet:
         print("(no live workers)")

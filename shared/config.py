@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     affinity_wait_s: float = 3.0
     # How long storage errors are retried (with backoff) before a job fails.
     storage_retry_s: float = 600.0
+    # A running job that makes no progress (no denoising step, no upscaled tile) for this
+    # long is given up by its worker's watchdog: the lease lapses and another worker runs
+    # it. Model loads and output uploads do not count as silence.
+    stall_s: float = 1800.0
 
     # CPU threads torch may use in a worker (0: torch's default, every core). Set it to
     # cores / workers when several workers share a machine or a container CPU limit.

@@ -92,6 +92,8 @@ class FaultFarm:
             "RENDERFARM_MAX_ATTEMPTS": "2",
             "RENDERFARM_AFFINITY_WAIT_S": "1",
             "RENDERFARM_FAULT_KILL_PROMPT": "poison",
+            "RENDERFARM_FAULT_STALL_PROMPT": "stall",
+            "RENDERFARM_STALL_S": "4",
         }
         self.logs = root / "logs"
         self.logs.mkdir()

@@ -184,6 +184,26 @@ def test_model_passes_repeat_until_the_target_is_covered(loaded):
     assert len(calls) == 1 + 4  # 14x13 fits one tile's 24 px centre; then 28x26 needs 2x2
 
 
+def test_progress_is_reported_after_every_tile_and_can_stop_the_upscale(loaded):
+    up = loaded[DEMO_REALESRGAN]  # x2, asked for x4: two passes of 1 and 4 tiles
+    seen: list[float] = []
+    upscale(up, _image(13, 14), 56, 52, tile=32, overlap=4, progress=seen.append)
+    assert seen == [0.5, 0.625, 0.75, 0.875, 1.0]
+
+    class Stop(Exception):
+        pass
+
+    def cancel(fraction: float) -> None:
+        if fraction > 0.5:
+            raise Stop  # what a canceled job's progress callback does
+
+    tiles: list[int] = []
+    counting = dataclasses.replace(up, forward=lambda x: tiles.append(1) or up.forward(x))
+    with pytest.raises(Stop):
+        upscale(counting, _image(13, 14), 56, 52, tile=32, overlap=4, progress=cancel)
+    assert len(tiles) == 2  # stopped after the first tile of the second pass
+
+
 def test_target_size():
     assert target_size(23, 17, 2, None, None) == (46, 34)
     assert target_size(23, 17, 1.5, None, None) == (34, 26)  # 34.5 -> 34, 25.5 -> 26

@@ -122,6 +122,7 @@ class Heartbeat:
             "draining": bool(self.redis.exists(keys.drain(runner.name))),
             "cache": {k: v for k, v in cache.items() if k != "entries"},
             "current_job": runner.current_job,
+            "stalled_job": runner.stalled_job,
             "jobs_done": runner.jobs_done,
             "jobs_failed": runner.jobs_failed,
             "versions": self.versions,

@@ -6,9 +6,9 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,9 +54,36 @@ class Attempt:
     job_id: str
     attempt: int
     lease_ok: bool = True  # cleared by the heartbeat when renewing the lease fails
+    given_up: bool = False  # set by the watchdog: no progress for RENDERFARM_STALL_S
+    last_active: float = field(default_factory=time.monotonic)
+    waiting: int = 0  # > 0 while a model loads or outputs upload: silence is expected then
 
     def still_ours(self) -> bool:
         return self.lease_ok
+
+    def active(self) -> None:
+        """The job moved on: a denoising step, an upscaled tile."""
+        self.last_active = time.monotonic()
+
+    @contextmanager
+    def wait(self) -> Iterator[None]:
+        """A phase that reports no progress but is not stuck (each bounded on its own)."""
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+            self.active()
+
+    def stalled(self, stall_s: float) -> bool:
+        return not self.waiting and time.monotonic() - self.last_active > stall_s
+
+
+def stall_injected(spec: AnySpec, att: Attempt) -> bool:
+    """Chaos testing: with RENDERFARM_FAULT_STALL_PROMPT set, a job whose prompt equals it
+    hangs in its first attempt (as a wedged driver would) until the watchdog gives it up."""
+    poison = os.environ.get("RENDERFARM_FAULT_STALL_PROMPT")
+    return bool(poison) and getattr(spec, "prompt", None) == poison and att.attempt == 1
 
 
 def fault_injected(record: dict[str, Any]) -> bool:
@@ -159,14 +186,15 @@ class JobRunner:
         model, key = self._key(family, name)
         try:
             # The size on disk as a hint, so the cache makes room before the load, not after.
-            return stack.enter_context(
-                self.cache.use(
-                    key,
-                    lambda: loader(model, self.load_device, self.dtype),
-                    size_hint=model.size_bytes,
-                    on_evict=self.on_evict,
+            with self.current.wait() if self.current else nullcontext():
+                return stack.enter_context(
+                    self.cache.use(
+                        key,
+                        lambda: loader(model, self.load_device, self.dtype),
+                        size_hint=model.size_bytes,
+                        on_evict=self.on_evict,
+                    )
                 )
-            )
         except torch.OutOfMemoryError:
             raise  # render_with_retry evicts and tries once more
         except Exception as exc:
@@ -177,10 +205,28 @@ class JobRunner:
         current = self.current
         return current.job_id if current else None
 
-    def renew_lease(self) -> None:
-        """Called by the heartbeat thread: keep the running attempt's lease alive."""
+    @property
+    def stalled_job(self) -> str | None:
         current = self.current
-        if current and not self.leases.renew(current.job_id, current.attempt, self.name):
+        return current.job_id if current and current.given_up else None
+
+    def renew_lease(self) -> None:
+        """Called by the heartbeat thread: keep the running attempt's lease alive, unless
+        the job stalled (the watchdog): then let the lease lapse, so the scheduler runs the
+        job elsewhere and this attempt's late writes are refused."""
+        current = self.current
+        if current is None:
+            return
+        if current.stalled(self.settings.stall_s):
+            if not current.given_up:
+                log.error(
+                    "job %s made no progress for %.0fs; giving it up to another worker",
+                    current.job_id,
+                    self.settings.stall_s,
+                )
+            current.given_up, current.lease_ok = True, False
+            return
+        if not self.leases.renew(current.job_id, current.attempt, self.name):
             current.lease_ok = False
 
     def preload(self, checkpoints: list[str]) -> None:
@@ -206,12 +252,16 @@ class JobRunner:
         def progress(p: float) -> None:
             self.progress(att, p)
 
+        def keep_alive(_: float) -> None:
+            self.progress(att, None)
+
         if isinstance(spec, UpscaleSpec):
             upscaler = self._use(stack, "upscaler", spec.upscaler, self.load_upscaler)
             image = images.to_float(self._image(spec.image))
             height, width = image.shape[:2]
             size = target_size(width, height, spec.scale, spec.width, spec.height)
-            return upscale(upscaler, image, *size, tile=spec.tile)[None], [upscaler.family]
+            result = upscale(upscaler, image, *size, tile=spec.tile, progress=progress)
+            return result[None], [upscaler.family]
 
         base = self._use(stack, "checkpoint", spec.model, self.load_checkpoint)
         addons = pipelines.Addons()
@@ -225,6 +275,8 @@ class JobRunner:
 
         if oom_injected(spec, len(self.cache)):
             raise torch.OutOfMemoryError("out of memory (RENDERFARM_FAULT_OOM_PROMPT)")
+        while stall_injected(spec, att) and att.still_ours():
+            time.sleep(0.1)
         if isinstance(spec, Img2ImgSpec):
             mask = None
             if spec.mask:
@@ -237,7 +289,8 @@ class JobRunner:
             upscaler = self._use(stack, "upscaler", spec.hires.upscaler, self.load_upscaler)
 
             def upscale_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
-                return upscale(upscaler, image, width, height)
+                # Between the passes: tiles keep the job alive and cancelable.
+                return upscale(upscaler, image, width, height, progress=keep_alive)
 
         return pipelines.txt2img(base, spec, addons, progress, upscale_image)
 
@@ -293,16 +346,17 @@ class JobRunner:
                 "passes": passes,
                 "render_s": time.time() - started,
             }
-            keys_ = outputs.store(
-                self.storage,
-                att.job_id,
-                att.attempt,
-                spec,
-                result,
-                extra,
-                retry_s=self.settings.storage_retry_s,
-                still_ours=att.still_ours,
-            )
+            with att.wait():  # retries storage errors for up to RENDERFARM_STORAGE_RETRY_S
+                keys_ = outputs.store(
+                    self.storage,
+                    att.job_id,
+                    att.attempt,
+                    spec,
+                    result,
+                    extra,
+                    retry_s=self.settings.storage_retry_s,
+                    still_ours=att.still_ours,
+                )
         except JobCanceled:
             self._finish(att, "canceled", error="canceled while running")
             return
@@ -356,10 +410,12 @@ class JobRunner:
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    def progress(self, att: Attempt, value: float) -> None:
-        """Called every denoising step: record progress, stop if canceled or superseded."""
+    def progress(self, att: Attempt, value: float | None) -> None:
+        """Called every denoising step and upscaled tile: record progress (None: keep the
+        value), stop if canceled or superseded."""
+        att.active()
         try:
-            if not self.records.set_progress(att.job_id, att.attempt, value):
+            if value is not None and not self.records.set_progress(att.job_id, att.attempt, value):
                 rec = self.records.get(att.job_id)
                 if rec is None or rec["attempt"] != att.attempt:
                     raise LeaseLost(att.job_id)

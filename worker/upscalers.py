@@ -14,6 +14,7 @@ with finite values, or raises `UpscaleError` (seed bug 002: a shape error once c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -169,19 +170,25 @@ def upscale(
     height: int,
     tile: int = 256,
     overlap: int = 16,
+    progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Upscale an (H, W, 3) float image in [0, 1] to exactly (height, width, 3).
 
     The model runs in passes until the image covers the target (a ×2 model asked for ×4 runs
-    twice; always at least once), then a Lanczos resize gives the exact size.
+    twice; always at least once), then a Lanczos resize gives the exact size. `progress`
+    is told the fraction done after every tile (and may raise to stop the upscale).
     """
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
     pixels = np.asarray(image, dtype=np.float32)
-    for _ in range(_passes(pixels.shape[1], pixels.shape[0], width, height, upscaler.scale)):
-        pixels = _tiled_pass(upscaler, pixels, tile, overlap)
+    passes = _passes(pixels.shape[1], pixels.shape[0], width, height, upscaler.scale)
+    report = progress or (lambda _: None)
+    for n in range(passes):
+        pixels = _tiled_pass(
+            upscaler, pixels, tile, overlap, lambda f, n=n: report((n + f) / passes)
+        )
         _check_finite(pixels, upscaler)  # before resizing can smear or hide bad values
     out = _resize(pixels, width, height)
     if out.shape != (height, width, 3):
@@ -201,7 +208,13 @@ def _passes(w: int, h: int, width: int, height: int, scale: int) -> int:
     return passes
 
 
-def _tiled_pass(upscaler: Upscaler, image: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+def _tiled_pass(
+    upscaler: Upscaler,
+    image: np.ndarray,
+    tile: int,
+    overlap: int,
+    tile_done: Callable[[float], None],
+) -> np.ndarray:
     """One model pass over tile×tile inputs; each keeps only its centre (`overlap` is cropped).
 
     Cropping, not blending: where the model's receptive field is within `overlap`, the result
@@ -221,12 +234,13 @@ def _tiled_pass(upscaler: Upscaler, image: np.ndarray, tile: int, overlap: int) 
     s = upscaler.scale
     out = np.empty((rows * core * s, cols * core * s, 3), dtype=np.float32)
     keep = slice(overlap * s, (overlap + core) * s)
-    for top in range(0, rows * core, core):
-        for left in range(0, cols * core, core):
-            piece = padded[top : top + tile, left : left + tile]
-            x = torch.from_numpy(np.ascontiguousarray(piece.transpose(2, 0, 1)))[None]
-            y = upscaler.run_tile(x)[0].permute(1, 2, 0).numpy()
-            out[top * s : (top + core) * s, left * s : (left + core) * s] = y[keep, keep]
+    corners = list(itertools.product(range(0, rows * core, core), range(0, cols * core, core)))
+    for done, (top, left) in enumerate(corners, 1):
+        piece = padded[top : top + tile, left : left + tile]
+        x = torch.from_numpy(np.ascontiguousarray(piece.transpose(2, 0, 1)))[None]
+        y = upscaler.run_tile(x)[0].permute(1, 2, 0).numpy()
+        out[top * s : (top + core) * s, left * s : (left + core) * s] = y[keep, keep]
+        tile_done(done / len(corners))
     return out[: h * s, : w * s]
 
 
