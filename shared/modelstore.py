@@ -92,4 +92,14 @@ def list_models(models_dir: Path | None = None, family: str | None = None) -> li
 
 
 def find_model(name: str, family: str, models_dir: Path | None = None) -> ModelInfo | None:
-    return next((m for m in list_models(models_dir, family) if m.name == name), None)
+    """The model `list_models` would list under this name, reading only its own paths (every
+    submission and job looks models up: no listing of the whole store)."""
+    if not name or name.startswith(".") or Path(name).name != name:
+        return None
+    folder = (models_dir or get_settings().models_dir) / FOLDERS[family]
+    names = [name] + [name + suffix for suffix in UPSCALER_SUFFIXES if family == "upscaler"]
+    for candidate in sorted(names):  # the order list_models meets them in
+        path = folder / candidate
+        if path.exists() and (info := _read(family, path)) and info.name == name:
+            return info
+    return None
