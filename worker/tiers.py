@@ -10,8 +10,8 @@ A checkpoint larger than the whole VRAM budget (or every checkpoint, with
 each component moves to the GPU while it runs, so the GPU needs room for the largest one.
 
 Both tiers are `ModelCache`s: sizes measured from the weights, LRU among unlocked entries,
-stats for the heartbeat. `TieredCache` has the same methods the worker uses on a
-`ModelCache` (`use`, `get`, `unload`, `clear`, `stats`).
+stats for the heartbeat. `TieredCache` has the methods the worker uses on a `ModelCache`
+(`use`, `get`, `unload`, `clear`, `stats`, `len`).
 """
 
 from __future__ import annotations
@@ -158,16 +158,6 @@ class TieredCache:
         fast, slow = self.fast.stats(), self.slow.stats()
         entries = fast["entries"] + slow.pop("entries")
         return {**fast, "entries": entries, "ram": slow}
-
-    @property
-    def bytes_in_use(self) -> int:
-        return self.fast.bytes_in_use
-
-    def keys(self) -> list[CacheKey]:
-        return self.fast.keys() + self.slow.keys()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.fast
 
     def __len__(self) -> int:
         return len(self.fast) + len(self.slow)
