@@ -258,12 +258,9 @@ class ModelCache:
         Raises EntryLocked while a job uses it.
         """
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._remove_unlocked(key, "unloading")
             if entry is None:
                 return False
-            if entry.locks:
-                raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not unloading")
-            self._remove(key)
             self._counters.unloads += 1
         self._drop([entry])
         return True
@@ -297,14 +294,20 @@ class ModelCache:
         Raises EntryLocked while a job uses it.
         """
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._remove_unlocked(key, "moving")
             if entry is None:
                 return None
-            if entry.locks:
-                raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not moving")
-            self._remove(key)
             self._counters.hits += 1
         return entry.value
+
+    def _remove_unlocked(self, key: CacheKey, doing: str) -> _Entry | None:
+        """Under the lock: remove an entry no job holds; None if it is not cached."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.locks:
+            raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not {doing}")
+        return self._remove(key)
 
     def _remove(self, key: CacheKey) -> _Entry:
         entry = self._entries.pop(key)
