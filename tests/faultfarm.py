@@ -93,7 +93,9 @@ class FaultFarm:
             "RENDERFARM_AFFINITY_WAIT_S": "1",
             "RENDERFARM_FAULT_KILL_PROMPT": "poison",
             "RENDERFARM_FAULT_STALL_PROMPT": "stall",
-            "RENDERFARM_STALL_S": "4",
+            # Above the Redis client's 5 s connect timeout: a step waiting on a restarting
+            # Redis is slow, not stalled.
+            "RENDERFARM_STALL_S": "12",
         }
         self.logs = root / "logs"
         self.logs.mkdir()
