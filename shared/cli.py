@@ -147,8 +147,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         "RENDERFARM_STORAGE_URL": settings.storage_url,
         "RENDERFARM_MODELS_DIR": str(settings.models_dir.resolve()),
     }
-    # Stop everything on SIGTERM too (not only Ctrl-C), so no child is left behind.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Stop everything on Ctrl-C and SIGTERM, so no child is left behind — also when started
+    # from a shell that ignores SIGINT for background jobs (Python then leaves it ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     procs: list = []
     redis_proc = None
     try:
