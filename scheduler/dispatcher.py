@@ -219,8 +219,13 @@ class Dispatcher:
             served: set[str] = set()
             cands = self.pending.candidates()
             sent += self.warm_pass(cands, view, served)
+            held_back: int | None = None  # the best rank skipped for fairness this round
             for cand in cands:
+                if held_back is not None and cand.rank > held_back:
+                    break  # a lower priority never overtakes a job held back only for fairness
                 if cand.owner in served:
+                    if held_back is None:
+                        held_back = cand.rank
                     continue  # one per owner per round keeps owners interleaved
                 rec = self.records.get(cand.job_id)
                 if rec is None or rec["status"] != "pending":

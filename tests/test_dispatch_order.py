@@ -1,0 +1,76 @@
+"""The dispatcher's order when several workers are free at once, checked pass by pass.
+
+The fleet is what the dispatcher reads: heartbeat documents in Redis, here written by the
+test for two idle CPU workers that hold nothing, so no affinity or timing is involved.
+"""
+
+import json
+
+import pytest
+from redis import Redis
+
+from scheduler.dispatcher import Dispatcher
+from scheduler.submit import Scheduler
+from shared import keys
+from shared.config import Settings
+from shared.jobspec import parse_spec
+
+SPEC = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture
+def farm_state(redis_url, models_dir, tmp_path):
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    scheduler = Scheduler(settings)
+    dispatcher = Dispatcher(settings, celery=scheduler.celery)
+    redis = Redis.from_url(url)
+
+    def worker_up(name: str) -> None:
+        beat = {
+            "name": name,
+            "hardware": "cpu",
+            "kinds": ["txt2img", "img2img", "upscale"],
+            "store": {"checkpoint": ["demo-sd15"]},
+            "models": [],
+            "cache_budget": 2**30,
+            "cache_bytes": 0,
+        }
+        redis.set(keys.worker(name), json.dumps(beat), px=60_000)
+        redis.sadd(keys.workers_index(), name)
+
+    def submit(prompt: str, owner: str, priority: str = "normal") -> str:
+        record, _ = scheduler.submit(parse_spec({**SPEC, "prompt": prompt}), owner, priority)
+        return record["id"]
+
+    def dispatched() -> list[str]:
+        recs = [scheduler.records.get(i) for i in scheduler.records.ids_in("dispatched")]
+        return [r["spec"]["prompt"] for r in sorted(recs, key=lambda r: r["dispatched_at"])]
+
+    yield worker_up, submit, dispatcher, dispatched
+    redis.flushdb()
+
+
+def test_fairness_never_lets_a_lower_priority_job_take_a_free_worker(farm_state):
+    worker_up, submit, dispatcher, dispatched = farm_state
+    for i in range(3):
+        submit(f"alice {i}", "alice")
+    submit("carol low", "carol", priority="low")
+    worker_up("w1")
+    worker_up("w2")
+    # Two free workers, one owner with normal-priority work: both take alice's jobs; the
+    # per-owner round-robin only interleaves owners of the same priority.
+    assert dispatcher.dispatch() == 2
+    assert dispatched() == ["alice 0", "alice 1"]
+
+
+def test_owners_of_one_priority_share_the_free_workers(farm_state):
+    worker_up, submit, dispatcher, dispatched = farm_state
+    for i in range(3):
+        submit(f"alice {i}", "alice")
+    submit("bob 0", "bob")
+    submit("carol high", "carol", priority="high")
+    for name in ("w1", "w2", "w3"):
+        worker_up(name)
+    assert dispatcher.dispatch() == 3
+    assert dispatched() == ["carol high", "alice 0", "bob 0"]
