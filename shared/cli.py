@@ -19,8 +19,13 @@ from shared.config import HARDWARE_CLASSES, get_settings
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
+    from worker.runner import DeviceUnavailable
 
-    run_worker(args.hardware, args.loglevel, args.preload, args.device)
+    try:
+        run_worker(args.hardware, args.loglevel, args.preload, args.device)
+    except DeviceUnavailable as exc:
+        print(f"renderfarm worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,6 +2,7 @@
 hires fix ending in img2img, and upscales matching the torch CPU worker."""
 
 import numpy as np
+import openvino
 import pytest
 from PIL import Image
 
@@ -47,6 +48,8 @@ def test_consecutive_sizes_and_hires_on_openvino(farm, openvino_worker):
     ]
     # The heartbeat counts the compiled variants into the cache's bytes, apart from models.
     (worker,) = [w for w in farm.redis_workers() if w["hardware"] == "openvino"]
+    assert worker["device"] == "openvino:CPU"  # OpenVINO's device and its name for it
+    assert worker["device_name"] == openvino.Core().get_property("CPU", "FULL_DEVICE_NAME")
     assert [m["name"] for m in worker["models"]] == ["demo-sd15"]
     assert worker["compiled"]["variants"] >= 4  # 2 UNet shapes at least, text encoder, VAE
     assert worker["cache_bytes"] >= worker["compiled"]["bytes"] > 0

@@ -94,6 +94,18 @@ def _core() -> ov.Core:
     return ov.Core()
 
 
+def device_name(device: str) -> str:
+    """OpenVINO's full name for `device`; ValueError naming the devices it has if none."""
+    core = _core()
+    try:
+        return str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except RuntimeError:  # an unknown name, or a plugin whose driver is missing
+        raise ValueError(
+            f"OpenVINO has no usable device {device!r} here "
+            f"(it sees: {', '.join(core.available_devices)})"
+        ) from None
+
+
 def _rss() -> int:
     return psutil.Process().memory_info().rss
 

@@ -104,13 +104,40 @@ def oom_injected(spec: AnySpec, models_cached: int) -> bool:
 CUDA_WORKING_RESERVE = 2 * 2**30
 
 
+class DeviceUnavailable(RuntimeError):
+    """The worker cannot run on the device it was given; the message says why."""
+
+
 def pick_device(hardware: str, device: str | None) -> tuple[str, torch.dtype]:
     """The torch device and dtype a worker of this class runs jobs on."""
     if hardware != "gpu":
+        if device not in (None, "cpu"):
+            raise DeviceUnavailable(
+                f"--device {device} is for gpu (cuda:N) and openvino workers; "
+                f"a {hardware} worker runs on the CPU"
+            )
         return "cpu", torch.float32
     if not torch.cuda.is_available():
-        raise RuntimeError("a gpu worker needs a CUDA device, and torch sees none")
-    device = device or "cuda:0"
+        build = (
+            "a CPU-only build"
+            if torch.version.cuda is None
+            else f"built for CUDA {torch.version.cuda}, but no GPU or driver is visible"
+        )
+        raise DeviceUnavailable(
+            f"a gpu worker needs a CUDA device, and torch sees none (torch {torch.__version__}, "
+            f"{build})"
+        )
+    count = torch.cuda.device_count()
+    try:
+        asked = torch.device(device or "cuda:0")
+    except RuntimeError:  # not a device name at all
+        asked = torch.device("cpu")
+    index = asked.index or 0
+    if asked.type != "cuda" or index >= count:
+        raise DeviceUnavailable(
+            f"no CUDA device {device!r} here: there are cuda:0 to cuda:{count - 1}"
+        )
+    device = f"cuda:{index}"
     torch.cuda.set_device(device)  # CUDA is initialised here, in the process that runs jobs
     return device, torch.float16
 
@@ -149,6 +176,8 @@ class JobRunner:
         # A tiered cache loads models into RAM and moves them to the GPU itself.
         self.load_device = "cpu" if isinstance(self.cache, TieredCache) else self.device
         self.current: Attempt | None = None
+        # What the heartbeat shows as the device, where jobs do not run on the torch device.
+        self.device_info: dict[str, str] = {}
         # Loaders per hardware class: OpenVINO workers convert checkpoints and upscalers to
         # OpenVINO IR (cached on disk) and put them back into the same diffusers pipelines.
         self.load_checkpoint: Loader = pipelines.load_pipeline
@@ -159,6 +188,11 @@ class JobRunner:
             from worker import openvino_backend as ovb  # keeps openvino off other workers
 
             ir_cache, ov_device = settings.openvino_cache_dir, settings.openvino_device
+            try:
+                name = ovb.device_name(ov_device)
+            except ValueError as exc:
+                raise DeviceUnavailable(str(exc)) from None
+            self.device_info = {"device": f"openvino:{ov_device}", "device_name": name}
             self.variant = f"openvino:{ov_device}"
             # Compiled shapes are entries of the same cache, and leave it with their model.
             self.load_checkpoint = lambda m, d, t: ovb.load_openvino_pipeline(
