@@ -1,18 +1,29 @@
-"""End-to-end benchmark: the same tiny job in-process vs through the whole farm.
+"""End-to-end benchmark: the same job in-process vs through the whole farm, per hardware class.
 
     .venv/bin/python -m bench.bench_e2e [--n 30] [--storage file|s3] [--json PATH]
+        [--hardware cpu|openvino|gpu] [--model demo|sd15] [--width W --height H --steps S]
 
-(a) baseline: `worker.pipelines.load_pipeline` once, then `txt2img` N times in this
-    process, each call timed.
-(b) farm: a real redis-server, the scheduler, one CPU worker and the dashboard
-    (started with `shared.localfarm`, as `renderfarm up` and the tests do); N jobs are
-    submitted one at a time with HTTP POST /api/v1/jobs and GET /api/v1/jobs/<id> is
+(a) baseline: the worker class's own loader once, then `worker.pipelines.txt2img` N times
+    in this process, each call timed. --hardware cpu: `load_pipeline(model, "cpu",
+    float32)`; gpu: `load_pipeline(model, "cuda:0", float16)` (the device and dtype a GPU
+    worker picks; it loads to RAM and moves the pipeline to the GPU, the pipeline it runs is
+    the same); openvino: `load_openvino_pipeline(model, ir_cache, "CPU")` with a
+    `ModelCache` for the compiled shapes (converts to IR once, into the run's temp dir).
+(b) farm: a real redis-server, the scheduler, one worker of that class (`renderfarm
+    worker --hardware ...`; an openvino worker reads the IR the baseline wrote) and the
+    dashboard (started with `shared.localfarm`, as `renderfarm up` and the tests do); N jobs
+    are submitted one at a time with HTTP POST /api/v1/jobs and GET /api/v1/jobs/<id> is
     polled until the record says `succeeded`; each job is timed from the POST to the
     poll that sees `succeeded`.
 (c) farm burst (skip with --no-burst): N jobs posted at once, timed until the last
     one is seen `succeeded`: throughput with the queue kept full.
 
-Both sides run on the same CPU cores, one after the other, never at the same time
+Models: --model demo (default) is the tiny demo-sd15 (64x64, 4 steps by default: farm
+overhead); --model sd15 writes a checkpoint with the real SD1.5 configs (UNet 860M, VAE,
+12-layer CLIP text encoder) and random weights (~4 GB float32; 512x512, 20 steps by
+default), so a GPU does real work. --width/--height/--steps apply to both sides.
+
+Both sides run on the same device and cores, one after the other, never at the same time
 (--order blocks: all baseline renders, then all farm jobs; --order interleaved:
 alternating, so background noise on a shared machine hits both alike). Model loading
 and warm-up runs are excluded from both. Everything the benchmark starts
@@ -46,12 +57,21 @@ from bench.common import (
     tail,
     versions_line,
     write_json,
+    write_model,
 )
 from shared import localfarm
 
 BUCKET = "renders"
 MODEL = "demo-sd15"
-# The one job both sides run: fixed seed, so every render does identical work.
+SD15_MODEL = "bench-sd15"  # the real SD1.5 configs at random weights (--model sd15)
+MODELS = {"demo": MODEL, "sd15": SD15_MODEL}
+# --width/--height/--steps when not given: (size, steps) per --model.
+DEFAULTS = {"demo": (64, 4), "sd15": (512, 20)}
+HARDWARE_LABEL = {"cpu": "CPU", "openvino": "OpenVINO", "gpu": "GPU"}
+GPU_DEVICE = "cuda:0"
+OPENVINO_DEVICE = "CPU"
+# The default job both sides run (--model demo on cpu): fixed seed, so every render does
+# identical work. `job_spec` sets model, size, steps and hardware from the options.
 SPEC: dict[str, Any] = {
     "kind": "txt2img",
     "model": MODEL,
@@ -65,6 +85,18 @@ SPEC: dict[str, Any] = {
     "batch_size": 1,
     "hardware": "cpu",
 }
+
+
+def job_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The one job both sides run, for these options."""
+    return {
+        **SPEC,
+        "model": MODELS[args.model],
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "hardware": args.hardware,
+    }
 
 
 # ---------------------------------------------------------------------------- figures
@@ -83,13 +115,13 @@ def summary(values_s: list[float]) -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
+def versions(hardware: str = "cpu") -> dict[str, str]:
     import celery
     import diffusers
     import torch
 
     redis_version = redis_server_version()
-    return {
+    found = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads_here": str(torch.get_num_threads()),
@@ -97,15 +129,88 @@ def versions() -> dict[str, str]:
         "celery": celery.__version__,
         "redis_server": "?" if redis_version is None else redis_version,
     }
+    if hardware == "gpu":
+        found["cuda"] = str(torch.version.cuda)
+    elif hardware == "openvino":
+        import openvino
+
+        found["openvino"] = openvino.get_version()
+    return found
+
+
+# ---------------------------------------------------------------------------- device
+
+
+def device_facts(hardware: str) -> dict[str, str]:
+    """What the job runs on: hardware class, device, its name, dtype and both sides' code."""
+    if hardware == "gpu":
+        import torch
+
+        return {
+            "hardware": hardware,
+            "device": GPU_DEVICE,
+            "device_name": torch.cuda.get_device_name(GPU_DEVICE),
+            "dtype": "float16",
+            "baseline": f'load_pipeline(model, "{GPU_DEVICE}", torch.float16)',
+            "worker": f"renderfarm worker --hardware gpu --device {GPU_DEVICE}",
+        }
+    if hardware == "openvino":
+        import openvino
+
+        name = openvino.Core().get_property(OPENVINO_DEVICE, "FULL_DEVICE_NAME")
+        return {
+            "hardware": hardware,
+            "device": f"openvino:{OPENVINO_DEVICE}",
+            "device_name": name,
+            "dtype": "f32",
+            "baseline": f'load_openvino_pipeline(model, ir_cache, "{OPENVINO_DEVICE}", '
+            "cache=ModelCache(...))",
+            "worker": "renderfarm worker --hardware openvino "
+            f"(RENDERFARM_OPENVINO_DEVICE={OPENVINO_DEVICE}, the same IR cache)",
+        }
+    return {
+        "hardware": hardware,
+        "device": "cpu",
+        "device_name": machine_info()["cpu_model"],
+        "dtype": "float32",
+        "baseline": 'load_pipeline(model, "cpu", torch.float32)',
+        "worker": "renderfarm worker --hardware cpu",
+    }
+
+
+def write_models(args: argparse.Namespace, models_dir: Path) -> None:
+    """The model the job names, written into the temp model store."""
+    if args.model == "sd15":
+        from bench.bench_openvino import build_checkpoint  # the real SD1.5 configs
+
+        log(f"writing {SD15_MODEL} (real SD1.5 configs, random weights, ~4 GB) to {models_dir}")
+        write_model(models_dir, "checkpoints", SD15_MODEL, build_checkpoint(full=True))
+    else:
+        from worker.demo_models import write_demo_models
+
+        log(f"writing demo models to {models_dir}")
+        write_demo_models(models_dir)
+
+
+def model_bytes(path: Path) -> int:
+    from bench.bench_cache import files_of
+
+    return sum(f.stat().st_size for f in files_of(Path(path)))
 
 
 # ---------------------------------------------------------------------------- baseline
 
 
 class Baseline:
-    """`load_pipeline` once, then `txt2img` per render, with the farm's job spec."""
+    """The worker class's loader once, then `txt2img` per render, with the farm's job spec."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        spec: dict[str, Any] = SPEC,
+        hardware: str = "cpu",
+        ir_cache: Path | None = None,
+    ) -> None:
         import torch
 
         from shared.jobspec import parse_spec
@@ -114,21 +219,38 @@ class Baseline:
 
         self._txt2img = txt2img
         self._extra: dict[str, Any] = {"addons": Addons()}  # no VAE/ControlNet, as the job
-        self.spec = parse_spec(SPEC)  # validated the way the API validates a submission
-        model = find_model(MODEL, "checkpoint", models_dir)
+        self.size = (spec["height"], spec["width"])
+        self.spec = parse_spec(spec)  # validated the way the API validates a submission
+        name = spec["model"]
+        model = find_model(name, "checkpoint", models_dir)
         if model is None:
-            raise RuntimeError(f"{MODEL} is not in the model store {models_dir}")
+            raise RuntimeError(f"{name} is not in the model store {models_dir}")
+        self.model_bytes = model_bytes(Path(model.path))
         t0 = time.perf_counter()
-        # Same device and dtype as the CPU worker (worker.runner.JobRunner).
-        self.loaded = load_pipeline(model, "cpu", torch.float32)
+        # Same loader, device and dtype as that class's worker (worker.runner.JobRunner).
+        if hardware == "openvino":
+            from shared.config import Settings
+            from worker.cache import ModelCache
+            from worker.openvino_backend import load_openvino_pipeline
+
+            if ir_cache is None:
+                raise ValueError("an openvino baseline needs an IR cache dir")
+            # The compiled shapes are entries of this cache, as in the worker's RAM cache.
+            self.cache = ModelCache(Settings().cache_ram_mb * 2**20, name="baseline")
+            self.loaded = load_openvino_pipeline(model, ir_cache, OPENVINO_DEVICE, cache=self.cache)
+        elif hardware == "gpu":
+            self.loaded = load_pipeline(model, GPU_DEVICE, torch.float16)
+        else:
+            self.loaded = load_pipeline(model, "cpu", torch.float32)
         self.load_s = time.perf_counter() - t0
 
     def render(self) -> float:
         t0 = time.perf_counter()
+        # The images come back as a NumPy array: on a GPU that waits for the device.
         out = self._txt2img(self.loaded, self.spec, on_progress=lambda _: None, **self._extra)
         elapsed = time.perf_counter() - t0
         images = out[0] if isinstance(out, tuple) else out  # (images, passes) in newer code
-        if images.shape != (1, SPEC["height"], SPEC["width"], 3):
+        if images.shape != (1, *self.size, 3):
             raise RuntimeError(f"baseline render has shape {images.shape}")
         return elapsed
 
@@ -139,17 +261,25 @@ class Baseline:
 class FarmClient:
     """Submits the job over HTTP and polls its record, as a script using the API would."""
 
-    def __init__(self, api: str, poll_s: float, job_timeout_s: float, procs: list) -> None:
+    def __init__(
+        self,
+        api: str,
+        poll_s: float,
+        job_timeout_s: float,
+        procs: list,
+        spec: dict[str, Any] = SPEC,
+    ) -> None:
         import requests
 
         self.api = api
+        self.spec = spec
         self.procs = procs  # the farm's processes: a dead one fails the run at once
         self.poll_s = poll_s
         self.job_timeout_s = job_timeout_s
         self.session = requests.Session()
 
     def post(self) -> str:
-        resp = self.session.post(f"{self.api}/api/v1/jobs", json=SPEC, timeout=30)
+        resp = self.session.post(f"{self.api}/api/v1/jobs", json=self.spec, timeout=30)
         if resp.status_code != 202:
             raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
         return resp.json()["id"]
@@ -243,12 +373,20 @@ def start_s3() -> tuple[Any, dict[str, str]]:
 def start_farm(
     args: argparse.Namespace, tmp: Path, models_dir: Path, procs: list, servers: list
 ) -> tuple[dict[str, str], str, str]:
-    """redis-server, (moto S3), one CPU worker, the dashboard; returns env, API URL, storage."""
+    """redis-server, (moto S3), one worker of --hardware's class, the dashboard; returns env,
+    API URL, storage."""
     env = {
         "RENDERFARM_MODELS_DIR": str(models_dir),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
+    extra: tuple[str, ...] = ()
+    if args.hardware == "openvino":
+        # The IR the baseline converted: the worker reads it and converts nothing.
+        env["RENDERFARM_OPENVINO_CACHE_DIR"] = str(tmp / "openvino-cache")
+        env["RENDERFARM_OPENVINO_DEVICE"] = OPENVINO_DEVICE
+    elif args.hardware == "gpu":
+        extra = ("--device", GPU_DEVICE)
     if args.storage == "s3":
         server, s3_env = start_s3()
         servers.append(server)
@@ -265,7 +403,7 @@ def start_farm(
     procs.append(localfarm.start_redis(redis_port, tmp / "redis"))
     env["RENDERFARM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     procs.append(localfarm.start_scheduler(env, log=tmp / "scheduler.log"))
-    procs.append(localfarm.start_worker("cpu", env, log=tmp / "worker.log"))
+    procs.append(localfarm.start_worker(args.hardware, env, log=tmp / "worker.log", extra=extra))
     api_port = localfarm.free_port()
     procs.append(localfarm.start_dashboard("127.0.0.1", api_port, env, log=tmp / "dashboard.log"))
     return env, f"http://127.0.0.1:{api_port}", storage
@@ -302,7 +440,8 @@ def measure(args: argparse.Namespace, baseline: Baseline, farm: FarmClient) -> d
     # Warm-up, not counted: the first farm job also waits for the worker to start and
     # load the model into its cache.
     base_warm = [baseline.render() for _ in range(args.warmup)]
-    farm_warm = [farm.run_job(timeout_s=300)["e2e_s"] for _ in range(args.warmup)]
+    warm_timeout_s = max(300.0, 2 * farm.job_timeout_s)
+    farm_warm = [farm.run_job(timeout_s=warm_timeout_s)["e2e_s"] for _ in range(args.warmup)]
     meter = OtherLoad([os.getpid(), *(p.pid for p in farm.procs)])
     base_times: list[float] = []
     jobs: list[dict[str, Any]] = []
@@ -328,7 +467,8 @@ def measure(args: argparse.Namespace, baseline: Baseline, farm: FarmClient) -> d
 
 
 def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    machine, vers = machine_info(), versions()
+    machine, vers = machine_info(), versions(args.hardware)
+    dev = run["device"]
     jobs = run["jobs"]
     b = summary(run["base_s"])
     f = summary([j["e2e_s"] for j in jobs])
@@ -356,22 +496,26 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     burst = run["burst"]
     burst_per_min = burst["n"] / burst["total_s"] * 60 if burst else None
 
-    spec = SPEC
+    spec = run["spec"]
+    label = HARDWARE_LABEL[dev["hardware"]]
     order = (
         "alternating baseline render / farm job"
         if args.order == "interleaved"
         else "all baseline renders, then all farm jobs"
     )
+    loader_name = dev["baseline"].split("(", 1)[0]
+    converting = ", converting to IR" if dev["hardware"] == "openvino" else ""
+    cores = "GPU" if dev["hardware"] == "gpu" else "cores"
     if args.warmup:
         warm = (
-            f"not counted: load_pipeline ({run['load_s'] * 1000:.0f} ms) and "
+            f"not counted: {loader_name} ({run['load_s'] * 1000:.0f} ms{converting}) and "
             f"{args.warmup} warm-up renders in-process; {args.warmup} warm-up farm jobs "
             f"(the first took {run['farm_warm_s'][0]:.1f} s: worker start + model load)"
         )
     else:
         warm = (
             "none (--warmup 0): the first farm job includes worker start and model load; "
-            f"load_pipeline in-process ({run['load_s'] * 1000:.0f} ms) is not counted"
+            f"{loader_name} in-process ({run['load_s'] * 1000:.0f} ms) is not counted"
         )
     load = run["loadavg"]
     other = run["other_load"]
@@ -387,13 +531,16 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         versions_line(vers),
         f"job       txt2img {spec['model']} {spec['width']}x{spec['height']}, "
         f"{spec['steps']} steps, {spec['sampler']}, cfg {spec['cfg_scale']:g}, "
-        f"seed {spec['seed']}, batch {spec['batch_size']}, cpu float32",
+        f"seed {spec['seed']}, batch {spec['batch_size']}, {dev['device']} {dev['dtype']}",
+        f"model     {spec['model']}: {run['model_desc']}",
+        f"hardware  {dev['hardware']} on {dev['device_name']}; baseline {dev['baseline']}; "
+        f"farm {dev['worker']}",
         f"storage   {run['storage']}",
-        f"runs      N={args.n} each on the same cores, never concurrently ({order})",
+        f"runs      N={args.n} each on the same {cores}, never concurrently ({order})",
         f"warm-up   {warm}",
-        "baseline  in this process: load_pipeline once, then txt2img() timed per call",
-        "farm      POST /api/v1/jobs -> scheduler -> Celery queue -> 1 CPU worker -> storage -> "
-        "record 'succeeded'; timed from the POST to the GET /api/v1/jobs/<id> that sees "
+        f"baseline  in this process: {loader_name} once, then txt2img() timed per call",
+        f"farm      POST /api/v1/jobs -> scheduler -> Celery queue -> 1 {label} worker -> "
+        "storage -> record 'succeeded'; timed from the POST to the GET /api/v1/jobs/<id> that sees "
         f"'succeeded'; one job at a time; polling every {args.poll_ms:g} ms "
         f"(mean {polls:.1f} GETs/job)",
         "",
@@ -426,10 +573,14 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         )
     slower = r["p50_ms"] - b["p50_ms"] if r else 0.0
     if slower > max(10.0, 0.1 * b["p50_ms"]):
+        victim = {
+            "gpu": "CPU side (kernel launches, sampler steps, the image copied back)",
+            "openvino": "OpenVINO threads",
+        }.get(dev["hardware"], "torch threads")
         lines.append(
             f"note: the worker's own render (p50) is {slower:.0f} ms slower than in-process: "
             f"on {machine['usable_cores']} cores the polling every {args.poll_ms:g} ms "
-            "(this client, the dashboard, Redis) takes CPU from the worker's torch threads "
+            f"(this client, the dashboard, Redis) takes CPU from the worker's {victim} "
             "(a longer --poll-ms shows how much), and so does any other load on the machine "
             "(see the load average above)."
         )
@@ -455,8 +606,14 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
             "order": args.order,
             "storage": args.storage,
             "storage_url": run["storage"],
-            "spec": SPEC,
+            "hardware": dev["hardware"],
+            "model": args.model,
+            "width": spec["width"],
+            "height": spec["height"],
+            "steps": spec["steps"],
+            "spec": spec,
         },
+        "device": {**dev, "model_name": spec["model"], "model_bytes": run.get("model_bytes")},
         "baseline": {**b, "load_ms": run["load_s"] * 1000, "renders_per_min": base_per_min},
         "farm": {
             **f,
@@ -483,14 +640,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--poll-ms", type=float, default=10, help="GET /api/v1/jobs/<id> interval")
     p.add_argument("--order", choices=("blocks", "interleaved"), default="blocks")
     p.add_argument("--no-burst", dest="burst", action="store_false", help="skip the burst run")
-    p.add_argument("--job-timeout", type=float, default=120, help="seconds per measured job")
+    p.add_argument(
+        "--job-timeout",
+        type=float,
+        help="seconds per measured job (default 120; 600 with --model sd15)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, outputs)")
+    p.add_argument(
+        "--hardware",
+        choices=("cpu", "openvino", "gpu"),
+        default="cpu",
+        help="worker class, the job's `hardware` and what the baseline runs (default cpu)",
+    )
+    p.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default="demo",
+        help="demo: tiny demo-sd15; sd15: the real SD1.5 configs, random weights (~4 GB)",
+    )
+    p.add_argument("--width", type=int, help="image width (default 64; 512 with --model sd15)")
+    p.add_argument("--height", type=int, help="image height (default 64; 512 with --model sd15)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 4; 20 with --model sd15)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error("--n must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    size, steps = DEFAULTS[args.model]
+    args.width = size if args.width is None else args.width
+    args.height = size if args.height is None else args.height
+    args.steps = steps if args.steps is None else args.steps
+    if args.job_timeout is None:
+        args.job_timeout = 600.0 if args.model == "sd15" else 120.0
+    try:
+        from shared.jobspec import parse_spec
+
+        parse_spec(job_spec(args))  # as the API will check it: size limits, multiples of 8
+    except ValueError as exc:
+        p.error(f"the job these options make is invalid: {exc}")
+    if args.hardware == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is a CPU-only build"
+                if torch.version.cuda is None
+                else f"torch is built for CUDA {torch.version.cuda}, but no GPU/driver is visible"
+            )
+            p.error(
+                "--hardware gpu needs a CUDA GPU, and torch sees none "
+                f"(torch.cuda.is_available() is False: {why}; torch {torch.__version__}). "
+                "Run it on a machine with an NVIDIA GPU, or use --hardware cpu|openvino."
+            )
     return args
 
 
@@ -501,16 +703,19 @@ def main(argv: list[str] | None = None) -> int:
     farm: FarmClient | None = None
     with run_dir("renderfarm-bench-", args.keep, "logs, outputs, redis data") as tmp:
         try:
-            from worker.demo_models import write_demo_models
-
             load_before = loadavg()
             models_dir = tmp / "models"
-            log(f"writing demo models to {models_dir}")
-            write_demo_models(models_dir)
-            baseline = Baseline(models_dir)
-            log(f"starting the farm ({args.storage} storage)")
+            spec = job_spec(args)
+            write_models(args, models_dir)
+            dev = device_facts(args.hardware)
+            log(
+                f"loading {spec['model']} in-process: {dev['baseline']} on {dev['device_name']}"
+                + (" (converts to IR)" if args.hardware == "openvino" else "")
+            )
+            baseline = Baseline(models_dir, spec, args.hardware, tmp / "openvino-cache")
+            log(f"starting the farm ({args.storage} storage, one {args.hardware} worker)")
             env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
-            farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs))
+            farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs), spec)
             log(
                 f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
                 + (f", then a burst of {args.n} farm jobs" if args.burst else "")
@@ -518,6 +723,15 @@ def main(argv: list[str] | None = None) -> int:
             run = measure(args, baseline, farm)
             run["render_s"] = read_render_s(env, [j["manifest"] for j in run["jobs"]])
             run["load_s"] = baseline.load_s
+            run["spec"] = spec
+            run["device"] = dev
+            run["model_bytes"] = baseline.model_bytes
+            run["model_desc"] = (
+                "real SD1.5 configs (UNet 860M, VAE, 12-layer CLIP text encoder), random "
+                f"weights, {baseline.model_bytes / 2**30:.2f} GiB on disk"
+                if args.model == "sd15"
+                else f"tiny demo model, {baseline.model_bytes / 2**20:.1f} MiB on disk"
+            )
             run["storage"] = storage
             run["loadavg"] = (load_before, loadavg())
             # Stop the farm before reporting, so nothing else is running while we print.
