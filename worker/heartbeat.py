@@ -93,7 +93,7 @@ class Heartbeat:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             **device_info(runner.device),
-            **runner.device_info,  # an OpenVINO worker's own device
+            **runner.device_override,  # an OpenVINO worker's own device
             "process_rss": psutil.Process().memory_info().rss,
             "cache_budget": cache["budget_bytes"],
             "cache_bytes": cache["bytes_in_use"],

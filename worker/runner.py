@@ -177,7 +177,7 @@ class JobRunner:
         self.load_device = "cpu" if isinstance(self.cache, TieredCache) else self.device
         self.current: Attempt | None = None
         # What the heartbeat shows as the device, where jobs do not run on the torch device.
-        self.device_info: dict[str, str] = {}
+        self.device_override: dict[str, str] = {}
         # Loaders per hardware class: OpenVINO workers convert checkpoints and upscalers to
         # OpenVINO IR (cached on disk) and put them back into the same diffusers pipelines.
         self.load_checkpoint: Loader = pipelines.load_pipeline
@@ -192,7 +192,7 @@ class JobRunner:
                 name = ovb.device_name(ov_device)
             except ValueError as exc:
                 raise DeviceUnavailable(str(exc)) from None
-            self.device_info = {"device": f"openvino:{ov_device}", "device_name": name}
+            self.device_override = {"device": f"openvino:{ov_device}", "device_name": name}
             self.variant = f"openvino:{ov_device}"
             # Compiled shapes are entries of the same cache, and leave it with their model.
             self.load_checkpoint = lambda m, d, t: ovb.load_openvino_pipeline(
