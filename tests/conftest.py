@@ -93,16 +93,16 @@ class Farm:
 
         return live_workers(self.redis)
 
-    def beat_after(self, hardware: str, job: dict, timeout: float = 30) -> dict:
-        """The heartbeat of this class's worker written after `job` finished: a beat is up to
-        one interval old, and several short jobs fit in one interval."""
+    def beat_after(self, job: dict, timeout: float = 30) -> dict:
+        """The heartbeat of the worker that ran `job`, written after the job finished: a beat
+        is up to one interval old, and several short jobs fit in one interval."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for worker in self.redis_workers():
-                if worker["hardware"] == hardware and worker["seen_at"] > job["finished_at"]:
+                if worker["name"] == job["worker"] and worker["seen_at"] > job["finished_at"]:
                     return worker
             time.sleep(0.1)
-        raise TimeoutError(f"no {hardware} heartbeat after job {job['id']}; see {self.logs}")
+        raise TimeoutError(f"no heartbeat from {job['worker']} after job {job['id']}")
 
     def job(self, job_id: str) -> dict:
         return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()

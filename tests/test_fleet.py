@@ -28,8 +28,8 @@ def test_heartbeat_describes_the_worker(farm):
         farm.submit(model="demo-sd15", prompt="beat", width=64, height=64, steps=2).json()["id"]
     )
     assert job["status"] == "succeeded"
-    wait_until(lambda: any(w["jobs_done"] >= 1 for w in fleet(farm).values()))
-    worker = next(w for w in fleet(farm).values() if w["name"] == job["worker"])
+    worker = farm.beat_after(job)
+    assert job["worker"] in fleet(farm)  # GET /api/v1/workers lists it too
     assert worker["hardware"] == "cpu" and worker["device"] == "cpu"
     assert worker["device_name"] and worker["memory_total"] > worker["memory_used"] > 0
     assert worker["cache_budget"] == 8192 * 2**20

@@ -95,7 +95,7 @@ def test_jobs_run_on_the_gpu_worker_at_every_size(farm, gpu_worker):
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
     ]
-    worker = farm.beat_after("gpu", hires)
+    worker = farm.beat_after(hires)
     assert worker["device"] == "cuda:0"
     assert worker["device_name"] == torch.cuda.get_device_name(0)
     _, total = torch.cuda.mem_get_info(0)

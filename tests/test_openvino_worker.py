@@ -47,7 +47,7 @@ def test_consecutive_sizes_and_hires_on_openvino(farm, openvino_worker):
         "StableDiffusionImg2ImgPipeline",
     ]
     # The heartbeat counts the compiled variants into the cache's bytes, apart from models.
-    worker = farm.beat_after("openvino", hires)
+    worker = farm.beat_after(hires)
     assert worker["device"] == "openvino:CPU"  # OpenVINO's device and its name for it
     assert worker["device_name"] == openvino.Core().get_property("CPU", "FULL_DEVICE_NAME")
     assert [m["name"] for m in worker["models"]] == ["demo-sd15"]
