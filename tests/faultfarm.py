@@ -58,6 +58,11 @@ class TcpProxy:
         self._open.clear()
 
 
+def pid_of(worker_name: str) -> int:
+    """The process id in a worker's name (`cpu-<pid>@<host>`)."""
+    return int(worker_name.split("@")[0].rsplit("-", 1)[1])
+
+
 def _copy(src: socket.socket, dst: socket.socket) -> None:
     try:
         while data := src.recv(65536):
@@ -126,11 +131,18 @@ class FaultFarm:
         return requests.get(f"{self.url}/api/v1/workers", timeout=10).json()["workers"]
 
     def wait_workers(self, count: int, timeout: float = 120) -> list[dict]:
+        """Wait until the fleet is exactly `count` running worker processes: a killed worker's
+        heartbeat lingers for up to three intervals, and the scheduler may still send it a
+        job (which the reaper then requeues), so a test counting on busy workers waits it out.
+        """
         deadline = time.monotonic() + timeout
-        while len(live := self.live()) < count:
-            assert time.monotonic() < deadline, f"only {len(live)} live workers"
+        while True:
+            running = {p.pid for p in self.workers if p.poll() is None}
+            live = self.live()
+            if len(running) == count and {pid_of(w["name"]) for w in live} == running:
+                return live
+            assert time.monotonic() < deadline, f"live {[w['name'] for w in live]}, {running=}"
             time.sleep(0.2)
-        return live
 
     def submit(self, **spec) -> dict:
         resp = requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=30)

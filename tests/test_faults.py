@@ -14,7 +14,7 @@ from scheduler.celery_app import RUN_JOB, make_celery
 from shared import keys
 from shared.config import Settings
 from tests.conftest import BUCKET, s3_client
-from tests.faultfarm import FaultFarm
+from tests.faultfarm import FaultFarm, pid_of
 
 QUICK = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 3}
 SLOW = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 40}
@@ -33,10 +33,6 @@ def objects(ff, job_id: str) -> list[str]:
         Bucket=BUCKET, Prefix=f"faults/jobs/{job_id}/"
     )
     return sorted(o["Key"].split(f"{job_id}/", 1)[1] for o in listing.get("Contents", []))
-
-
-def pid_of(worker_name: str) -> int:
-    return int(worker_name.split("@")[0].rsplit("-", 1)[1])
 
 
 def running_with_progress(ff, job_id: str) -> dict:
