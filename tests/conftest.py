@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,24 @@ class Farm:
         from scheduler.fleet import live_workers
 
         return live_workers(self.redis)
+
+    @contextmanager
+    def worker(
+        self, hardware: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> Iterator[subprocess.Popen]:
+        """One more worker of `hardware` in this farm, taking jobs until the block ends."""
+        log = self.logs / f"{hardware}-worker.log"
+        proc = localfarm.start_worker(hardware, {**self.env, **(env or {})}, log=log, extra=extra)
+        try:
+            localfarm.wait_for(
+                lambda: any(w["hardware"] == hardware for w in self.redis_workers()),
+                180,
+                f"{hardware} worker",
+                proc,
+            )
+            yield proc
+        finally:
+            localfarm.stop(proc)
 
     def beat_after(self, job: dict, timeout: float = 30) -> dict:
         """The heartbeat of the worker that ran `job`, written after the job finished: a beat

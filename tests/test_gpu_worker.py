@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from shared import localfarm
 from tests.test_job_kinds import fetch, manifest, png_b64, run
 
 CUDA = torch.cuda.is_available()
@@ -71,14 +70,8 @@ def test_a_worker_refuses_a_device_it_cannot_use_with_the_reason(args, reason):
 
 @pytest.fixture(scope="module")
 def gpu_worker(farm):
-    proc = localfarm.start_worker(
-        "gpu", farm.env, log=farm.logs / "gpu-worker.log", extra=("--device", "cuda:0")
-    )
-    localfarm.wait_for(
-        lambda: any(w["hardware"] == "gpu" for w in farm.redis_workers()), 180, "gpu worker", proc
-    )
-    yield proc
-    localfarm.stop(proc)
+    with farm.worker("gpu", extra=("--device", "cuda:0")) as proc:
+        yield proc
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

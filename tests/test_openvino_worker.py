@@ -6,7 +6,6 @@ import openvino
 import pytest
 from PIL import Image
 
-from shared import localfarm
 from tests.test_job_kinds import fetch, manifest, png_b64, run
 
 TINY = {"model": "demo-sd15", "steps": 3, "seed": 21}
@@ -15,16 +14,8 @@ TINY = {"model": "demo-sd15", "steps": 3, "seed": 21}
 @pytest.fixture(scope="module")
 def openvino_worker(farm, tmp_path_factory):
     cache = tmp_path_factory.mktemp("openvino-cache")
-    env = {**farm.env, "RENDERFARM_OPENVINO_CACHE_DIR": str(cache)}
-    proc = localfarm.start_worker("openvino", env, log=farm.logs / "openvino-worker.log")
-    localfarm.wait_for(
-        lambda: any(w["hardware"] == "openvino" for w in farm.redis_workers()),
-        180,
-        "openvino worker",
-        proc,
-    )
-    yield proc
-    localfarm.stop(proc)
+    with farm.worker("openvino", {"RENDERFARM_OPENVINO_CACHE_DIR": str(cache)}) as proc:
+        yield proc
 
 
 def test_consecutive_sizes_and_hires_on_openvino(farm, openvino_worker):
