@@ -192,12 +192,6 @@ def write_models(args: argparse.Namespace, models_dir: Path) -> None:
         write_demo_models(models_dir)
 
 
-def model_bytes(path: Path) -> int:
-    from bench.bench_cache import files_of
-
-    return sum(f.stat().st_size for f in files_of(Path(path)))
-
-
 # ---------------------------------------------------------------------------- baseline
 
 
@@ -211,11 +205,10 @@ class Baseline:
         hardware: str = "cpu",
         ir_cache: Path | None = None,
     ) -> None:
-        import torch
-
         from shared.jobspec import parse_spec
         from shared.modelstore import find_model
         from worker.pipelines import Addons, load_pipeline, txt2img
+        from worker.runner import pick_device
 
         self._txt2img = txt2img
         self._extra: dict[str, Any] = {"addons": Addons()}  # no VAE/ControlNet, as the job
@@ -225,7 +218,7 @@ class Baseline:
         model = find_model(name, "checkpoint", models_dir)
         if model is None:
             raise RuntimeError(f"{name} is not in the model store {models_dir}")
-        self.model_bytes = model_bytes(Path(model.path))
+        self.model_bytes = model.size_bytes
         t0 = time.perf_counter()
         # Same loader, device and dtype as that class's worker (worker.runner.JobRunner).
         if hardware == "openvino":
@@ -238,10 +231,9 @@ class Baseline:
             # The compiled shapes are entries of this cache, as in the worker's RAM cache.
             self.cache = ModelCache(Settings().cache_ram_mb * 2**20, name="baseline")
             self.loaded = load_openvino_pipeline(model, ir_cache, OPENVINO_DEVICE, cache=self.cache)
-        elif hardware == "gpu":
-            self.loaded = load_pipeline(model, GPU_DEVICE, torch.float16)
         else:
-            self.loaded = load_pipeline(model, "cpu", torch.float32)
+            device, dtype = pick_device(hardware, GPU_DEVICE if hardware == "gpu" else None)
+            self.loaded = load_pipeline(model, device, dtype)
         self.load_s = time.perf_counter() - t0
 
     def render(self) -> float:
@@ -680,19 +672,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(f"the job these options make is invalid: {exc}")
     if args.hardware == "gpu":
-        import torch
+        from worker.runner import DeviceUnavailable, pick_device
 
-        if not torch.cuda.is_available():
-            why = (
-                "this torch is a CPU-only build"
-                if torch.version.cuda is None
-                else f"torch is built for CUDA {torch.version.cuda}, but no GPU/driver is visible"
-            )
-            p.error(
-                "--hardware gpu needs a CUDA GPU, and torch sees none "
-                f"(torch.cuda.is_available() is False: {why}; torch {torch.__version__}). "
-                "Run it on a machine with an NVIDIA GPU, or use --hardware cpu|openvino."
-            )
+        try:
+            pick_device("gpu", GPU_DEVICE)  # the GPU worker's own check
+        except DeviceUnavailable as exc:
+            p.error(f"--hardware gpu: {exc}. Use --hardware cpu|openvino on this machine.")
     return args
 
 
