@@ -12,9 +12,10 @@ import time
 import uuid
 from typing import Any
 
-from scheduler.submit import Scheduler
+from scheduler.control import JobControl
 from shared import keys
 from shared.jobspec import AnySpec, DiffusionSpec
+from shared.vocabulary import FINAL, QUEUED, JobStatus, Priority
 
 
 def split(spec: AnySpec) -> list[AnySpec]:
@@ -30,34 +31,34 @@ def split(spec: AnySpec) -> list[AnySpec]:
 
 
 def aggregate(children: list[dict[str, Any]]) -> tuple[str, float]:
-    """A batch's status and progress from its jobs'."""
+    """A batch's status (as clients see a job's) and progress from its jobs'."""
     statuses = [c["status"] for c in children]
     progress = sum(
-        1.0 if s == "succeeded" else c["progress"] for s, c in zip(statuses, children, strict=True)
+        1.0 if s == JobStatus.SUCCEEDED else c["progress"]
+        for s, c in zip(statuses, children, strict=True)
     ) / len(children)
-    if any(s == "running" for s in statuses):
-        return "running", progress
-    if any(s in ("pending", "dispatched") for s in statuses):
-        return ("running" if any(s != "pending" for s in statuses) else "queued"), progress
-    for final in ("failed", "canceled"):
+    if JobStatus.RUNNING in statuses:
+        return JobStatus.RUNNING, progress
+    if any(s not in FINAL for s in statuses):  # some wait: started if any did not
+        started = any(s != JobStatus.PENDING for s in statuses)
+        return (JobStatus.RUNNING if started else QUEUED), progress
+    for final in (JobStatus.FAILED, JobStatus.CANCELED):
         if final in statuses:
             return final, progress
-    return "succeeded", progress
+    return JobStatus.SUCCEEDED, progress
 
 
 class Batches:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self.redis = scheduler.redis
+    def __init__(self, jobs: JobControl) -> None:
+        self.jobs = jobs
+        self.redis = jobs.redis
 
-    def submit(self, specs: list[AnySpec], owner: str, priority: str) -> dict[str, Any]:
+    def submit(self, specs: list[AnySpec], owner: str, priority: Priority) -> dict[str, Any]:
         # Check everything first, so a bad spec anywhere queues nothing.
         for spec in specs:
-            self.scheduler.check_models(spec)
+            self.jobs.check_models(spec)
         jobs = [
-            self.scheduler.submit(child, owner, priority)[0]
-            for spec in specs
-            for child in split(spec)
+            self.jobs.submit(child, owner, priority)[0] for spec in specs for child in split(spec)
         ]
         batch_id = uuid.uuid4().hex
         self.redis.hset(
@@ -77,7 +78,7 @@ class Batches:
             return None
         batch = {k.decode(): v.decode() for k, v in raw.items()}
         ids = json.loads(batch["children"])
-        children = [self.scheduler.records.get(i) for i in ids]
+        children = [self.jobs.records.get(i) for i in ids]
         children = [c for c in children if c is not None]
         status, progress = aggregate(children)
         return {
@@ -94,6 +95,6 @@ class Batches:
         if batch is None:
             return None
         for job in batch["jobs"]:
-            if job["status"] in ("pending", "dispatched", "running"):
-                self.scheduler.cancel(job["id"])
+            if not job["status"].final:
+                self.jobs.cancel(job["id"])
         return self.get(batch_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.config import Settings
+from shared.vocabulary import CELERY_PRIORITY_STEPS
 
 RUN_JOB = "renderfarm.run_job"
 
@@ -20,9 +21,9 @@ def make_celery(settings: Settings) -> Celery:
     # above the longest job, and set it wherever the transport reads it.
     transport = {
         "visibility_timeout": settings.job_time_limit_s * 2,
-        # Redis priority support: messages of priority 0 (high), 3 (normal), 6 (low) wait
-        # in separate lists and are taken best first.
-        "priority_steps": [0, 3, 6],
+        # Redis priority support: each priority's messages wait in their own list and are
+        # taken best first (Priority.celery).
+        "priority_steps": CELERY_PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
     app.conf.update(

@@ -21,16 +21,15 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB, make_celery
-from scheduler.fleet import live_workers
-from scheduler.pending import PRIORITY_RANK, Candidate, PendingJobs
-from scheduler.records import FINAL, JobRecords
+from scheduler.fleet import is_draining, live_workers
+from scheduler.pending import Candidate, PendingJobs
+from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
-from shared.jobspec import AnySpec, UpscaleSpec, parse_spec
+from shared.jobspec import AnySpec, UpscaleSpec, load_spec
+from shared.vocabulary import AUTO, JobStatus
 
 log = logging.getLogger(__name__)
-# Celery's Redis transport: 0 is the highest priority.
-CELERY_PRIORITY = {"high": 0, "normal": 3, "low": 6}
 AFFINITY_WINDOW = 4
 
 
@@ -40,7 +39,7 @@ def model_of(spec: AnySpec) -> str:
 
 
 def can_run(worker: dict[str, Any], spec: AnySpec) -> bool:
-    if spec.hardware != "auto" and worker["hardware"] != spec.hardware:
+    if spec.hardware != AUTO and worker["hardware"] != spec.hardware:
         return False
     if spec.kind not in worker.get("kinds", ()):
         return False
@@ -74,12 +73,10 @@ class Dispatcher:
 
     def fleet(self) -> FleetView:
         workers = {
-            w["name"]: w
-            for w in live_workers(self.redis)
-            if not self.redis.exists(keys.drain(w["name"]))
+            w["name"]: w for w in live_workers(self.redis) if not is_draining(self.redis, w["name"])
         }
         view = FleetView(workers)
-        for status, name_field in (("running", "worker"), ("dispatched", "target")):
+        for status, name_field in ((JobStatus.RUNNING, "worker"), (JobStatus.DISPATCHED, "target")):
             for job_id in self.records.ids_in(status):
                 rec = self.records.get(job_id)
                 if rec and rec.get(name_field):
@@ -92,38 +89,42 @@ class Dispatcher:
         """Requeue or fail jobs whose attempt was lost; returns how many were handled."""
         handled = 0
         live = {w["name"] for w in live_workers(self.redis)}
-        for job_id in self.records.ids_in("running"):
+        for job_id in self.records.ids_in(JobStatus.RUNNING):
             rec = self.records.get(job_id)
-            if rec is None or rec["status"] != "running" or self.redis.exists(keys.lease(job_id)):
+            if (
+                rec is None
+                or rec["status"] != JobStatus.RUNNING
+                or self.redis.exists(keys.lease(job_id))
+            ):
                 continue
             lost = f"attempt {rec['attempt']} lost its worker {rec.get('worker', '?')}"
             if rec["attempts"] >= self.settings.max_attempts:
                 reason = f"{lost}; failed after {rec['attempts']} attempts (poison job?)"
                 if self.records.transition(
                     job_id,
-                    "failed",
-                    ("running",),
+                    JobStatus.FAILED,
+                    (JobStatus.RUNNING,),
                     rec["attempt"],
                     error=reason,
                     finished_at=time.time(),
                 ):
                     log.warning("job %s: %s", job_id, reason)
                     handled += 1
-            elif self._requeue(rec, ("running",), lost):
+            elif self._requeue(rec, (JobStatus.RUNNING,), lost):
                 handled += 1
-        for job_id in self.records.ids_in("dispatched"):
+        for job_id in self.records.ids_in(JobStatus.DISPATCHED):
             rec = self.records.get(job_id)
-            if rec is None or rec["status"] != "dispatched" or rec.get("target") in live:
+            if rec is None or rec["status"] != JobStatus.DISPATCHED or rec.get("target") in live:
                 continue
-            if self._requeue(rec, ("dispatched",), f"worker {rec.get('target')} went away"):
+            if self._requeue(rec, (JobStatus.DISPATCHED,), f"worker {rec.get('target')} went away"):
                 self.redis.delete(rec["queue"])  # its own queue: nobody will consume it
                 handled += 1
         return handled
 
-    def _requeue(self, rec: dict[str, Any], allowed: tuple[str, ...], why: str) -> bool:
+    def _requeue(self, rec: dict[str, Any], allowed: tuple[JobStatus, ...], why: str) -> bool:
         ok = self.records.transition(
             rec["id"],
-            "pending",
+            JobStatus.PENDING,
             allowed,
             rec["attempt"],
             note=why,
@@ -167,8 +168,8 @@ class Dispatcher:
         queue = keys.worker_queue(worker["name"])
         if not self.records.transition(
             job_id,
-            "dispatched",
-            ("pending",),
+            JobStatus.DISPATCHED,
+            (JobStatus.PENDING,),
             rec["attempt"],
             attempt=attempt,
             queue=queue,
@@ -184,7 +185,7 @@ class Dispatcher:
             args=[job_id, attempt],
             queue=queue,
             task_id=f"{job_id}.{attempt}",
-            priority=CELERY_PRIORITY[rec["priority"]],
+            priority=rec["priority"].celery,
         )
         return True
 
@@ -202,9 +203,9 @@ class Dispatcher:
                 if cand.owner in served:
                     continue
                 rec = self.records.get(cand.job_id)
-                if rec is None or rec["status"] != "pending":
+                if rec is None or rec["status"] != JobStatus.PENDING:
                     continue
-                spec = parse_spec(rec["spec"])
+                spec = load_spec(rec["spec"])
                 if can_run(worker, spec) and holds(worker, spec) and self.dispatch_one(rec, worker):
                     view.busy.add(worker["name"])
                     served.add(cand.owner)
@@ -228,15 +229,15 @@ class Dispatcher:
                         held_back = cand.rank
                     continue  # one per owner per round keeps owners interleaved
                 rec = self.records.get(cand.job_id)
-                if rec is None or rec["status"] != "pending":
-                    if rec is None or rec["status"] in FINAL:
+                if rec is None or rec["status"] != JobStatus.PENDING:
+                    if rec is None or rec["status"].final:
                         self.pending.remove(cand.job_id, cand.owner)
                     continue
-                spec = parse_spec(rec["spec"])
+                spec = load_spec(rec["spec"])
                 worker, why = self.choose(rec, spec, view)
                 if worker is None:
                     if rec.get("waiting") != why:
-                        self.records.update(cand.job_id, "pending", waiting=why)
+                        self.records.update(cand.job_id, JobStatus.PENDING, waiting=why)
                     continue
                 if self.dispatch_one(rec, worker):
                     view.busy.add(worker["name"])
@@ -263,6 +264,3 @@ class Dispatcher:
             except RedisError:
                 log.warning("Redis unavailable; retrying", exc_info=True)
                 time.sleep(1)
-
-
-assert set(CELERY_PRIORITY) == set(PRIORITY_RANK)

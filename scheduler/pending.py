@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from redis import Redis
 
 from shared import keys
+from shared.vocabulary import Priority
 
-PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 _RANK_SPAN = 10**13  # larger than any creation time in milliseconds
 
 
@@ -27,15 +27,15 @@ class Candidate:
     owner_served_at: float
 
 
-def score(priority: str, created_at: float) -> int:
-    return PRIORITY_RANK[priority] * _RANK_SPAN + int(created_at * 1000)
+def score(priority: Priority, created_at: float) -> int:
+    return priority.rank * _RANK_SPAN + int(created_at * 1000)
 
 
 class PendingJobs:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def add(self, job_id: str, owner: str, priority: str, created_at: float) -> None:
+    def add(self, job_id: str, owner: str, priority: Priority, created_at: float) -> None:
         with self.redis.pipeline() as pipe:
             pipe.zadd(keys.pending(owner), {job_id: score(priority, created_at)})
             pipe.zadd(keys.pending_owners(), {owner: 0}, nx=True)  # new owners go first
@@ -49,7 +49,7 @@ class PendingJobs:
             self.redis.zrem(keys.pending_owners(), owner)
         return removed
 
-    def reprioritize(self, job_id: str, owner: str, priority: str, created_at: float) -> bool:
+    def reprioritize(self, job_id: str, owner: str, priority: Priority, created_at: float) -> bool:
         """Move a pending job to another priority; false if it is not pending."""
         if self.redis.zscore(keys.pending(owner), job_id) is None:
             return False
@@ -71,7 +71,3 @@ class PendingJobs:
                 rank, created_ms = divmod(int(value), _RANK_SPAN)
                 found.append(Candidate(job_b.decode(), owner, rank, created_ms, served_at))
         return sorted(found, key=lambda c: (c.rank, c.owner_served_at, c.created_ms))
-
-    def count(self) -> int:
-        owners = [o.decode() for o in self.redis.zrange(keys.pending_owners(), 0, -1)]
-        return sum(self.redis.zcard(keys.pending(o)) for o in owners)

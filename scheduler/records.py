@@ -5,8 +5,8 @@ allowed previous status and, for a worker's writes, the attempt it holds (fencin
 stale attempt can change nothing), keeps the active-status index sets, and bumps a
 monotonic `seq`.
 
-Statuses: `pending` (waiting for dispatch) and `dispatched` (sent to a queue) are both
-shown to clients as `queued`; then `running`, and one of `succeeded`, `failed`, `canceled`.
+Statuses are `JobStatus` (shared/vocabulary.py); the edges a job may take between them
+are `TRANSITIONS` below, and `transition` refuses any other.
 """
 
 from __future__ import annotations
@@ -19,10 +19,20 @@ from redis import Redis
 
 from shared import keys
 from shared.jobspec import AnySpec
+from shared.vocabulary import JobStatus, Priority
 
-FINAL = ("succeeded", "failed", "canceled")
-ACTIVE = ("dispatched", "running")  # indexed in sets, for the dispatcher and the reaper
-PRIORITIES = ("high", "normal", "low")
+S = JobStatus
+# Every status change a job may make (a same-status update is always allowed).
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.DISPATCHED, S.CANCELED}),
+    # dispatched -> pending: its worker went away before starting it
+    S.DISPATCHED: frozenset({S.RUNNING, S.PENDING, S.CANCELED}),
+    # running -> pending: the attempt lost its lease (requeued); canceled: stopped mid-job
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELED, S.PENDING}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.PENDING}),  # retried
+    S.CANCELED: frozenset({S.PENDING}),  # retried
+}
 _JSON_FIELDS = ("spec", "outputs", "seeds")
 _INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
 _FLOAT_FIELDS = (
@@ -67,11 +77,11 @@ class JobRecords:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
 
-    def create(self, job_id: str, spec: AnySpec, owner: str, priority: str) -> dict[str, Any]:
+    def create(self, job_id: str, spec: AnySpec, owner: str, priority: Priority) -> dict[str, Any]:
         now = time.time()
         fields = {
             "id": job_id,
-            "status": "pending",
+            "status": S.PENDING,
             "seq": 1,
             "progress": 0.0,
             "spec": spec.model_dump_json(),
@@ -91,12 +101,6 @@ class JobRecords:
             pipe.execute()
         return self.get(job_id)  # type: ignore[return-value]
 
-    def delete(self, job_id: str) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.delete(keys.job(job_id))
-            pipe.zrem(keys.jobs_index(), job_id)
-            pipe.execute()
-
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(keys.job(job_id))
         if not raw:
@@ -110,39 +114,50 @@ class JobRecords:
         for name in _FLOAT_FIELDS:
             if name in rec:
                 rec[name] = float(rec[name])
+        rec["status"] = JobStatus(rec["status"])
+        rec["priority"] = Priority(rec["priority"])
         return rec
 
     def transition(
         self,
         job_id: str,
-        to: str,
-        allowed_from: tuple[str, ...],
+        to: JobStatus,
+        allowed_from: tuple[JobStatus, ...],
         fence: int | None = None,
         **fields: Any,
     ) -> bool:
         """Move a job to `to` if its status is one of `allowed_from` (and, when `fence` is
-        given, its current attempt is `fence`); set `fields` with it. False if refused."""
-        args: list[Any] = [job_id, "" if fence is None else fence, ",".join(allowed_from), to]
+        given, its current attempt is `fence`); set `fields` with it. False if refused.
+
+        Asking for an edge that is not in TRANSITIONS is a programming error (ValueError)."""
+        illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
+        if illegal:
+            raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
+        return self._run(job_id, to, ",".join(allowed_from), fence, fields)
+
+    def update(
+        self, job_id: str, status: JobStatus, fence: int | None = None, **fields: Any
+    ) -> bool:
+        """Set fields on a job that is (still) in `status` (and attempt `fence`, when given)."""
+        return self._run(job_id, status, "*", fence, fields)
+
+    def _run(
+        self, job_id: str, to: JobStatus, allowed: str, fence: int | None, fields: dict[str, Any]
+    ) -> bool:
+        args: list[Any] = [job_id, "" if fence is None else fence, allowed, to]
         for name, value in fields.items():
             args += [name, _encode(value)]
-        keys_ = [keys.job(job_id), keys.in_status("dispatched"), keys.in_status("running")]
+        keys_ = [keys.job(job_id), keys.in_status(S.DISPATCHED), keys.in_status(S.RUNNING)]
         return bool(self._transition(keys=keys_, args=args))
-
-    def update(self, job_id: str, status: str, fence: int | None = None, **fields: Any) -> bool:
-        """Set fields on a job that is (still) in `status` (and attempt `fence`, when given)."""
-        return self.transition(job_id, status, ("*",), fence, **fields)
 
     def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
         """Record progress of a running attempt; false once the attempt is no longer current."""
-        return self.update(job_id, "running", attempt, progress=f"{progress:.4f}")
+        return self.update(job_id, S.RUNNING, attempt, progress=f"{progress:.4f}")
 
-    def ids_in(self, status: str) -> list[str]:
+    def ids_in(self, status: JobStatus) -> list[str]:
         return sorted(i.decode() for i in self.redis.smembers(keys.in_status(status)))
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = self.redis.zrevrange(keys.jobs_index(), 0, limit - 1)
         records = (self.get(i.decode()) for i in ids)
         return [r for r in records if r is not None]
-
-    def count(self) -> int:
-        return int(self.redis.zcard(keys.jobs_index()))
