@@ -18,8 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import get_settings
-
 FAMILIES = ("checkpoint", "vae", "controlnet", "upscaler")
 FOLDERS = {
     "checkpoint": "checkpoints",
@@ -62,41 +60,58 @@ def _class_name(config: Path) -> str | None:
 
 
 def _read(family: str, path: Path) -> ModelInfo | None:
-    kind: str | None = None
-    if family == "checkpoint" and path.is_dir():
-        kind = _class_name(path / "model_index.json")
-    elif family in ("vae", "controlnet") and path.is_dir():
-        kind = _class_name(path / "config.json")
-    elif family == "upscaler":
-        if path.is_file() and path.suffix in UPSCALER_SUFFIXES:
-            kind = "spandrel"
-        elif path.is_dir() and (path / "config.json").is_file():
-            kind = "aura-sr"
+    kind = _read_kind(family, path)
     if kind is None:
         return None
     name = path.stem if path.is_file() else path.name
     return ModelInfo(name, family, path, kind, _bytes(path))
 
 
-def list_models(models_dir: Path | None = None, family: str | None = None) -> list[ModelInfo]:
-    root = models_dir or get_settings().models_dir
-    found = []
-    for fam in (family,) if family else FAMILIES:
-        folder = root / FOLDERS[fam]
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if not path.name.startswith(".") and (info := _read(fam, path)):
-                found.append(info)
-    return found
+def _read_kind(family: str, path: Path) -> str | None:
+    """What the files say the model is, or None if `path` is not a model of `family`."""
+    if family == "checkpoint" and path.is_dir():
+        return _class_name(path / "model_index.json")
+    if family in ("vae", "controlnet") and path.is_dir():
+        return _class_name(path / "config.json")
+    if family == "upscaler":
+        if path.is_file() and path.suffix in UPSCALER_SUFFIXES:
+            return "spandrel"
+        if path.is_dir() and (path / "config.json").is_file():
+            return "aura-sr"
+    return None
 
 
-def find_model(name: str, family: str, models_dir: Path | None = None) -> ModelInfo | None:
+def _entries(models_dir: Path, family: str) -> list[Path]:
+    folder = models_dir / FOLDERS[family]
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+
+
+def list_models(models_dir: Path, family: str | None = None) -> list[ModelInfo]:
+    return [
+        info
+        for fam in ((family,) if family else FAMILIES)
+        for path in _entries(models_dir, fam)
+        if (info := _read(fam, path))
+    ]
+
+
+def model_names(models_dir: Path, family: str) -> list[str]:
+    """The names `list_models` lists, without sizing every model (for every heartbeat)."""
+    return [
+        path.stem if path.is_file() else path.name
+        for path in _entries(models_dir, family)
+        if _read_kind(family, path) is not None
+    ]
+
+
+def find_model(name: str, family: str, models_dir: Path) -> ModelInfo | None:
     """The model `list_models` would list under this name, reading only its own paths (every
     submission and job looks models up: no listing of the whole store)."""
     if not name or name.startswith(".") or Path(name).name != name:
         return None
-    folder = (models_dir or get_settings().models_dir) / FOLDERS[family]
+    folder = models_dir / FOLDERS[family]
     names = [name] + [name + suffix for suffix in UPSCALER_SUFFIXES if family == "upscaler"]
     for candidate in sorted(names):  # the order list_models meets them in
         path = folder / candidate

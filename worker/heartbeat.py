@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import socket
 import threading
 import time
@@ -18,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
 from redis import Redis
 
+from scheduler.fleet import is_draining
 from shared import keys
-from shared.modelstore import FAMILIES, FOLDERS, list_models
+from shared.modelstore import FAMILIES, FOLDERS, model_names
 
 if TYPE_CHECKING:
     from worker.runner import JobRunner
@@ -40,36 +39,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def device_info(device: str) -> dict[str, Any]:
-    """Name and memory of the device jobs run on (the GPU's own memory on CUDA)."""
-    if device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        return {
-            "device": device,
-            "device_name": torch.cuda.get_device_name(device),
-            "memory_total": total,
-            "memory_used": total - free,
-        }
-    vm = psutil.virtual_memory()
-    return {
-        "device": device,
-        "device_name": _cpu_name(),
-        "memory_total": vm.total,
-        "memory_used": vm.total - vm.available,
-    }
 
 
 class Heartbeat:
@@ -92,8 +61,7 @@ class Heartbeat:
             "hardware": runner.hardware,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            **device_info(runner.device),
-            **runner.device_override,  # an OpenVINO worker's own device
+            **runner.backend.device_info(),
             "process_rss": psutil.Process().memory_info().rss,
             "cache_budget": cache["budget_bytes"],
             "cache_bytes": cache["bytes_in_use"],
@@ -117,10 +85,9 @@ class Heartbeat:
             # What this worker can run: the dispatcher routes `hardware: auto` jobs by it.
             "kinds": list(runner.kinds),
             "store": {
-                family: [m.name for m in list_models(runner.settings.models_dir, family)]
-                for family in FAMILIES
+                family: model_names(runner.settings.models_dir, family) for family in FAMILIES
             },
-            "draining": bool(self.redis.exists(keys.drain(runner.name))),
+            "draining": is_draining(self.redis, runner.name),
             "cache": {k: v for k, v in cache.items() if k != "entries"},
             "current_job": runner.current_job,
             "stalled_job": runner.stalled_job,

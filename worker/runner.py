@@ -1,4 +1,8 @@
-"""One job: record → cached models → pipeline → checked output → storage → record."""
+"""One job's lifecycle: record → cached models → pipeline → checked output → storage → record.
+
+The rest of the worker lives beside it: the device and cache (device.py), how models load
+(backend.py), the attempt and its watchdog state (attempt.py), fault hooks (faults.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,8 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import numpy as np
@@ -22,145 +25,27 @@ from scheduler.leases import Leases
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
-from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, parse_spec
+from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, load_spec
 from shared.modelstore import ModelInfo, find_model
 from shared.storage import ObjectNotFound, open_storage
-from worker import images, outputs, pipelines
-from worker.cache import CacheKey, ModelCache, OnEvict
+from shared.vocabulary import Hardware, JobKind, JobStatus
+from worker import faults, images, outputs, pipelines
+from worker.attempt import Attempt, JobCanceled, JobFailed, LeaseLost
+from worker.backend import make_backend
+from worker.cache import CacheKey
+from worker.device import make_cache, pick_device
 from worker.memory import release_memory
 from worker.tiers import TieredCache
-from worker.upscalers import load_upscaler, target_size, upscale
+from worker.upscalers import target_size, upscale
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelInfo, str, torch.dtype], Any]
 
 
-class JobFailed(RuntimeError):
-    """A job cannot finish; the message is the reason shown to the user."""
-
-
-class JobCanceled(Exception):
-    """The user canceled the running job; raised from the step callback."""
-
-
-class LeaseLost(Exception):
-    """This attempt is no longer the job's current one (its lease expired and it was
-    requeued): stop, and write nothing more."""
-
-
-@dataclass
-class Attempt:
-    job_id: str
-    attempt: int
-    lease_ok: bool = True  # cleared by the heartbeat when renewing the lease fails
-    given_up: bool = False  # set by the watchdog: no progress for RENDERFARM_STALL_S
-    last_active: float = field(default_factory=time.monotonic)
-    waiting: int = 0  # > 0 while a model loads or outputs upload: silence is expected then
-
-    def still_ours(self) -> bool:
-        return self.lease_ok
-
-    def active(self) -> None:
-        """The job moved on: a denoising step, an upscaled tile."""
-        self.last_active = time.monotonic()
-
-    @contextmanager
-    def wait(self) -> Iterator[None]:
-        """A phase that reports no progress but is not stuck (each bounded on its own)."""
-        self.waiting += 1
-        try:
-            yield
-        finally:
-            self.waiting -= 1
-            self.active()
-
-    def stalled(self, stall_s: float) -> bool:
-        return not self.waiting and time.monotonic() - self.last_active > stall_s
-
-
-def stall_injected(spec: AnySpec, att: Attempt) -> bool:
-    """Chaos testing: with RENDERFARM_FAULT_STALL_PROMPT set, a job whose prompt equals it
-    hangs in its first attempt (as a wedged driver would) until the watchdog gives it up."""
-    poison = os.environ.get("RENDERFARM_FAULT_STALL_PROMPT")
-    return bool(poison) and getattr(spec, "prompt", None) == poison and att.attempt == 1
-
-
-def fault_injected(record: dict[str, Any]) -> bool:
-    """Chaos testing: with RENDERFARM_FAULT_KILL_PROMPT set, a job whose prompt equals it
-    kills its worker once running (as a model that segfaults would)."""
-    poison = os.environ.get("RENDERFARM_FAULT_KILL_PROMPT")
-    return bool(poison) and record["spec"].get("prompt") == poison
-
-
-def oom_injected(spec: AnySpec, models_cached: int) -> bool:
-    """Chaos testing: with RENDERFARM_FAULT_OOM_PROMPT set, a job whose prompt equals it runs
-    as if on a device with room for one model: out of memory while more than one is cached."""
-    poison = os.environ.get("RENDERFARM_FAULT_OOM_PROMPT")
-    return bool(poison) and getattr(spec, "prompt", None) == poison and models_cached > 1
-
-
-# Memory a CUDA worker leaves outside its model cache for activations while rendering.
-CUDA_WORKING_RESERVE = 2 * 2**30
-
-
-class DeviceUnavailable(RuntimeError):
-    """The worker cannot run on the device it was given; the message says why."""
-
-
-def pick_device(hardware: str, device: str | None) -> tuple[str, torch.dtype]:
-    """The torch device and dtype a worker of this class runs jobs on."""
-    if hardware != "gpu":
-        if device not in (None, "cpu"):
-            raise DeviceUnavailable(
-                f"--device {device} is for gpu (cuda:N) and openvino workers; "
-                f"a {hardware} worker runs on the CPU"
-            )
-        return "cpu", torch.float32
-    if not torch.cuda.is_available():
-        build = (
-            "a CPU-only build"
-            if torch.version.cuda is None
-            else f"built for CUDA {torch.version.cuda}, but no GPU or driver is visible"
-        )
-        raise DeviceUnavailable(
-            f"a gpu worker needs a CUDA device, and torch sees none (torch {torch.__version__}, "
-            f"{build})"
-        )
-    count = torch.cuda.device_count()
-    try:
-        asked = torch.device(device or "cuda:0")
-    except RuntimeError:  # not a device name at all
-        asked = torch.device("cpu")
-    index = asked.index or 0
-    if asked.type != "cuda" or index >= count:
-        raise DeviceUnavailable(
-            f"no CUDA device {device!r} here: there are cuda:0 to cuda:{count - 1}"
-        )
-    device = f"cuda:{index}"
-    torch.cuda.set_device(device)  # CUDA is initialised here, in the process that runs jobs
-    return device, torch.float16
-
-
-def vram_budget(settings: Settings, device: str) -> int:
-    if settings.cache_vram_mb:
-        return settings.cache_vram_mb * 2**20
-    total = torch.cuda.get_device_properties(device).total_memory
-    return max(total - CUDA_WORKING_RESERVE, total // 2)
-
-
-def make_cache(settings: Settings, device: str) -> ModelCache | TieredCache:
-    """One RAM cache on the CPU; on a GPU, VRAM backed by RAM as the second tier."""
-    ram = ModelCache(settings.cache_ram_mb * 2**20, name="ram")
-    if not device.startswith("cuda"):
-        return ram
-    vram = ModelCache(vram_budget(settings, device), name=device)
-    return TieredCache(vram, ram, device, settings.cpu_offload)
-
-
 class JobRunner:
     def __init__(
-        self, settings: Settings, hardware: str, name: str, device: str | None = None
+        self, settings: Settings, hardware: Hardware, name: str, device: str | None = None
     ) -> None:
         self.settings = settings
         self.hardware = hardware
@@ -176,33 +61,9 @@ class JobRunner:
         # A tiered cache loads models into RAM and moves them to the GPU itself.
         self.load_device = "cpu" if isinstance(self.cache, TieredCache) else self.device
         self.current: Attempt | None = None
-        # What the heartbeat shows as the device, where jobs do not run on the torch device.
-        self.device_override: dict[str, str] = {}
-        # Loaders per hardware class: OpenVINO workers convert checkpoints and upscalers to
-        # OpenVINO IR (cached on disk) and put them back into the same diffusers pipelines.
-        self.load_checkpoint: Loader = pipelines.load_pipeline
-        self.load_upscaler: Loader = load_upscaler
-        self.variant = ""
-        self.on_evict: OnEvict | None = None
-        if hardware == "openvino":
-            from worker import openvino_backend as ovb  # keeps openvino off other workers
-
-            ir_cache, ov_device = settings.openvino_cache_dir, settings.openvino_device
-            try:
-                name = ovb.device_name(ov_device)
-            except ValueError as exc:
-                raise DeviceUnavailable(str(exc)) from None
-            self.device_override = {"device": f"openvino:{ov_device}", "device_name": name}
-            self.variant = f"openvino:{ov_device}"
-            # Compiled shapes are entries of the same cache, and leave it with their model.
-            self.load_checkpoint = lambda m, d, t: ovb.load_openvino_pipeline(
-                m, ir_cache, ov_device, cache=self.cache
-            )
-            self.load_upscaler = lambda m, d, t: ovb.openvino_upscaler(
-                load_upscaler(m, d, t), ir_cache, ov_device, cache=self.cache
-            )
-            self.on_evict = ovb.drop_variants
-        self.kinds = ("txt2img", "img2img", "upscale")
+        # torch as it is, or OpenVINO (converted IR, compiled shapes in the same cache).
+        self.backend = make_backend(hardware, settings, self.device, self.cache)
+        self.kinds = tuple(JobKind)
         self.jobs_done = 0
         self.jobs_failed = 0
 
@@ -212,7 +73,7 @@ class JobRunner:
         model = find_model(name, family, self.settings.models_dir)
         if model is None:
             raise JobFailed(f"{family} {name!r} is not in this worker's model store")
-        variant = self.variant if family in ("checkpoint", "upscaler") else ""
+        variant = self.backend.variant if family in ("checkpoint", "upscaler") else ""
         return model, CacheKey.of(model.path, str(self.dtype), self.device, variant)
 
     def _use(self, stack: ExitStack, family: str, name: str, loader: Loader) -> Any:
@@ -226,7 +87,7 @@ class JobRunner:
                         key,
                         lambda: loader(model, self.load_device, self.dtype),
                         size_hint=model.size_bytes,
-                        on_evict=self.on_evict,
+                        on_evict=self.backend.on_evict,
                     )
                 )
         except torch.OutOfMemoryError:
@@ -269,9 +130,9 @@ class JobRunner:
             model, key = self._key("checkpoint", name)
             self.cache.get(
                 key,
-                lambda m=model: self.load_checkpoint(m, self.load_device, self.dtype),
+                lambda m=model: self.backend.load_checkpoint(m, self.load_device, self.dtype),
                 size_hint=model.size_bytes,
-                on_evict=self.on_evict,
+                on_evict=self.backend.on_evict,
             )
 
     def _image(self, key: str) -> Image.Image:
@@ -290,14 +151,14 @@ class JobRunner:
             self.progress(att, None)
 
         if isinstance(spec, UpscaleSpec):
-            upscaler = self._use(stack, "upscaler", spec.upscaler, self.load_upscaler)
+            upscaler = self._use(stack, "upscaler", spec.upscaler, self.backend.load_upscaler)
             image = images.to_float(self._image(spec.image))
             height, width = image.shape[:2]
             size = target_size(width, height, spec.scale, spec.width, spec.height)
             result = upscale(upscaler, image, *size, tile=spec.tile, progress=progress)
             return result[None], [upscaler.family]
 
-        base = self._use(stack, "checkpoint", spec.model, self.load_checkpoint)
+        base = self._use(stack, "checkpoint", spec.model, self.backend.load_checkpoint)
         addons = pipelines.Addons()
         if spec.vae:
             addons.vae = self._use(stack, "vae", spec.vae, pipelines.load_vae)
@@ -307,9 +168,9 @@ class JobRunner:
             )
             addons.control_images.append(self._image(unit.image))
 
-        if oom_injected(spec, len(self.cache)):
+        if faults.oom_injected(spec, len(self.cache)):
             raise torch.OutOfMemoryError("out of memory (RENDERFARM_FAULT_OOM_PROMPT)")
-        while stall_injected(spec, att) and att.still_ours():
+        while faults.stall_injected(spec, att) and att.still_ours():
             time.sleep(0.1)
         if isinstance(spec, Img2ImgSpec):
             mask = None
@@ -320,7 +181,7 @@ class JobRunner:
 
         upscale_image = None
         if spec.hires and spec.hires.upscaler != "latent":
-            upscaler = self._use(stack, "upscaler", spec.hires.upscaler, self.load_upscaler)
+            upscaler = self._use(stack, "upscaler", spec.hires.upscaler, self.backend.load_upscaler)
 
             def upscale_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
                 # Between the passes: tiles keep the job alive and cancelable.
@@ -339,7 +200,11 @@ class JobRunner:
     def run(self, job_id: str, attempt: int) -> None:
         """Run one attempt of a job; every write is fenced by the attempt number."""
         record = self.records.get(job_id)
-        if record is None or record["attempt"] != attempt or record["status"] != "dispatched":
+        if (
+            record is None
+            or record["attempt"] != attempt
+            or record["status"] != JobStatus.DISPATCHED
+        ):
             state = "no record" if record is None else f"{record['status']}, {record['attempt']}"
             log.info("job %s attempt %s is stale (%s); dropping the task", job_id, attempt, state)
             return
@@ -347,8 +212,8 @@ class JobRunner:
         self.leases.take(job_id, attempt, self.name)
         if not self.records.transition(
             job_id,
-            "running",
-            ("dispatched",),
+            JobStatus.RUNNING,
+            (JobStatus.DISPATCHED,),
             attempt,
             worker=self.name,
             started_at=started,
@@ -358,10 +223,10 @@ class JobRunner:
             self.leases.release(job_id, attempt, self.name)
             return
         self.current = Attempt(job_id, attempt)
-        if fault_injected(record):
+        if faults.kill_injected(record):
             os._exit(137)
         try:
-            self._run(self.current, parse_spec(record["spec"]), started)
+            self._run(self.current, load_spec(record["spec"]), started)
         finally:
             self.current = None
             self.leases.release(job_id, attempt, self.name)
@@ -392,7 +257,7 @@ class JobRunner:
                     still_ours=att.still_ours,
                 )
         except JobCanceled:
-            self._finish(att, "canceled", error="canceled while running")
+            self._finish(att, JobStatus.CANCELED, error="canceled while running")
             return
         except LeaseLost:
             log.warning("job %s attempt %s lost its lease; stopping", att.job_id, att.attempt)
@@ -403,19 +268,19 @@ class JobRunner:
             known = RuntimeError | ValueError
             reason = str(exc) if isinstance(exc, known) else repr(exc)
             log.exception("job %s failed", att.job_id)
-            self._finish(att, "failed", error=reason)
+            self._finish(att, JobStatus.FAILED, error=reason)
             self.jobs_failed += 1
             return
         if self._finish(
             att,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             outputs=keys_,
             progress=1.0,
             manifest=outputs.manifest_key(att.job_id, att.attempt),
         ):
             self.jobs_done += 1
 
-    def _finish(self, att: Attempt, status: str, **fields: Any) -> bool:
+    def _finish(self, att: Attempt, status: JobStatus, **fields: Any) -> bool:
         """Commit the attempt's outcome if it is still the current attempt.
 
         Redis may be restarting: retry until it answers, so a finished job is never lost.
@@ -426,7 +291,7 @@ class JobRunner:
                 done = self.records.transition(
                     att.job_id,
                     status,
-                    ("running",),
+                    (JobStatus.RUNNING,),
                     att.attempt,
                     finished_at=time.time(),
                     **fields,
@@ -446,8 +311,11 @@ class JobRunner:
 
     def progress(self, att: Attempt, value: float | None) -> None:
         """Called every denoising step and upscaled tile: record progress (None: keep the
-        value), stop if canceled or superseded."""
+        value), stop if canceled, superseded or over the farm's job time limit."""
         att.active()
+        limit = self.settings.job_time_limit_s
+        if att.running_s() > limit:
+            raise JobFailed(f"ran longer than the job time limit ({limit} s)")
         try:
             if value is not None and not self.records.set_progress(att.job_id, att.attempt, value):
                 rec = self.records.get(att.job_id)
