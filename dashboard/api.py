@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import ValidationError
 
-from dashboard.app import scheduler
+from dashboard import farm
 from scheduler.batches import Batches
-from scheduler.fleet import live_workers
-from scheduler.submit import ConflictError, SubmitError
+from scheduler.control import ConflictError, SubmitError, priority_of
+from scheduler.fleet import drain, live_workers
 from shared.jobspec import field_errors, parse_spec
 from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
+from shared.vocabulary import Priority
 
 api = Blueprint("api", __name__)
 
@@ -30,8 +31,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "id": record["id"],
-        # pending (waiting for dispatch) and dispatched are both "queued" to clients.
-        "status": "queued" if record["status"] in ("pending", "dispatched") else record["status"],
+        "status": record["status"].view,
         "state": record["status"],
         "waiting": record.get("waiting") or None,
         "note": record.get("note") or None,
@@ -62,10 +62,10 @@ def submit_job():
         return _invalid(400, [{"field": "body", "reason": "must be a JSON object"}])
     # Who submits and how urgent: beside the spec, not part of it.
     owner = str(body.pop("owner", "anonymous"))[:100] or "anonymous"
-    priority = str(body.pop("priority", "normal"))
     try:
-        spec = parse_spec(body)
-        record, created = scheduler().submit(
+        priority = priority_of(body.pop("priority", Priority.NORMAL))
+        spec = parse_spec(body, farm.settings())
+        record, created = farm.jobs().submit(
             spec, owner, priority, request.headers.get("Idempotency-Key")
         )
     except ValidationError as exc:
@@ -91,18 +91,19 @@ def _control(action, job_id: str, *args):
 
 @api.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    return _control(scheduler().cancel, job_id)
+    return _control(farm.jobs().cancel, job_id)
 
 
 @api.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str):
-    return _control(scheduler().retry, job_id)
+    return _control(farm.jobs().retry, job_id)
 
 
 @api.post("/jobs/<job_id>/priority")
 def set_priority(job_id: str):
     body = request.get_json(silent=True) or {}
-    return _control(scheduler().set_priority, job_id, str(body.get("priority")))
+    jobs = farm.jobs()
+    return _control(lambda j: jobs.set_priority(j, priority_of(body.get("priority"))), job_id)
 
 
 @api.post("/batches")
@@ -115,21 +116,24 @@ def submit_batch():
         reason = 'must be a JSON object with "jobs": [spec, ...] or "spec": {...}'
         return _invalid(400, [{"field": "body", "reason": reason}])
     owner = str(body.get("owner", "anonymous"))[:100] or "anonymous"
-    priority = str(body.get("priority", "normal"))
+    try:
+        priority = priority_of(body.get("priority", Priority.NORMAL))
+    except SubmitError as exc:
+        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
     raw = body["jobs"] if "jobs" in body else [body["spec"]]
     if len(raw) > 1000:
         return _invalid(422, [{"field": "jobs", "reason": "at most 1000 specs per batch"}])
     specs, errors = [], []
     for i, item in enumerate(raw):
         try:
-            specs.append(parse_spec(item))
+            specs.append(parse_spec(item, farm.settings()))
         except ValidationError as exc:
             prefix = f"jobs.{i}." if "jobs" in body else "spec."
             errors += [{**e, "field": prefix + e["field"]} for e in field_errors(exc)]
     if errors:
         return _invalid(422, errors)
     try:
-        batch = Batches(scheduler()).submit(specs, owner, priority)
+        batch = Batches(farm.jobs()).submit(specs, owner, priority)
     except SubmitError as exc:
         return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
     return jsonify(batch_view(batch)), 202
@@ -141,7 +145,7 @@ def batch_view(batch: dict[str, Any]) -> dict[str, Any]:
 
 @api.get("/batches/<batch_id>")
 def get_batch(batch_id: str):
-    batch = Batches(scheduler()).get(batch_id)
+    batch = Batches(farm.jobs()).get(batch_id)
     if batch is None:
         return jsonify(error=f"no batch {batch_id!r}"), 404
     return jsonify(batch_view(batch))
@@ -149,7 +153,7 @@ def get_batch(batch_id: str):
 
 @api.post("/batches/<batch_id>/cancel")
 def cancel_batch(batch_id: str):
-    batch = Batches(scheduler()).cancel(batch_id)
+    batch = Batches(farm.jobs()).cancel(batch_id)
     if batch is None:
         return jsonify(error=f"no batch {batch_id!r}"), 404
     return jsonify(batch_view(batch))
@@ -158,12 +162,12 @@ def cancel_batch(batch_id: str):
 @api.get("/jobs")
 def list_jobs():
     limit = min(request.args.get("limit", 50, type=int), 500)
-    return jsonify(jobs=[job_view(r) for r in scheduler().records.recent(limit)])
+    return jsonify(jobs=[job_view(r) for r in farm.jobs().records.recent(limit)])
 
 
 @api.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    record = scheduler().records.get(job_id)
+    record = farm.jobs().records.get(job_id)
     if record is None:
         return jsonify(error=f"no job {job_id!r}"), 404
     return jsonify(job_view(record))
@@ -171,14 +175,14 @@ def get_job(job_id: str):
 
 @api.get("/jobs/<job_id>/outputs/<int:index>")
 def job_output(job_id: str, index: int):
-    record = scheduler().records.get(job_id)
+    record = farm.jobs().records.get(job_id)
     if record is None:
         return jsonify(error=f"no job {job_id!r}"), 404
     keys = record.get("outputs", [])
     if not 0 <= index < len(keys):
         return jsonify(error=f"job {job_id!r} has no output {index}"), 404
     try:
-        data = scheduler().storage.get(keys[index])
+        data = farm.jobs().storage.get(keys[index])
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
     # An output never changes once its job has succeeded, so browsers may keep it.
@@ -190,7 +194,7 @@ def job_output(job_id: str, index: int):
 
 @api.get("/workers")
 def workers():
-    return jsonify(workers=live_workers(scheduler().redis))
+    return jsonify(workers=live_workers(farm.jobs().redis))
 
 
 @api.post("/workers/<name>/drain")
@@ -198,11 +202,10 @@ def drain_worker(name: str):
     """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
     body = request.get_json(silent=True) or {}
     draining = bool(body.get("drain", True))
-    scheduler().drain(name, draining)
+    drain(farm.jobs().redis, name, draining)
     return jsonify(worker=name, draining=draining)
 
 
 @api.get("/models")
 def models():
-    settings = current_app.config["RENDERFARM"]
-    return jsonify(models=[m.as_dict() for m in list_models(settings.models_dir)])
+    return jsonify(models=[m.as_dict() for m in list_models(farm.settings().models_dir)])

@@ -82,7 +82,7 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
 def _renderfarm(*args: str, env: dict[str, str], log: Path | None) -> subprocess.Popen:
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "renderfarm", *args],
         env={**os.environ, **env},
         stdout=out,
         stderr=subprocess.STDOUT if out else None,

@@ -1,4 +1,8 @@
-"""Submission and control: a validated spec becomes a pending job; users steer their jobs."""
+"""Job control: a validated spec becomes a pending job; users steer their jobs.
+
+(The `renderfarm scheduler` process, which decides where jobs run, is the Dispatcher in
+scheduler/dispatcher.py.)
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ from PIL import Image
 
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
-from scheduler.records import PRIORITIES, JobRecords
+from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import INPUT_KEY, AnySpec, decode_image, input_key, parse_spec
 from shared.modelstore import find_model
 from shared.storage import Storage, open_storage
+from shared.vocabulary import JobStatus, Priority
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -35,7 +40,15 @@ class ConflictError(RuntimeError):
     """The job is not in a state that allows this action."""
 
 
-class Scheduler:
+def priority_of(value: object) -> Priority:
+    """A client's priority, or a SubmitError naming the field."""
+    try:
+        return Priority(value)
+    except ValueError:
+        raise SubmitError("priority", f"must be one of {', '.join(Priority)}") from None
+
+
+class JobControl:
     def __init__(
         self, settings: Settings, celery: Celery | None = None, storage: Storage | None = None
     ) -> None:
@@ -72,21 +85,19 @@ class Scheduler:
             png = buf.getvalue()
             holder[last] = input_key(png)
             self.storage.put(holder[last], png, "image/png")
-        return parse_spec(data)
+        return parse_spec(data, self.settings)
 
     def submit(
         self,
         spec: AnySpec,
         owner: str = "anonymous",
-        priority: str = "normal",
+        priority: Priority = Priority.NORMAL,
         idempotency_key: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Record the job and queue it for dispatch; returns (record, created).
 
         With an idempotency key, a retried request gets the job the first one created.
         """
-        if priority not in PRIORITIES:
-            raise SubmitError("priority", f"must be one of {', '.join(PRIORITIES)}")
         job_id = uuid.uuid4().hex
         if idempotency_key:
             idem = keys.idempotency(owner, idempotency_key)
@@ -124,13 +135,17 @@ class Scheduler:
         """Cancel a queued job (it never runs) or ask a running one to stop at its next step."""
         rec = self._get(job_id)
         now = time.time()
-        if rec["status"] == "pending":
+        if rec["status"] == JobStatus.PENDING:
             self.pending.remove(job_id, rec["owner"])
         if self.records.transition(
-            job_id, "canceled", ("pending", "dispatched"), finished_at=now, error="canceled"
+            job_id,
+            JobStatus.CANCELED,
+            (JobStatus.PENDING, JobStatus.DISPATCHED),
+            finished_at=now,
+            error="canceled",
         ):
             return self._get(job_id)
-        if not self.records.update(job_id, "running", cancel_requested=1):
+        if not self.records.update(job_id, JobStatus.RUNNING, cancel_requested=1):
             raise ConflictError(f"job {job_id} is {rec['status']}; only active jobs can cancel")
         return self._get(job_id)
 
@@ -139,8 +154,8 @@ class Scheduler:
         rec = self._get(job_id)
         if not self.records.transition(
             job_id,
-            "pending",
-            ("failed", "canceled"),
+            JobStatus.PENDING,
+            (JobStatus.FAILED, JobStatus.CANCELED),
             attempts=0,
             error="",
             note="retried",
@@ -158,19 +173,10 @@ class Scheduler:
         self.pending.add(job_id, rec["owner"], rec["priority"], rec["created_at"])
         return self._get(job_id)
 
-    def set_priority(self, job_id: str, priority: str) -> dict[str, Any]:
-        if priority not in PRIORITIES:
-            raise SubmitError("priority", f"must be one of {', '.join(PRIORITIES)}")
+    def set_priority(self, job_id: str, priority: Priority) -> dict[str, Any]:
         rec = self._get(job_id)
-        if not self.records.update(job_id, "pending", priority=priority) or not (
+        if not self.records.update(job_id, JobStatus.PENDING, priority=priority) or not (
             self.pending.reprioritize(job_id, rec["owner"], priority, rec["created_at"])
         ):
             raise ConflictError(f"job {job_id} is no longer waiting; its priority is fixed")
         return self._get(job_id)
-
-    def drain(self, worker: str, draining: bool = True) -> None:
-        """A draining worker finishes its job and is sent no new ones."""
-        if draining:
-            self.redis.set(keys.drain(worker), 1)
-        else:
-            self.redis.delete(keys.drain(worker))

@@ -1,4 +1,4 @@
-"""The fleet as the workers' heartbeats describe it."""
+"""The fleet: the workers as their heartbeats describe them, and draining a worker."""
 
 from __future__ import annotations
 
@@ -18,3 +18,15 @@ def live_workers(redis: Redis) -> list[dict[str, Any]]:
     if stale:
         redis.srem(keys.workers_index(), *stale)
     return [json.loads(beat) for beat in beats if beat is not None]
+
+
+def drain(redis: Redis, worker: str, draining: bool = True) -> None:
+    """A draining worker finishes its job and is sent no new ones."""
+    if draining:
+        redis.set(keys.drain(worker), 1)
+    else:
+        redis.delete(keys.drain(worker))
+
+
+def is_draining(redis: Redis, worker: str) -> bool:
+    return bool(redis.exists(keys.drain(worker)))

@@ -1,16 +1,17 @@
-"""Configuration from `RENDERFARM_*` environment variables (one place, read once per process)."""
+"""Configuration from `RENDERFARM_*` environment variables, in one place.
+
+Each process reads its `Settings()` once, at its entry point, and passes them down: nothing
+below reads the environment on its own.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
-
-HARDWARE_CLASSES = ("cpu", "openvino", "gpu")
 
 
 class Settings(BaseSettings):
@@ -64,14 +65,9 @@ class Settings(BaseSettings):
     openvino_cache_dir: Path = Path("var/openvino-cache")
     openvino_device: str = "CPU"
 
-    # Longest a single job may run; the broker's visibility timeout sits above it.
+    # Longest a single job may run: a job still rendering after this long fails (checked at
+    # every step and tile). The broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
-    recent_jobs: int = 200
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
 
 
 def redis_client(url: str) -> Redis:

@@ -4,6 +4,10 @@ One spec class per job kind, told apart by `kind` (default `txt2img`). Parameter
 named as SD-WebUI users know them. Images (init image, mask, control images, the image to
 upscale) arrive as base64 PNG/JPEG (a data URL is fine); the scheduler stores them
 content-addressed under `inputs/` and the recorded spec names that key instead.
+
+The farm's limits (size, steps, batch) are its `Settings`, passed in as pydantic's
+validation context by `parse_spec`: a submission is checked against the settings of the
+farm that receives it. `load_spec` reads back a recorded spec, which was checked then.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from pydantic import (
     model_validator,
 )
 
-from shared.config import get_settings
+from shared.config import Settings
 from shared.samplers import SAMPLERS
+from shared.vocabulary import AUTO, Hardware, JobKind
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGE_BYTES = 32 * 2**20
 INPUT_KEY = re.compile(r"^inputs/[0-9a-f]{64}\.png$")
-Hardware = Literal["cpu", "openvino", "gpu", "auto"]
+KIND_TAGS = tuple(JobKind)
 
 
 def decode_image(value: str) -> bytes:
@@ -68,7 +73,7 @@ def _image_ref(value: str) -> str:
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hardware: Hardware = "auto"
+    hardware: Hardware | Literal["auto"] = AUTO
 
     def with_seed(self) -> _Spec:
         return self
@@ -91,11 +96,20 @@ class _Spec(BaseModel):
         return []
 
 
+def farm_limits(info: ValidationInfo) -> Settings | None:
+    """The settings a submission is checked against (None: a recorded spec, checked before)."""
+    return (info.context or {}).get("settings")
+
+
 def _check_dimension(v: int, info: ValidationInfo) -> int:
-    settings = get_settings()
-    limit = settings.max_height if "height" in info.field_name else settings.max_width
     if v % 8:
         raise ValueError("must be a multiple of 8")
+    settings = farm_limits(info)
+    if settings is None:
+        if v < 64:
+            raise ValueError("must be at least 64")
+        return v
+    limit = settings.max_height if "height" in info.field_name else settings.max_width
     if not 64 <= v <= limit:
         raise ValueError(f"must be between 64 and {limit}")
     return v
@@ -152,18 +166,16 @@ class DiffusionSpec(_Spec):
 
     @field_validator("steps")
     @classmethod
-    def _steps_bounded(cls, v: int) -> int:
-        limit = get_settings().max_steps
-        if v > limit:
-            raise ValueError(f"must be at most {limit}")
+    def _steps_bounded(cls, v: int, info: ValidationInfo) -> int:
+        if (settings := farm_limits(info)) and v > settings.max_steps:
+            raise ValueError(f"must be at most {settings.max_steps}")
         return v
 
     @field_validator("batch_size")
     @classmethod
-    def _batch_bounded(cls, v: int) -> int:
-        limit = get_settings().max_batch_size
-        if v > limit:
-            raise ValueError(f"must be at most {limit}")
+    def _batch_bounded(cls, v: int, info: ValidationInfo) -> int:
+        if (settings := farm_limits(info)) and v > settings.max_batch_size:
+            raise ValueError(f"must be at most {settings.max_batch_size}")
         return v
 
     @field_validator("sampler")
@@ -210,7 +222,7 @@ class DiffusionSpec(_Spec):
 
 
 class Txt2ImgSpec(DiffusionSpec):
-    kind: Literal["txt2img"] = "txt2img"
+    kind: Literal[JobKind.TXT2IMG] = JobKind.TXT2IMG
     hires: HiresFix | None = None
 
     def output_size(self) -> tuple[int, int]:
@@ -233,7 +245,7 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
 class Img2ImgSpec(DiffusionSpec):
     """img2img; with a `mask` it is inpainting (white = repaint)."""
 
-    kind: Literal["img2img"] = "img2img"
+    kind: Literal[JobKind.IMG2IMG] = JobKind.IMG2IMG
     init_image: str
     denoising_strength: float = Field(default=0.75, gt=0.0, le=1.0)
     resize_mode: Literal["just_resize", "crop_and_resize", "resize_and_fill"] = "just_resize"
@@ -250,7 +262,7 @@ class Img2ImgSpec(DiffusionSpec):
 
 
 class UpscaleSpec(_Spec):
-    kind: Literal["upscale"]
+    kind: Literal[JobKind.UPSCALE]
     image: str
     upscaler: str = Field(min_length=1, max_length=200)
     # Either a scale factor or an exact target size (both width and height).
@@ -264,16 +276,17 @@ class UpscaleSpec(_Spec):
     _image = field_validator("image")(lambda cls, v: _image_ref(v))
 
     @model_validator(mode="after")
-    def _scale_or_size(self) -> UpscaleSpec:
+    def _scale_or_size(self, info: ValidationInfo) -> UpscaleSpec:
         sized = (self.width is not None, self.height is not None)
         if self.scale is None and sized != (True, True):
             raise ValueError("give either scale, or both width and height")
         if self.scale is not None and any(sized):
             raise ValueError("give either scale, or width and height, not both")
-        settings = get_settings()
-        if (self.width or 0) > settings.max_width * 4 or (
-            self.height or 0
-        ) > settings.max_height * 4:
+        settings = farm_limits(info)
+        if settings and (
+            (self.width or 0) > settings.max_width * 4
+            or (self.height or 0) > settings.max_height * 4
+        ):
             raise ValueError("target size is larger than 4x the farm's maximum image size")
         return self
 
@@ -289,10 +302,16 @@ JobSpec = Annotated[AnySpec, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
 
 
-def parse_spec(data: object) -> AnySpec:
-    """Validate a client's spec (a dict); `kind` defaults to txt2img."""
+def parse_spec(data: object, settings: Settings) -> AnySpec:
+    """Validate a client's spec (a dict) against the farm's limits; `kind` defaults to txt2img."""
     if isinstance(data, dict) and "kind" not in data:
-        data = {**data, "kind": "txt2img"}
+        data = {**data, "kind": JobKind.TXT2IMG}
+    return _ADAPTER.validate_python(data, context={"settings": settings})
+
+
+def load_spec(data: object) -> AnySpec:
+    """A spec read back from a job record: it was checked against the limits at submission,
+    so a farm that lowers its limits still runs what it accepted."""
     return _ADAPTER.validate_python(data)
 
 
@@ -301,7 +320,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        if loc and loc[0] in ("txt2img", "img2img", "upscale"):
+        if loc and loc[0] in KIND_TAGS:
             loc = loc[1:]
         if err["type"] == "union_tag_invalid":
             loc = ["kind"]

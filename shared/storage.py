@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
-from shared.config import Settings, get_settings
+from shared.config import Settings
 
 
 class ObjectNotFound(KeyError):
@@ -99,8 +99,7 @@ class S3Storage(Storage):
         return True
 
 
-def open_storage(settings: Settings | None = None) -> Storage:
-    settings = settings or get_settings()
+def open_storage(settings: Settings) -> Storage:
     url = urlparse(settings.storage_url)
     if url.scheme == "file":
         return FileStorage(Path(url.path))

@@ -9,19 +9,20 @@ from celery.signals import worker_ready
 
 from scheduler.celery_app import make_celery
 from shared import keys
-from shared.config import get_settings, redis_client
+from shared.config import Settings, redis_client
+from shared.vocabulary import Hardware
 from worker.heartbeat import Heartbeat
 from worker.runner import JobRunner, register
 
 
 def run_worker(
-    hardware: str,
+    settings: Settings,
+    hardware: Hardware,
     loglevel: str = "INFO",
     preload: list[str] | None = None,
     device: str | None = None,
 ) -> None:
-    settings = get_settings()
-    if hardware == "openvino" and device:
+    if hardware == Hardware.OPENVINO and device:
         settings = settings.model_copy(update={"openvino_device": device})
         device = None
     name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"

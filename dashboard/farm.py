@@ -1,0 +1,20 @@
+"""What a request handler reaches the farm through (a leaf: views import it, it imports no view).
+
+`create_app` attaches the farm's job control and settings to the app; handlers read them
+here, as Flask's tutorial reads its database with `get_db`.
+"""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from scheduler.control import JobControl
+from shared.config import Settings
+
+
+def jobs() -> JobControl:
+    return current_app.extensions["renderfarm.jobs"]
+
+
+def settings() -> Settings:
+    return current_app.extensions["renderfarm.settings"]

@@ -1,0 +1,39 @@
+"""The `renderfarm` command: one entry point; each component adds its own commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from dashboard import cli as dashboard_cli
+from renderfarm import jobs_cli, up
+from scheduler import cli as scheduler_cli
+from shared.client import ApiError
+from worker import cli as worker_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="renderfarm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for commands in (up, scheduler_cli, worker_cli, dashboard_cli, jobs_cli):
+        commands.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Nothing is ever fetched from a model hub: models come from the model store.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ApiError as exc:  # a refused request: the API's answer, not a traceback
+        print(f"renderfarm {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`renderfarm up`: a whole local farm on this machine, stopped together by Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from renderfarm import localfarm
+from shared.config import Settings
+from shared.vocabulary import Hardware
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from worker.demo_models import write_demo_models
+
+    settings = Settings()
+    env = {
+        "RENDERFARM_REDIS_URL": settings.redis_url,
+        "RENDERFARM_STORAGE_URL": settings.storage_url,
+        "RENDERFARM_MODELS_DIR": str(settings.models_dir.resolve()),
+    }
+    # Stop everything on Ctrl-C and SIGTERM, so no child is left behind — also when started
+    # from a shell that ignores SIGINT for background jobs (Python then leaves it ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    procs: list = []
+    redis_proc = None
+    try:
+        if not localfarm.redis_alive(settings.redis_url):
+            url = urlparse(settings.redis_url)
+            if url.hostname not in ("127.0.0.1", "localhost"):
+                raise SystemExit(f"cannot reach Redis at {settings.redis_url}")
+            print(f"starting redis-server on 127.0.0.1:{url.port or 6379} (appendonly yes)")
+            redis_proc = localfarm.start_redis(url.port or 6379, Path("var/redis").resolve())
+            procs.append(redis_proc)
+        written = write_demo_models(settings.models_dir)
+        print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
+        procs.append(localfarm.start_scheduler(env))
+        for hardware in args.workers:
+            procs.append(localfarm.start_worker(hardware, env))
+        procs.append(localfarm.start_dashboard(args.host, args.port, env))
+        print(
+            f"\nrenderfarm is up: http://{args.host}:{args.port}/  "
+            f"(storage {settings.storage_url}) — Ctrl-C stops it\n",
+            flush=True,
+        )
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a farm process exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping renderfarm")
+        return 0
+    finally:
+        # Redis (if we started it) goes last: the others need it to shut down cleanly.
+        localfarm.stop(*procs[1:] if redis_proc else procs)
+        localfarm.stop(redis_proc)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run a local farm: redis, a CPU worker, the dashboard")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        nargs="+",
+        default=[Hardware.CPU],
+        choices=list(Hardware),
+        help="hardware classes to start one worker each for",
+    )
+    p.set_defaults(func=cmd_up)
