@@ -185,7 +185,7 @@ class JobRunner:
         self.variant = ""
         self.on_evict: OnEvict | None = None
         if hardware == "openvino":
-            from worker import openvino_backend as ovb  # keeps openvino off other workers
+            from worker import openvino as ovb  # keeps openvino off other workers
 
             ir_cache, ov_device = settings.openvino_cache_dir, settings.openvino_device
             try:
