@@ -224,7 +224,7 @@ class Baseline:
         if hardware == "openvino":
             from shared.config import Settings
             from worker.cache import ModelCache
-            from worker.openvino_backend import load_openvino_pipeline
+            from worker.openvino import load_openvino_pipeline
 
             if ir_cache is None:
                 raise ValueError("an openvino baseline needs an IR cache dir")

@@ -204,7 +204,9 @@ class OVLog(logging.Handler):
 
 def ov_log() -> OVLog:
     handler = OVLog()
-    logger = logging.getLogger("worker.openvino_backend")
+    # The package's logger: compiles log from worker.openvino.variants, conversions from
+    # worker.openvino.convert (pipelines) and worker.openvino.load (upscalers).
+    logger = logging.getLogger("worker.openvino")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     return handler
@@ -227,7 +229,7 @@ def child(mode: str, models_dir: Path, ir_cache: Path, steps: int, out: Path) ->
         result["import_s"] = time.perf_counter() - started
         result["load_s"], pipe = timed(load_pipeline, info, "cpu", torch.float32)
     else:
-        from worker import openvino_backend as ovb
+        from worker import openvino as ovb
 
         handler = ov_log()
         result["import_s"] = time.perf_counter() - started
@@ -294,7 +296,7 @@ def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -
     import torch
 
     from shared.modelstore import find_model
-    from worker import openvino_backend as ovb
+    from worker import openvino as ovb
     from worker.pipelines import load_pipeline
 
     info = find_model(CHECKPOINT, "checkpoint", models_dir)
@@ -322,7 +324,7 @@ def steady_upscale(models_dir: Path, ir_cache: Path, repeats: int) -> dict:
     import numpy as np
 
     from shared.modelstore import find_model
-    from worker import openvino_backend as ovb
+    from worker import openvino as ovb
     from worker.upscalers import load_upscaler, upscale
 
     info = find_model(UPSCALER, "upscaler", models_dir)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from shared.jobspec import parse_spec
 from shared.modelstore import ModelInfo, find_model
-from worker import openvino_backend as ovb
+from worker import openvino as ovb
 from worker import pipelines
 from worker.cache import CacheKey, ModelCache
 from worker.demo_upscalers import DEMO_AURA_SR, DEMO_ESRGAN, DEMO_REALESRGAN

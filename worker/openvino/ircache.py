@@ -1,0 +1,81 @@
+"""The IR cache: converted IR on disk under a folder named by the source files' identity and
+the converter's versions, written atomically; OpenVINO's compile cache and precision options."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+import torch
+
+from worker.memory import release_memory
+from worker.openvino.convert import CONVERTER_VERSION
+
+# -- the IR cache ------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    import diffusers
+    import transformers
+
+    versions = (ov.__version__, torch.__version__, diffusers.__version__)
+    return f"{CONVERTER_VERSION}|{'|'.join(versions)}|{transformers.__version__}"
+
+
+def model_identity(path: Path) -> str:
+    """A hash of the source files (relative paths, sizes, mtimes) and the converter's versions."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256(_versions().encode())
+    for f in files:
+        stat = f.stat()
+        rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "model"
+
+
+def _cached_ir(ir_cache: Path, identity: str, convert: Any) -> Path:
+    """The IR folder for `identity`, converting into it first if it is not there yet.
+
+    Written beside the target and renamed into place: a half-written conversion is never
+    used, and of two workers converting the same model at once, the first rename wins.
+    """
+    target = ir_cache / identity
+    if (target / "meta.json").is_file():
+        return target
+    staging = ir_cache / f".{identity}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir(parents=True)
+    try:
+        convert(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        release_memory()  # what the conversion loaded (a whole torch pipeline): give it back
+    return target
+
+
+def compile_config(ir_cache: Path, device: str = "CPU", precision: str = "f32") -> dict[str, str]:
+    """Compile options: OpenVINO's compile cache under `ir_cache`, and the precision.
+
+    f32 by default: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise pick bf16 and drift
+    from the torch result; "bf16" is the faster choice where that is acceptable.
+    One cache folder per device and precision: OpenVINO 2026.4 hands out a blob compiled for
+    f32 when bf16 is asked for (LOADED_FROM_CACHE), and that blob then computes NaN.
+    """
+    folder = ir_cache / "compiled" / f"{_slug(device)}-{precision}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"CACHE_DIR": str(folder), "INFERENCE_PRECISION_HINT": precision}

@@ -1,0 +1,182 @@
+"""Compiled variants: one IR compiled once per exact input shapes, each shape an entry of the
+worker's model cache; OpenVINO's core and device names; the backend's two errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import psutil
+
+from worker.cache import CacheKey, EntryLocked, ModelCache
+
+log = logging.getLogger(__name__)
+
+
+class OpenVINOOutputError(RuntimeError):
+    """A compiled model gave an output of the wrong shape, or NaN/inf values."""
+
+
+class UnsupportedOnOpenVINO(RuntimeError):
+    """A model or a call that this backend does not run."""
+
+
+# -- compiled variants -------------------------------------------------------------------------
+
+
+@cache
+def _core() -> ov.Core:
+    return ov.Core()
+
+
+def device_name(device: str) -> str:
+    """OpenVINO's full name for `device`; ValueError naming the devices it has if none."""
+    core = _core()
+    try:
+        return str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except RuntimeError:  # an unknown name, or a plugin whose driver is missing
+        raise ValueError(
+            f"OpenVINO has no usable device {device!r} here "
+            f"(it sees: {', '.join(core.available_devices)})"
+        ) from None
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+@dataclass
+class _Variant:
+    """One compiled shape: a cache entry like any loaded model (`memory.NativeMemory`)."""
+
+    request: ov.InferRequest
+    weight_bytes: int
+    rss_before: int  # the process's resident memory just before this variant compiled
+    # Resident memory the process grew by while this variant compiled and first ran: its
+    # copy of the weights (reordered for the device) and its activation buffers, which grow
+    # with the shape and dominate at large sizes. Measured, not assumed; at least the weights.
+    nbytes: int = 0
+    ran: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one call per request
+
+    def native_bytes(self) -> int:
+        return max(self.nbytes, self.weight_bytes)
+
+
+class CompiledVariants:
+    """One IR, compiled once per exact input shapes.
+
+    Each compiled shape is an entry in the worker's model cache, keyed by the IR file, the
+    device, the precision and the shapes: it counts against the cache's budget, is evicted
+    least recently used first like any model, and is locked while it runs. They leave the
+    cache with the model they belong to (`drop_variants`).
+    """
+
+    def __init__(self, xml: Path, device: str, config: dict[str, str], cache: ModelCache) -> None:
+        self.name = xml.stem
+        self.xml = xml
+        self.device = device
+        self.config = config
+        self.cache = cache
+        # The weights file is memory-mapped, not read: a variant's compile copies what it needs.
+        self.model = _core().read_model(xml)
+        self.weight_bytes = xml.with_suffix(".bin").stat().st_size
+
+    def _key(self, shapes: tuple[tuple[int, ...], ...]) -> CacheKey:
+        variant = ",".join("x".join(map(str, shape)) for shape in shapes)
+        precision = self.config.get("INFERENCE_PRECISION_HINT", "")
+        return CacheKey.of(self.xml, precision, f"openvino:{self.device}", variant)
+
+    def _entries(self) -> list[dict[str, Any]]:
+        """This IR's compiled variants in the cache, least recently used first."""
+        path, device = str(self.xml.resolve()), f"openvino:{self.device}"
+        return [
+            e for e in self.cache.stats()["entries"] if e["path"] == path and e["device"] == device
+        ]
+
+    @property
+    def count(self) -> int:
+        return len(self._entries())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e["size_bytes"] for e in self._entries())
+
+    def shapes(self) -> list[tuple[tuple[int, ...], ...]]:
+        return [
+            tuple(tuple(int(d) for d in shape.split("x")) for shape in e["variant"].split(","))
+            for e in self._entries()
+        ]
+
+    def drop(self) -> None:
+        """Unload every compiled variant of this IR that no call is running."""
+        for shapes in self.shapes():
+            try:
+                self.cache.unload(self._key(shapes))
+            except EntryLocked:
+                log.warning("OpenVINO %s %s is running; left in the cache", self.name, shapes)
+
+    def __call__(
+        self, inputs: Sequence[np.ndarray], expected: Sequence[tuple[int, ...] | None]
+    ) -> list[np.ndarray]:
+        """Run at exactly these input shapes; outputs checked against `expected` shapes."""
+        shapes = tuple(tuple(int(d) for d in x.shape) for x in inputs)
+        key = self._key(shapes)
+        with (
+            self.cache.use(key, lambda: self._compile(shapes), size_hint=self.weight_bytes) as var,
+            var.lock,
+        ):
+            ports = var.request.model_inputs
+            feed = [
+                np.ascontiguousarray(x, dtype=port.get_element_type().to_dtype())
+                for x, port in zip(inputs, ports, strict=True)
+            ]
+            result = var.request.infer(feed)  # copies outputs out of the request's buffers
+            outputs = [result[port] for port in var.request.model_outputs]
+            if not var.ran:  # the first run allocated the activation buffers: count them
+                var.ran = True
+                var.nbytes = max(0, _rss() - var.rss_before)
+                self.cache.remeasure(key)
+        for i, (out, want) in enumerate(zip(outputs, expected, strict=True)):
+            if want is not None and tuple(out.shape) != tuple(want):
+                raise OpenVINOOutputError(
+                    f"OpenVINO {self.name} output {i} has shape {tuple(out.shape)}; "
+                    f"expected {tuple(want)} for inputs {list(shapes)}"
+                )
+        for out in outputs:
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                raise OpenVINOOutputError(f"OpenVINO {self.name} gave NaN or infinite values")
+        return outputs
+
+    def _compile(self, shapes: tuple[tuple[int, ...], ...]) -> _Variant:
+        """Compile for exactly these input shapes (static: no other shape can run on it)."""
+        if len(shapes) != len(self.model.inputs):
+            raise UnsupportedOnOpenVINO(
+                f"OpenVINO {self.name} takes {len(self.model.inputs)} inputs, got {len(shapes)}"
+            )
+        before = _rss()
+        started = time.perf_counter()
+        model = self.model.clone()  # reshape changes the model: keep the dynamic one intact
+        ports = zip(model.inputs, shapes, strict=True)
+        model.reshape({port: ov.PartialShape(list(shape)) for port, shape in ports})
+        compiled = _core().compile_model(model, self.device, self.config)
+        got = tuple(tuple(port.get_shape()) for port in compiled.inputs)
+        if got != shapes:  # a model that ignored the reshape would run at another size
+            raise OpenVINOOutputError(
+                f"OpenVINO {self.name} compiled for {got}, asked for {shapes}"
+            )
+        log.info(
+            "compiled OpenVINO %s for %s in %.2fs",
+            self.name,
+            list(shapes),
+            time.perf_counter() - started,
+        )
+        return _Variant(compiled.create_infer_request(), self.weight_bytes, before)
