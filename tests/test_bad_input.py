@@ -49,3 +49,17 @@ def test_malformed_body(client, body, reason):
     resp = client.post("/api/v1/jobs", data=body, content_type="application/json")
     assert resp.status_code == 400
     assert reason in resp.get_json()["errors"][0]["reason"]
+
+
+def test_the_app_validates_against_the_settings_it_was_created_with(redis_url, models_dir, tmp_path):
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    redis = Redis.from_url(url)
+    redis.flushdb()
+    settings = Settings(
+        redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}", max_width=128
+    )
+    client = create_app(settings).test_client()
+    resp = client.post("/api/v1/jobs", json={**GOOD, "width": 256})
+    assert resp.status_code == 422
+    assert "between 64 and 128" in resp.get_json()["errors"][0]["reason"]
+    assert redis.dbsize() == 0

@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from shared import localfarm
+from renderfarm import localfarm
 
 
 def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_path):
@@ -22,7 +22,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
     }
     env.pop("RENDERFARM_STORAGE_URL", None)  # the default: a local folder
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "renderfarm", "up", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -48,7 +48,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "renderfarm",
                 "submit",
                 "a quiet harbour",
                 "--api",

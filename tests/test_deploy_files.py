@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import build_parser
-from shared.config import HARDWARE_CLASSES, Settings
+from renderfarm.cli import build_parser
+from shared.config import Settings
+from shared.vocabulary import Hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKER_DIR = ROOT / "deploy" / "docker"
 K8S_DIR = ROOT / "deploy" / "k8s"
 SCALING = ROOT / "deploy" / "SCALING.md"
-DOCKERFILES = {hw: DOCKER_DIR / f"Dockerfile.{hw}" for hw in HARDWARE_CLASSES}
+HARDWARE = tuple(Hardware)
+DOCKERFILES = {hw: DOCKER_DIR / f"Dockerfile.{hw}" for hw in HARDWARE}
 SETTINGS_ENV = {f"RENDERFARM_{name.upper()}" for name in Settings.model_fields}
 JOB_TIME_LIMIT = "RENDERFARM_JOB_TIME_LIMIT_S"
 
@@ -209,7 +211,7 @@ def exec_form(path: Path, rest: str) -> list[str]:
 def test_compose_parses_with_the_expected_services():
     assert isinstance(compose(), dict)
     expected = {"redis", "minio", "minio-setup", "demo-models", "dashboard"}
-    expected |= {f"worker-{hw}" for hw in HARDWARE_CLASSES}
+    expected |= {f"worker-{hw}" for hw in HARDWARE}
     assert expected <= set(services())
     used = set()
     for svc in services().values():
@@ -228,7 +230,7 @@ def test_compose_renderfarm_commands_parse():
     assert {"dashboard", "demo-models", "worker-cpu"} <= set(checked)
 
 
-@pytest.mark.parametrize("hardware", HARDWARE_CLASSES)
+@pytest.mark.parametrize("hardware", HARDWARE)
 def test_compose_worker_per_class(hardware):
     name = f"worker-{hardware}"
     svc = services()[name]
@@ -278,7 +280,7 @@ def test_compose_builds_point_at_real_dockerfiles_and_stages():
 def test_compose_storage_is_the_minio_bucket():
     svcs = services()
     setup = " ".join(as_argv(svcs["minio-setup"].get("command")))
-    for name in ("dashboard", "demo-models", *(f"worker-{hw}" for hw in HARDWARE_CLASSES)):
+    for name in ("dashboard", "demo-models", *(f"worker-{hw}" for hw in HARDWARE)):
         env = service_env(svcs[name])
         m = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", env["RENDERFARM_STORAGE_URL"])
         assert m, f"{name}: storage is not an s3:// URL"
@@ -286,7 +288,7 @@ def test_compose_storage_is_the_minio_bucket():
         assert env["RENDERFARM_S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["RENDERFARM_REDIS_URL"].startswith("redis://redis:6379/")
         assert env["RENDERFARM_S3_ACCESS_KEY_ID"] and env["RENDERFARM_S3_SECRET_ACCESS_KEY"]
-    for name in ("dashboard", *(f"worker-{hw}" for hw in HARDWARE_CLASSES)):
+    for name in ("dashboard", *(f"worker-{hw}" for hw in HARDWARE)):
         cond = svcs[name]["depends_on"]["minio-setup"]["condition"]
         assert cond == "service_completed_successfully", name
     # The one-shot model writer must be able to write to the store.
@@ -348,7 +350,7 @@ def test_compose_and_k8s_settings_values_validate():
 # --- Dockerfiles ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hardware", HARDWARE_CLASSES)
+@pytest.mark.parametrize("hardware", HARDWARE)
 def test_dockerfile_commands_parse(hardware):
     path = DOCKERFILES[hardware]
     _, stages = dockerfile(path)
@@ -373,7 +375,7 @@ def test_cpu_dockerfile_has_a_dashboard_target():
     assert str(args.port) in (stage_last(path, "EXPOSE", "dashboard") or "")
 
 
-@pytest.mark.parametrize("hardware", HARDWARE_CLASSES)
+@pytest.mark.parametrize("hardware", HARDWARE)
 def test_dockerfile_runtime(hardware):
     path = DOCKERFILES[hardware]
     base = base_image(path)
@@ -389,7 +391,7 @@ def test_dockerfile_runtime(hardware):
     assert user and user.split(":")[0] not in ("root", "0"), "image runs as root"
 
 
-@pytest.mark.parametrize("hardware", HARDWARE_CLASSES)
+@pytest.mark.parametrize("hardware", HARDWARE)
 def test_dockerfile_copies_only_what_the_package_needs(hardware):
     path = DOCKERFILES[hardware]
     for stage in dockerfile(path)[1]:
@@ -447,10 +449,10 @@ def test_k8s_renderfarm_commands_parse_and_refs_exist():
         for vol in pod_spec(doc).get("volumes", []):
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in claims, where
-    assert checked >= 2 + len(HARDWARE_CLASSES)
+    assert checked >= 2 + len(HARDWARE)
 
 
-@pytest.mark.parametrize("hardware", HARDWARE_CLASSES)
+@pytest.mark.parametrize("hardware", HARDWARE)
 def test_k8s_worker_deployments(hardware):
     dep = one_k8s("Deployment", f"renderfarm-worker-{hardware}")
     spec = pod_spec(dep)

@@ -10,10 +10,11 @@ import pytest
 from redis import Redis
 
 from scheduler.dispatcher import Dispatcher
-from scheduler.submit import Scheduler
+from scheduler.control import JobControl
 from shared import keys
 from shared.config import Settings
 from shared.jobspec import parse_spec
+from shared.vocabulary import Priority
 
 SPEC = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 2}
 
@@ -22,7 +23,7 @@ SPEC = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps":
 def farm_state(redis_url, models_dir, tmp_path):
     url = redis_url.rsplit("/", 1)[0] + "/9"
     settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
-    scheduler = Scheduler(settings)
+    scheduler = JobControl(settings)
     dispatcher = Dispatcher(settings, celery=scheduler.celery)
     redis = Redis.from_url(url)
 
@@ -40,7 +41,8 @@ def farm_state(redis_url, models_dir, tmp_path):
         redis.sadd(keys.workers_index(), name)
 
     def submit(prompt: str, owner: str, priority: str = "normal") -> str:
-        record, _ = scheduler.submit(parse_spec({**SPEC, "prompt": prompt}), owner, priority)
+        spec = parse_spec({**SPEC, "prompt": prompt}, settings)
+        record, _ = scheduler.submit(spec, owner, Priority(priority))
         return record["id"]
 
     def dispatched() -> list[str]:

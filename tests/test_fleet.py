@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from shared import localfarm
+from renderfarm import localfarm
 
 
 def fleet(farm) -> dict[str, dict]:
@@ -39,7 +39,7 @@ def test_heartbeat_describes_the_worker(farm):
     assert {"torch", "diffusers", "celery"} <= worker["versions"].keys()
 
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "workers"],
+        [sys.executable, "-m", "renderfarm", "workers"],
         env={**os.environ, **farm.env},
         capture_output=True,
         text=True,

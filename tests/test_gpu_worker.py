@@ -21,7 +21,7 @@ def start_worker_until_exit(*args: str) -> subprocess.CompletedProcess:
     # Nothing answers on port 1: a worker that got past its device check would fail later.
     env = {**os.environ, "RENDERFARM_REDIS_URL": "redis://127.0.0.1:1/0"}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", *args],
+        [sys.executable, "-m", "renderfarm", "worker", *args],
         env=env,
         capture_output=True,
         text=True,

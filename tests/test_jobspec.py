@@ -3,13 +3,23 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.jobspec import MAX_SEED, Txt2ImgSpec, UpscaleSpec, field_errors, parse_spec
+from shared.jobspec import (
+    MAX_SEED,
+    Txt2ImgSpec,
+    UpscaleSpec,
+    field_errors,
+    load_spec,
+    parse_spec,
+)
+from shared.config import Settings
 from shared.samplers import SAMPLERS
+
+FARM = Settings()
 
 
 def errors_for(**spec) -> dict[str, str]:
     with pytest.raises(ValidationError) as info:
-        parse_spec({"model": "demo-sd15", "prompt": "a cat", **spec})
+        parse_spec({"model": "demo-sd15", "prompt": "a cat", **spec}, FARM)
     return {e["field"]: e["reason"] for e in field_errors(info.value)}
 
 
@@ -44,19 +54,23 @@ def test_bad_field_is_named_with_reason(field, value, reason):
 
 def test_missing_prompt_and_model_are_named():
     with pytest.raises(ValidationError) as info:
-        parse_spec({})
+        parse_spec({}, FARM)
     assert {e["field"] for e in field_errors(info.value)} == {"model", "prompt"}
 
 
-def test_limits_come_from_settings(monkeypatch):
-    from shared.config import get_settings
+def test_limits_come_from_the_settings_passed_in():
+    small = Settings(max_width=256, max_steps=10, max_batch_size=2)
+    with pytest.raises(ValidationError) as info:
+        parse_spec({"model": "m", "prompt": "p", "width": 512, "steps": 11, "batch_size": 3}, small)
+    errors = {e["field"]: e["reason"] for e in field_errors(info.value)}
+    assert "between 64 and 256" in errors["width"]
+    assert "at most 10" in errors["steps"] and "at most 2" in errors["batch_size"]
+    assert parse_spec({"model": "m", "prompt": "p", "width": 512}, FARM).width == 512
 
-    monkeypatch.setenv("RENDERFARM_MAX_WIDTH", "256")
-    get_settings.cache_clear()
-    try:
-        assert "between 64 and 256" in errors_for(width=512)["width"]
-    finally:
-        get_settings.cache_clear()
+
+def test_a_recorded_spec_loads_without_the_limits_it_was_accepted_under():
+    spec = parse_spec({"model": "m", "prompt": "p", "width": 2048}, FARM)
+    assert load_spec(spec.model_dump(mode="json")) == spec
 
 
 def test_seed_is_chosen_when_open_and_kept_when_given():
@@ -81,9 +95,10 @@ def test_every_sampler_names_a_diffusers_scheduler():
 
 
 def test_kind_defaults_to_txt2img_and_picks_the_spec_class():
-    assert isinstance(parse_spec({"model": "m", "prompt": "p"}), Txt2ImgSpec)
+    assert isinstance(parse_spec({"model": "m", "prompt": "p"}, FARM), Txt2ImgSpec)
     spec = parse_spec(
-        {"kind": "upscale", "image": "inputs/" + "a" * 64 + ".png", "upscaler": "u", "scale": 2}
+        {"kind": "upscale", "image": "inputs/" + "a" * 64 + ".png", "upscaler": "u", "scale": 2},
+        FARM,
     )
     assert isinstance(spec, UpscaleSpec) and spec.output_count() == 1
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.modelstore import ModelInfo, find_model
 from worker import openvino as ovb
@@ -84,7 +85,7 @@ def torch_pipe(sd15) -> pipelines.LoadedPipeline:
 
 
 def spec(**fields):
-    return parse_spec({**TINY, **fields})
+    return parse_spec({**TINY, **fields}, Settings())
 
 
 def render(loaded, **fields) -> tuple[np.ndarray, list[str]]:

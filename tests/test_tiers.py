@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.modelstore import find_model
 from worker import pipelines
@@ -50,7 +51,7 @@ class DiskLoads:
 
 
 def render(loaded: pipelines.LoadedPipeline, **fields) -> np.ndarray:
-    spec = parse_spec({**JOB, "width": 64, "height": 64, **fields})
+    spec = parse_spec({**JOB, "width": 64, "height": 64, **fields}, Settings())
     images, _ = pipelines.txt2img(loaded, spec, pipelines.Addons(), lambda p: None)
     return images
 

@@ -7,8 +7,9 @@ import pytest
 from redis import Redis
 
 from scheduler.dispatcher import Dispatcher
-from scheduler.submit import Scheduler
+from scheduler.control import JobControl
 from shared.config import Settings
+from shared.vocabulary import Hardware
 from worker.runner import JobRunner
 
 TINY = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 3, "seed": 5}
@@ -24,14 +25,14 @@ def engine(redis_url, models_dir, tmp_path):
     """
     url = redis_url.rsplit("/", 1)[0] + "/7"
     settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
-    scheduler = Scheduler(settings)
+    scheduler = JobControl(settings)
     dispatcher = Dispatcher(settings, celery=scheduler.celery)
-    runner = JobRunner(settings, "cpu", "engine-test")
+    runner = JobRunner(settings, Hardware.CPU, "engine-test")
 
     def run(expect: str = "succeeded", **spec) -> dict:
         from shared.jobspec import parse_spec
 
-        record, _ = scheduler.submit(parse_spec(spec))
+        record, _ = scheduler.submit(parse_spec(spec, settings))
         assert dispatcher.dispatch_one(record, {"name": runner.name})
         runner.run(record["id"], record["attempt"] + 1)
         done = scheduler.records.get(record["id"])
@@ -124,6 +125,14 @@ def test_out_of_memory_evicts_retries_once_then_fails_clearly(engine, gradient_k
     assert "out of device memory even after evicting cached models" in failed["error"]
     assert runner.jobs_failed == 1
     run(**TINY)  # the worker is still up and renders the next job
+
+
+def test_a_job_over_the_time_limit_fails_with_the_reason(engine):
+    scheduler, runner, run = engine
+    runner.settings = runner.settings.model_copy(update={"job_time_limit_s": 0})
+    failed = run("failed", **TINY)
+    assert "ran longer than the job time limit (0 s)" in failed["error"]
+    assert failed["attempts"] == 1  # failed, not requeued: it would run as long again
 
 
 @pytest.fixture
