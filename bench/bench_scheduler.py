@@ -455,10 +455,10 @@ def submission_rate(
 ) -> dict[str, Any]:
     import requests
     from redis import Redis
+    from scheduler.submit import Scheduler
 
     from scheduler.celery_app import RUN_JOB, make_celery
     from scheduler.dispatcher import CELERY_PRIORITY
-    from scheduler.submit import Scheduler
     from shared.config import Settings
     from shared.jobspec import parse_spec
     from shared.storage import open_storage

@@ -39,6 +39,8 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGE_BYTES = 32 * 2**20
 INPUT_KEY = re.compile(r"^inputs/[0-9a-f]{64}\.png$")
 KIND_TAGS = tuple(JobKind)
+# A worker class, or `auto`: any live worker that can run the job.
+HardwareChoice = Literal[tuple(h.value for h in Hardware) + (AUTO,)]  # type: ignore[valid-type]
 
 
 def decode_image(value: str) -> bytes:
@@ -73,7 +75,7 @@ def _image_ref(value: str) -> str:
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hardware: Hardware | Literal["auto"] = AUTO
+    hardware: HardwareChoice = AUTO
 
     def with_seed(self) -> _Spec:
         return self
@@ -221,8 +223,9 @@ class DiffusionSpec(_Spec):
         return needed
 
 
+# Each spec class is tagged by its kind's value (the tag pydantic reports on a bad `kind`).
 class Txt2ImgSpec(DiffusionSpec):
-    kind: Literal[JobKind.TXT2IMG] = JobKind.TXT2IMG
+    kind: Literal[JobKind.TXT2IMG.value] = JobKind.TXT2IMG
     hires: HiresFix | None = None
 
     def output_size(self) -> tuple[int, int]:
@@ -245,7 +248,7 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
 class Img2ImgSpec(DiffusionSpec):
     """img2img; with a `mask` it is inpainting (white = repaint)."""
 
-    kind: Literal[JobKind.IMG2IMG] = JobKind.IMG2IMG
+    kind: Literal[JobKind.IMG2IMG.value] = JobKind.IMG2IMG
     init_image: str
     denoising_strength: float = Field(default=0.75, gt=0.0, le=1.0)
     resize_mode: Literal["just_resize", "crop_and_resize", "resize_and_fill"] = "just_resize"
@@ -262,7 +265,7 @@ class Img2ImgSpec(DiffusionSpec):
 
 
 class UpscaleSpec(_Spec):
-    kind: Literal[JobKind.UPSCALE]
+    kind: Literal[JobKind.UPSCALE.value]
     image: str
     upscaler: str = Field(min_length=1, max_length=200)
     # Either a scale factor or an exact target size (both width and height).

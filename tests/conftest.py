@@ -15,7 +15,7 @@ import pytest
 import requests
 from redis import Redis
 
-from shared import localfarm
+from renderfarm import localfarm
 from shared.client import FarmClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 from redis import Redis
 
-from shared import localfarm
+from renderfarm import localfarm
 
 
 class TcpProxy:

@@ -51,7 +51,9 @@ def test_malformed_body(client, body, reason):
     assert reason in resp.get_json()["errors"][0]["reason"]
 
 
-def test_the_app_validates_against_the_settings_it_was_created_with(redis_url, models_dir, tmp_path):
+def test_the_app_validates_against_the_settings_it_was_created_with(
+    redis_url, models_dir, tmp_path
+):
     url = redis_url.rsplit("/", 1)[0] + "/5"
     redis = Redis.from_url(url)
     redis.flushdb()

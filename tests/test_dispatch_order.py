@@ -9,8 +9,8 @@ import json
 import pytest
 from redis import Redis
 
-from scheduler.dispatcher import Dispatcher
 from scheduler.control import JobControl
+from scheduler.dispatcher import Dispatcher
 from shared import keys
 from shared.config import Settings
 from shared.jobspec import parse_spec

@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from shared.config import Settings
 from shared.jobspec import (
     MAX_SEED,
     Txt2ImgSpec,
@@ -11,7 +12,6 @@ from shared.jobspec import (
     load_spec,
     parse_spec,
 )
-from shared.config import Settings
 from shared.samplers import SAMPLERS
 
 FARM = Settings()

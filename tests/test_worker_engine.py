@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from scheduler.dispatcher import Dispatcher
 from scheduler.control import JobControl
+from scheduler.dispatcher import Dispatcher
 from shared.config import Settings
 from shared.vocabulary import Hardware
 from worker.runner import JobRunner
