@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dashboard import accounts_cli
 from shared.config import HARDWARE_CLASSES, get_settings
 
 
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path)
     p.add_argument("--force", action="store_true", help="rewrite models that exist")
     p.set_defaults(func=cmd_demo_models)
+    accounts_cli.add_commands(sub)
     return parser
 
 

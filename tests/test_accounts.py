@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
+import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
 from redis import Redis
 
 from dashboard.accounts import Accounts, Limits, Role, UnknownAccount
+from dashboard.accounts_cli import ensure_local_admin
 from dashboard.audit import Audit
 from dashboard.tokens import digest
 from shared import keys
@@ -249,3 +256,100 @@ def test_the_audit_log_records_newest_first_within_its_cap(redis):
     assert [e["target"] for e in audit.recent(2, actor="bob")] == ["user398", "user396"]
     assert all(e["actor"] == "cli:root" for e in audit.recent(500, actor="cli:root"))
     assert audit.recent(5, action="nothing") == []
+
+
+def cli(redis: Redis, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`renderfarm ARGS` as a real process against the test db."""
+    db = redis.connection_pool.connection_kwargs
+    env = {**os.environ, "RENDERFARM_REDIS_URL": f"redis://{db['host']}:{db['port']}/{db['db']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+    )
+
+
+def test_the_cli_manages_accounts_and_tokens_and_audits_every_change(accounts, redis):
+    assert (
+        cli(
+            redis,
+            "users",
+            "add",
+            "alice",
+            "--role",
+            "member",
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        ).returncode
+        == 0
+    )
+    assert "service account" in cli(redis, "users", "add", "ci-bot", "--role", "member").stdout
+    again = cli(redis, "users", "add", "alice", "--role", "viewer")
+    assert again.returncode == 1 and "renderfarm users add: account 'alice' exists" in again.stderr
+    assert accounts.check_password("alice", PASSWORD) is not None
+    listing = cli(redis, "users", "list").stdout
+    assert re.search(r"alice\s+member\s+enabled\s+person", listing)
+    assert re.search(r"ci-bot\s+member\s+enabled\s+service", listing)
+
+    made = cli(redis, "tokens", "create", "ci-bot", "--label", "ci", "--expires-days", "30")
+    assert made.returncode == 0
+    secret = made.stdout.splitlines()[-1]
+    account, token = accounts.check_token(secret)
+    assert account.name == "ci-bot" and token.label == "ci" and token.expires_at is not None
+    tokens = cli(redis, "tokens", "list", "ci-bot").stdout
+    assert token.id in tokens and secret not in tokens
+    assert cli(redis, "users", "set-role", "ci-bot", "operator").returncode == 0
+    assert accounts.get("ci-bot").role is Role.OPERATOR
+
+    assert cli(redis, "tokens", "revoke", "ci-bot", token.id).returncode == 0
+    assert accounts.check_token(secret) is None
+    assert cli(redis, "tokens", "revoke", "ci-bot", token.id).returncode == 1
+    more = [cli(redis, "tokens", "create", "ci-bot").stdout.splitlines()[-1] for _ in "ab"]
+    revoked = cli(redis, "tokens", "revoke", "--all", "ci-bot")
+    assert "revoked 2 token(s)" in revoked.stdout
+    assert all(accounts.check_token(s) is None for s in more)
+
+    assert cli(redis, "users", "disable", "alice").returncode == 0
+    assert accounts.check_password("alice", PASSWORD) is None
+    assert cli(redis, "users", "enable", "alice").returncode == 0
+    passwd = cli(redis, "users", "passwd", "alice", "--password-stdin", stdin="a new password\n")
+    assert passwd.returncode == 0
+    assert accounts.check_password("alice", "a new password") is not None
+    assert cli(redis, "users", "disable", "nobody").stderr.strip().endswith("no account 'nobody'")
+
+    log = cli(redis, "audit", "--limit", "50").stdout.splitlines()
+    actor = log[0].split()[2]
+    assert actor.startswith("cli:")
+    actions = [line.split()[3] for line in reversed(log)]
+    assert actions == [
+        "account.create",
+        "account.create",
+        "token.create",
+        "account.role",
+        "token.revoke",
+        "token.create",
+        "token.create",
+        "token.revoke_all",
+        "account.disable",
+        "account.enable",
+        "account.password",
+    ]
+    everything = stored_values(redis).decode(errors="replace") + "\n".join(log)
+    assert PASSWORD not in everything and "a new password" not in everything
+    assert not any(s in everything for s in [secret, *more])
+
+
+def test_ensure_local_admin_only_on_a_farm_without_accounts(accounts, redis, tmp_path):
+    token_file = tmp_path / "var" / "admin-token"
+    password = ensure_local_admin(accounts, token_file)
+    assert password and accounts.check_password("admin", password).role is Role.ADMIN
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    account, _ = accounts.check_token(token_file.read_text().strip())
+    assert account.name == "admin"
+    assert [e["action"] for e in Audit(redis, 100).recent(5)] == ["token.create", "account.create"]
+    assert ensure_local_admin(accounts, tmp_path / "other") is None
+    assert not (tmp_path / "other").exists() and accounts.count() == 1
