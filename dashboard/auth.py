@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Flask,
+    Request,
     abort,
     current_app,
     jsonify,
@@ -229,7 +230,7 @@ def _load_from_session(user_id: str) -> Principal | None:
     return Principal(account, "session") if account else None
 
 
-def _load_from_header(req) -> Principal | None:
+def _load_from_header(req: Request) -> Principal | None:
     scheme, _, credentials = req.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return _token_principal(credentials.strip(), "bearer")

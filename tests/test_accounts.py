@@ -61,6 +61,7 @@ def test_password_is_stored_as_an_argon2id_hash_only(accounts, redis):
     assert alice.role is Role.MEMBER and not alice.service and not alice.disabled
     assert redis.hget(keys.account("alice"), "password_hash").startswith(b"$argon2id$")
     assert PASSWORD.encode() not in stored_values(redis)
+    assert "password" not in str(alice.as_dict()) and alice.as_dict()["role"] == "member"
     assert accounts.check_password("alice", PASSWORD) == alice
     assert accounts.check_password("alice", PASSWORD + "x") is None
     assert accounts.check_password("nobody", PASSWORD) is None
@@ -137,6 +138,14 @@ def test_tokens_are_random_prefixed_shown_once_and_found_by_hash(accounts, redis
     assert secret not in stored_values(redis).decode()
     assert redis.get(keys.token_by_hash(digest(secret))) == token.id.encode()
     assert token.last_used is None and token.label == "laptop"
+    assert set(token.as_dict()) == {
+        "id",
+        "account",
+        "label",
+        "created_at",
+        "last_used",
+        "expires_at",
+    }
 
     account, used = accounts.check_token(secret)
     assert account.name == "alice" and used.id == token.id
