@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
+
+from shared.vocabulary import Hardware
 
 
 class Settings(BaseSettings):
@@ -68,6 +70,35 @@ class Settings(BaseSettings):
     # Longest a single job may run: a job still rendering after this long fails (checked at
     # every step and tile). The broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
+
+    # --- Accounts, sign-in and quotas (dashboard/accounts.py, dashboard/auth.py) ---
+    # Flask's SECRET_KEY (signs session cookies); unset: one is generated once and kept in
+    # Redis, so every dashboard replica shares it.
+    secret_key: SecretStr | None = None
+    # Send the session cookie only over HTTPS (set it when the dashboard is behind TLS).
+    secure_cookies: bool = False
+    # A browser session ends after this long without a request.
+    session_idle_s: float = 12 * 3600
+    # Failed password checks (login page and HTTP Basic) allowed per source address and per
+    # account name; beyond them 429 with Retry-After. Token checks never count.
+    password_attempts_per_address: str = "10/minute"
+    password_attempts_per_name: str = "5/minute"
+    # Entries the audit stream keeps (trimmed approximately, oldest first).
+    audit_max_entries: int = 100_000
+    # Quotas per role (an account may override them): most queued jobs, most running jobs,
+    # hardware classes its jobs may use.
+    viewer_max_queued: int = 0
+    viewer_max_running: int = 0
+    viewer_hardware: tuple[Hardware, ...] = ()
+    member_max_queued: int = 100
+    member_max_running: int = 4
+    member_hardware: tuple[Hardware, ...] = tuple(Hardware)
+    operator_max_queued: int = 1000
+    operator_max_running: int = 16
+    operator_hardware: tuple[Hardware, ...] = tuple(Hardware)
+    admin_max_queued: int = 1000
+    admin_max_running: int = 16
+    admin_hardware: tuple[Hardware, ...] = tuple(Hardware)
 
 
 def redis_client(url: str) -> Redis:

@@ -71,3 +71,43 @@ def worker_queue(name: str) -> str:
 def batch(batch_id: str) -> str:
     """Hash of a batch: its owner, creation time and child job ids."""
     return f"{PREFIX}:batch:{batch_id}"
+
+
+def account(name: str) -> str:
+    """Hash of one account: role, disabled, password hash, session epoch, limit overrides."""
+    return f"{PREFIX}:account:{name}"
+
+
+def accounts_index() -> str:
+    """Set of every account name."""
+    return f"{PREFIX}:accounts"
+
+
+def token(token_id: str) -> str:
+    """Hash of one API token: its account, label, SHA-256 of the secret, timestamps."""
+    return f"{PREFIX}:token:{token_id}"
+
+
+def token_by_hash(digest: str) -> str:
+    """The id of the token whose secret has this SHA-256 hex digest (O(1) lookup)."""
+    return f"{PREFIX}:token-hash:{digest}"
+
+
+def account_tokens(name: str) -> str:
+    """Set of the ids of one account's tokens."""
+    return f"{PREFIX}:account-tokens:{name}"
+
+
+def audit_log() -> str:
+    """Stream of audit entries (append-only, capped)."""
+    return f"{PREFIX}:audit"
+
+
+def secret_key() -> str:
+    """The dashboard's Flask SECRET_KEY when no setting gives one, shared by every replica."""
+    return f"{PREFIX}:secret-key"
+
+
+def ratelimit_prefix() -> str:
+    """Prefix of Flask-Limiter's counters (failed password checks per address and name)."""
+    return f"{PREFIX}:ratelimit"
