@@ -20,6 +20,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis import Redis
 
 from dashboard.tokens import Token, Tokens, looks_like_token
+from scheduler.control import JobControl
+from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
 from shared.vocabulary import Hardware
@@ -42,13 +44,6 @@ class Role(StrEnum):
 
     def allows(self, needed: Role) -> bool:
         return self.rank >= needed.rank
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_queued: int
-    max_running: int
-    hardware: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -210,12 +205,16 @@ class Accounts:
         """Disable the account: its browser sessions end (epoch bump) and its tokens are
         revoked, both effective on the next request.
 
-        Its queued jobs are left alone here: the caller (the job-control layer) cancels the
-        pending jobs of the returned account's name.
+        Its jobs are left alone here: `disable_and_cancel` cancels them too.
         """
         self._update(name, bump_epoch=True, disabled="1")
         self.tokens.revoke_all(name)
         return self._get(name)
+
+    def disable_and_cancel(self, name: str, jobs: JobControl) -> tuple[Account, int]:
+        """Disable the account and cancel every unfinished job it owns (API and CLI alike)."""
+        account = self.disable(name)
+        return account, jobs.cancel_all(name)
 
     def enable(self, name: str) -> Account:
         """Allow sign-in again (old sessions and tokens stay ended)."""
@@ -281,19 +280,19 @@ class Accounts:
 
     # -- quotas ---------------------------------------------------------------------------
 
-    def limits(self, account: Account) -> Limits:
+    def limits(self, account: Account) -> Quota:
         """The account's quotas: its own overrides, else its role's defaults (settings)."""
         queued, running, hardware = self.redis.hmget(keys.account(account.name), _LIMIT_FIELDS)
 
         def default(field: str):
             return getattr(self.settings, f"{account.role}_{field}")
 
-        return Limits(
+        return Quota(
             max_queued=default("max_queued") if queued is None else int(queued),
             max_running=default("max_running") if running is None else int(running),
             hardware=tuple(default("hardware"))
             if hardware is None
-            else tuple(h for h in hardware.decode().split(",") if h),
+            else tuple(Hardware(h) for h in hardware.decode().split(",") if h),
         )
 
     def set_limits(
@@ -303,7 +302,7 @@ class Accounts:
         max_queued: int | None = None,
         max_running: int | None = None,
         hardware: tuple[str, ...] | list[str] | None = None,
-    ) -> Limits:
+    ) -> Quota:
         """Override some of the account's quotas (None: leave that one as it is)."""
         fields: dict[str, str] = {}
         for field, value in (("max_queued", max_queued), ("max_running", max_running)):
@@ -322,7 +321,7 @@ class Accounts:
         self._update(name, **fields)
         return self.limits(self._get(name))
 
-    def clear_limits(self, name: str) -> Limits:
+    def clear_limits(self, name: str) -> Quota:
         """Drop the account's overrides: its role's defaults apply again."""
         account = self._get(name)
         self.redis.hdel(keys.account(name), *_LIMIT_FIELDS)

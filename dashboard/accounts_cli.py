@@ -152,9 +152,11 @@ def cmd_users_set_role(args: argparse.Namespace, accounts: Accounts, audit: Audi
 
 @_command
 def cmd_users_disable(args: argparse.Namespace, accounts: Accounts, audit: Audit) -> int:
-    account = accounts.disable(args.name)
-    audit.record(_actor(), "account.disable", account.name)
-    print(f"disabled {account.name}: its sessions and tokens have ended")
+    from scheduler.control import JobControl
+
+    account, canceled = accounts.disable_and_cancel(args.name, JobControl(accounts.settings))
+    audit.record(_actor(), "account.disable", account.name, detail=f"{canceled} jobs canceled")
+    print(f"disabled {account.name}: its sessions and tokens have ended, {canceled} jobs canceled")
     return 0
 
 

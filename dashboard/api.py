@@ -1,4 +1,8 @@
-"""REST API v1: submit jobs, read their records and outputs, list models."""
+"""REST API v1: submit jobs, read their records and outputs, steer jobs and workers.
+
+Every route names the role it needs (`require`); steering a job also needs it to be the
+caller's own, unless the caller is an operator. The owner of a job is the caller's account.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,68 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import ValidationError
 
 from dashboard import farm
+from dashboard.accounts import Account, Role
+from dashboard.auth import audit_event, current_account, require
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, SubmitError, priority_of
 from scheduler.fleet import drain, live_workers
-from shared.jobspec import field_errors, parse_spec
+from scheduler.quotas import QuotaExceeded
+from shared.jobspec import AnySpec, field_errors, parse_spec
 from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
 from shared.vocabulary import Priority
 
 api = Blueprint("api", __name__)
+MAX_BATCH_SPECS = 1000
 
 
-def _invalid(status: int, errors: list[dict[str, str]]) -> tuple[Response, int]:
-    return jsonify(error="invalid job spec", errors=errors), status
+class BadRequest(Exception):
+    """A request refused before anything runs: `status` with `errors: [{field, reason}]`."""
+
+    def __init__(self, status: int, field: str, reason: str, more: list | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.errors = [{"field": field, "reason": reason}, *(more or [])]
+
+
+@api.errorhandler(BadRequest)
+def _bad_request(exc: BadRequest):
+    return jsonify(error="invalid request", errors=exc.errors), exc.status
+
+
+@api.errorhandler(ValidationError)
+def _invalid_spec(exc: ValidationError):
+    return jsonify(error="invalid job spec", errors=field_errors(exc)), 422
+
+
+@api.errorhandler(SubmitError)
+def _unrunnable(exc: SubmitError):
+    return jsonify(
+        error="invalid job spec", errors=[{"field": exc.field, "reason": exc.reason}]
+    ), 422
+
+
+@api.errorhandler(QuotaExceeded)
+def _over_quota(exc: QuotaExceeded):
+    return jsonify(error=f"over quota: {exc.reason}", limit=exc.limit), 429
+
+
+@api.errorhandler(ConflictError)
+def _conflict(exc: ConflictError):
+    return jsonify(error=str(exc)), 409
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or BadRequest (400) naming what is wrong with it."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # e.g. 100,000 nested brackets
+        raise BadRequest(400, "body", "JSON nested too deeply") from None
+    if body is None:
+        raise BadRequest(400, "body", "not a JSON document")
+    if not isinstance(body, dict):
+        raise BadRequest(400, "body", "must be a JSON object")
+    return body
 
 
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +89,7 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "waiting": record.get("waiting") or None,
         "note": record.get("note") or None,
         "owner": record["owner"],
+        "submitted_by": record.get("submitted_by") or record["owner"],
         "priority": record["priority"],
         "attempts": record["attempts"],
         "progress": record["progress"],
@@ -53,76 +107,112 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@api.post("/jobs")
-def submit_job():
-    body = request.get_json(silent=True)
-    if body is None:
-        return _invalid(400, [{"field": "body", "reason": "not a JSON document"}])
-    if not isinstance(body, dict):
-        return _invalid(400, [{"field": "body", "reason": "must be a JSON object"}])
-    # Who submits and how urgent: beside the spec, not part of it.
-    owner = str(body.pop("owner", "anonymous"))[:100] or "anonymous"
+def _me() -> Account:
+    account = current_account()
+    assert account is not None, "the view is guarded by require()"
+    return account
+
+
+def _owner(body: dict[str, Any]) -> tuple[Account, str]:
+    """Whose job this is: the caller's, or (operators and admins only) the account the body's
+    `owner` names; and who submitted it on that account's behalf ("" if the owner did)."""
+    me, asked = _me(), body.pop("owner", None)
+    if asked is None or asked == me.name:
+        return me, ""
+    if not me.role.allows(Role.OPERATOR):
+        raise BadRequest(
+            422,
+            "owner",
+            "the owner of a job is you; only operators and admins "
+            "may submit on behalf of another account",
+        )
+    owner = farm.accounts().get(str(asked))
+    if owner is None or owner.disabled:
+        raise BadRequest(422, "owner", f"no active account {asked!r}")
+    return owner, me.name
+
+
+def _submission(body: dict[str, Any]) -> tuple[Account, str, Priority]:
+    owner, submitted_by = _owner(body)
     try:
         priority = priority_of(body.pop("priority", Priority.NORMAL))
-        spec = parse_spec(body, farm.settings())
-        record, created = farm.jobs().submit(
-            spec, owner, priority, request.headers.get("Idempotency-Key")
-        )
-    except ValidationError as exc:
-        return _invalid(422, field_errors(exc))
     except SubmitError as exc:
-        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
-    except ConflictError as exc:
-        return jsonify(error=str(exc)), 409
+        raise BadRequest(422, exc.field, exc.reason) from None
+    return owner, submitted_by, priority
+
+
+@api.post("/jobs")
+@require(Role.MEMBER)
+def submit_job():
+    body = json_body()
+    owner, submitted_by, priority = _submission(body)  # beside the spec, not part of it
+    spec = parse_spec(body, farm.settings())
+    record, created = farm.jobs().submit(
+        spec,
+        owner.name,
+        priority,
+        request.headers.get("Idempotency-Key"),
+        quota=farm.accounts().limits(owner),
+        submitted_by=submitted_by,
+    )
+    if created:
+        audit_event("job.submit", record["id"], f"owner {owner.name}" if submitted_by else "")
     location = url_for("api.get_job", job_id=record["id"])
     return jsonify(job_view(record)), 202 if created else 200, {"Location": location}
 
 
-def _control(action, job_id: str, *args):
-    try:
-        return jsonify(job_view(action(job_id, *args)))
-    except KeyError:
+def _steerable(job_id: str) -> dict[str, Any] | tuple[Response, int]:
+    """The job, if it exists and the caller may steer it (its own, or any for an operator)."""
+    record = farm.jobs().records.get(job_id)
+    if record is None:
         return jsonify(error=f"no job {job_id!r}"), 404
-    except ConflictError as exc:
-        return jsonify(error=str(exc)), 409
-    except SubmitError as exc:
-        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+    me = _me()
+    if record["owner"] != me.name and not me.role.allows(Role.OPERATOR):
+        return jsonify(
+            error=f"job {job_id} is {record['owner']}'s; only its owner or an operator may steer it"
+        ), 403
+    return record
+
+
+def _steer(job_id: str, action: str, run) -> Any:
+    found = _steerable(job_id)
+    if isinstance(found, tuple):
+        return found
+    record = run(job_id)
+    audit_event(f"job.{action}", job_id)
+    return jsonify(job_view(record))
 
 
 @api.post("/jobs/<job_id>/cancel")
+@require(Role.MEMBER)
 def cancel_job(job_id: str):
-    return _control(farm.jobs().cancel, job_id)
+    return _steer(job_id, "cancel", farm.jobs().cancel)
 
 
 @api.post("/jobs/<job_id>/retry")
+@require(Role.MEMBER)
 def retry_job(job_id: str):
-    return _control(farm.jobs().retry, job_id)
+    return _steer(job_id, "retry", farm.jobs().retry)
 
 
 @api.post("/jobs/<job_id>/priority")
+@require(Role.MEMBER)
 def set_priority(job_id: str):
     body = request.get_json(silent=True) or {}
-    jobs = farm.jobs()
-    return _control(lambda j: jobs.set_priority(j, priority_of(body.get("priority"))), job_id)
-
-
-@api.post("/batches")
-def submit_batch():
-    """{"jobs": [spec, ...]} or {"spec": spec} (its batch_count split into jobs)."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not (
-        isinstance(body.get("jobs"), list) and body["jobs"] or isinstance(body.get("spec"), dict)
-    ):
-        reason = 'must be a JSON object with "jobs": [spec, ...] or "spec": {...}'
-        return _invalid(400, [{"field": "body", "reason": reason}])
-    owner = str(body.get("owner", "anonymous"))[:100] or "anonymous"
     try:
-        priority = priority_of(body.get("priority", Priority.NORMAL))
+        priority = priority_of(body.get("priority") if isinstance(body, dict) else None)
     except SubmitError as exc:
-        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
-    raw = body["jobs"] if "jobs" in body else [body["spec"]]
-    if len(raw) > 1000:
-        return _invalid(422, [{"field": "jobs", "reason": "at most 1000 specs per batch"}])
+        raise BadRequest(422, exc.field, exc.reason) from None
+    return _steer(job_id, "priority", lambda j: farm.jobs().set_priority(j, priority))
+
+
+def _batch_specs(body: dict[str, Any]) -> list[AnySpec]:
+    raw = body.get("jobs") if "jobs" in body else [body.get("spec")]
+    if not (isinstance(raw, list) and raw and all(isinstance(s, dict) for s in raw)):
+        reason = 'must be a JSON object with "jobs": [spec, ...] or "spec": {...}'
+        raise BadRequest(400, "body", reason)
+    if len(raw) > MAX_BATCH_SPECS:
+        raise BadRequest(422, "jobs", f"at most {MAX_BATCH_SPECS} specs per batch")
     specs, errors = [], []
     for i, item in enumerate(raw):
         try:
@@ -131,11 +221,22 @@ def submit_batch():
             prefix = f"jobs.{i}." if "jobs" in body else "spec."
             errors += [{**e, "field": prefix + e["field"]} for e in field_errors(exc)]
     if errors:
-        return _invalid(422, errors)
-    try:
-        batch = Batches(farm.jobs()).submit(specs, owner, priority)
-    except SubmitError as exc:
-        return _invalid(422, [{"field": exc.field, "reason": exc.reason}])
+        first, *rest = errors
+        raise BadRequest(422, first["field"], first["reason"], rest)
+    return specs
+
+
+@api.post("/batches")
+@require(Role.MEMBER)
+def submit_batch():
+    """{"jobs": [spec, ...]} or {"spec": spec} (its batch_count split into jobs)."""
+    body = json_body()
+    owner, submitted_by, priority = _submission(body)
+    specs = _batch_specs(body)
+    batch = Batches(farm.jobs()).submit(
+        specs, owner.name, priority, farm.accounts().limits(owner), submitted_by
+    )
+    audit_event("batch.submit", batch["id"], f"{len(batch['jobs'])} jobs")
     return jsonify(batch_view(batch)), 202
 
 
@@ -144,6 +245,7 @@ def batch_view(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 @api.get("/batches/<batch_id>")
+@require(Role.VIEWER)
 def get_batch(batch_id: str):
     batch = Batches(farm.jobs()).get(batch_id)
     if batch is None:
@@ -152,20 +254,28 @@ def get_batch(batch_id: str):
 
 
 @api.post("/batches/<batch_id>/cancel")
+@require(Role.MEMBER)
 def cancel_batch(batch_id: str):
-    batch = Batches(farm.jobs()).cancel(batch_id)
+    batches = Batches(farm.jobs())
+    batch = batches.get(batch_id)
     if batch is None:
         return jsonify(error=f"no batch {batch_id!r}"), 404
-    return jsonify(batch_view(batch))
+    me = _me()
+    if batch["owner"] != me.name and not me.role.allows(Role.OPERATOR):
+        return jsonify(error=f"batch {batch_id} is {batch['owner']}'s"), 403
+    audit_event("batch.cancel", batch_id)
+    return jsonify(batch_view(batches.cancel(batch_id)))
 
 
 @api.get("/jobs")
+@require(Role.VIEWER)
 def list_jobs():
-    limit = min(request.args.get("limit", 50, type=int), 500)
+    limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
     return jsonify(jobs=[job_view(r) for r in farm.jobs().records.recent(limit)])
 
 
 @api.get("/jobs/<job_id>")
+@require(Role.VIEWER)
 def get_job(job_id: str):
     record = farm.jobs().records.get(job_id)
     if record is None:
@@ -174,6 +284,7 @@ def get_job(job_id: str):
 
 
 @api.get("/jobs/<job_id>/outputs/<int:index>")
+@require(Role.VIEWER)
 def job_output(job_id: str, index: int):
     record = farm.jobs().records.get(job_id)
     if record is None:
@@ -193,19 +304,23 @@ def job_output(job_id: str, index: int):
 
 
 @api.get("/workers")
+@require(Role.VIEWER)
 def workers():
     return jsonify(workers=live_workers(farm.jobs().redis))
 
 
 @api.post("/workers/<name>/drain")
+@require(Role.OPERATOR)
 def drain_worker(name: str):
     """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
     body = request.get_json(silent=True) or {}
-    draining = bool(body.get("drain", True))
+    draining = bool(body.get("drain", True)) if isinstance(body, dict) else True
     drain(farm.jobs().redis, name, draining)
+    audit_event("worker.drain" if draining else "worker.undrain", name)
     return jsonify(worker=name, draining=draining)
 
 
 @api.get("/models")
+@require(Role.VIEWER)
 def models():
     return jsonify(models=[m.as_dict() for m in list_models(farm.settings().models_dir)])

@@ -1,10 +1,15 @@
-"""Flask app factory: explicit settings in, the farm attached, blueprints registered."""
+"""Flask app factory: explicit settings in, the farm attached, sign-in, blueprints registered."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, jsonify
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from dashboard.accounts import Accounts
+from dashboard.accounts_api import accounts_api
 from dashboard.api import api
+from dashboard.audit import Audit
+from dashboard.auth import init_auth
 from dashboard.ui import ui
 from scheduler.control import JobControl
 from shared.config import Settings
@@ -13,9 +18,33 @@ from shared.storage import open_storage
 
 def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
+    # A larger body is refused (413) before it is read.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 2**20
+    jobs = JobControl(settings, storage=open_storage(settings))
+    accounts = Accounts(jobs.redis, settings)
+    audit = Audit(jobs.redis, settings.audit_max_entries)
     # Read through dashboard/farm.py.
     app.extensions["renderfarm.settings"] = settings
-    app.extensions["renderfarm.jobs"] = JobControl(settings, storage=open_storage(settings))
+    app.extensions["renderfarm.jobs"] = jobs
+    app.extensions["renderfarm.accounts"] = accounts
+    app.extensions["renderfarm.audit"] = audit
+    init_auth(app, accounts, audit, settings)
     app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(accounts_api, url_prefix="/api/v1")
     app.register_blueprint(ui)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge):
+        limit = f"{settings.max_request_mb} MiB (RENDERFARM_MAX_REQUEST_MB)"
+        return jsonify(error=f"request body larger than {limit}"), 413
+
+    @app.get("/healthz")
+    def healthz():
+        """Open to anyone (load balancers, probes): the process answers and Redis does."""
+        try:
+            jobs.redis.ping()
+        except Exception:
+            return jsonify(ok=False, redis=False), 503
+        return jsonify(ok=True, redis=True)
+
     return app

@@ -1,13 +1,15 @@
 """What a request handler reaches the farm through (a leaf: views import it, it imports no view).
 
-`create_app` attaches the farm's job control and settings to the app; handlers read them
-here, as Flask's tutorial reads its database with `get_db`.
+`create_app` attaches the farm's job control, settings, accounts and audit log to the app;
+handlers read them here, as Flask's tutorial reads its database with `get_db`.
 """
 
 from __future__ import annotations
 
 from flask import current_app
 
+from dashboard.accounts import Accounts
+from dashboard.audit import Audit
 from scheduler.control import JobControl
 from shared.config import Settings
 
@@ -18,3 +20,11 @@ def jobs() -> JobControl:
 
 def settings() -> Settings:
     return current_app.extensions["renderfarm.settings"]
+
+
+def accounts() -> Accounts:
+    return current_app.extensions["renderfarm.accounts"]
+
+
+def audit() -> Audit:
+    return current_app.extensions["renderfarm.audit"]

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from scheduler.control import JobControl
+from scheduler.quotas import Quota
 from shared import keys
 from shared.jobspec import AnySpec, DiffusionSpec
 from shared.vocabulary import FINAL, QUEUED, JobStatus, Priority
@@ -53,12 +54,21 @@ class Batches:
         self.jobs = jobs
         self.redis = jobs.redis
 
-    def submit(self, specs: list[AnySpec], owner: str, priority: Priority) -> dict[str, Any]:
-        # Check everything first, so a bad spec anywhere queues nothing.
-        for spec in specs:
-            self.jobs.check_models(spec)
+    def submit(
+        self,
+        specs: list[AnySpec],
+        owner: str,
+        priority: Priority,
+        quota: Quota | None = None,
+        submitted_by: str = "",
+    ) -> dict[str, Any]:
+        # Check everything first, so a bad spec anywhere, or a quota, queues nothing.
+        children = [child for spec in specs for child in split(spec)]
+        if quota is not None:
+            self.jobs.check_quota(owner, quota, specs, len(children))
+        prepared = [self.jobs.prepare(child) for child in children]
         jobs = [
-            self.jobs.submit(child, owner, priority)[0] for spec in specs for child in split(spec)
+            self.jobs.enqueue(child, owner, priority, quota, submitted_by) for child in prepared
         ]
         batch_id = uuid.uuid4().hex
         self.redis.hset(

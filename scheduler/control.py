@@ -16,13 +16,23 @@ from PIL import Image
 
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
+from scheduler.quotas import Quota, QuotaExceeded, publish_running_limit
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
-from shared.jobspec import INPUT_KEY, AnySpec, decode_image, input_key, parse_spec
+from shared.jobspec import (
+    INPUT_KEY,
+    AnySpec,
+    UpscaleSpec,
+    decode_image,
+    input_key,
+    output_size_error,
+    parse_spec,
+    target_size,
+)
 from shared.modelstore import find_model
-from shared.storage import Storage, open_storage
-from shared.vocabulary import JobStatus, Priority
+from shared.storage import ObjectNotFound, Storage, open_storage
+from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -67,8 +77,13 @@ class JobControl:
                 raise SubmitError(field, f"unknown {family} {name!r}; see GET /api/v1/models")
 
     def stash_inputs(self, spec: AnySpec) -> AnySpec:
-        """Store every base64 input image (as PNG, content-addressed); the spec keeps the key."""
+        """Store every base64 input image (as PNG, content-addressed); the spec keeps the key.
+
+        An upscale's output size depends on its image: it is checked here, against
+        `max_output_pixels`, before anything is stored."""
         data = spec.model_dump()
+        sizes: dict[tuple[str, ...], tuple[int, int]] = {}
+        pngs: dict[tuple[str, ...], bytes] = {}
         for path in spec.image_fields():
             *parents, last = path
             holder: Any = data
@@ -76,16 +91,60 @@ class JobControl:
                 holder = holder[int(part)] if isinstance(holder, list) else holder[part]
             value = holder[last]
             if INPUT_KEY.match(value):
-                if not self.storage.exists(value):
-                    raise SubmitError(".".join(path), f"no stored input {value!r}")
+                try:
+                    raw = self.storage.get(value)
+                except ObjectNotFound:
+                    raise SubmitError(".".join(path), f"no stored input {value!r}") from None
+                with Image.open(io.BytesIO(raw)) as im:
+                    sizes[path] = im.size
                 continue
             with Image.open(io.BytesIO(decode_image(value))) as im:
+                sizes[path] = im.size
                 buf = io.BytesIO()
                 im.save(buf, format="PNG")
-            png = buf.getvalue()
-            holder[last] = input_key(png)
-            self.storage.put(holder[last], png, "image/png")
+            pngs[path] = buf.getvalue()
+            holder[last] = input_key(pngs[path])
+        if isinstance(spec, UpscaleSpec):
+            self.check_upscale_size(spec, *sizes[("image",)])
+        for png in pngs.values():
+            self.storage.put(input_key(png), png, "image/png")
         return parse_spec(data, self.settings)
+
+    def check_upscale_size(self, spec: UpscaleSpec, width: int, height: int) -> None:
+        """An upscale's output is bounded like every other output (a 16x scale of a large
+        image would hold a worker for an hour and exhaust its memory)."""
+        size = target_size(width, height, spec.scale, spec.width, spec.height)
+        field = "scale" if spec.scale is not None else "width"
+        reason = output_size_error(*size, self.settings)
+        if reason:
+            raise SubmitError(field, f"{width}x{height} upscaled {reason}")
+
+    def check_quota(self, owner: str, quota: Quota, specs: list[AnySpec], new: int) -> None:
+        """Refuse (QuotaExceeded) `new` more jobs of `owner` over its quota."""
+        for spec in specs:
+            if spec.hardware == AUTO and not quota.hardware:
+                raise QuotaExceeded("hardware", f"{owner} may not use any hardware class")
+            if spec.hardware != AUTO and spec.hardware not in quota.hardware:
+                allowed = ", ".join(quota.hardware) or "none"
+                raise QuotaExceeded(
+                    "hardware", f"{owner} may not use {spec.hardware} workers (allowed: {allowed})"
+                )
+        queued = self.queued_count(owner)
+        if queued + new > quota.max_queued:
+            raise QuotaExceeded(
+                "max_queued",
+                f"{owner} has {queued} jobs queued; its limit is {quota.max_queued}",
+            )
+
+    def queued_count(self, owner: str) -> int:
+        """The owner's jobs waiting for dispatch or dispatched but not yet running."""
+        dispatched = self.records.ids_in(JobStatus.DISPATCHED)
+        with self.redis.pipeline() as pipe:
+            pipe.zcard(keys.pending(owner))
+            for job_id in dispatched:
+                pipe.hget(keys.job(job_id), "owner")
+            pending, *owners = pipe.execute()
+        return int(pending) + sum(o == owner.encode() for o in owners)
 
     def submit(
         self,
@@ -93,10 +152,14 @@ class JobControl:
         owner: str = "anonymous",
         priority: Priority = Priority.NORMAL,
         idempotency_key: str | None = None,
+        quota: Quota | None = None,
+        submitted_by: str = "",
     ) -> tuple[dict[str, Any], bool]:
         """Record the job and queue it for dispatch; returns (record, created).
 
         With an idempotency key, a retried request gets the job the first one created.
+        With a quota, a job over it is refused (QuotaExceeded) and nothing is recorded;
+        `submitted_by` is the account submitting on the owner's behalf.
         """
         job_id = uuid.uuid4().hex
         if idempotency_key:
@@ -104,15 +167,38 @@ class JobControl:
             if not self.redis.set(idem, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
                 return self._existing(self.redis.get(idem).decode()), False
         try:
-            self.check_models(spec)
-            spec = self.stash_inputs(spec).with_seed()
+            if quota is not None:
+                self.check_quota(owner, quota, [spec], 1)
+            spec = self.prepare(spec)
         except Exception:
             if idempotency_key:
                 self.redis.delete(keys.idempotency(owner, idempotency_key))
             raise
-        record = self.records.create(job_id, spec, owner, priority)
+        return self.enqueue(spec, owner, priority, quota, submitted_by, job_id), True
+
+    def prepare(self, spec: AnySpec) -> AnySpec:
+        """Everything that can refuse a spec: its models, its inputs (stored), its output
+        size; then its seed is fixed."""
+        self.check_models(spec)
+        return self.stash_inputs(spec).with_seed()
+
+    def enqueue(
+        self,
+        spec: AnySpec,
+        owner: str,
+        priority: Priority,
+        quota: Quota | None = None,
+        submitted_by: str = "",
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a prepared spec's job and queue it for dispatch."""
+        job_id = job_id or uuid.uuid4().hex
+        hardware = quota.hardware if quota is not None else tuple(Hardware)
+        if quota is not None:
+            publish_running_limit(self.redis, owner, quota.max_running)
+        record = self.records.create(job_id, spec, owner, priority, submitted_by, hardware)
         self.pending.add(job_id, owner, priority, record["created_at"])
-        return record, True
+        return record
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""
@@ -148,6 +234,24 @@ class JobControl:
         if not self.records.update(job_id, JobStatus.RUNNING, cancel_requested=1):
             raise ConflictError(f"job {job_id} is {rec['status']}; only active jobs can cancel")
         return self._get(job_id)
+
+    def cancel_all(self, owner: str) -> int:
+        """Cancel every unfinished job of `owner` (its account was disabled); how many."""
+        ids = [i.decode() for i in self.redis.zrange(keys.pending(owner), 0, -1)]
+        for status in (JobStatus.DISPATCHED, JobStatus.RUNNING):
+            ids += [i for i in self.records.ids_in(status) if self.owner_of(i) == owner]
+        canceled = 0
+        for job_id in ids:
+            try:
+                self.cancel(job_id)
+                canceled += 1
+            except (ConflictError, KeyError):
+                pass  # finished meanwhile
+        return canceled
+
+    def owner_of(self, job_id: str) -> str | None:
+        owner = self.redis.hget(keys.job(job_id), "owner")
+        return owner.decode() if owner else None
 
     def retry(self, job_id: str) -> dict[str, Any]:
         """Run a failed or canceled job again, as a fresh submission of the same spec."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from scheduler.celery_app import RUN_JOB, make_celery
 from scheduler.fleet import is_draining, live_workers
 from scheduler.pending import Candidate, PendingJobs
+from scheduler.quotas import running_limits
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
@@ -38,8 +40,11 @@ def model_of(spec: AnySpec) -> str:
     return spec.upscaler if isinstance(spec, UpscaleSpec) else spec.model
 
 
-def can_run(worker: dict[str, Any], spec: AnySpec) -> bool:
+def can_run(worker: dict[str, Any], spec: AnySpec, allowed: list[str] | None = None) -> bool:
+    """Whether `worker` can run the job; `allowed`: the classes the owner's quota permits."""
     if spec.hardware != AUTO and worker["hardware"] != spec.hardware:
+        return False
+    if allowed is not None and worker["hardware"] not in allowed:
         return False
     if spec.kind not in worker.get("kinds", ()):
         return False
@@ -56,6 +61,14 @@ def holds(worker: dict[str, Any], spec: AnySpec) -> bool:
 class FleetView:
     workers: dict[str, dict[str, Any]]
     busy: set[str] = field(default_factory=set)
+    # Dispatched or running jobs per owner, and how many each may have (its quota).
+    active: Counter[str] = field(default_factory=Counter)
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def at_limit(self, owner: str) -> int | None:
+        """The owner's running limit when it has reached it, else None."""
+        limit = self.limits.get(owner)
+        return limit if limit is not None and self.active[owner] >= limit else None
 
     def idle(self) -> list[dict[str, Any]]:
         return [w for n, w in self.workers.items() if n not in self.busy]
@@ -75,12 +88,13 @@ class Dispatcher:
         workers = {
             w["name"]: w for w in live_workers(self.redis) if not is_draining(self.redis, w["name"])
         }
-        view = FleetView(workers)
+        view = FleetView(workers, limits=running_limits(self.redis))
         for status, name_field in ((JobStatus.RUNNING, "worker"), (JobStatus.DISPATCHED, "target")):
             for job_id in self.records.ids_in(status):
                 rec = self.records.get(job_id)
                 if rec and rec.get(name_field):
                     view.busy.add(rec[name_field])
+                    view.active[rec["owner"]] += 1
         return view
 
     # -- reaping ----------------------------------------------------------------------------
@@ -144,7 +158,10 @@ class Dispatcher:
         self, rec: dict[str, Any], spec: AnySpec, view: FleetView
     ) -> tuple[dict[str, Any] | None, str]:
         """The worker to send the job to now, or None and why it waits."""
-        able = [w for w in view.workers.values() if can_run(w, spec)]
+        limit = view.at_limit(rec["owner"])
+        if limit is not None:
+            return None, f"waiting: {rec['owner']} has {limit} jobs running, its limit"
+        able = [w for w in view.workers.values() if can_run(w, spec, rec.get("hardware"))]
         if not able:
             return None, (
                 f"waiting for a compatible worker (hardware {spec.hardware}, "
@@ -206,8 +223,14 @@ class Dispatcher:
                 if rec is None or rec["status"] != JobStatus.PENDING:
                     continue
                 spec = load_spec(rec["spec"])
-                if can_run(worker, spec) and holds(worker, spec) and self.dispatch_one(rec, worker):
+                if (
+                    view.at_limit(cand.owner) is None
+                    and can_run(worker, spec, rec.get("hardware"))
+                    and holds(worker, spec)
+                    and self.dispatch_one(rec, worker)
+                ):
                     view.busy.add(worker["name"])
+                    view.active[cand.owner] += 1
                     served.add(cand.owner)
                     sent += 1
                     break
@@ -241,6 +264,7 @@ class Dispatcher:
                     continue
                 if self.dispatch_one(rec, worker):
                     view.busy.add(worker["name"])
+                    view.active[cand.owner] += 1
                     served.add(cand.owner)
                     sent += 1
             if not served:

@@ -19,7 +19,7 @@ from redis import Redis
 
 from shared import keys
 from shared.jobspec import AnySpec
-from shared.vocabulary import JobStatus, Priority
+from shared.vocabulary import Hardware, JobStatus, Priority
 
 S = JobStatus
 # Every status change a job may make (a same-status update is always allowed).
@@ -33,7 +33,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.FAILED: frozenset({S.PENDING}),  # retried
     S.CANCELED: frozenset({S.PENDING}),  # retried
 }
-_JSON_FIELDS = ("spec", "outputs", "seeds")
+_JSON_FIELDS = ("spec", "outputs", "seeds", "hardware")
 _INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
 _FLOAT_FIELDS = (
     "progress",
@@ -77,7 +77,17 @@ class JobRecords:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
 
-    def create(self, job_id: str, spec: AnySpec, owner: str, priority: Priority) -> dict[str, Any]:
+    def create(
+        self,
+        job_id: str,
+        spec: AnySpec,
+        owner: str,
+        priority: Priority,
+        submitted_by: str = "",
+        hardware: tuple[Hardware, ...] = tuple(Hardware),
+    ) -> dict[str, Any]:
+        """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
+        `hardware`: the classes the job may run on (the owner's quota)."""
         now = time.time()
         fields = {
             "id": job_id,
@@ -87,6 +97,8 @@ class JobRecords:
             "spec": spec.model_dump_json(),
             "seeds": json.dumps(spec.image_seeds()),
             "owner": owner,
+            "submitted_by": submitted_by,
+            "hardware": json.dumps(list(hardware)),
             "priority": priority,
             "queue": "",
             "attempt": 0,  # the current attempt's number: the fencing token

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_height: int = 2048
     max_steps: int = 150
     max_batch_size: int = 8
+    # Every request does bounded work: the most pixels of one output image (a hires fix's
+    # second pass, an upscale's target), of one input image (checked before it is decoded),
+    # and the largest request body in MiB (413 above it).
+    max_output_pixels: int = 4096 * 4096
+    max_input_pixels: int = 4096 * 4096
+    max_request_mb: int = 64
 
     # Model cache budgets per worker process, in MiB (RAM always; VRAM on CUDA workers).
     cache_ram_mb: int = 8192

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import io
+import math
 import re
 import secrets
 from typing import Annotated, Literal
@@ -37,14 +38,17 @@ from shared.vocabulary import AUTO, Hardware, JobKind
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGE_BYTES = 32 * 2**20
+MIN_OUTPUT_SIDE = 16
 INPUT_KEY = re.compile(r"^inputs/[0-9a-f]{64}\.png$")
 KIND_TAGS = tuple(JobKind)
 # A worker class, or `auto`: any live worker that can run the job.
 HardwareChoice = Literal[tuple(h.value for h in Hardware) + (AUTO,)]  # type: ignore[valid-type]
 
 
-def decode_image(value: str) -> bytes:
-    """Base64 (or a data URL) → the bytes of a PNG/JPEG/WebP image; ValueError if it is not one."""
+def decode_image(value: str, max_pixels: int | None = None) -> bytes:
+    """Base64 (or a data URL) → the bytes of a PNG/JPEG/WebP image; ValueError if it is not one,
+    or has more than `max_pixels` (read from its header: a decompression bomb is never decoded).
+    """
     from PIL import Image
 
     data = value.split(",", 1)[1] if value.startswith("data:") else value
@@ -56,9 +60,16 @@ def decode_image(value: str) -> bytes:
         raise ValueError(f"image is larger than {MAX_IMAGE_BYTES >> 20} MiB")
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            im.verify()
+            width, height = im.size
+            if max_pixels is None or width * height <= max_pixels:
+                im.verify()
     except Exception:
         raise ValueError("is not a readable image (PNG, JPEG or WebP)") from None
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"is {width}x{height} ({width * height / 1e6:.1f} MP), larger than the farm's "
+            f"{max_pixels / 1e6:.1f} MP limit for input images"
+        )
     return raw
 
 
@@ -66,10 +77,25 @@ def input_key(raw: bytes) -> str:
     return f"inputs/{hashlib.sha256(raw).hexdigest()}.png"
 
 
-def _image_ref(value: str) -> str:
+def _image_ref(value: str, info: ValidationInfo) -> str:
     if not INPUT_KEY.match(value):
-        decode_image(value)
+        settings = farm_limits(info)
+        decode_image(value, settings.max_input_pixels if settings else None)
     return value
+
+
+def output_size_error(width: int, height: int, settings: Settings) -> str | None:
+    """Why an output of this size is refused (None: it is fine). Outputs are bounded in
+    pixels, so no request can hold a worker and its memory without end."""
+    pixels, limit = width * height, settings.max_output_pixels
+    if pixels > limit:
+        return (
+            f"to {width}x{height} ({pixels / 1e6:.1f} MP): larger than the farm's "
+            f"{limit / 1e6:.1f} MP limit for an output image"
+        )
+    if min(width, height) < MIN_OUTPUT_SIDE:
+        return f"to {width}x{height}: each side must be at least {MIN_OUTPUT_SIDE} pixels"
+    return None
 
 
 class _Spec(BaseModel):
@@ -126,7 +152,7 @@ class ControlNetUnit(BaseModel):
     guidance_start: float = Field(default=0.0, ge=0.0, le=1.0)
     guidance_end: float = Field(default=1.0, ge=0.0, le=1.0)
 
-    _image = field_validator("image")(lambda cls, v: _image_ref(v))
+    _image = field_validator("image")(lambda cls, v, info: _image_ref(v, info))
 
     @model_validator(mode="after")
     def _ordered(self) -> ControlNetUnit:
@@ -228,6 +254,17 @@ class Txt2ImgSpec(DiffusionSpec):
     kind: Literal[JobKind.TXT2IMG.value] = JobKind.TXT2IMG
     hires: HiresFix | None = None
 
+    @field_validator("hires")
+    @classmethod
+    def _hires_bounded(cls, v: HiresFix | None, info: ValidationInfo) -> HiresFix | None:
+        settings = farm_limits(info)
+        if v is None or settings is None or not {"width", "height"} <= info.data.keys():
+            return v
+        size = hires_size(info.data["width"], info.data["height"], v.scale)
+        if reason := output_size_error(*size, settings):
+            raise ValueError(f"the second pass would render {reason}")
+        return v
+
     def output_size(self) -> tuple[int, int]:
         if self.hires is None:
             return self.width, self.height
@@ -256,7 +293,7 @@ class Img2ImgSpec(DiffusionSpec):
     mask_blur: int = Field(default=4, ge=0, le=64)
 
     _images = field_validator("init_image", "mask")(
-        lambda cls, v: v if v is None else _image_ref(v)
+        lambda cls, v, info: v if v is None else _image_ref(v, info)
     )
 
     def image_fields(self) -> list[tuple[str, ...]]:
@@ -276,7 +313,7 @@ class UpscaleSpec(_Spec):
     # Drop the upscaler from the worker's cache when the job is done.
     unload_after: bool = False
 
-    _image = field_validator("image")(lambda cls, v: _image_ref(v))
+    _image = field_validator("image")(lambda cls, v, info: _image_ref(v, info))
 
     @model_validator(mode="after")
     def _scale_or_size(self, info: ValidationInfo) -> UpscaleSpec:
@@ -329,3 +366,36 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             loc = ["kind"]
         out.append({"field": ".".join(loc) or "body", "reason": err["msg"]})
     return out
+
+
+# -- output sizes ------------------------------------------------------------------------
+
+
+def target_size(
+    width: int,
+    height: int,
+    scale: float | None = None,
+    target_width: int | None = None,
+    target_height: int | None = None,
+) -> tuple[int, int]:
+    """The output (width, height) for a scale factor or a target size.
+
+    With only one of `target_width` / `target_height`, the other keeps the aspect ratio.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    sized = target_width is not None or target_height is not None
+    if sized == (scale is not None):
+        raise ValueError("give either a scale factor or a target size")
+    if scale is not None:
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"scale must be positive, got {scale}")
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    if target_width is None:
+        assert target_height is not None
+        target_width = max(1, round(width * target_height / height))
+    if target_height is None:
+        target_height = max(1, round(height * target_width / width))
+    if target_width < 1 or target_height < 1:
+        raise ValueError(f"target size must be positive, got {target_width}x{target_height}")
+    return target_width, target_height

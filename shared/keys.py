@@ -111,3 +111,8 @@ def secret_key() -> str:
 def ratelimit_prefix() -> str:
     """Prefix of Flask-Limiter's counters (failed password checks per address and name)."""
     return f"{PREFIX}:ratelimit"
+
+
+def running_limits() -> str:
+    """Hash of owner -> how many of its jobs may run at once (its account's quota)."""
+    return f"{PREFIX}:running-limits"

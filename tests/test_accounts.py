@@ -15,10 +15,11 @@ import pytest
 from argon2 import PasswordHasher
 from redis import Redis
 
-from dashboard.accounts import Accounts, Limits, Role, UnknownAccount
+from dashboard.accounts import Accounts, Role, UnknownAccount
 from dashboard.accounts_cli import ensure_local_admin
 from dashboard.audit import Audit
 from dashboard.tokens import digest
+from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
 
@@ -221,20 +222,20 @@ def test_limits_come_from_the_role_unless_the_account_overrides_them(redis):
     accounts = Accounts(redis, settings, hasher=FAST)
     viewer = accounts.create("vera", "viewer")
     member = accounts.create("mo", "member")
-    assert accounts.limits(viewer) == Limits(0, 0, ())
-    assert accounts.limits(member) == Limits(7, 2, ("cpu", "openvino", "gpu"))
+    assert accounts.limits(viewer) == Quota(0, 0, ())
+    assert accounts.limits(member) == Quota(7, 2, ("cpu", "openvino", "gpu"))
 
-    assert accounts.set_limits("mo", max_running=1, hardware=["gpu", "cpu"]) == Limits(
+    assert accounts.set_limits("mo", max_running=1, hardware=["gpu", "cpu"]) == Quota(
         7, 1, ("cpu", "gpu")
     )
     promoted = accounts.set_role("mo", "operator")
-    assert accounts.limits(promoted) == Limits(settings.operator_max_queued, 1, ("cpu", "gpu"))
-    assert accounts.set_limits("vera", hardware=[]) == Limits(0, 0, ())
+    assert accounts.limits(promoted) == Quota(settings.operator_max_queued, 1, ("cpu", "gpu"))
+    assert accounts.set_limits("vera", hardware=[]) == Quota(0, 0, ())
     with pytest.raises(ValueError, match="unknown hardware class"):
         accounts.set_limits("mo", hardware=["tpu"])
     with pytest.raises(ValueError, match="0 or more"):
         accounts.set_limits("mo", max_queued=-1)
-    assert accounts.clear_limits("mo") == Limits(
+    assert accounts.clear_limits("mo") == Quota(
         settings.operator_max_queued, settings.operator_max_running, ("cpu", "openvino", "gpu")
     )
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shared.jobspec import target_size
 from worker.demo_upscalers import DEMO_AURA_SR, DEMO_ESRGAN, DEMO_REALESRGAN, DEMO_UPSCALERS
-from worker.upscalers import UpscaleError, Upscaler, load_upscaler, target_size, upscale
+from worker.upscalers import UpscaleError, Upscaler, load_upscaler, upscale
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -25,7 +25,7 @@ from scheduler.leases import Leases
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
-from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, load_spec
+from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, load_spec, target_size
 from shared.modelstore import ModelInfo, find_model
 from shared.storage import ObjectNotFound, open_storage
 from shared.vocabulary import Hardware, JobKind, JobStatus
@@ -36,7 +36,7 @@ from worker.cache import CacheKey
 from worker.device import make_cache, pick_device
 from worker.memory import release_memory
 from worker.tiers import TieredCache
-from worker.upscalers import target_size, upscale
+from worker.upscalers import upscale
 
 log = logging.getLogger(__name__)
 

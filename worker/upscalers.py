@@ -127,39 +127,6 @@ def _load_aura_sr(folder: Path, device: torch.device) -> Upscaler:
     return Upscaler("AuraSR", scale, net, forward, device, torch.float32, fixed_tile=size)
 
 
-# -- sizes -------------------------------------------------------------------------------------
-
-
-def target_size(
-    width: int,
-    height: int,
-    scale: float | None = None,
-    target_width: int | None = None,
-    target_height: int | None = None,
-) -> tuple[int, int]:
-    """The output (width, height) for a scale factor or a target size.
-
-    With only one of `target_width` / `target_height`, the other keeps the aspect ratio.
-    """
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    sized = target_width is not None or target_height is not None
-    if sized == (scale is not None):
-        raise ValueError("give either a scale factor or a target size")
-    if scale is not None:
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be positive, got {scale}")
-        return max(1, round(width * scale)), max(1, round(height * scale))
-    if target_width is None:
-        assert target_height is not None
-        target_width = max(1, round(width * target_height / height))
-    if target_height is None:
-        target_height = max(1, round(height * target_width / width))
-    if target_width < 1 or target_height < 1:
-        raise ValueError(f"target size must be positive, got {target_width}x{target_height}")
-    return target_width, target_height
-
-
 # -- upscaling ---------------------------------------------------------------------------------
 
 
