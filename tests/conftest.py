@@ -16,6 +16,7 @@ import requests
 from redis import Redis
 
 from shared import localfarm
+from shared.client import FarmClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BUCKET = "renders"
@@ -86,6 +87,10 @@ class Farm:
     redis: Redis
     logs: Path
     procs: list = field(default_factory=list)
+    client: FarmClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = FarmClient(self.url, timeout=10)
 
     def submit(self, **spec) -> requests.Response:
         return requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
@@ -152,5 +157,7 @@ def farm(redis_url, models_dir, s3_env, tmp_path_factory) -> Iterator[Farm]:
     worker = localfarm.start_worker("cpu", env, log=logs / "worker.log")
     dashboard = localfarm.start_dashboard("127.0.0.1", port, env, log=logs / "dashboard.log")
     procs = [scheduler, worker, dashboard]
-    yield Farm(f"http://127.0.0.1:{port}", env, Redis.from_url(redis_url), logs, procs)
+    farm = Farm(f"http://127.0.0.1:{port}", env, Redis.from_url(redis_url), logs, procs)
+    yield farm
+    farm.client.close()
     localfarm.stop(*procs)

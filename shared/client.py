@@ -1,0 +1,183 @@
+"""The one HTTP client for the farm's REST API (v1): the CLI, the tests and the benchmarks.
+
+Every typed method returns the parsed JSON answer and raises `ApiError` on a non-2xx one;
+`request()` is the low-level call underneath them that returns the response as it came.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import requests
+
+JSON = dict[str, Any]
+FINAL = ("succeeded", "failed", "canceled")
+"""The job statuses that do not change any more (`wait` returns at one of them)."""
+
+
+class ApiError(RuntimeError):
+    """A non-2xx answer: `status`, `body` (parsed JSON, else text) and a 422's `errors`."""
+
+    def __init__(self, method: str, path: str, resp: requests.Response) -> None:
+        self.status: int = resp.status_code
+        try:
+            self.body: Any = resp.json()
+        except ValueError:
+            self.body = resp.text
+        errors = self.body.get("errors") if isinstance(self.body, dict) else None
+        self.errors: list[dict[str, str]] = (
+            errors if self.status == 422 and isinstance(errors, list) else []
+        )
+        super().__init__(f"{method} {path}: {self.status} {resp.text}")
+
+
+class FarmClient:
+    """The REST API at `url` (e.g. http://127.0.0.1:8000) over one keep-alive session."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token is not None:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> FarmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the low-level call --------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """`method` `path` (from /api/...), as `requests` takes it; never raises on a status."""
+        kwargs.setdefault("timeout", self.timeout)
+        return self.session.request(method, self.url + path, **kwargs)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        resp = self.request(method, path, **kwargs)
+        if not resp.ok:
+            raise ApiError(method, path, resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call(method, path, **kwargs).json()
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: JSON,
+        *,
+        owner: str | None = None,
+        priority: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        """POST /api/v1/jobs: the job as queued (the first one's, for a repeated key)."""
+        body = {**spec, **_given(owner=owner, priority=priority)}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/api/v1/jobs", json=body, headers=headers)
+
+    def job(self, job_id: str) -> JSON:
+        return self._json("GET", f"/api/v1/jobs/{job_id}")
+
+    def jobs(self, limit: int = 50) -> list[JSON]:
+        """The most recent jobs, newest first (the API gives at most 500)."""
+        return self._json("GET", "/api/v1/jobs", params={"limit": limit})["jobs"]
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 60,
+        poll_s: float = 0.05,
+        until: Collection[str] = FINAL,
+        on_poll: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """GET the job every `poll_s` until its status is final or in `until`; returns it.
+
+        The first GET is at once. `on_poll` sees every job answer, the last one included (to
+        count polls, or to raise when something the job needs has died). TimeoutError after
+        `timeout` seconds, naming the job and its last status.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_poll is not None:
+                on_poll(job)
+            if job["status"] in FINAL or job["status"] in until:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g}s")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> JSON:
+        """A queued job never runs; a running one stops at its next step (409 if finished)."""
+        return self._json("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: str) -> JSON:
+        """Run a failed or canceled job again."""
+        return self._json("POST", f"/api/v1/jobs/{job_id}/retry")
+
+    def set_priority(self, job_id: str, priority: str) -> JSON:
+        """high, normal or low, for a job not yet dispatched (409 after)."""
+        return self._json("POST", f"/api/v1/jobs/{job_id}/priority", json={"priority": priority})
+
+    def output(self, job_id: str, index: int) -> bytes:
+        """The PNG bytes of output `index`."""
+        return self._call("GET", f"/api/v1/jobs/{job_id}/outputs/{index}").content
+
+    def download(self, job: JSON, folder: Path) -> list[Path]:
+        """Every output of `job` (a job as the API gave it) into `folder`, as <id>-<n>.png."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for out in job["outputs"]:
+            path = folder / f"{job['id']}-{out['index']}.png"
+            path.write_bytes(self.output(job["id"], out["index"]))
+            paths.append(path)
+        return paths
+
+    # -- batches -------------------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        jobs: list[JSON] | None = None,
+        spec: JSON | None = None,
+        *,
+        owner: str | None = None,
+        priority: str | None = None,
+    ) -> JSON:
+        """POST /api/v1/batches: a list of specs, or one spec whose batch_count is split."""
+        if (jobs is None) == (spec is None):
+            raise ValueError("give either jobs (a list of specs) or spec, not both")
+        body = {"jobs": jobs} if jobs is not None else {"spec": spec}
+        body |= _given(owner=owner, priority=priority)
+        return self._json("POST", "/api/v1/batches", json=body)
+
+    def batch(self, batch_id: str) -> JSON:
+        return self._json("GET", f"/api/v1/batches/{batch_id}")
+
+    def cancel_batch(self, batch_id: str) -> JSON:
+        return self._json("POST", f"/api/v1/batches/{batch_id}/cancel")
+
+    # -- the fleet and the model store ---------------------------------------------------
+
+    def workers(self) -> list[JSON]:
+        """The live workers' heartbeats."""
+        return self._json("GET", "/api/v1/workers")["workers"]
+
+    def drain(self, name: str, draining: bool = True) -> JSON:
+        """The worker finishes its job and is sent no new ones (draining=False: undo)."""
+        return self._json("POST", f"/api/v1/workers/{name}/drain", json={"drain": draining})
+
+    def models(self) -> list[JSON]:
+        return self._json("GET", "/api/v1/models")["models"]
+
+
+def _given(**fields: str | None) -> JSON:
+    return {k: v for k, v in fields.items() if v is not None}
