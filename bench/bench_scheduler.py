@@ -79,6 +79,7 @@ from bench.common import (
     write_model,
 )
 from shared import localfarm
+from shared.client import FarmClient
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_MODEL = "sched-warmup"
@@ -207,14 +208,14 @@ class Farm:
         dispatcher: str | None,
         preload: str | None,
     ) -> None:
-        import requests
-
         self.label = label
         self.env = env
         self.procs: list[subprocess.Popen] = []
         self.logs = tmp / f"logs-{label}"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.session = requests.Session()
+        port = localfarm.free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = FarmClient(self.url)  # one keep-alive session
         extra = ("--preload", preload) if preload else ()
         try:
             for i in range(workers):
@@ -223,11 +224,9 @@ class Farm:
                         "cpu", env, log=self.logs / f"worker{i}.log", extra=extra
                     )
                 )
-            port = localfarm.free_port()
             self.procs.append(
                 localfarm.start_dashboard("127.0.0.1", port, env, log=self.logs / "dashboard.log")
             )
-            self.url = f"http://127.0.0.1:{port}"
             if dispatcher == "affinity":
                 self.procs.append(localfarm.start_scheduler(env, log=self.logs / "scheduler.log"))
             elif dispatcher == "plain":
@@ -243,7 +242,7 @@ class Farm:
             raise RuntimeError(f"{self.label}: a farm process exited: {dead}; logs in {self.logs}")
 
     def workers(self) -> list[dict[str, Any]]:
-        return self.session.get(f"{self.url}/api/v1/workers", timeout=30).json()["workers"]
+        return self.client.workers()
 
     def wait_workers(self, count: int, timeout: float = 240) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -255,16 +254,13 @@ class Farm:
         return live
 
     def post(self, spec: dict[str, Any]) -> dict[str, Any]:
-        resp = self.session.post(f"{self.url}/api/v1/jobs", json=spec, timeout=30)
-        if resp.status_code != 202:
-            raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
-        return resp.json()
+        return self.client.submit(spec)
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.session.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=30).json()
+        return self.client.job(job_id)
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
         localfarm.stop(*reversed(self.procs))
         self.procs.clear()
 
@@ -308,9 +304,7 @@ def run_trace(
     submitted_s = time.monotonic() - t0
     deadline = time.monotonic() + args.trace_timeout
     while True:
-        listed = farm.session.get(
-            f"{farm.url}/api/v1/jobs", params={"limit": len(ids)}, timeout=30
-        ).json()["jobs"]
+        listed = farm.client.jobs(limit=len(ids))
         status = {j["id"]: j["status"] for j in listed}
         bad = {i: s for i, s in status.items() if s in ("failed", "canceled")}
         if bad:
@@ -453,7 +447,6 @@ def bounds(trace: list[str], workers: int, capacity: int) -> dict[str, Any]:
 def submission_rate(
     api: str, redis_url: str, models_dir: Path, args: argparse.Namespace, model: str
 ) -> dict[str, Any]:
-    import requests
     from redis import Redis
 
     from scheduler.celery_app import RUN_JOB, make_celery
@@ -471,7 +464,7 @@ def submission_rate(
     )
     body = {**spec_for(0, model, args), "seed": 42}
     spec_only = {k: v for k, v in body.items() if k != "owner"}
-    session = requests.Session()
+    client = FarmClient(api)
     scheduler = Scheduler(settings, storage=open_storage(settings))
     app = make_celery(settings)
     redis = Redis.from_url(redis_url)
@@ -479,9 +472,7 @@ def submission_rate(
     def api_round(count: int) -> float:
         started = time.perf_counter()
         for _ in range(count):
-            resp = session.post(f"{api}/api/v1/jobs", json=body, timeout=30)
-            if resp.status_code != 202:
-                raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
+            client.submit(body)
         return time.perf_counter() - started
 
     def inproc_round(count: int) -> float:
@@ -516,9 +507,9 @@ def submission_rate(
     total = (warm + n * args.rounds) * 2  # api + in-process submissions
     recorded = int(redis.zcard("rf:jobs"))
     queued = sum(int(redis.llen(k)) for k in redis.scan_iter(match="bench*", count=1000))
-    pools = session.get_adapter(api).poolmanager.pools
+    pools = client.session.get_adapter(api).poolmanager.pools
     connections = sum(pools[k].num_connections for k in pools.keys())  # noqa: SIM118
-    session.close()
+    client.close()
     app.close()
     redis.flushdb()  # nobody will run these
     redis.close()
