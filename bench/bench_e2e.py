@@ -11,10 +11,11 @@
     `ModelCache` for the compiled shapes (converts to IR once, into the run's temp dir).
 (b) farm: a real redis-server, the scheduler, one worker of that class (`renderfarm
     worker --hardware ...`; an openvino worker reads the IR the baseline wrote) and the
-    dashboard (started with `shared.localfarm`, as `renderfarm up` and the tests do); N jobs
+    dashboard (started with `renderfarm.localfarm`, as `renderfarm up` and the tests do); N jobs
     are submitted one at a time with HTTP POST /api/v1/jobs and GET /api/v1/jobs/<id> is
-    polled until the record says `succeeded`; each job is timed from the POST to the
-    poll that sees `succeeded`.
+    polled (`shared.client.FarmClient`: the first GET at once, then every --poll-ms) until
+    the record says `succeeded`; each job is timed from the POST to the poll that sees
+    `succeeded`.
 (c) farm burst (skip with --no-burst): N jobs posted at once, timed until the last
     one is seen `succeeded`: throughput with the queue kept full.
 
@@ -59,7 +60,8 @@ from bench.common import (
     write_json,
     write_model,
 )
-from shared import localfarm
+from renderfarm import localfarm
+from shared.client import FarmClient
 
 BUCKET = "renders"
 MODEL = "demo-sd15"
@@ -205,15 +207,17 @@ class Baseline:
         hardware: str = "cpu",
         ir_cache: Path | None = None,
     ) -> None:
+        from shared.config import Settings
         from shared.jobspec import parse_spec
         from shared.modelstore import find_model
+        from worker.device import pick_device
         from worker.pipelines import Addons, load_pipeline, txt2img
-        from worker.runner import pick_device
 
         self._txt2img = txt2img
         self._extra: dict[str, Any] = {"addons": Addons()}  # no VAE/ControlNet, as the job
         self.size = (spec["height"], spec["width"])
-        self.spec = parse_spec(spec)  # validated the way the API validates a submission
+        # validated the way the API validates a submission
+        self.spec = parse_spec(spec, Settings())
         name = spec["model"]
         model = find_model(name, "checkpoint", models_dir)
         if model is None:
@@ -250,8 +254,9 @@ class Baseline:
 # ---------------------------------------------------------------------------- farm
 
 
-class FarmClient:
-    """Submits the job over HTTP and polls its record, as a script using the API would."""
+class FarmSide:
+    """Submits the job with `shared.client.FarmClient` (one keep-alive session) and polls its
+    record, as a script using the API would."""
 
     def __init__(
         self,
@@ -261,38 +266,35 @@ class FarmClient:
         procs: list,
         spec: dict[str, Any] = SPEC,
     ) -> None:
-        import requests
-
-        self.api = api
+        self.client = FarmClient(api)
         self.spec = spec
         self.procs = procs  # the farm's processes: a dead one fails the run at once
         self.poll_s = poll_s
         self.job_timeout_s = job_timeout_s
-        self.session = requests.Session()
 
     def post(self) -> str:
-        resp = self.session.post(f"{self.api}/api/v1/jobs", json=self.spec, timeout=30)
-        if resp.status_code != 202:
-            raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
-        return resp.json()["id"]
+        return self.client.submit(self.spec)["id"]
 
     def wait(self, job_id: str, since: float, timeout_s: float | None = None) -> tuple[dict, int]:
-        """Poll until `succeeded`; returns the job and the number of GETs."""
+        """Poll every poll_s until `succeeded`, at most timeout_s from `since`; returns the job
+        and the number of GETs."""
         timeout_s = timeout_s or self.job_timeout_s
         polls = 0
-        while True:
-            time.sleep(self.poll_s)
-            job = self.session.get(f"{self.api}/api/v1/jobs/{job_id}", timeout=30).json()
+
+        def seen(job: dict) -> None:
+            nonlocal polls
             polls += 1
-            if job["status"] == "succeeded":
-                return job, polls
-            if job["status"] not in ("queued", "running"):
-                raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
-            if any(p.poll() is not None for p in self.procs):
+            if job["status"] in ("queued", "running") and any(
+                p.poll() is not None for p in self.procs
+            ):
                 dead = [p.args for p in self.procs if p.poll() is not None]
                 raise RuntimeError(f"a farm process exited while job {job_id} waited: {dead}")
-            if time.perf_counter() - since > timeout_s:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f}s")
+
+        left = timeout_s - (time.perf_counter() - since)
+        job = self.client.wait(job_id, timeout=left, poll_s=self.poll_s, on_poll=seen)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
+        return job, polls
 
     def run_job(self, timeout_s: float | None = None) -> dict[str, Any]:
         """One job, POST to `succeeded` seen; returns timings."""
@@ -305,8 +307,7 @@ class FarmClient:
         wall_seen = time.time()
         return {
             "id": job_id,
-            # Where the worker wrote the manifest (newer records say; older: the default key).
-            "manifest": job.get("manifest") or f"jobs/{job_id}/manifest.json",
+            "manifest": job["manifest"],  # where the worker wrote it
             "e2e_s": t1 - t0,
             "post_s": t_posted - t0,
             "polls": polls,
@@ -331,7 +332,7 @@ class FarmClient:
         return {"n": n, "total_s": total_s, "worker_span_s": worker_span}
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
 
 
 def start_s3() -> tuple[Any, dict[str, str]]:
@@ -428,7 +429,7 @@ def read_render_s(env: dict[str, str], manifest_keys: list[str]) -> list[float]:
 # ---------------------------------------------------------------------------- measuring
 
 
-def measure(args: argparse.Namespace, baseline: Baseline, farm: FarmClient) -> dict[str, Any]:
+def measure(args: argparse.Namespace, baseline: Baseline, farm: FarmSide) -> dict[str, Any]:
     # Warm-up, not counted: the first farm job also waits for the worker to start and
     # load the model into its cache.
     base_warm = [baseline.render() for _ in range(args.warmup)]
@@ -666,13 +667,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.job_timeout is None:
         args.job_timeout = 600.0 if args.model == "sd15" else 120.0
     try:
+        from shared.config import Settings
         from shared.jobspec import parse_spec
 
-        parse_spec(job_spec(args))  # as the API will check it: size limits, multiples of 8
+        parse_spec(
+            job_spec(args), Settings()
+        )  # as the API will check it: size limits, multiples of 8
     except ValueError as exc:
         p.error(f"the job these options make is invalid: {exc}")
     if args.hardware == "gpu":
-        from worker.runner import DeviceUnavailable, pick_device
+        from worker.device import DeviceUnavailable, pick_device
 
         try:
             pick_device("gpu", GPU_DEVICE)  # the GPU worker's own check
@@ -685,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     procs: list = []
     servers: list = []
-    farm: FarmClient | None = None
+    farm: FarmSide | None = None
     with run_dir("renderfarm-bench-", args.keep, "logs, outputs, redis data") as tmp:
         try:
             load_before = loadavg()
@@ -700,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = Baseline(models_dir, spec, args.hardware, tmp / "openvino-cache")
             log(f"starting the farm ({args.storage} storage, one {args.hardware} worker)")
             env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
-            farm = FarmClient(api, args.poll_ms / 1000, args.job_timeout, list(procs), spec)
+            farm = FarmSide(api, args.poll_ms / 1000, args.job_timeout, list(procs), spec)
             log(
                 f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
                 + (f", then a burst of {args.n} farm jobs" if args.burst else "")

@@ -154,6 +154,7 @@ def write_models(models_dir: Path, full: bool) -> dict[str, Any]:
 
 
 def job_spec(steps: int):
+    from shared.config import Settings
     from shared.jobspec import parse_spec
 
     return parse_spec(
@@ -167,7 +168,8 @@ def job_spec(steps: int):
             "seed": SEED,
             "sampler": "Euler a",
             "cfg_scale": 7.0,
-        }
+        },
+        Settings(),
     )
 
 

@@ -10,7 +10,7 @@
     draws its models with Zipf popularity (exponent --zipf-s). For each arrival pattern
     (--arrivals: 0 = every job POSTed back to back; a steady rate in jobs/s; or P% = a
     steady P% of the throughput, jobs/makespan, the burst runs reached) the same
-    trace runs twice, each time on a fresh farm started with `shared.localfarm` (its own
+    trace runs twice, each time on a fresh farm started with `renderfarm.localfarm` (its own
     Redis DB on one redis-server, --workers fresh CPU workers with empty caches, the
     dashboard; OMP_NUM_THREADS = usable cores / workers, see --torch-threads):
     (a) affinity: the farm's dispatcher (`renderfarm scheduler`), default settings;
@@ -33,7 +33,7 @@
     runs the jobs; the DB is flushed afterwards): N sequential POST /api/v1/jobs through
     one keep-alive HTTP session (the API validates the spec, checks the model is in the
     store, writes the job record and adds it to the pending set for the dispatcher: it
-    never talks to Celery); `Scheduler.submit` called in this process (the same work
+    never talks to Celery); `JobControl.submit` called in this process (the same work
     without HTTP and Flask); and N raw Celery `send_task(RUN_JOB, queue="bench")` calls
     with the farm's Celery config (serialise, LPUSH to Redis, a task-sent event). Each in
     --rounds alternating rounds; medians.
@@ -78,7 +78,8 @@ from bench.common import (
     write_json,
     write_model,
 )
-from shared import localfarm
+from renderfarm import localfarm
+from shared.client import FarmClient
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_MODEL = "sched-warmup"
@@ -207,14 +208,14 @@ class Farm:
         dispatcher: str | None,
         preload: str | None,
     ) -> None:
-        import requests
-
         self.label = label
         self.env = env
         self.procs: list[subprocess.Popen] = []
         self.logs = tmp / f"logs-{label}"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.session = requests.Session()
+        port = localfarm.free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = FarmClient(self.url)  # one keep-alive session
         extra = ("--preload", preload) if preload else ()
         try:
             for i in range(workers):
@@ -223,11 +224,9 @@ class Farm:
                         "cpu", env, log=self.logs / f"worker{i}.log", extra=extra
                     )
                 )
-            port = localfarm.free_port()
             self.procs.append(
                 localfarm.start_dashboard("127.0.0.1", port, env, log=self.logs / "dashboard.log")
             )
-            self.url = f"http://127.0.0.1:{port}"
             if dispatcher == "affinity":
                 self.procs.append(localfarm.start_scheduler(env, log=self.logs / "scheduler.log"))
             elif dispatcher == "plain":
@@ -243,7 +242,7 @@ class Farm:
             raise RuntimeError(f"{self.label}: a farm process exited: {dead}; logs in {self.logs}")
 
     def workers(self) -> list[dict[str, Any]]:
-        return self.session.get(f"{self.url}/api/v1/workers", timeout=30).json()["workers"]
+        return self.client.workers()
 
     def wait_workers(self, count: int, timeout: float = 240) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -255,16 +254,13 @@ class Farm:
         return live
 
     def post(self, spec: dict[str, Any]) -> dict[str, Any]:
-        resp = self.session.post(f"{self.url}/api/v1/jobs", json=spec, timeout=30)
-        if resp.status_code != 202:
-            raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
-        return resp.json()
+        return self.client.submit(spec)
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.session.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=30).json()
+        return self.client.job(job_id)
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
         localfarm.stop(*reversed(self.procs))
         self.procs.clear()
 
@@ -308,9 +304,7 @@ def run_trace(
     submitted_s = time.monotonic() - t0
     deadline = time.monotonic() + args.trace_timeout
     while True:
-        listed = farm.session.get(
-            f"{farm.url}/api/v1/jobs", params={"limit": len(ids)}, timeout=30
-        ).json()["jobs"]
+        listed = farm.client.jobs(limit=len(ids))
         status = {j["id"]: j["status"] for j in listed}
         bad = {i: s for i, s in status.items() if s in ("failed", "canceled")}
         if bad:
@@ -453,15 +447,14 @@ def bounds(trace: list[str], workers: int, capacity: int) -> dict[str, Any]:
 def submission_rate(
     api: str, redis_url: str, models_dir: Path, args: argparse.Namespace, model: str
 ) -> dict[str, Any]:
-    import requests
     from redis import Redis
-    from scheduler.submit import Scheduler
 
     from scheduler.celery_app import RUN_JOB, make_celery
-    from scheduler.dispatcher import CELERY_PRIORITY
+    from scheduler.control import JobControl
     from shared.config import Settings
     from shared.jobspec import parse_spec
     from shared.storage import open_storage
+    from shared.vocabulary import Priority
 
     n = args.submit_n
     settings = Settings(
@@ -471,24 +464,22 @@ def submission_rate(
     )
     body = {**spec_for(0, model, args), "seed": 42}
     spec_only = {k: v for k, v in body.items() if k != "owner"}
-    session = requests.Session()
-    scheduler = Scheduler(settings, storage=open_storage(settings))
+    client = FarmClient(api)
+    scheduler = JobControl(settings, storage=open_storage(settings))
     app = make_celery(settings)
     redis = Redis.from_url(redis_url)
 
     def api_round(count: int) -> float:
         started = time.perf_counter()
         for _ in range(count):
-            resp = session.post(f"{api}/api/v1/jobs", json=body, timeout=30)
-            if resp.status_code != 202:
-                raise RuntimeError(f"POST /api/v1/jobs: {resp.status_code} {resp.text}")
+            client.submit(body)
         return time.perf_counter() - started
 
     def inproc_round(count: int) -> float:
         started = time.perf_counter()
         for _ in range(count):
             # What the API handler does after parsing the JSON body.
-            scheduler.submit(parse_spec(spec_only), OWNER, "normal", None)
+            scheduler.submit(parse_spec(spec_only, settings), OWNER, Priority.NORMAL, None)
         return time.perf_counter() - started
 
     def celery_round(count: int) -> float:
@@ -500,7 +491,7 @@ def submission_rate(
                 args=[job_id, 1],
                 queue="bench",
                 task_id=f"{job_id}.1",
-                priority=CELERY_PRIORITY["normal"],
+                priority=Priority.NORMAL.celery,
             )
         return time.perf_counter() - started
 
@@ -516,9 +507,9 @@ def submission_rate(
     total = (warm + n * args.rounds) * 2  # api + in-process submissions
     recorded = int(redis.zcard("rf:jobs"))
     queued = sum(int(redis.llen(k)) for k in redis.scan_iter(match="bench*", count=1000))
-    pools = session.get_adapter(api).poolmanager.pools
+    pools = client.session.get_adapter(api).poolmanager.pools
     connections = sum(pools[k].num_connections for k in pools.keys())  # noqa: SIM118
-    session.close()
+    client.close()
     app.close()
     redis.flushdb()  # nobody will run these
     redis.close()
@@ -596,7 +587,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         + " and ".join(arrival_name(rate, spec=spec) for spec, rate in r["rates"].items())
         + "; "
         f"heartbeat {args.heartbeat_s:g} s (the dispatcher sees the caches through it)",
-        "routing   affinity: `renderfarm scheduler` (shared.localfarm.start_scheduler), "
+        "routing   affinity: `renderfarm scheduler` (renderfarm.localfarm.start_scheduler), "
         f"RENDERFARM_AFFINITY_WAIT_S={args.affinity_wait_s:g}",
         "          plain: RENDERFARM_AFFINITY_WAIT_S=0 and a Dispatcher subclass whose choose() "
         "takes the next idle able worker in rotating order",
@@ -669,7 +660,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         f"{'POST /api/v1/jobs (keep-alive session)':44}{ps['api']:8.0f} jobs/s "
         f"({s['ms_per_call']['api']:.2f} ms each; "
         f"{s['http_connections_opened']} TCP connection(s) opened)",
-        f"{'Scheduler.submit() in-process (no HTTP)':44}{ps['inproc']:8.0f} jobs/s "
+        f"{'JobControl.submit() in-process (no HTTP)':44}{ps['inproc']:8.0f} jobs/s "
         f"({s['ms_per_call']['inproc']:.2f} ms each)",
         f"{'Celery send_task(RUN_JOB, queue=bench)':44}{ps['celery']:8.0f} tasks/s "
         f"({s['ms_per_call']['celery']:.2f} ms each)",

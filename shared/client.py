@@ -13,9 +13,9 @@ from typing import Any
 
 import requests
 
+from shared.vocabulary import FINAL
+
 JSON = dict[str, Any]
-FINAL = ("succeeded", "failed", "canceled")
-"""The job statuses that do not change any more (`wait` returns at one of them)."""
 
 
 class ApiError(RuntimeError):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import requests
 from redis import Redis
 
 from renderfarm import localfarm
@@ -82,6 +81,10 @@ def s3_client(env: dict[str, str]):
 
 @dataclass
 class Farm:
+    """A running farm: its processes, its Redis, and `client` for its REST API. `submit`,
+    `job` and `wait` are the client's, with the spec as keywords and the logs named on a
+    timeout; a test that checks a refused request's status uses `client.request`."""
+
     url: str
     env: dict[str, str]
     redis: Redis
@@ -92,8 +95,8 @@ class Farm:
     def __post_init__(self) -> None:
         self.client = FarmClient(self.url, timeout=10)
 
-    def submit(self, **spec) -> requests.Response:
-        return requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=10)
+    def submit(self, *, owner: str | None = None, priority: str | None = None, **spec) -> dict:
+        return self.client.submit(spec, owner=owner, priority=priority)
 
     def redis_workers(self) -> list[dict]:
         from scheduler.fleet import live_workers
@@ -130,16 +133,13 @@ class Farm:
         raise TimeoutError(f"no heartbeat from {job['worker']} after job {job['id']}")
 
     def job(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=10).json()
+        return self.client.job(job_id)
 
     def wait(self, job_id: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job["status"] not in ("queued", "running"):
-                return job
-            time.sleep(0.05)
-        raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s; see {self.logs}")
+        try:
+            return self.client.wait(job_id, timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; see {self.logs}") from None
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-import requests
 from redis import Redis
 
 from renderfarm import localfarm
+from shared.client import FarmClient
+from shared.vocabulary import FINAL
 
 
 class TcpProxy:
@@ -111,6 +112,7 @@ class FaultFarm:
             "127.0.0.1", self.port, self.env, log=self.logs / "dashboard.log"
         )
         self.url = f"http://127.0.0.1:{self.port}"
+        self.client = FarmClient(self.url)
         self._supervise = True
         self._supervisor = threading.Thread(target=self._restart_dead_workers, daemon=True)
         self._supervisor.start()
@@ -128,7 +130,7 @@ class FaultFarm:
             time.sleep(0.2)
 
     def live(self) -> list[dict]:
-        return requests.get(f"{self.url}/api/v1/workers", timeout=10).json()["workers"]
+        return self.client.workers()
 
     def wait_workers(self, count: int, timeout: float = 120) -> list[dict]:
         """Wait until the fleet is exactly `count` running worker processes: a killed worker's
@@ -144,20 +146,14 @@ class FaultFarm:
             assert time.monotonic() < deadline, f"live {[w['name'] for w in live]}, {running=}"
             time.sleep(0.2)
 
-    def submit(self, **spec) -> dict:
-        resp = requests.post(f"{self.url}/api/v1/jobs", json=spec, timeout=30)
-        assert resp.status_code in (200, 202), resp.text
-        return resp.json()
+    def submit(self, *, owner: str | None = None, priority: str | None = None, **spec) -> dict:
+        return self.client.submit(spec, owner=owner, priority=priority)
 
     def job(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=30).json()
+        return self.client.job(job_id)
 
-    def wait(self, job_id: str, timeout: float = 180, until=("succeeded", "failed", "canceled")):
-        deadline = time.monotonic() + timeout
-        while (job := self.job(job_id))["status"] not in until:
-            assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
-            time.sleep(0.05)
-        return job
+    def wait(self, job_id: str, timeout: float = 180, until=FINAL) -> dict:
+        return self.client.wait(job_id, timeout, until=until)
 
     def restart_redis(self, down_s: float) -> None:
         localfarm.stop(self.redis_proc)
@@ -167,5 +163,6 @@ class FaultFarm:
     def close(self) -> None:
         self._supervise = False
         self._supervisor.join()
+        self.client.close()
         localfarm.stop(self.dashboard, self.scheduler, *self.workers, self.redis_proc)
         self.s3_proxy.pause()

@@ -4,7 +4,6 @@ import io
 import json
 
 import numpy as np
-import requests
 from PIL import Image
 
 from shared import keys
@@ -18,17 +17,18 @@ def bucket_object(farm, key: str) -> bytes:
 
 
 def test_txt2img_job_travels_through_every_component(farm):
-    resp = farm.submit(
-        prompt="a lighthouse at dusk",
-        negative_prompt="blurry",
-        seed=1234,
-        sampler="DPM++ 2M Karras",
-        width=96,
-        height=64,
-        steps=5,
-        cfg_scale=6.5,
-        model="demo-sd15",
-    )
+    spec = {
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+        "seed": 1234,
+        "sampler": "DPM++ 2M Karras",
+        "width": 96,
+        "height": 64,
+        "steps": 5,
+        "cfg_scale": 6.5,
+        "model": "demo-sd15",
+    }
+    resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
     assert resp.status_code == 202, resp.text
     submitted = resp.json()
     assert submitted["status"] == "queued"
@@ -56,13 +56,13 @@ def test_txt2img_job_travels_through_every_component(farm):
     assert manifest["seeds"] == [1234] and manifest["spec"]["prompt"] == "a lighthouse at dusk"
 
     # The API serves the same bytes, whatever the storage backend.
-    served = requests.get(farm.url + job["outputs"][0]["url"], timeout=10)
+    served = farm.client.request("GET", job["outputs"][0]["url"])
     assert served.headers["Content-Type"] == "image/png"
     assert served.content == bucket_object(farm, job["outputs"][0]["key"])
 
 
 def test_progress_is_reported_every_denoising_step(farm):
-    job = farm.wait(farm.submit(prompt="steps", **{**TINY, "steps": 9}).json()["id"])
+    job = farm.wait(farm.submit(prompt="steps", **{**TINY, "steps": 9})["id"])
     assert job["status"] == "succeeded"
     # seq counts every write to the record: created, dispatched, running, one per step,
     # succeeded.
@@ -71,8 +71,8 @@ def test_progress_is_reported_every_denoising_step(farm):
 
 
 def test_same_seed_same_images_and_open_seed_is_recorded(farm):
-    ids = [farm.submit(prompt="twins", seed=77, batch_size=2, **TINY).json()["id"] for _ in "ab"]
-    open_seed = farm.submit(prompt="twins", batch_size=2, **TINY).json()
+    ids = [farm.submit(prompt="twins", seed=77, batch_size=2, **TINY)["id"] for _ in "ab"]
+    open_seed = farm.submit(prompt="twins", batch_size=2, **TINY)
     first, second = (farm.wait(i) for i in ids)
     images = [
         [np.asarray(Image.open(io.BytesIO(bucket_object(farm, o["key"])))) for o in j["outputs"]]
@@ -91,24 +91,21 @@ def test_same_seed_same_images_and_open_seed_is_recorded(farm):
 
 
 def test_model_that_fails_to_load_fails_the_job_and_the_worker_goes_on(farm):
-    broken = farm.wait(farm.submit(prompt="x", **{**TINY, "model": "broken-model"}).json()["id"])
+    broken = farm.wait(farm.submit(prompt="x", **{**TINY, "model": "broken-model"})["id"])
     assert broken["status"] == "failed"
     assert "could not load checkpoint 'broken-model'" in broken["error"]
     assert broken["outputs"] == []
-    after = farm.wait(farm.submit(prompt="still serving", **TINY).json()["id"])
+    after = farm.wait(farm.submit(prompt="still serving", **TINY)["id"])
     assert after["status"] == "succeeded"
 
 
 def test_job_list_models_and_missing_things(farm):
-    job = farm.wait(farm.submit(prompt="listed", **TINY).json()["id"])
-    listed = requests.get(f"{farm.url}/api/v1/jobs", timeout=10).json()["jobs"]
+    job = farm.wait(farm.submit(prompt="listed", **TINY)["id"])
+    listed = farm.client.jobs()
     assert listed[0]["id"] == job["id"], "most recent first"
-    models = requests.get(f"{farm.url}/api/v1/models", timeout=10).json()["models"]
+    models = farm.client.models()
     demo = next(m for m in models if m["name"] == "demo-sd15")
     assert demo["family"] == "checkpoint" and demo["kind"] == "StableDiffusionPipeline"
     assert 0 < demo["size_bytes"] < 20_000_000
-    assert requests.get(f"{farm.url}/api/v1/jobs/nope", timeout=10).status_code == 404
-    assert (
-        requests.get(farm.url + f"/api/v1/jobs/{job['id']}/outputs/5", timeout=10).status_code
-        == 404
-    )
+    assert farm.client.request("GET", "/api/v1/jobs/nope").status_code == 404
+    assert farm.client.request("GET", f"/api/v1/jobs/{job['id']}/outputs/5").status_code == 404

@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-import requests
 
 from scheduler.celery_app import RUN_JOB, make_celery
 from shared import keys
@@ -111,21 +110,21 @@ def test_cancel_queued_and_running_jobs_and_retry(ff):
     for b in busy:
         running_with_progress(ff, b["id"])
     assert ff.job(queued["id"])["status"] == "queued"
-    canceled = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/cancel", timeout=10).json()
+    canceled = ff.client.cancel(queued["id"])
     assert canceled["status"] == "canceled"
-    stopped = requests.post(f"{ff.url}/api/v1/jobs/{busy[0]['id']}/cancel", timeout=10)
+    stopped = ff.client.request("POST", f"/api/v1/jobs/{busy[0]['id']}/cancel")
     assert stopped.status_code == 200
     started = time.monotonic()
     assert ff.wait(busy[0]["id"])["status"] == "canceled"
     assert time.monotonic() - started < 10, "stops within a few denoising steps"
     assert ff.wait(busy[1]["id"])["status"] == "succeeded"
     assert ff.job(queued["id"])["started_at"] is None, "the queued job never ran"
-    again = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/retry", timeout=10)
+    again = ff.client.request("POST", f"/api/v1/jobs/{queued['id']}/retry")
     assert again.status_code == 200 and again.json()["status"] == "queued"
     assert ff.wait(queued["id"])["status"] == "succeeded"
     # The worker whose job was canceled is healthy and takes new work.
     assert ff.wait(ff.submit(prompt="after cancel", **QUICK)["id"])["status"] == "succeeded"
-    conflict = requests.post(f"{ff.url}/api/v1/jobs/{queued['id']}/cancel", timeout=10)
+    conflict = ff.client.request("POST", f"/api/v1/jobs/{queued['id']}/cancel")
     assert conflict.status_code == 409
 
 
@@ -138,8 +137,8 @@ def test_priority_order_and_per_owner_fairness(ff):
     low = ff.submit(prompt="low", owner="carol", priority="low", **QUICK)
     single = ff.submit(prompt="single", owner="bob", **QUICK)
     bumped = ff.submit(prompt="bumped", owner="carol", **QUICK)
-    moved = requests.post(
-        f"{ff.url}/api/v1/jobs/{bumped['id']}/priority", json={"priority": "high"}, timeout=10
+    moved = ff.client.request(
+        "POST", f"/api/v1/jobs/{bumped['id']}/priority", json={"priority": "high"}
     )
     assert moved.status_code == 200 and moved.json()["priority"] == "high"
     jobs = [ff.wait(j["id"]) for j in [*busy, *batch, low, single, bumped]]
@@ -148,8 +147,8 @@ def test_priority_order_and_per_owner_fairness(ff):
     assert order[0] == "bumped", order
     assert order.index("single") <= 2, f"bob waits for at most one of alice's jobs: {order}"
     assert order[-1] == "low", order
-    running = requests.post(
-        f"{ff.url}/api/v1/jobs/{busy[0]['id']}/priority", json={"priority": "high"}, timeout=10
+    running = ff.client.request(
+        "POST", f"/api/v1/jobs/{busy[0]['id']}/priority", json={"priority": "high"}
     )
     assert running.status_code == 409
 
@@ -182,7 +181,7 @@ def test_drained_worker_takes_no_new_jobs(ff):
     # Earlier tests kill workers: drain one whose heartbeat shows it heard, i.e. a live one.
     for _ in range(5):
         drained = ff.wait_workers(2)[0]["name"]
-        requests.post(f"{ff.url}/api/v1/workers/{drained}/drain", timeout=10).raise_for_status()
+        ff.client.drain(drained)
         if heartbeat_says_draining(ff, drained):
             break
     else:
@@ -191,16 +190,14 @@ def test_drained_worker_takes_no_new_jobs(ff):
         jobs = [ff.wait(ff.submit(prompt=f"d{i}", **QUICK)["id"]) for i in range(3)]
         assert all(j["status"] == "succeeded" and j["worker"] != drained for j in jobs)
     finally:
-        requests.post(
-            f"{ff.url}/api/v1/workers/{drained}/drain", json={"drain": False}, timeout=10
-        ).raise_for_status()
+        ff.client.drain(drained, draining=False)
 
 
 def test_idempotency_key_returns_the_same_job(ff):
     headers = {"Idempotency-Key": "retry-me-42"}
-    url = f"{ff.url}/api/v1/jobs"
-    first = requests.post(url, json={"prompt": "idem", **QUICK}, headers=headers, timeout=10)
-    second = requests.post(url, json={"prompt": "idem", **QUICK}, headers=headers, timeout=10)
+    body = {"prompt": "idem", **QUICK}
+    first = ff.client.request("POST", "/api/v1/jobs", json=body, headers=headers)
+    second = ff.client.request("POST", "/api/v1/jobs", json=body, headers=headers)
     assert (first.status_code, second.status_code) == (202, 200)
     assert first.json()["id"] == second.json()["id"]
     assert ff.wait(first.json()["id"])["status"] == "succeeded"
@@ -242,21 +239,19 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
 def test_a_batch_is_shared_by_the_workers(ff):
     ff.wait_workers(2)
     spec = {"prompt": "batch", **SLOW, "steps": 20, "seed": 100, "batch_count": 4}
-    resp = requests.post(
-        f"{ff.url}/api/v1/batches", json={"spec": spec, "owner": "dana"}, timeout=30
-    )
+    resp = ff.client.request("POST", "/api/v1/batches", json={"spec": spec, "owner": "dana"})
     assert resp.status_code == 202, resp.text
     batch = resp.json()
     assert [j["spec"]["seed"] for j in batch["jobs"]] == [100, 101, 102, 103]
     jobs = [ff.wait(j["id"]) for j in batch["jobs"]]
     assert all(j["status"] == "succeeded" for j in jobs)
     assert len({j["worker"] for j in jobs}) == 2, "both workers took part"
-    done = requests.get(f"{ff.url}/api/v1/batches/{batch['id']}", timeout=10).json()
+    done = ff.client.batch(batch["id"])
     assert done["status"] == "succeeded" and done["progress"] == 1.0
 
     before = ff.redis.zcard(keys.jobs_index())
     bad = {"jobs": [{"prompt": "ok", **QUICK}, {"prompt": "bad", **{**QUICK, "width": 100}}]}
-    refused = requests.post(f"{ff.url}/api/v1/batches", json=bad, timeout=10)
+    refused = ff.client.request("POST", "/api/v1/batches", json=bad)
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["field"] == "jobs.1.width"
     assert ff.redis.zcard(keys.jobs_index()) == before, "nothing queued"
@@ -270,5 +265,5 @@ def test_a_job_no_live_worker_can_run_waits_visibly(ff):
         time.sleep(0.1)
     assert ff.job(job["id"])["status"] == "queued"
     assert "waiting for a compatible worker (hardware gpu" in waiting
-    requests.post(f"{ff.url}/api/v1/jobs/{job['id']}/cancel", timeout=10).raise_for_status()
+    ff.client.cancel(job["id"])
     assert ff.job(job["id"])["status"] == "canceled"

@@ -6,14 +6,11 @@ import subprocess
 import sys
 import time
 
-import requests
-
 from renderfarm import localfarm
 
 
 def fleet(farm) -> dict[str, dict]:
-    workers = requests.get(f"{farm.url}/api/v1/workers", timeout=10).json()["workers"]
-    return {w["name"]: w for w in workers}
+    return {w["name"]: w for w in farm.client.workers()}
 
 
 def wait_until(check, timeout: float = 30) -> None:
@@ -25,7 +22,7 @@ def wait_until(check, timeout: float = 30) -> None:
 
 def test_heartbeat_describes_the_worker(farm):
     job = farm.wait(
-        farm.submit(model="demo-sd15", prompt="beat", width=64, height=64, steps=2).json()["id"]
+        farm.submit(model="demo-sd15", prompt="beat", width=64, height=64, steps=2)["id"]
     )
     assert job["status"] == "succeeded"
     worker = farm.beat_after(job)

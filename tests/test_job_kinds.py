@@ -34,7 +34,7 @@ def manifest(farm, job: dict) -> dict:
 
 
 def run(farm, **spec) -> dict:
-    resp = farm.submit(**spec)
+    resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
     assert resp.status_code == 202, resp.text
     job = farm.wait(resp.json()["id"], timeout=120)
     assert job["status"] == "succeeded", job["error"]
@@ -225,7 +225,7 @@ def test_bad_inputs_of_the_new_kinds_are_refused(farm, spec, field, reason):
     if spec.get("kind") == "upscale":
         spec = {k: v for k, v in spec.items() if k not in TINY and k != "prompt"}
         spec.setdefault("image", png_b64(Image.new("RGB", (8, 8))))
-    resp = farm.submit(**spec)
+    resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
     assert resp.status_code == 422, resp.text
     errors = {e["field"]: e["reason"] for e in resp.json()["errors"]}
     assert any(f.startswith(field) and reason in r for f, r in errors.items()), errors
