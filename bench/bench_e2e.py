@@ -46,6 +46,7 @@ from typing import Any
 
 from bench.common import (
     OtherLoad,
+    api_token,
     loadavg,
     log,
     machine_info,
@@ -261,12 +262,13 @@ class FarmSide:
     def __init__(
         self,
         api: str,
+        token: str,
         poll_s: float,
         job_timeout_s: float,
         procs: list,
         spec: dict[str, Any] = SPEC,
     ) -> None:
-        self.client = FarmClient(api)
+        self.client = FarmClient(api, token)
         self.spec = spec
         self.procs = procs  # the farm's processes: a dead one fails the run at once
         self.poll_s = poll_s
@@ -704,7 +706,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline = Baseline(models_dir, spec, args.hardware, tmp / "openvino-cache")
             log(f"starting the farm ({args.storage} storage, one {args.hardware} worker)")
             env, api, storage = start_farm(args, tmp, models_dir, procs, servers)
-            farm = FarmSide(api, args.poll_ms / 1000, args.job_timeout, list(procs), spec)
+            token = api_token(env["RENDERFARM_REDIS_URL"])
+            farm = FarmSide(api, token, args.poll_ms / 1000, args.job_timeout, list(procs), spec)
             log(
                 f"measuring: {args.warmup} warm-up + {args.n} on each side ({args.order})"
                 + (f", then a burst of {args.n} farm jobs" if args.burst else "")

@@ -65,6 +65,7 @@ from bench.bench_cache import simulate, zipf_trace
 from bench.common import (
     MIB,
     OtherLoad,
+    api_token,
     config,
     machine_info,
     machine_line,
@@ -215,7 +216,8 @@ class Farm:
         self.logs.mkdir(parents=True, exist_ok=True)
         port = localfarm.free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.client = FarmClient(self.url)  # one keep-alive session
+        # one keep-alive session, signed in
+        self.client = FarmClient(self.url, api_token(env["RENDERFARM_REDIS_URL"], OWNER))
         extra = ("--preload", preload) if preload else ()
         try:
             for i in range(workers):
@@ -464,7 +466,7 @@ def submission_rate(
     )
     body = {**spec_for(0, model, args), "seed": 42}
     spec_only = {k: v for k, v in body.items() if k != "owner"}
-    client = FarmClient(api)
+    client = FarmClient(api, api_token(redis_url, OWNER))
     scheduler = JobControl(settings, storage=open_storage(settings))
     app = make_celery(settings)
     redis = Redis.from_url(redis_url)

@@ -15,4 +15,6 @@ ui = Blueprint("ui", __name__)
 @require(Role.VIEWER)
 def index():
     # The page mirrors the account's role (what it may press); the API decides.
-    return render_template("index.html", samplers=list(SAMPLERS), account=current_account())
+    return render_template(
+        "index.html", samplers=list(SAMPLERS), account=current_account(), Role=Role
+    )

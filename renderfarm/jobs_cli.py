@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from shared.client import FarmClient
+from shared.config import Settings
 from shared.vocabulary import AUTO, JobStatus, Priority
 
 DEFAULT_API = "http://127.0.0.1:8000"
 
 
 def _client(args: argparse.Namespace) -> FarmClient:
-    return FarmClient(args.api)
+    """The API at --api, as RENDERFARM_TOKEN's account, else the token file's (`up` writes
+    one for its local admin)."""
+    settings = Settings()
+    token = settings.token.get_secret_value() if settings.token else None
+    if token is None and settings.token_file.is_file():
+        token = settings.token_file.read_text().strip()
+    return FarmClient(args.api, token)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -91,7 +97,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--hardware", default=AUTO)
     p.add_argument("--priority", default=Priority.NORMAL, choices=list(Priority))
-    p.add_argument("--owner", default=os.environ.get("USER", "anonymous"))
+    p.add_argument("--owner", help="submit on behalf of this account (operators and admins)")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
     p.add_argument("--out", type=Path, help="download the images into this folder")
     p.set_defaults(func=cmd_submit)

@@ -103,7 +103,7 @@ def start_dashboard(
     host: str, port: int, env: dict[str, str], log: Path | None = None
 ) -> subprocess.Popen:
     proc = _renderfarm("dashboard", "--host", host, "--port", str(port), env=env, log=log)
-    url = f"http://{host}:{port}/api/v1/models"
+    url = f"http://{host}:{port}/healthz"
     wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 30, "dashboard", proc)
     return proc
 

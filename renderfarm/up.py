@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dashboard.accounts import Accounts
+from dashboard.accounts_cli import ensure_local_admin
 from renderfarm import localfarm
-from shared.config import Settings
+from shared.config import Settings, redis_client
 from shared.vocabulary import Hardware
 
 
@@ -37,6 +39,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"starting redis-server on 127.0.0.1:{url.port or 6379} (appendonly yes)")
             redis_proc = localfarm.start_redis(url.port or 6379, Path("var/redis").resolve())
             procs.append(redis_proc)
+        password = ensure_local_admin(
+            Accounts(redis_client(settings.redis_url), settings), settings.token_file
+        )
+        if password:
+            print(
+                f"created the local admin account: name admin, password {password}\n"
+                f"(shown only now; its API token is in {settings.token_file}, which the "
+                "renderfarm commands on this machine use)"
+            )
         written = write_demo_models(settings.models_dir)
         print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
         procs.append(localfarm.start_scheduler(env))

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # and the largest request body in MiB (413 above it).
     max_output_pixels: int = 4096 * 4096
     max_input_pixels: int = 4096 * 4096
-    max_request_mb: int = 64
+    max_request_mb: int = 48
 
     # Model cache budgets per worker process, in MiB (RAM always; VRAM on CUDA workers).
     cache_ram_mb: int = 8192
@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Flask's SECRET_KEY (signs session cookies); unset: one is generated once and kept in
     # Redis, so every dashboard replica shares it.
     secret_key: SecretStr | None = None
+    # The client commands (`renderfarm submit`, `cancel`, ...) authenticate with this token,
+    # else with the one in `token_file` (written by `renderfarm up` for its local admin).
+    token: SecretStr | None = None
+    token_file: Path = Path("var/renderfarm.token")
     # Send the session cookie only over HTTPS (set it when the dashboard is behind TLS).
     secure_cookies: bool = False
     # A browser session ends after this long without a request.

@@ -16,6 +16,7 @@ from redis import Redis
 
 from renderfarm import localfarm
 from shared.client import FarmClient
+from tests.signin import account_token, ensure_account
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BUCKET = "renders"
@@ -93,9 +94,16 @@ class Farm:
     client: FarmClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = FarmClient(self.url, timeout=10)
+        self.client = self.as_account("admin", "admin")
+
+    def as_account(self, name: str, role: str = "member") -> FarmClient:
+        """A client signed in with a new token of `name` (created with `role` if new)."""
+        return FarmClient(self.url, account_token(self.redis, name, role), timeout=10)
 
     def submit(self, *, owner: str | None = None, priority: str | None = None, **spec) -> dict:
+        """Submit as the admin; on behalf of `owner` (a member, created if new) if given."""
+        if owner is not None:
+            ensure_account(self.redis, owner)
         return self.client.submit(spec, owner=owner, priority=priority)
 
     def redis_workers(self) -> list[dict]:

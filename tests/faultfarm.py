@@ -15,6 +15,7 @@ from redis import Redis
 from renderfarm import localfarm
 from shared.client import FarmClient
 from shared.vocabulary import FINAL
+from tests.signin import account_token, ensure_account
 
 
 class TcpProxy:
@@ -112,7 +113,7 @@ class FaultFarm:
             "127.0.0.1", self.port, self.env, log=self.logs / "dashboard.log"
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        self.client = FarmClient(self.url)
+        self.client = FarmClient(self.url, account_token(self.redis, "admin", "admin"))
         self._supervise = True
         self._supervisor = threading.Thread(target=self._restart_dead_workers, daemon=True)
         self._supervisor.start()
@@ -147,6 +148,9 @@ class FaultFarm:
             time.sleep(0.2)
 
     def submit(self, *, owner: str | None = None, priority: str | None = None, **spec) -> dict:
+        """Submit as the admin; on behalf of `owner` (a member, created if new) if given."""
+        if owner is not None:
+            ensure_account(self.redis, owner)
         return self.client.submit(spec, owner=owner, priority=priority)
 
     def job(self, job_id: str) -> dict:

@@ -5,6 +5,22 @@ from redis import Redis
 
 from dashboard.app import create_app
 from shared.config import Settings
+from tests.signin import account_token
+
+# What signing in writes (accounts, tokens, the secret key, the audit log, throttling).
+AUTH_KEYS = ("rf:account", "rf:token", "rf:secret-key", "rf:audit", "rf:ratelimit")
+
+
+def job_keys(redis: Redis) -> list[bytes]:
+    return [k for k in redis.scan_iter() if not k.decode().startswith(AUTH_KEYS)]
+
+
+def signed_in(app, redis: Redis):
+    """The app's test client, sending a member's token on every request."""
+    token = account_token(redis, "tester")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
 
 
 @pytest.fixture
@@ -14,8 +30,8 @@ def client(redis_url, models_dir, tmp_path):
     redis = Redis.from_url(url)
     redis.flushdb()
     settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
-    yield create_app(settings).test_client()
-    assert redis.dbsize() == 0, f"bad input left keys behind: {redis.keys()}"
+    yield signed_in(create_app(settings), redis)
+    assert not job_keys(redis), f"bad input left keys behind: {job_keys(redis)}"
 
 
 GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
@@ -60,8 +76,8 @@ def test_the_app_validates_against_the_settings_it_was_created_with(
     settings = Settings(
         redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}", max_width=128
     )
-    client = create_app(settings).test_client()
+    client = signed_in(create_app(settings), redis)
     resp = client.post("/api/v1/jobs", json={**GOOD, "width": 256})
     assert resp.status_code == 422
     assert "between 64 and 128" in resp.get_json()["errors"][0]["reason"]
-    assert redis.dbsize() == 0
+    assert not job_keys(redis)

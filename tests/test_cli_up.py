@@ -30,11 +30,17 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         text=True,
     )
     try:
+        said = []
         for line in up.stdout:
+            said.append(line)
             if "renderfarm is up" in line:
                 break
         else:
-            raise AssertionError(f"up exited with {up.wait()}")
+            raise AssertionError(f"up exited with {up.wait()}: {''.join(said)}")
+        # A local admin on first start: its password shown once, its token in a private file.
+        assert any("local admin account: name admin, password " in line for line in said)
+        token_file = tmp_path / "var" / "renderfarm.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
         children = psutil.Process(up.pid).children(recursive=True)
         assert {"redis-server", "worker", "dashboard"} <= {
             word
@@ -64,6 +70,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
                 "--out",
                 str(tmp_path / "got"),
             ],
+            cwd=tmp_path,  # beside `up`: the token file it wrote signs the client in
             env=env,
             capture_output=True,
             text=True,

@@ -145,9 +145,10 @@ def test_a_token_is_sent_as_a_bearer_header_on_every_request(farm, echo_url):
             assert seen == "Bearer s3cret"
     with FarmClient(echo_url) as anonymous:
         assert anonymous.request("GET", "/api/v1/jobs").json()["seen"] == "-"
-    # The farm ignores it until accounts exist; the request it answered carried it.
+    # The farm reads it: an unknown token is refused, a real one is let in.
     with FarmClient(farm.url, token="s3cret") as client:
-        assert client.models()
         resp = client.request("GET", "/api/v1/models")
-        assert resp.status_code == 200
+        assert resp.status_code == 401
         assert resp.request.headers["Authorization"] == "Bearer s3cret"
+    with farm.as_account("client-test", "viewer") as client:
+        assert client.models()

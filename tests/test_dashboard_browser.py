@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from tests.signin import ensure_account
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,16 +21,56 @@ QUIET = [
 ]
 
 
+PASSWORD = "correct horse battery"
+
+
 @pytest.fixture(scope="module")
-def page():
+def browser():
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
-        yield browser.new_page()
+        yield browser
         browser.close()
+
+
+def sign_in(farm, browser, name: str, role: str):
+    """A fresh browser context signed in as `name` through the login page."""
+    accounts = ensure_account(farm.redis, name, role)
+    accounts.set_password(name, PASSWORD)
+    page = browser.new_context().new_page()
+    page.goto(farm.url + "/")
+    page.wait_for_url("**/login**")  # not signed in: sent to the login page
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#whoami")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(farm, browser):
+    return sign_in(farm, browser, "artist", "member")
+
+
+def test_the_login_page_refuses_a_wrong_password_and_a_viewer_sees_no_form(farm, browser):
+    ensure_account(farm.redis, "looker", "viewer").set_password("looker", PASSWORD)
+    farm.submit(model="demo-sd15", prompt="seen by a viewer", width=64, height=64, steps=2)
+    page = browser.new_context().new_page()
+    page.goto(farm.url + "/login")
+    page.fill("input[name=name]", "looker")
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    page.locator(".error", has_text="Wrong name or password").wait_for()
+    viewer = sign_in(farm, browser, "looker", "viewer")
+    assert viewer.locator("#whoami").inner_text() == "looker (viewer)"
+    assert viewer.locator("#job-form").count() == 0  # the server leaves it out
+    viewer.locator("#job-rows tr", has_text="seen by a viewer").wait_for(timeout=30_000)
+    assert viewer.locator("button.cancel, button.retry").count() == 0
+    viewer.click("#logout button")
+    viewer.wait_for_url("**/login**")
 
 
 def test_submit_from_the_page_and_see_the_thumbnail(farm, page):

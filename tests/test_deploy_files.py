@@ -371,7 +371,7 @@ def test_cpu_dockerfile_has_a_dashboard_target():
     args = parse_renderfarm(exec_form(path, stage_last(path, "CMD", "dashboard")), "dashboard")
     assert (args.command, args.host, args.port) == ("dashboard", "0.0.0.0", 8000)
     health = stage_last(path, "HEALTHCHECK", "dashboard")
-    assert health and f":{args.port}/api/v1/models" in health
+    assert health and f":{args.port}/healthz" in health
     assert str(args.port) in (stage_last(path, "EXPOSE", "dashboard") or "")
 
 

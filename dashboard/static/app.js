@@ -1,7 +1,15 @@
-// The dashboard talks to the same REST API as every other client.
-const api = (path, options) => fetch(`/api/v1${path}`, options).then(async (r) => ({
-  status: r.status, body: await r.json(),
-}));
+// The dashboard talks to the same REST API as every other client, signed in by its session
+// cookie; state-changing calls carry the page's CSRF token. The server decides what is
+// allowed: the page only leaves out what this account may not do.
+const csrf = document.querySelector("meta[name=csrf-token]").content;
+const me = document.body.dataset;
+const api = (path, options = {}) => fetch(`/api/v1${path}`, {
+  ...options, headers: { ...(options.headers || {}), "X-CSRFToken": csrf },
+}).then(async (r) => {
+  if (r.status === 401) window.location.assign("/login?next=/");
+  return { status: r.status, body: await r.json() };
+});
+const maySteer = (job) => me.steersAny === "yes" || (job.owner === me.account && me.role !== "viewer");
 
 function cell(row, text, cls) {
   const td = row.insertCell();
@@ -18,6 +26,7 @@ function renderJobs(jobs) {
     row.dataset.jobId = job.id;
     row.dataset.status = job.status;
     cell(row, job.id.slice(0, 8));
+    cell(row, job.owner, "owner");
     cell(row, job.spec.prompt, "prompt");
     cell(row, job.spec.model);
     const status = cell(row, job.status, `status status-${job.status}`);
@@ -30,7 +39,7 @@ function renderJobs(jobs) {
       { className: "waiting", textContent: job.waiting }));
     if (job.error) status.title = job.error;
     const action = { queued: "cancel", running: "cancel", failed: "retry", canceled: "retry" }[job.status];
-    if (action) {
+    if (action && maySteer(job)) {
       const button = Object.assign(document.createElement("button"), {
         className: `action ${action}`, textContent: action === "cancel" ? "Cancel" : "Retry",
       });
@@ -83,7 +92,7 @@ async function loadModels() {
   for (const m of body.models) select.add(new Option(m.name, m.name));
 }
 
-document.getElementById("job-form").addEventListener("submit", async (event) => {
+document.getElementById("job-form")?.addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
   const spec = {};
@@ -108,7 +117,7 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
   refresh();
 });
 
-loadModels();
+if (document.getElementById("model-select")) loadModels();
 refresh();
 refreshWorkers();
 setInterval(refresh, 1000);
