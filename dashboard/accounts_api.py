@@ -92,10 +92,10 @@ def update_account(name: str):
         raise UnknownAccount(name)
     if (role := _field(body, "role", str)) is not None:
         _valid("role", lambda: accounts.set_role(name, role))
-        audit_event("account.set-role", name, f"role {role}")
+        audit_event("account.role", name, f"role {role}")
     if (password := _field(body, "password", str)) is not None:
         _valid("password", lambda: accounts.set_password(name, password))
-        audit_event("account.passwd", name)
+        audit_event("account.password", name)
     disabled = _field(body, "disabled", bool)
     if disabled:
         _, canceled = accounts.disable_and_cancel(name, farm.jobs())

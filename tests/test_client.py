@@ -11,12 +11,14 @@ from PIL import Image
 
 from shared import keys
 from shared.client import ApiError, FarmClient
+from tests.signin import ensure_account
 
 TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 2}
 
 
 def test_submit_wait_and_the_output_bytes_are_a_png(farm, tmp_path):
-    client = farm.client
+    client = farm.client  # the admin's: it may submit on behalf of zoe
+    ensure_account(farm.redis, "zoe")
     job = client.submit({"prompt": "client", "seed": 3, **TINY}, owner="zoe", priority="low")
     assert job["status"] == "queued" and job["owner"] == "zoe" and job["priority"] == "low"
     done = client.wait(job["id"])
@@ -98,6 +100,7 @@ def test_batches(farm):
     done = client.batch(batch["id"])
     assert done["status"] == "succeeded" and done["progress"] == 1.0
     assert client.cancel_batch(batch["id"])["status"] == "succeeded", "nothing left to cancel"
+    ensure_account(farm.redis, "ann")
     listed = client.submit_batch([{"prompt": "l", **TINY}], owner="ann", priority="high")
     assert [(j["owner"], j["priority"]) for j in listed["jobs"]] == [("ann", "high")]
     assert client.wait(listed["jobs"][0]["id"])["status"] == "succeeded"

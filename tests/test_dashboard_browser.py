@@ -82,7 +82,7 @@ def test_submit_from_the_page_and_see_the_thumbnail(farm, page):
     page.fill("input[name=height]", "64")
     page.fill("input[name=steps]", "4")
     page.fill("input[name=seed]", "99")
-    page.click("button[type=submit]")
+    page.click("#job-form button[type=submit]")
 
     row = page.locator("#job-rows tr", has_text="a paper boat from the browser")
     row.locator("td.status", has_text="succeeded").wait_for(timeout=60_000)
@@ -101,7 +101,7 @@ def test_bad_input_is_shown_next_to_the_form(farm, page):
     page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
     page.fill("textarea[name=prompt]", "too many steps")
     page.fill("input[name=steps]", "500")
-    page.click("button[type=submit]")
+    page.click("#job-form button[type=submit]")
     page.locator("#form-errors li", has_text="steps: Value error, must be at most 150").wait_for()
     assert page.locator("#job-rows tr", has_text="too many steps").count() == 0
 
@@ -112,7 +112,7 @@ def test_the_page_shows_workers_and_cancels_a_waiting_job(farm, page):
     page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
     page.fill("textarea[name=prompt]", "a job for a gpu that is not there")
     page.select_option("select[name=hardware]", "gpu")
-    page.click("button[type=submit]")
+    page.click("#job-form button[type=submit]")
     row = page.locator("#job-rows tr", has_text="a job for a gpu that is not there")
     row.locator("small.waiting", has_text="waiting for a compatible worker").wait_for()
     row.locator("button.cancel").click()

@@ -14,6 +14,7 @@ from shared import keys
 from shared.config import Settings
 from tests.conftest import BUCKET, s3_client
 from tests.faultfarm import FaultFarm, pid_of
+from tests.signin import ensure_account
 
 QUICK = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 3}
 SLOW = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 40}
@@ -239,6 +240,7 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
 def test_a_batch_is_shared_by_the_workers(ff):
     ff.wait_workers(2)
     spec = {"prompt": "batch", **SLOW, "steps": 20, "seed": 100, "batch_count": 4}
+    ensure_account(ff.redis, "dana")
     resp = ff.client.request("POST", "/api/v1/batches", json={"spec": spec, "owner": "dana"})
     assert resp.status_code == 202, resp.text
     batch = resp.json()

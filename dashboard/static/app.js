@@ -107,10 +107,9 @@ document.getElementById("job-form")?.addEventListener("submit", async (event) =>
   const errors = document.getElementById("form-errors");
   errors.replaceChildren();
   if (status !== 202) {
-    for (const e of body.errors || []) {
-      const li = document.createElement("li");
-      li.textContent = `${e.field}: ${e.reason}`;
-      errors.append(li);
+    const lines = (body.errors || []).map((e) => `${e.field}: ${e.reason}`);
+    for (const text of lines.length ? lines : [body.error]) {
+      errors.append(Object.assign(document.createElement("li"), { textContent: text }));
     }
     return;
   }
