@@ -33,6 +33,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.FAILED: frozenset({S.PENDING}),  # retried
     S.CANCELED: frozenset({S.PENDING}),  # retried
 }
+# The events stream keeps about this many changes (a client that was away longer re-reads
+# the records instead of resuming).
+EVENTS_MAXLEN = 100_000
 _JSON_FIELDS = ("spec", "outputs", "seeds", "hardware")
 _INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
 _FLOAT_FIELDS = (
@@ -44,9 +47,10 @@ _FLOAT_FIELDS = (
     "eligible_at",
 )
 
-# KEYS: job hash, dispatched set, running set. ARGV: job id, attempt ("" = any), allowed
-# previous statuses (comma separated; "*" = unchanged status), new status, field/value pairs.
-_TRANSITION = """
+# KEYS: job hash, dispatched set, running set, events stream. ARGV: job id, attempt ("" =
+# any), allowed previous statuses (comma separated; "*" = unchanged status), new status,
+# field/value pairs. Every change is also appended to the events stream (scheduler/events.py).
+_TRANSITION = f"""
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
@@ -58,12 +62,15 @@ elseif not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) th
 end
 redis.call('HSET', KEYS[1], 'status', target)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local sets = {dispatched = KEYS[2], running = KEYS[3]}
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local sets = {{dispatched = KEYS[2], running = KEYS[3]}}
 if current ~= target then
   if sets[current] then redis.call('SREM', sets[current], ARGV[1]) end
   if sets[target] then redis.call('SADD', sets[target], ARGV[1]) end
 end
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'progress')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'job', ARGV[1],
+  'status', target, 'progress', rec[2] or '0', 'owner', rec[1] or '', 'seq', seq)
 return 1
 """
 
@@ -110,6 +117,12 @@ class JobRecords:
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=fields)
             pipe.zadd(keys.jobs_index(), {job_id: now})
+            pipe.xadd(
+                keys.events(),
+                {"job": job_id, "status": S.PENDING, "progress": 0, "owner": owner, "seq": 1},
+                maxlen=EVENTS_MAXLEN,
+                approximate=True,
+            )
             pipe.execute()
         return self.get(job_id)  # type: ignore[return-value]
 
@@ -159,7 +172,12 @@ class JobRecords:
         args: list[Any] = [job_id, "" if fence is None else fence, allowed, to]
         for name, value in fields.items():
             args += [name, _encode(value)]
-        keys_ = [keys.job(job_id), keys.in_status(S.DISPATCHED), keys.in_status(S.RUNNING)]
+        keys_ = [
+            keys.job(job_id),
+            keys.in_status(S.DISPATCHED),
+            keys.in_status(S.RUNNING),
+            keys.events(),
+        ]
         return bool(self._transition(keys=keys_, args=args))
 
     def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:

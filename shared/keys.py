@@ -116,3 +116,8 @@ def ratelimit_prefix() -> str:
 def running_limits() -> str:
     """Hash of owner -> how many of its jobs may run at once (its account's quota)."""
     return f"{PREFIX}:running-limits"
+
+
+def events() -> str:
+    """Stream of every job record change (job, status, progress, owner, seq), capped."""
+    return f"{PREFIX}:events"
