@@ -109,11 +109,7 @@ def update_account(name: str):
 def _tokens_of() -> str:
     """Whose tokens: the caller's own, or (admins) the `account` asked for."""
     me = current_account()
-    name = (
-        request.args.get("account")
-        or ((request.get_json(silent=True) or {}).get("account") if request.is_json else None)
-        or me.name
-    )
+    name = request.args.get("account") or json_body(optional=True).get("account") or me.name
     if name != me.name and not me.role.allows(Role.ADMIN):
         raise BadRequest(403, "account", "only admins manage another account's tokens")
     if farm.accounts().get(name) is None:

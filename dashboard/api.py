@@ -63,8 +63,11 @@ def _conflict(exc: ConflictError):
     return jsonify(error=str(exc)), 409
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object, or BadRequest (400) naming what is wrong with it."""
+def json_body(optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, or BadRequest (400) naming what is wrong with it;
+    `optional`: an empty body is {}."""
+    if optional and not request.get_data(cache=True):
+        return {}
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # e.g. 100,000 nested brackets
@@ -198,9 +201,9 @@ def retry_job(job_id: str):
 @api.post("/jobs/<job_id>/priority")
 @require(Role.MEMBER)
 def set_priority(job_id: str):
-    body = request.get_json(silent=True) or {}
+    body = json_body(optional=True)
     try:
-        priority = priority_of(body.get("priority") if isinstance(body, dict) else None)
+        priority = priority_of(body.get("priority"))
     except SubmitError as exc:
         raise BadRequest(422, exc.field, exc.reason) from None
     return _steer(job_id, "priority", lambda j: farm.jobs().set_priority(j, priority))
@@ -313,8 +316,7 @@ def workers():
 @require(Role.OPERATOR)
 def drain_worker(name: str):
     """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
-    body = request.get_json(silent=True) or {}
-    draining = bool(body.get("drain", True)) if isinstance(body, dict) else True
+    draining = bool(json_body(optional=True).get("drain", True))
     drain(farm.jobs().redis, name, draining)
     audit_event("worker.drain" if draining else "worker.undrain", name)
     return jsonify(worker=name, draining=draining)

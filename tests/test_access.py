@@ -43,6 +43,9 @@ MATRIX = [
     ("retry another's job", "POST", "/api/v1/jobs/{job}/retry", "operator", "other-canceled", 200),
     ("drain a worker", "POST", "/api/v1/workers/{worker}/drain", "operator", None, 200),
     ("list own tokens", "GET", "/api/v1/tokens", "member", None, 200),
+    ("create an own token", "POST", "/api/v1/tokens", "member", None, 201),
+    ("cancel another's batch", "POST", "/api/v1/batches/{batch}/cancel", "operator", "other", 200),
+    ("create an account", "POST", "/api/v1/accounts", "admin", None, 201),
     ("list accounts", "GET", "/api/v1/accounts", "admin", None, 200),
     ("read the audit log", "GET", "/api/v1/audit", "admin", None, 200),
     ("health", "GET", "/healthz", "anonymous", None, 200),
@@ -75,15 +78,29 @@ def _job(farm, owner: str, canceled: bool) -> str:
     return job["id"]
 
 
-def _state(farm, job_id: str | None) -> tuple:
-    """What a refused request must not change: the job, the job list, a drain flag."""
+def _state(farm, job_id: str | None, role: str) -> tuple:
+    """What a refused request must not change: the job, the job list, a drain flag, the
+    accounts, the caller's tokens."""
     job = farm.job(job_id) if job_id else {}
     return (
         job.get("status"),
         job.get("priority"),
         farm.redis.zcard(keys.jobs_index()),
         farm.redis.exists(keys.drain("matrix-worker")),
+        farm.redis.scard(keys.accounts_index()),
+        farm.redis.scard(keys.account_tokens(f"r-{role}")),
     )
+
+
+def _body(path: str, role: str) -> dict | None:
+    if "priority" in path:
+        return {"priority": "high"}
+    return {
+        "/api/v1/jobs": WAITS,
+        "/api/v1/batches": {"jobs": [WAITS]},
+        "/api/v1/tokens": {"label": "matrix"},
+        "/api/v1/accounts": {"name": f"made-by-{role}-{time.time_ns()}", "role": "viewer"},
+    }.get(path)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -91,19 +108,19 @@ def _state(farm, job_id: str | None) -> tuple:
     ("what", "method", "path", "least", "whose", "allowed"), MATRIX, ids=[row[0] for row in MATRIX]
 )
 def test_permission_matrix(farm, sessions, role, what, method, path, least, whose, allowed):
-    job_id = None
-    if whose:
+    job_id = batch_id = None
+    if "{batch}" in path:
+        batch = farm.client.submit_batch([WAITS], owner=OTHER)
+        batch_id, job_id = batch["id"], batch["jobs"][0]["id"]
+    elif whose:
         own = whose.startswith("own") and role in ("member", "operator", "admin")
         job_id = _job(farm, f"r-{role}" if own else OTHER, canceled=whose.endswith("canceled"))
-    body = {"priority": "high"} if "priority" in path else None
-    if path in ("/api/v1/jobs", "/api/v1/batches"):
-        body = WAITS if path.endswith("jobs") else {"jobs": [WAITS]}
-    before = _state(farm, job_id)
-    url = farm.url + path.format(job=job_id, worker="matrix-worker")
+    before = _state(farm, job_id, role)
+    url = farm.url + path.format(job=job_id, worker="matrix-worker", batch=batch_id)
     resp = sessions[role].request(
         method,
         url,
-        json=body,
+        json=_body(path, role),
         timeout=10,
         allow_redirects=False,
         headers={"Accept": "application/json"},
@@ -116,8 +133,8 @@ def test_permission_matrix(farm, sessions, role, what, method, path, least, whos
         if expected == 401:
             assert resp.headers["WWW-Authenticate"].startswith("Basic")
         else:
-            assert "needs role" in resp.text or "only its owner" in resp.text
-        assert _state(farm, job_id) == before, "a refused request changed something"
+            assert "needs role" in resp.text or "is someone-else's" in resp.text
+        assert _state(farm, job_id, role) == before, "a refused request changed something"
     # Leave nothing queued or drained behind.
     farm.redis.delete(keys.drain("matrix-worker"))
     made = resp.json() if resp.status_code == 202 else {}

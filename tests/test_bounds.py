@@ -141,3 +141,19 @@ def test_the_dispatcher_holds_an_owners_jobs_at_its_running_limit(farm):
     assert job["waiting"] == "waiting: no-running has 0 jobs running, its limit", job
     accounts.set_limits("no-running", max_running=1)
     client.cancel(job["id"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/jobs/x/priority"),
+        ("POST", "/api/v1/workers/x/drain"),
+        ("POST", "/api/v1/tokens"),
+        ("POST", "/api/v1/accounts"),
+    ],
+)
+def test_every_json_route_answers_deep_nesting_with_a_400(farm, method, path):
+    resp = farm.client.request(
+        method, path, data="[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 400, resp.text
