@@ -10,6 +10,7 @@ from dashboard.accounts_api import accounts_api
 from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
+from dashboard.sdapi import init_sdapi
 from dashboard.ui import ui
 from scheduler.control import JobControl
 from shared.config import Settings
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
     app.register_blueprint(ui)
+    init_sdapi(app)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

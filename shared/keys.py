@@ -121,3 +121,8 @@ def running_limits() -> str:
 def events() -> str:
     """Stream of every job record change (job, status, progress, owner, seq), capped."""
     return f"{PREFIX}:events"
+
+
+def sdapi_options(name: str) -> str:
+    """Hash of an account's SD-WebUI options (`/sdapi/v1/options`), values as JSON."""
+    return f"{PREFIX}:sdapi-options:{name}"
