@@ -10,6 +10,7 @@ from dashboard.accounts_api import accounts_api
 from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
+from dashboard.openapi import init_openapi
 from dashboard.sdapi import init_sdapi
 from dashboard.ui import ui
 from scheduler.control import JobControl
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
     app.register_blueprint(ui)
     init_sdapi(app)
+    init_openapi(app)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
