@@ -11,6 +11,8 @@ from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
 from dashboard.live import live
+from dashboard.openapi import init_openapi
+from dashboard.sdapi import init_sdapi
 from dashboard.ui import ui
 from scheduler.control import JobControl
 from shared.config import Settings
@@ -34,6 +36,8 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
     app.register_blueprint(live, url_prefix="/api/v1")
     app.register_blueprint(ui)
+    init_sdapi(app)
+    init_openapi(app)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

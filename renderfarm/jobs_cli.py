@@ -4,12 +4,15 @@ program would (shared/client.py)."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from shared.client import FarmClient
 from shared.config import Settings
-from shared.vocabulary import AUTO, JobStatus, Priority
+from shared.vocabulary import AUTO, JobKind, JobStatus, Priority
 
 DEFAULT_API = "http://127.0.0.1:8000"
 
@@ -24,8 +27,24 @@ def _client(args: argparse.Namespace) -> FarmClient:
     return FarmClient(args.api, token)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _image(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job spec of `renderfarm submit`'s options, for every kind."""
+    if args.kind == JobKind.UPSCALE:
+        if args.image is None or args.upscaler is None:
+            raise SystemExit("--kind upscale needs --image FILE and --upscaler NAME")
+        spec: dict[str, Any] = {"kind": args.kind, "image": _image(args.image),
+                                "upscaler": args.upscaler, "hardware": args.hardware}  # fmt: skip
+        if args.scale is not None:
+            spec["scale"] = args.scale
+        else:
+            spec["width"], spec["height"] = args.width, args.height
+        return spec
     spec = {
+        "kind": args.kind,
         "prompt": args.prompt,
         "model": args.model,
         "steps": args.steps,
@@ -39,12 +58,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     }
     if args.seed is not None:
         spec["seed"] = args.seed
+    if args.kind == JobKind.IMG2IMG:
+        if args.init_image is None:
+            raise SystemExit("--kind img2img needs --init-image FILE")
+        spec["init_image"] = _image(args.init_image)
+        spec["denoising_strength"] = args.denoising_strength
+        if args.mask is not None:
+            spec["mask"] = _image(args.mask)
+    elif args.hires_scale is not None:
+        spec["hires"] = {"scale": args.hires_scale, "upscaler": args.hires_upscaler}
+    return spec
+
+
+class ProgressBar:
+    """A live bar (tqdm, on stderr) fed by the job record each time the client reads it."""
+
+    def __init__(self, job_id: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=job_id[:8], unit="%", file=sys.stderr,
+                        bar_format="{desc} {bar} {n:.0f}% {postfix}")  # fmt: skip
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        self.bar.n = round(float(job["progress"]) * 100, 1)
+        self.bar.set_postfix_str(job["status"], refresh=False)
+        self.bar.refresh()
+        if job["status"] in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            self.bar.close()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
-    job = client.submit(spec, owner=args.owner, priority=args.priority)
+    job = client.submit(spec_from_args(args), owner=args.owner, priority=args.priority)
     print(job["id"], flush=True)
     if not (args.wait or args.out):
         return 0
-    job = client.wait(job["id"], timeout=float("inf"), poll_s=0.2)
+    bar = ProgressBar(job["id"])
+    job = client.wait(job["id"], timeout=float("inf"), poll_s=0.2, on_poll=bar)
     print(json.dumps(job, indent=2))
     if job["status"] != JobStatus.SUCCEEDED:
         return 1
@@ -83,8 +133,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--undo", action="store_true", help="take new jobs again")
         p.set_defaults(func=cmd_control)
 
-    p = sub.add_parser("submit", help="submit a txt2img job through the REST API")
-    p.add_argument("prompt")
+    p = sub.add_parser("submit", help="submit a job (any kind) through the REST API")
+    p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--kind", default=JobKind.TXT2IMG, choices=list(JobKind))
+    p.add_argument("--init-image", type=Path, help="img2img: the image to start from")
+    p.add_argument("--mask", type=Path, help="img2img: inpaint where the mask is white")
+    p.add_argument("--denoising-strength", type=float, default=0.75)
+    p.add_argument("--hires-scale", type=float, help="txt2img: hires fix by this factor")
+    p.add_argument("--hires-upscaler", default="latent")
+    p.add_argument("--image", type=Path, help="upscale: the image to upscale")
+    p.add_argument("--upscaler", help="upscale: an upscaler model from the store")
+    p.add_argument("--scale", type=float, help="upscale: by this factor (else --width/--height)")
     p.add_argument("--api", default=DEFAULT_API)
     p.add_argument("--model", default="demo-sd15")
     p.add_argument("--negative-prompt", default="")
@@ -98,6 +157,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hardware", default=AUTO)
     p.add_argument("--priority", default=Priority.NORMAL, choices=list(Priority))
     p.add_argument("--owner", help="submit on behalf of this account (operators and admins)")
-    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    p.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     p.add_argument("--out", type=Path, help="download the images into this folder")
     p.set_defaults(func=cmd_submit)

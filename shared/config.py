@@ -89,6 +89,20 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = 2.0
     webhook_timeout_s: float = 5.0
 
+    # --- The SD-WebUI API and the HTTP server (dashboard/sdapi/, dashboard/server.py) ---
+    # A blocking /sdapi/v1 generation call waits at most this long for its job (queue time
+    # and run time); then the job is canceled and the call answers 504. Above the longest job.
+    sdapi_wait_s: float = 7200.0
+    # The checkpoint a caller gets until it sets `sd_model_checkpoint` ("": the first one in
+    # the store).
+    sdapi_default_model: str = ""
+    # waitress: threads serving requests (each blocking call and each event stream holds
+    # one), most open connections, and how long an idle connection is kept. A connection
+    # with a request in progress is never closed by the server, however long it blocks.
+    http_threads: int = 128
+    http_connection_limit: int = 1000
+    http_channel_timeout_s: int = 120
+
     # --- Accounts, sign-in and quotas (dashboard/accounts.py, dashboard/auth.py) ---
     # Flask's SECRET_KEY (signs session cookies); unset: one is generated once and kept in
     # Redis, so every dashboard replica shares it.

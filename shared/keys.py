@@ -162,3 +162,8 @@ def notifier_lock() -> str:
 def scratch(token: str) -> str:
     """A query's intermediate sorted set (an intersection of indexes), deleted at once."""
     return f"{PREFIX}:scratch:{token}"
+
+
+def sdapi_options(name: str) -> str:
+    """Hash of an account's SD-WebUI options (`/sdapi/v1/options`), values as JSON."""
+    return f"{PREFIX}:sdapi-options:{name}"

@@ -1,0 +1,228 @@
+"""OpenAPI 3.1 for /api/v1, generated from the pydantic models that validate the specs.
+
+Why our own generator: the routes stay plain Flask views in dashboard/api.py (flask-openapi3
+and spectree both want the views rewritten around their decorators), and pydantic already
+writes JSON Schema 2020-12, which is OpenAPI 3.1's schema dialect. So the document is
+`model_json_schema()` of shared/jobspec.py's models plus the table `ROUTES` below: each
+route, the role it needs, its body model and its answers. A route added to the API and not
+here is missing from the document — tests/test_openapi.py compares the table with the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, render_template
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from dashboard.accounts import Role
+from shared.jobspec import JobSpec
+
+openapi = Blueprint("openapi", __name__, template_folder="templates")
+REF = "#/components/schemas/{model}"
+
+
+class Error(BaseModel):
+    """Every refusal: `error`, and for an invalid request `errors` naming the fields."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    errors: list[dict[str, str]] | None = None
+
+
+class Output(BaseModel):
+    index: int
+    key: str
+    url: str
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or canceled")
+    state: str
+    owner: str
+    priority: str
+    progress: float
+    spec: dict[str, Any]
+    seeds: list[int]
+    error: str | None = None
+    outputs: list[Output]
+    created_at: float
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class Model(BaseModel):
+    name: str
+    family: str
+    kind: str
+    size_bytes: int
+
+
+class ModelList(BaseModel):
+    models: list[Model]
+
+
+class Workers(BaseModel):
+    workers: list[dict[str, Any]]
+
+
+class Me(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    role: str
+
+
+class Priority(BaseModel):
+    priority: str = Field(description="high, normal or low")
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    jobs: list[Job]
+
+
+class BatchBody(BaseModel):
+    jobs: list[dict[str, Any]] | None = None
+    spec: dict[str, Any] | None = None
+
+
+class Health(BaseModel):
+    ok: bool
+    redis: bool
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # OpenAPI's {param} form
+    role: Role | None  # None: open
+    summary: str
+    body: Any = None  # a pydantic model or a type for TypeAdapter
+    ok: Any = None
+    ok_status: int = 200
+    errors: tuple[int, ...] = ()
+    binary: bool = False
+    params: tuple[tuple[str, str, str], ...] = field(default=())  # (name, in, type)
+
+
+JOB_ID = (("job_id", "path", "string"),)
+ROUTES: tuple[Route, ...] = (
+    Route("get", "/healthz", None, "The process answers and Redis does", ok=Health, errors=(503,)),
+    Route("get", "/api/v1/me", Role.VIEWER, "Who you are", ok=Me),
+    Route("post", "/api/v1/jobs", Role.MEMBER, "Submit a job", body=JobSpec, ok=Job,
+          ok_status=202, errors=(400, 422, 429)),
+    Route("get", "/api/v1/jobs", Role.VIEWER, "Recent jobs, newest first", ok=JobList,
+          params=(("limit", "query", "integer"),)),
+    Route("get", "/api/v1/jobs/{job_id}", Role.VIEWER, "A job", ok=Job, errors=(404,),
+          params=JOB_ID),
+    Route("get", "/api/v1/jobs/{job_id}/outputs/{index}", Role.VIEWER, "An output PNG",
+          binary=True, errors=(404,), params=(*JOB_ID, ("index", "path", "integer"))),
+    Route("post", "/api/v1/jobs/{job_id}/cancel", Role.MEMBER, "Cancel a job", ok=Job,
+          errors=(403, 404, 409), params=JOB_ID),
+    Route("post", "/api/v1/jobs/{job_id}/retry", Role.MEMBER, "Run a finished job again",
+          ok=Job, errors=(403, 404, 409), params=JOB_ID),
+    Route("post", "/api/v1/jobs/{job_id}/priority", Role.MEMBER, "Re-prioritise a queued job",
+          body=Priority, ok=Job, errors=(403, 404, 409, 422), params=JOB_ID),
+    Route("post", "/api/v1/batches", Role.MEMBER, "Submit a batch", body=BatchBody, ok=Batch,
+          ok_status=202, errors=(400, 422, 429)),
+    Route("get", "/api/v1/batches/{batch_id}", Role.VIEWER, "A batch", ok=Batch, errors=(404,),
+          params=(("batch_id", "path", "string"),)),
+    Route("post", "/api/v1/batches/{batch_id}/cancel", Role.MEMBER, "Cancel a batch", ok=Batch,
+          errors=(403, 404), params=(("batch_id", "path", "string"),)),
+    Route("get", "/api/v1/workers", Role.VIEWER, "The live workers' heartbeats", ok=Workers),
+    Route("post", "/api/v1/workers/{name}/drain", Role.OPERATOR, "Drain or undrain a worker",
+          params=(("name", "path", "string"),)),
+    Route("get", "/api/v1/models", Role.VIEWER, "The models in the store", ok=ModelList),
+)  # fmt: skip
+
+
+def _schema(model: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    adapter = TypeAdapter(model)
+    schema = adapter.json_schema(ref_template=REF)
+    defs.update(schema.pop("$defs", {}))
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        defs[model.__name__] = schema
+        return {"$ref": REF.format(model=model.__name__)}
+    return schema
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def document() -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    error = _schema(Error, defs)
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": _op_id(route)}
+        if route.role is None:
+            op["security"] = []
+        else:
+            op["description"] = f"Needs role `{route.role}` or above."
+        if route.params:
+            op["parameters"] = [
+                {"name": n, "in": where, "required": where == "path", "schema": {"type": t}}
+                for n, where, t in route.params
+            ]
+        if route.body is not None:
+            op["requestBody"] = {"required": True, **_json(_schema(route.body, defs))}
+        ok_schema = _schema(route.ok, defs) if route.ok is not None else {"type": "object"}
+        ok = {"description": "OK", **_json(ok_schema)}
+        if route.binary:
+            ok = {"description": "PNG", "content": {"image/png": {"schema": {}}}}
+        responses = {str(route.ok_status): ok}
+        if route.ok_status == 202:
+            responses["200"] = {
+                "description": "the job an earlier Idempotency-Key made",
+                **_json(ok_schema),
+            }  # noqa: E501
+        statuses = set(route.errors) | ({401, 403} if route.role else set()) | {413}
+        for status in sorted(statuses):
+            responses[str(status)] = {"description": "refused", **_json(error)}
+        op["responses"] = responses
+        paths.setdefault(route.path, {})[route.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "renderfarm REST API", "version": "1"},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"basic": []}],
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API token"},
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "name:password or name:token",
+                },  # noqa: E501
+            },
+        },
+    }
+
+
+def _op_id(route: Route) -> str:
+    words = [p.strip("{}") for p in route.path.split("/") if p and p not in ("api", "v1")]
+    return "_".join([route.method, *words]).replace("-", "_")
+
+
+@openapi.get("/openapi.json")
+def openapi_json():
+    """Open to anyone: the document holds no data, and tools read it before signing in."""
+    return jsonify(document())
+
+
+@openapi.get("/docs")
+def docs():
+    return render_template("apidocs.html")
+
+
+def init_openapi(app: Flask) -> None:
+    app.register_blueprint(openapi, url_prefix="/api/v1")

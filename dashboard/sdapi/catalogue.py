@@ -1,0 +1,161 @@
+"""The farm's models, samplers and upscalers as SD-WebUI lists and names them.
+
+A checkpoint's title is "name [hash]": SD-WebUI hashes a checkpoint file; ours are
+diffusers folders, so the hash is the sha256 of their files' relative paths and sizes —
+an identity that changes when the model does, cheap to compute on every listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings
+from shared.modelstore import ModelInfo, find_model, list_models
+from shared.samplers import SAMPLERS
+
+KARRAS = " Karras"
+# SD-WebUI's scheduler names → the suffix of our combined sampler names.
+SCHEDULERS = {"automatic": "", "uniform": "", "karras": KARRAS}
+SCHEDULER_LABELS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+# Our hires fix interpolates latents bilinearly: SD-WebUI's "Latent".
+LATENT_MODES = ("Latent",)
+# Plain resizers SD-WebUI lists beside the upscaler models ("None": no upscaling).
+RESIZERS = ("None", "Lanczos", "Nearest")
+_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
+_FILE_SUFFIX = re.compile(r"\.(safetensors|ckpt|pt|pth|bin)$", re.IGNORECASE)
+
+
+@lru_cache(maxsize=256)
+def _folder_hash(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(f"{f.relative_to(path.parent)}:{f.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def model_hash(info: ModelInfo) -> str:
+    return _folder_hash(info.path, info.size_bytes)
+
+
+def title(info: ModelInfo) -> str:
+    return f"{info.name} [{model_hash(info)[:10]}]"
+
+
+def sd_models(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {
+            "title": title(m),
+            "model_name": m.name,
+            "hash": model_hash(m)[:10],
+            "sha256": model_hash(m),
+            "filename": str(m.path),
+            "config": None,
+        }
+        for m in list_models(settings.models_dir, "checkpoint")
+    ]
+
+
+def plain_name(value: str) -> str:
+    """ "name [hash]", "name.safetensors" or "name" → "name"."""
+    return _FILE_SUFFIX.sub("", _TITLE_HASH.sub("", value.strip()))
+
+
+def find_checkpoint(value: str, settings: Settings) -> ModelInfo | None:
+    return find_model(plain_name(value), "checkpoint", settings.models_dir)
+
+
+def default_checkpoint(settings: Settings) -> ModelInfo | None:
+    if settings.sdapi_default_model:
+        return find_checkpoint(settings.sdapi_default_model, settings)
+    found = list_models(settings.models_dir, "checkpoint")
+    return found[0] if found else None
+
+
+def find_vae(value: str | None, settings: Settings) -> tuple[bool, str | None]:
+    """(known, name): "Automatic"/"None"/"" → (True, None) = the checkpoint's own VAE."""
+    if value is None or value.strip().lower() in ("", "automatic", "none"):
+        return True, None
+    info = find_model(plain_name(value), "vae", settings.models_dir)
+    return (info is not None), (info.name if info else None)
+
+
+def sd_vae(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {"model_name": m.name, "filename": str(m.path)}
+        for m in list_models(settings.models_dir, "vae")
+    ]
+
+
+def upscalers(settings: Settings) -> list[dict[str, Any]]:
+    plain = [
+        {"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for n in RESIZERS
+    ]
+    return plain + [
+        {
+            "name": m.name,
+            "model_name": m.kind,
+            "model_path": str(m.path),
+            "model_url": None,
+            "scale": None,
+        }
+        for m in list_models(settings.models_dir, "upscaler")
+    ]
+
+
+def find_upscaler(value: str, settings: Settings) -> str | None:
+    info = find_model(plain_name(value), "upscaler", settings.models_dir)
+    return info.name if info else None
+
+
+def base_samplers() -> list[str]:
+    """Sampler names without a scheduler (SD-WebUI >= 1.9 lists these; Karras is a scheduler)."""
+    return [name for name in SAMPLERS if not name.endswith(KARRAS)]
+
+
+def samplers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "aliases": [],
+            "options": {"scheduler": "karras"} if name + KARRAS in SAMPLERS else {},
+        }
+        for name in base_samplers()
+    ]
+
+
+def schedulers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "label": SCHEDULER_LABELS[name],
+            "aliases": None,
+            "default_rho": 7.0 if name == "karras" else -1,
+            "need_inner_model": False,
+        }
+        for name in SCHEDULERS
+    ]
+
+
+_BY_LOWER = {name.lower(): name for name in SAMPLERS}
+
+
+def sampler_for(name: str, scheduler: str) -> tuple[str | None, str | None]:
+    """(our sampler name, None) or (None, the field at fault): "DPM++ 2M" + "karras" and the
+    legacy "DPM++ 2M Karras" both → "DPM++ 2M Karras"."""
+    found = _BY_LOWER.get(name.strip().lower())
+    if found is None:
+        return None, "sampler_name"
+    suffix = SCHEDULERS.get(scheduler.strip().lower())
+    if suffix is None:
+        return None, "scheduler"
+    if suffix and not found.endswith(suffix):
+        if found + suffix not in SAMPLERS:
+            return None, "scheduler"
+        found += suffix
+    return found, None

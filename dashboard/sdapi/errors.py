@@ -1,0 +1,127 @@
+"""Errors as SD-WebUI's clients expect them.
+
+Invalid requests: FastAPI's 422 `{"detail": [{"loc", "msg", "type"}]}`. Everything else:
+`{"error": <kind>, "detail": <text>, "body": "", "errors": <text>}` with its status. A
+client's mistake is never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from dashboard.api import BadRequest
+from scheduler.control import ConflictError, SubmitError
+from scheduler.quotas import QuotaExceeded
+
+
+class Invalid(Exception):
+    """A request SD-WebUI would answer with 422: `errors` as [{loc, msg, type}]."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def invalid(field: str, msg: str, kind: str = "value_error") -> Invalid:
+    """One invalid field, named by its dotted path in the request body."""
+    return Invalid([{"loc": ["body", *_path(field)], "msg": msg, "type": kind}])
+
+
+class Failure(Exception):
+    """A request that was valid but could not be answered with a result."""
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+def _path(field: str) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in field.split(".") if p]
+
+
+def error_body(kind: str, detail: str) -> dict[str, Any]:
+    return {"error": kind, "detail": detail, "body": "", "errors": detail}
+
+
+def failure(status: int, kind: str, detail: str) -> tuple[Response, int]:
+    return jsonify(error_body(kind, detail)), status
+
+
+def validation_errors(exc: ValidationError, rename: dict[str, str]) -> Invalid:
+    """Pydantic's errors on our spec, named by the request fields they came from."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] in ("txt2img", "img2img", "upscale"):
+            loc = loc[1:]
+        field = rename_field(".".join(loc), rename)
+        out.append({"loc": ["body", *_path(field)], "msg": err["msg"], "type": err["type"]})
+    return Invalid(out or [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
+
+
+def rename_field(field: str, rename: dict[str, str]) -> str:
+    """Our spec's field → the SD-WebUI field it came from (prefix match: controlnet.0.x)."""
+    for ours, theirs in rename.items():
+        if field == ours or field.startswith(ours + "."):
+            return theirs + field[len(ours) :]
+    return field
+
+
+def add_handlers(sdapi: Blueprint) -> None:
+    """The blueprint's error handlers (set before it is registered)."""
+
+    @sdapi.errorhandler(Invalid)
+    def _invalid(exc: Invalid):
+        return jsonify(detail=exc.errors), 422
+
+    @sdapi.errorhandler(BadRequest)  # dashboard.api.json_body: not a JSON object
+    def _bad_body(exc: BadRequest):
+        errors = [{"loc": ["body"], "msg": e["reason"], "type": "value_error"} for e in exc.errors]
+        return jsonify(detail=errors), 422
+
+    @sdapi.errorhandler(SubmitError)
+    def _unrunnable(exc: SubmitError):
+        return jsonify(detail=invalid(exc.field, exc.reason).errors), 422
+
+    @sdapi.errorhandler(QuotaExceeded)
+    def _over_quota(exc: QuotaExceeded):
+        return failure(429, "QuotaExceeded", f"over quota: {exc.reason}")
+
+    @sdapi.errorhandler(ConflictError)
+    def _conflict(exc: ConflictError):
+        return failure(409, "Conflict", str(exc))
+
+    @sdapi.errorhandler(Failure)
+    def _failure(exc: Failure):
+        return failure(exc.status, exc.kind, exc.detail)
+
+    @sdapi.after_request
+    def _auth_errors_in_sdapi_shape(resp: Response) -> Response:
+        # require() answers {"error": text}; SD-WebUI clients look for "detail".
+        if resp.status_code in (401, 403) and resp.is_json:
+            body = resp.get_json(silent=True) or {}
+            if "detail" not in body:
+                text = str(body.get("error", "not allowed"))
+                kind = "Unauthorized" if resp.status_code == 401 else "Forbidden"
+                resp.set_data(jsonify(error_body(kind, text)).get_data())
+        return resp
+
+
+def init_errors(app: Flask, prefix: str) -> None:
+    """JSON for every HTTP error under `prefix` (unknown routes, wrong methods)."""
+    previous = app.error_handler_spec.get(None, {}).get(None, {}).get(HTTPException)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # Unknown routes and wrong methods are app-level errors: JSON under /sdapi/v1 too.
+        if request.path.startswith(prefix + "/") or request.path == prefix:
+            return failure(exc.code or 500, type(exc).__name__, exc.description or exc.name)
+        if previous is not None:
+            return previous(exc)
+        return exc

@@ -1,0 +1,40 @@
+"""`renderfarm submit` submits every kind and shows a live progress bar with --wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from tests.signin import account_token
+
+
+def submit(farm, *args: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RENDERFARM_TOKEN": account_token(farm.redis, "cli-user")}
+    return subprocess.run(
+        [sys.executable, "-m", "renderfarm", "submit", *args, "--api", farm.url,
+         "--wait", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_submit_every_kind_with_a_progress_bar(farm, tmp_path):
+    tiny = ("--width", "64", "--height", "64", "--steps", "3", "--seed", "7")
+    hires = submit(farm, "a harbour", *tiny, "--hires-scale", "1.5", tmp_path=tmp_path)
+    assert hires.returncode == 0, hires.stderr
+    assert "100%" in hires.stderr and "succeeded" in hires.stderr  # the bar, on stderr
+    first = next(tmp_path.glob("*.png"))
+    assert Image.open(first).size == (96, 96)
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (20, 90, 160)).save(init)
+    img = submit(farm, "a wave", "--kind", "img2img", "--init-image", str(init), *tiny,
+                 tmp_path=tmp_path)  # fmt: skip
+    assert img.returncode == 0, img.stderr
+    up = submit(farm, "--kind", "upscale", "--image", str(init), "--upscaler", "demo-esrgan-x4",
+                "--scale", "2", tmp_path=tmp_path)  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    job_id = up.stdout.split()[0]
+    assert Image.open(tmp_path / f"{job_id}-0.png").size == (128, 128)
