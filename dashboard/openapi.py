@@ -53,7 +53,61 @@ class Job(BaseModel):
 
 
 class JobList(BaseModel):
+    model_config = ConfigDict(extra="allow")
     jobs: list[Job]
+    total: int | None = None
+    page: int | None = None
+    per_page: int | None = None
+
+
+class Gallery(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    page: int
+    per_page: int
+
+
+class MeBody(BaseModel):
+    webhook_url: str = Field(
+        description="http(s) URL that receives job.succeeded/failed; '' clears"
+    )
+
+
+class Account(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    role: str
+    disabled: bool
+
+
+class AccountList(BaseModel):
+    accounts: list[Account]
+
+
+class AccountBody(BaseModel):
+    name: str
+    role: str = Field(description="viewer, member, operator or admin")
+    password: str | None = None
+
+
+class AccountChange(BaseModel):
+    role: str | None = None
+    password: str | None = None
+    disabled: bool | None = None
+
+
+class TokenBody(BaseModel):
+    label: str | None = None
+    expires_days: int | None = None
+    account: str | None = Field(default=None, description="admins: another account's")
+
+
+class TokenList(BaseModel):
+    tokens: list[dict[str, Any]]
+
+
+class AuditLog(BaseModel):
+    entries: list[dict[str, Any]]
 
 
 class Model(BaseModel):
@@ -107,7 +161,7 @@ class Route:
     ok: Any = None
     ok_status: int = 200
     errors: tuple[int, ...] = ()
-    binary: bool = False
+    media: str | None = None  # an answer that is not JSON: its media type
     params: tuple[tuple[str, str, str], ...] = field(default=())  # (name, in, type)
 
 
@@ -117,12 +171,41 @@ ROUTES: tuple[Route, ...] = (
     Route("get", "/api/v1/me", Role.VIEWER, "Who you are", ok=Me),
     Route("post", "/api/v1/jobs", Role.MEMBER, "Submit a job", body=JobSpec, ok=Job,
           ok_status=202, errors=(400, 422, 429)),
-    Route("get", "/api/v1/jobs", Role.VIEWER, "Recent jobs, newest first", ok=JobList,
-          params=(("limit", "query", "integer"),)),
+    Route("get", "/api/v1/jobs", Role.VIEWER, "Jobs, newest first, filtered and paged",
+          ok=JobList, errors=(422,),
+          params=(("limit", "query", "integer"), ("owner", "query", "string"),
+                  ("status", "query", "string"), ("model", "query", "string"),
+                  ("hardware", "query", "string"), ("q", "query", "string"),
+                  ("page", "query", "integer"), ("per_page", "query", "integer"))),
+    Route("get", "/api/v1/jobs/{job_id}/outputs/{index}/thumbnail", Role.VIEWER,
+          "A small WebP of an output", media="image/webp", errors=(404, 422),
+          params=(*JOB_ID, ("index", "path", "integer"), ("size", "query", "integer"))),
+    Route("get", "/api/v1/gallery", Role.VIEWER, "Recent outputs, newest first", ok=Gallery,
+          errors=(422,), params=(("owner", "query", "string"), ("page", "query", "integer"),
+                                 ("per_page", "query", "integer"))),
+    Route("get", "/api/v1/events", Role.VIEWER, "Server-Sent Events: every job change",
+          media="text/event-stream", errors=(422,), params=(("last_id", "query", "string"),)),
+    Route("post", "/api/v1/me", Role.MEMBER, "Set your webhook", body=MeBody, ok=Me,
+          errors=(400, 422)),
+    Route("get", "/api/v1/accounts", Role.ADMIN, "Every account", ok=AccountList),
+    Route("post", "/api/v1/accounts", Role.ADMIN, "Create an account", body=AccountBody,
+          ok=Account, ok_status=201, errors=(400, 422)),
+    Route("post", "/api/v1/accounts/{name}", Role.ADMIN, "Change, disable or enable an account",
+          body=AccountChange, ok=Account, errors=(400, 404, 422),
+          params=(("name", "path", "string"),)),
+    Route("get", "/api/v1/tokens", Role.MEMBER, "Your tokens (admins: any account's)",
+          ok=TokenList, errors=(404,), params=(("account", "query", "string"),)),
+    Route("post", "/api/v1/tokens", Role.MEMBER, "Create a token (its secret shown once)",
+          body=TokenBody, ok_status=201, errors=(400, 404, 422)),
+    Route("delete", "/api/v1/tokens/{token_id}", Role.MEMBER, "Revoke a token",
+          errors=(404,), params=(("token_id", "path", "string"), ("account", "query", "string"))),
+    Route("get", "/api/v1/audit", Role.ADMIN, "The audit log, newest first", ok=AuditLog,
+          params=(("limit", "query", "integer"), ("actor", "query", "string"),
+                  ("action", "query", "string"), ("target", "query", "string"))),
     Route("get", "/api/v1/jobs/{job_id}", Role.VIEWER, "A job", ok=Job, errors=(404,),
           params=JOB_ID),
     Route("get", "/api/v1/jobs/{job_id}/outputs/{index}", Role.VIEWER, "An output PNG",
-          binary=True, errors=(404,), params=(*JOB_ID, ("index", "path", "integer"))),
+          media="image/png", errors=(404,), params=(*JOB_ID, ("index", "path", "integer"))),
     Route("post", "/api/v1/jobs/{job_id}/cancel", Role.MEMBER, "Cancel a job", ok=Job,
           errors=(403, 404, 409), params=JOB_ID),
     Route("post", "/api/v1/jobs/{job_id}/retry", Role.MEMBER, "Run a finished job again",
@@ -175,8 +258,8 @@ def document() -> dict[str, Any]:
             op["requestBody"] = {"required": True, **_json(_schema(route.body, defs))}
         ok_schema = _schema(route.ok, defs) if route.ok is not None else {"type": "object"}
         ok = {"description": "OK", **_json(ok_schema)}
-        if route.binary:
-            ok = {"description": "PNG", "content": {"image/png": {"schema": {}}}}
+        if route.media:
+            ok = {"description": route.media, "content": {route.media: {"schema": {}}}}
         responses = {str(route.ok_status): ok}
         if route.ok_status == 202:
             responses["200"] = {
