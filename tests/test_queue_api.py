@@ -65,10 +65,11 @@ def test_waiting_jobs_have_a_position_and_an_eta(farm):
     finally:
         farm.client.drain(worker, False)
     # Undrained: the ETA counts the work ahead on the one worker.
-    late = farm.submit(prompt="no history size", **{**SPEC, "steps": 4})
+    # A size and step count no other test renders on this session-wide farm.
+    late = farm.submit(prompt="no history size", **{**SPEC, "width": 88, "steps": 13})
     view = farm.job(late["id"])
     if view["status"] == "queued":
-        assert view["eta_s"] is None  # no history for 4 steps
+        assert view["eta_s"] is None  # no history for 88x64, 13 steps
     for job in (first, second, unknown, late):
         farm.wait(job["id"])
     assert farm.job(late["id"])["queue_position"] is None
