@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from urllib.parse import urlparse
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -55,6 +56,7 @@ class Account:
     created_at: float
     last_login: float | None
     epoch: int
+    webhook_url: str = ""  # receives a POST when one of its jobs succeeds or fails
 
     @property
     def session_id(self) -> str:
@@ -69,6 +71,7 @@ class Account:
             "service": self.service,
             "created_at": self.created_at,
             "last_login": self.last_login,
+            "webhook_url": self.webhook_url,
         }
 
 
@@ -93,6 +96,16 @@ def validate_password(password: str) -> str:
     if looks_like_token(password):
         raise ValueError("a password may not start with the token prefix 'rf_'")
     return password
+
+
+def validate_webhook_url(url: str) -> str:
+    """An http(s) URL with a host, at most 2000 characters ("" = none)."""
+    if url == "":
+        return url
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+        raise ValueError('must be an http:// or https:// URL with a host (or "" to clear)')
+    return url
 
 
 def parse_role(value: str) -> Role:
@@ -135,6 +148,7 @@ def _account(name: str, raw: dict[bytes, bytes]) -> Account:
         created_at=float(raw[b"created_at"]),
         last_login=float(raw[b"last_login"]) if raw.get(b"last_login") else None,
         epoch=int(raw.get(b"epoch", 0)),
+        webhook_url=raw.get(b"webhook_url", b"").decode(),
     )
 
 
@@ -219,6 +233,16 @@ class Accounts:
     def enable(self, name: str) -> Account:
         """Allow sign-in again (old sessions and tokens stay ended)."""
         self._update(name, disabled="0")
+        return self._get(name)
+
+    def set_webhook(self, name: str, url: str) -> Account:
+        """Set (or, with "", clear) the account's webhook; the scheduler's notifier reads it
+        from the shared hash `keys.webhooks()` (scheduler/ does not read accounts)."""
+        self._update(name, webhook_url=validate_webhook_url(url))
+        if url:
+            self.redis.hset(keys.webhooks(), name, url)
+        else:
+            self.redis.hdel(keys.webhooks(), name)
         return self._get(name)
 
     def end_sessions(self, name: str) -> Account:

@@ -64,6 +64,19 @@ def me():
     )
 
 
+@accounts_api.post("/me")
+@require(Role.MEMBER)
+def update_me():
+    """{"webhook_url": "https://..."} ("" clears it): POSTed to when a job of yours ends."""
+    body = json_body()
+    url = _field(body, "webhook_url", str, required=True)
+    account = _valid(
+        "webhook_url", lambda: farm.accounts().set_webhook(current_account().name, url)
+    )
+    audit_event("account.webhook", account.name, "cleared" if not url else "set")
+    return jsonify(account.as_dict())
+
+
 @accounts_api.get("/accounts")
 @require(Role.ADMIN)
 def list_accounts():

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from pydantic import ValidationError
 
-from dashboard import farm
+from dashboard import farm, thumbnails
 from dashboard.accounts import Account, Role
 from dashboard.auth import audit_event, current_account, require
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, SubmitError, priority_of
 from scheduler.fleet import drain, live_workers
+from scheduler.listing import JobQuery, find_jobs, gallery
+from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
 from shared.jobspec import AnySpec, field_errors, parse_spec
 from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
-from shared.vocabulary import Priority
+from shared.vocabulary import Priority, StatusView
 
 api = Blueprint("api", __name__)
 MAX_BATCH_SPECS = 1000
+MAX_PER_PAGE = 200
 
 
 class BadRequest(Exception):
@@ -76,12 +79,26 @@ def json_body() -> dict[str, Any]:
     return body
 
 
+def _queue() -> QueueView:
+    """The queue as this request sees it, read once however many jobs it shows."""
+    if "queue_view" not in g:
+        g.queue_view = QueueView(farm.jobs().redis)
+    return g.queue_view
+
+
+def output_view(job_id: str, index: int, key: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "key": key,
+        "url": url_for("api.job_output", job_id=job_id, index=index),
+        "thumbnail_url": url_for("api.job_thumbnail", job_id=job_id, index=index),
+    }
+
+
 def job_view(record: dict[str, Any]) -> dict[str, Any]:
     """A job record as clients see it."""
-    outputs = [
-        {"index": i, "key": key, "url": url_for("api.job_output", job_id=record["id"], index=i)}
-        for i, key in enumerate(record.get("outputs", []))
-    ]
+    queue = _queue()
+    outputs = [output_view(record["id"], i, key) for i, key in enumerate(record.get("outputs", []))]
     return {
         "id": record["id"],
         "status": record["status"].view,
@@ -97,9 +114,16 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "seeds": record["seeds"],
         "queue": record["queue"],
         "worker": record.get("worker"),
+        "hardware": record.get("ran_on") or None,  # the class it ran on
         "error": record.get("error"),
         "outputs": outputs,
         "manifest": record.get("manifest"),
+        "batch": record.get("batch") or None,
+        "queue_position": queue.position(record),
+        "eta_s": queue.eta_s(record),
+        "render_s": record.get("render_s"),
+        "attempts_history": record.get("history", []),
+        "stages": stages(record),
         "created_at": record["created_at"],
         "dispatched_at": record.get("dispatched_at"),
         "started_at": record.get("started_at"),
@@ -267,11 +291,82 @@ def cancel_batch(batch_id: str):
     return jsonify(batch_view(batches.cancel(batch_id)))
 
 
+def _paging() -> tuple[int, int]:
+    page = request.args.get("page", 1, type=int)
+    per_page = request.args.get("per_page", 50, type=int)
+    if page < 1:
+        raise BadRequest(422, "page", "must be 1 or more")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise BadRequest(422, "per_page", f"must be between 1 and {MAX_PER_PAGE}")
+    return page, per_page
+
+
+def _owner_arg() -> str | None:
+    owner = request.args.get("owner") or None
+    return _me().name if owner == "me" else owner
+
+
+def _statuses() -> tuple[StatusView, ...]:
+    asked = [s for arg in request.args.getlist("status") for s in arg.split(",") if s]
+    try:
+        return tuple(StatusView(s) for s in asked)
+    except ValueError:
+        raise BadRequest(422, "status", f"each must be one of {', '.join(StatusView)}") from None
+
+
 @api.get("/jobs")
 @require(Role.VIEWER)
 def list_jobs():
-    limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
-    return jsonify(jobs=[job_view(r) for r in farm.jobs().records.recent(limit)])
+    """Filtered, paged, newest first; `limit` alone (older clients) is the first page of
+    that size, up to 500."""
+    if "limit" in request.args and "per_page" not in request.args:
+        page, per_page = 1, min(max(request.args.get("limit", 50, type=int), 1), 500)
+    else:
+        page, per_page = _paging()
+    query = JobQuery(
+        owner=_owner_arg(),
+        statuses=_statuses(),
+        model=request.args.get("model") or None,
+        hardware=request.args.get("hardware") or None,
+        q=request.args.get("q") or None,
+    )
+    found = find_jobs(farm.jobs().redis, query, page, per_page)
+    records = farm.jobs().records.get_many(found.ids)
+    return jsonify(
+        jobs=[job_view(r) for r in records],
+        total=found.total,
+        page=page,
+        per_page=per_page,
+        truncated=found.truncated,
+    )
+
+
+@api.get("/gallery")
+@require(Role.VIEWER)
+def list_gallery():
+    page, per_page = _paging()
+    items, total = gallery(farm.jobs().redis, farm.jobs().records, _owner_arg(), page, per_page)
+    out = []
+    for item in items:
+        record, index = item["record"], item["index"]
+        spec = record["spec"]
+        view = output_view(record["id"], index, record["outputs"][index])
+        out.append(
+            {
+                "job": record["id"],
+                "index": index,
+                "owner": record["owner"],
+                "prompt": spec.get("prompt", ""),
+                "model": record.get("model") or spec.get("model") or spec.get("upscaler"),
+                "width": spec.get("width"),
+                "height": spec.get("height"),
+                "created_at": record["created_at"],
+                "finished_at": record.get("finished_at"),
+                "url": view["url"],
+                "thumbnail_url": view["thumbnail_url"],
+            }
+        )
+    return jsonify(items=out, total=total, page=page, per_page=per_page)
 
 
 @api.get("/jobs/<job_id>")
@@ -300,6 +395,31 @@ def job_output(job_id: str, index: int):
     resp = Response(data, mimetype="image/png")
     resp.cache_control.private = True
     resp.cache_control.max_age = 3600
+    return resp
+
+
+@api.get("/jobs/<job_id>/outputs/<int:index>/thumbnail")
+@require(Role.VIEWER)
+def job_thumbnail(job_id: str, index: int):
+    """A WebP of output `index`, its longest side `size` (128 or 256) pixels."""
+    size = request.args.get("size", thumbnails.DEFAULT_SIZE, type=int)
+    if size not in thumbnails.SIZES:
+        raise BadRequest(422, "size", f"must be one of {', '.join(map(str, thumbnails.SIZES))}")
+    record = farm.jobs().records.get(job_id)
+    if record is None:
+        return jsonify(error=f"no job {job_id!r}"), 404
+    keys = record.get("outputs", [])
+    if not 0 <= index < len(keys):
+        return jsonify(error=f"job {job_id!r} has no output {index}"), 404
+    try:
+        data = thumbnails.thumbnail(farm.jobs().storage, keys[index], job_id, index, size)
+    except ObjectNotFound:
+        return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
+    # The output of a succeeded job never changes, nor its thumbnail: cache it for long.
+    resp = Response(data, mimetype=thumbnails.MIMETYPE)
+    resp.cache_control.private = True
+    resp.cache_control.max_age = 30 * 86400
+    resp.cache_control.immutable = True
     return resp
 
 

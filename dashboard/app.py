@@ -10,6 +10,7 @@ from dashboard.accounts_api import accounts_api
 from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
+from dashboard.live import live
 from dashboard.ui import ui
 from scheduler.control import JobControl
 from shared.config import Settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> Flask:
     init_auth(app, accounts, audit, settings)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
+    app.register_blueprint(live, url_prefix="/api/v1")
     app.register_blueprint(ui)
 
     @app.errorhandler(RequestEntityTooLarge)

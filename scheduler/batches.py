@@ -67,10 +67,11 @@ class Batches:
         if quota is not None:
             self.jobs.check_quota(owner, quota, specs, len(children))
         prepared = [self.jobs.prepare(child) for child in children]
-        jobs = [
-            self.jobs.enqueue(child, owner, priority, quota, submitted_by) for child in prepared
-        ]
         batch_id = uuid.uuid4().hex
+        jobs = [
+            self.jobs.enqueue(child, owner, priority, quota, submitted_by, batch=batch_id)
+            for child in prepared
+        ]
         self.redis.hset(
             keys.batch(batch_id),
             mapping={

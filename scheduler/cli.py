@@ -10,8 +10,11 @@ from shared.config import Settings, redis_client
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from scheduler.dispatcher import Dispatcher
+    from scheduler.notify import Notifier
 
-    Dispatcher(Settings()).run_forever()
+    settings = Settings()
+    Notifier(redis_client(settings.redis_url), settings).start()  # webhooks, on its own thread
+    Dispatcher(settings).run_forever()
     return 0
 
 

@@ -190,13 +190,14 @@ class JobControl:
         quota: Quota | None = None,
         submitted_by: str = "",
         job_id: str | None = None,
+        batch: str = "",
     ) -> dict[str, Any]:
-        """Record a prepared spec's job and queue it for dispatch."""
+        """Record a prepared spec's job (of `batch`, if given) and queue it for dispatch."""
         job_id = job_id or uuid.uuid4().hex
         hardware = quota.hardware if quota is not None else tuple(Hardware)
         if quota is not None:
             publish_running_limit(self.redis, owner, quota.max_running)
-        record = self.records.create(job_id, spec, owner, priority, submitted_by, hardware)
+        record = self.records.create(job_id, spec, owner, priority, submitted_by, hardware, batch)
         self.pending.add(job_id, owner, priority, record["created_at"])
         return record
 

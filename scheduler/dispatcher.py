@@ -26,18 +26,14 @@ from scheduler.fleet import is_draining, live_workers
 from scheduler.pending import Candidate, PendingJobs
 from scheduler.quotas import running_limits
 from scheduler.records import JobRecords
+from scheduler.timing import model_of  # the model whose presence makes a worker warm
 from shared import keys
 from shared.config import Settings, redis_client
-from shared.jobspec import AnySpec, UpscaleSpec, load_spec
+from shared.jobspec import AnySpec, load_spec
 from shared.vocabulary import AUTO, JobStatus
 
 log = logging.getLogger(__name__)
 AFFINITY_WINDOW = 4
-
-
-def model_of(spec: AnySpec) -> str:
-    """The model whose presence in a worker's cache makes it the warm choice."""
-    return spec.upscaler if isinstance(spec, UpscaleSpec) else spec.model
 
 
 def can_run(worker: dict[str, Any], spec: AnySpec, allowed: list[str] | None = None) -> bool:

@@ -17,9 +17,10 @@ from typing import Any
 
 from redis import Redis
 
+from scheduler.timing import HISTORY, model_of, timing_of
 from shared import keys
 from shared.jobspec import AnySpec
-from shared.vocabulary import Hardware, JobStatus, Priority
+from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
 S = JobStatus
 # Every status change a job may make (a same-status update is always allowed).
@@ -36,10 +37,16 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 # The events stream keeps about this many changes (a client that was away longer re-reads
 # the records instead of resuming).
 EVENTS_MAXLEN = 100_000
-_JSON_FIELDS = ("spec", "outputs", "seeds", "hardware")
+# Attempts a record's `history` keeps (the latest).
+HISTORY_MAX = 20
+_STATUS_INDEX = keys.index("status", "")
+_OWNER_GALLERY = keys.gallery("") + ":"
+_RENDER_TIMES = keys.render_times("", "").removesuffix("|")
+_JSON_FIELDS = ("spec", "outputs", "seeds", "hardware", "history")
 _INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
 _FLOAT_FIELDS = (
     "progress",
+    "render_s",
     "created_at",
     "dispatched_at",
     "started_at",
@@ -47,9 +54,12 @@ _FLOAT_FIELDS = (
     "eligible_at",
 )
 
-# KEYS: job hash, dispatched set, running set, events stream. ARGV: job id, attempt ("" =
-# any), allowed previous statuses (comma separated; "*" = unchanged status), new status,
-# field/value pairs. Every change is also appended to the events stream (scheduler/events.py).
+# KEYS: job hash, dispatched set, running set, events stream, the team's gallery. ARGV: job
+# id, attempt ("" = any), allowed previous statuses (comma separated; "*" = unchanged
+# status), new status, field/value pairs. In the same step as the change: the active-status
+# sets, the client-facing status index, the attempts history, on success the gallery and
+# the render-time history, and an event (scheduler/events.py). The per-owner keys are
+# built here from the record (one Redis, not a Cluster).
 _TRANSITION = f"""
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
@@ -67,6 +77,55 @@ local sets = {{dispatched = KEYS[2], running = KEYS[3]}}
 if current ~= target then
   if sets[current] then redis.call('SREM', sets[current], ARGV[1]) end
   if sets[target] then redis.call('SADD', sets[target], ARGV[1]) end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local function view(s)
+    if s == 'pending' or s == 'dispatched' then return 'queued' end
+    return s
+  end
+  if view(current) ~= view(target) then
+    local created = redis.call('HGET', KEYS[1], 'created_at')
+    redis.call('ZREM', '{_STATUS_INDEX}' .. view(current), ARGV[1])
+    redis.call('ZADD', '{_STATUS_INDEX}' .. view(target), created, ARGV[1])
+  end
+  if target == 'running' then
+    local f = redis.call('HMGET', KEYS[1], 'attempt', 'worker', 'started_at', 'history')
+    local h = cjson.decode(f[4] or '[]')
+    table.insert(h, {{attempt = tonumber(f[1]), worker = f[2] or cjson.null,
+      started_at = tonumber(f[3]) or now, finished_at = cjson.null, outcome = cjson.null,
+      error = cjson.null}})
+    while #h > {HISTORY_MAX} do table.remove(h, 1) end
+    redis.call('HSET', KEYS[1], 'history', cjson.encode(h))
+  elseif current == 'running' then
+    local f = redis.call('HMGET', KEYS[1], 'history', 'finished_at', 'error', 'note')
+    local h = cjson.decode(f[1] or '[]')
+    local last = h[#h]
+    if last and last.outcome == cjson.null then
+      if target == 'pending' then
+        last.finished_at, last.outcome, last.error = now, 'requeued', f[4] or cjson.null
+      else
+        last.finished_at, last.outcome = tonumber(f[2]) or now, target
+        if target ~= 'succeeded' and f[3] and f[3] ~= '' then last.error = f[3] end
+      end
+      redis.call('HSET', KEYS[1], 'history', cjson.encode(h))
+    end
+  end
+  if target == 'succeeded' then
+    local f = redis.call('HMGET', KEYS[1], 'outputs', 'owner', 'finished_at', 'timing',
+      'ran_on', 'render_s')
+    local outs = cjson.decode(f[1] or '[]')
+    local score = tonumber(f[3]) or now
+    for i = 1, #outs do
+      local member = ARGV[1] .. ':' .. (i - 1)
+      redis.call('ZADD', KEYS[5], score, member)
+      redis.call('ZADD', '{_OWNER_GALLERY}' .. (f[2] or ''), score, member)
+    end
+    if f[4] and f[5] and f[6] and f[4] ~= '' and f[5] ~= '' and f[6] ~= '' then
+      local times = '{_RENDER_TIMES}' .. f[5] .. '|' .. f[4]
+      redis.call('LPUSH', times, f[6])
+      redis.call('LTRIM', times, 0, {HISTORY - 1})
+    end
+  end
 end
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'progress')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'job', ARGV[1],
@@ -77,6 +136,25 @@ return 1
 
 def _encode(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    rec: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in _JSON_FIELDS:
+        if name in rec:
+            rec[name] = json.loads(rec[name])
+    for name in _INT_FIELDS:
+        rec[name] = int(rec.get(name, 0))
+    for name in _FLOAT_FIELDS:
+        if rec.get(name):
+            rec[name] = float(rec[name])
+    if not isinstance(rec.get("history"), list):
+        rec["history"] = []  # Lua's cjson writes an empty list as {}; never written empty
+    rec["status"] = JobStatus(rec["status"])
+    rec["priority"] = Priority(rec["priority"])
+    return rec
 
 
 class JobRecords:
@@ -92,10 +170,14 @@ class JobRecords:
         priority: Priority,
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
+        batch: str = "",
     ) -> dict[str, Any]:
         """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
-        `hardware`: the classes the job may run on (the owner's quota)."""
+        `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
+        it belongs to ("" = none)."""
         now = time.time()
+        model = model_of(spec)
+        classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
         fields = {
             "id": job_id,
             "status": S.PENDING,
@@ -113,10 +195,22 @@ class JobRecords:
             "cancel_requested": 0,
             "created_at": now,
             "eligible_at": now,  # since when it may be dispatched (affinity waits count from it)
+            "model": model,
+            "classes": ",".join(c for c in classes if c in hardware),  # where it may run
+            "timing": timing_of(spec),  # its render-time history (scheduler/timing.py)
+            "batch": batch,
         }
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=fields)
             pipe.zadd(keys.jobs_index(), {job_id: now})
+            # The facets never change; the status index follows each transition.
+            for facet, value in (
+                ("owner", owner),
+                ("status", JobStatus.PENDING.view),
+                ("model", model),
+                ("hardware", spec.hardware),
+            ):
+                pipe.zadd(keys.index(facet, value), {job_id: now})
             pipe.xadd(
                 keys.events(),
                 {"job": job_id, "status": S.PENDING, "progress": 0, "owner": owner, "seq": 1},
@@ -127,21 +221,15 @@ class JobRecords:
         return self.get(job_id)  # type: ignore[return-value]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(keys.job(job_id))
-        if not raw:
-            return None
-        rec: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-        for name in _JSON_FIELDS:
-            if name in rec:
-                rec[name] = json.loads(rec[name])
-        for name in _INT_FIELDS:
-            rec[name] = int(rec.get(name, 0))
-        for name in _FLOAT_FIELDS:
-            if name in rec:
-                rec[name] = float(rec[name])
-        rec["status"] = JobStatus(rec["status"])
-        rec["priority"] = Priority(rec["priority"])
-        return rec
+        return _decode(self.redis.hgetall(keys.job(job_id)))
+
+    def get_many(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """The records of `job_ids` in that order (missing ones left out), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            found = pipe.execute()
+        return [rec for raw in found if (rec := _decode(raw)) is not None]
 
     def transition(
         self,
@@ -177,6 +265,7 @@ class JobRecords:
             keys.in_status(S.DISPATCHED),
             keys.in_status(S.RUNNING),
             keys.events(),
+            keys.gallery(),
         ]
         return bool(self._transition(keys=keys_, args=args))
 

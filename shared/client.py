@@ -6,8 +6,9 @@ Every typed method returns the parsed JSON answer and raises `ApiError` on a non
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,66 @@ class FarmClient:
     def job(self, job_id: str) -> JSON:
         return self._json("GET", f"/api/v1/jobs/{job_id}")
 
-    def jobs(self, limit: int = 50) -> list[JSON]:
-        """The most recent jobs, newest first (the API gives at most 500)."""
+    def jobs(self, limit: int = 50, **filters: Any) -> list[JSON]:
+        """The most recent jobs, newest first (the API gives at most 500); with `filters`
+        (those of `find_jobs`), the first `limit` (at most 200) that match."""
+        if filters:
+            return self.find_jobs(per_page=limit, **filters)["jobs"]
         return self._json("GET", "/api/v1/jobs", params={"limit": limit})["jobs"]
+
+    def find_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | Collection[str] | None = None,
+        model: str | None = None,
+        hardware: str | None = None,
+        q: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+    ) -> JSON:
+        """GET /api/v1/jobs with filters (`owner` a name or "me"; `status` one or several
+        of queued, running, succeeded, failed, canceled; `q` a prompt substring) and paging:
+        `{"jobs", "total", "page", "per_page"}`, newest first."""
+        if status is not None and not isinstance(status, str):
+            status = ",".join(status)
+        params = _given(owner=owner, status=status, model=model, hardware=hardware, q=q)
+        params |= {"page": str(page), "per_page": str(per_page)}
+        return self._json("GET", "/api/v1/jobs", params=params)
+
+    def gallery(self, *, owner: str | None = None, page: int = 1, per_page: int = 50) -> JSON:
+        """The team's (or `owner`'s, or "me") recent outputs: `{"items", "total", ...}`."""
+        params = _given(owner=owner) | {"page": str(page), "per_page": str(per_page)}
+        return self._json("GET", "/api/v1/gallery", params=params)
+
+    def thumbnail(self, job_id: str, index: int, size: int | None = None) -> bytes:
+        """The WebP thumbnail of output `index` (longest side 256, or `size`: 128 or 256)."""
+        params = {"size": size} if size is not None else {}
+        return self._call(
+            "GET", f"/api/v1/jobs/{job_id}/outputs/{index}/thumbnail", params=params
+        ).content
+
+    def events(self, last_id: str | None = None, timeout: float = 60) -> Iterator[JSON]:
+        """The live job events (GET /api/v1/events), each a dict with its stream `id`; after
+        `last_id`, else from now. Ends when the server closes the stream (after its
+        `events_max_s`) or when no byte (not even a heartbeat) came for `timeout` seconds;
+        resume with the last event's id."""
+        headers = {"Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        resp = self._call("GET", "/api/v1/events", headers=headers, stream=True, timeout=timeout)
+        with resp:
+            yield from parse_sse(resp.iter_lines(decode_unicode=True))
+
+    # -- my account ----------------------------------------------------------------------
+
+    def me(self) -> JSON:
+        return self._json("GET", "/api/v1/me")
+
+    def set_webhook(self, url: str) -> JSON:
+        """POST /api/v1/me: `url` receives a JSON POST when a job of mine succeeds or fails
+        ("" clears it)."""
+        return self._json("POST", "/api/v1/me", json={"webhook_url": url})
 
     def wait(
         self,
@@ -177,6 +235,29 @@ class FarmClient:
 
     def models(self) -> list[JSON]:
         return self._json("GET", "/api/v1/models")["models"]
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[JSON]:
+    """Server-Sent Events as the farm sends them: each `data:` line a JSON object, `id:` its
+    stream id (put in the dict as `id`); comments (heartbeats) and `retry:` are skipped."""
+    event_id, data = None, []
+    for line in lines:
+        if line == "":
+            if data:
+                event = json.loads("\n".join(data))
+                if event_id is not None:
+                    event.setdefault("id", event_id)
+                yield event
+            event_id, data = None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
 
 
 def _given(**fields: str | None) -> JSON:

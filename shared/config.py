@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     # every step and tile). The broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
 
+    # --- The live events stream (GET /api/v1/events) and webhooks (scheduler/notify.py) ---
+    # A comment line is sent this often on an idle stream (proxies and clients keep it open,
+    # and a client that went away is noticed).
+    events_heartbeat_s: float = 15.0
+    # A stream is closed after this long; the browser's EventSource reconnects with
+    # Last-Event-ID and misses nothing.
+    events_max_s: float = 300.0
+    # A webhook POST is tried this many times, waiting webhook_backoff_s, then twice that, ...
+    webhook_attempts: int = 4
+    webhook_backoff_s: float = 2.0
+    webhook_timeout_s: float = 5.0
+
     # --- Accounts, sign-in and quotas (dashboard/accounts.py, dashboard/auth.py) ---
     # Flask's SECRET_KEY (signs session cookies); unset: one is generated once and kept in
     # Redis, so every dashboard replica shares it.

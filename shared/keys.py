@@ -121,3 +121,44 @@ def running_limits() -> str:
 def events() -> str:
     """Stream of every job record change (job, status, progress, owner, seq), capped."""
     return f"{PREFIX}:events"
+
+
+# --- The queue page's indexes (scheduler/records.py keeps them in its Lua steps) ---
+
+
+def index(facet: str, value: str) -> str:
+    """Sorted set of job ids scored by creation time, one per `owner`, client-facing
+    `status` (queued, running, ...), `model` and requested `hardware` class."""
+    return f"{PREFIX}:ix:{facet}:{value}"
+
+
+def gallery(owner: str = "") -> str:
+    """Sorted set of `<job id>:<output index>` of succeeded jobs scored by finish time: the
+    team's (owner "") or one owner's."""
+    return f"{PREFIX}:gallery:{owner}" if owner else f"{PREFIX}:gallery"
+
+
+def render_times(hardware: str, timing: str) -> str:
+    """List of the latest `render_s` of jobs of one timing class (model|WxH|steps, the
+    record's `timing` field) on one hardware class, newest first (capped)."""
+    return f"{PREFIX}:render-s:{hardware}|{timing}"
+
+
+def webhooks() -> str:
+    """Hash of account name -> webhook URL (written by the accounts, read by the notifier)."""
+    return f"{PREFIX}:webhooks"
+
+
+def notifier_last_id() -> str:
+    """The id of the last job event the webhook notifier handled (it resumes after it)."""
+    return f"{PREFIX}:notifier:last-id"
+
+
+def notifier_lock() -> str:
+    """Held by the one scheduler process whose notifier sends webhooks."""
+    return f"{PREFIX}:notifier"
+
+
+def scratch(token: str) -> str:
+    """A query's intermediate sorted set (an intersection of indexes), deleted at once."""
+    return f"{PREFIX}:scratch:{token}"

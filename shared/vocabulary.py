@@ -35,6 +35,16 @@ ACTIVE = (JobStatus.DISPATCHED, JobStatus.RUNNING)
 QUEUED = "queued"
 
 
+class StatusView(StrEnum):
+    """The statuses clients see (`JobStatus.view`): the queue page filters and indexes by them."""
+
+    QUEUED = QUEUED
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"

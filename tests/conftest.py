@@ -159,6 +159,9 @@ def farm(redis_url, models_dir, s3_env, tmp_path_factory) -> Iterator[Farm]:
         "RENDERFARM_REDIS_URL": redis_url,
         "RENDERFARM_STORAGE_URL": f"s3://{BUCKET}/farm",
         "RENDERFARM_MODELS_DIR": str(models_dir),
+        # Short enough for the tests to see: the events stream's heartbeat, webhook retries.
+        "RENDERFARM_EVENTS_HEARTBEAT_S": "1",
+        "RENDERFARM_WEBHOOK_BACKOFF_S": "0.2",
     }
     port = localfarm.free_port()
     scheduler = localfarm.start_scheduler(env, log=logs / "scheduler.log")

@@ -216,6 +216,7 @@ class JobRunner:
             (JobStatus.DISPATCHED,),
             attempt,
             worker=self.name,
+            ran_on=self.hardware,  # with render_s at success: the render-time history
             started_at=started,
             attempts=record["attempts"] + 1,
             note="",
@@ -277,6 +278,7 @@ class JobRunner:
             outputs=keys_,
             progress=1.0,
             manifest=outputs.manifest_key(att.job_id, att.attempt),
+            render_s=f"{extra['render_s']:.3f}",
         ):
             self.jobs_done += 1
 

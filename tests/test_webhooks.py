@@ -1,0 +1,65 @@
+"""Per-account webhooks: a real HTTP server on 127.0.0.1 receives the POST the scheduler's
+notifier sends when a job of the account succeeds or fails."""
+
+import json
+import queue
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared import keys
+from shared.client import ApiError
+
+SPEC = {"model": "demo-sd15", "prompt": "hook", "width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture
+def receiver():
+    got: queue.Queue = queue.Queue()
+    fails = {"left": 1}  # the first POST is refused: the notifier must retry
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if fails["left"]:
+                fails["left"] -= 1
+                self.send_response(503)
+            else:
+                got.put(body)
+                self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    server.shutdown()
+
+
+def test_webhook_receives_succeeded_and_failed(farm, receiver):
+    url, got = receiver
+    client = farm.as_account("hook-ann")
+    assert client.set_webhook(url)["webhook_url"] == url
+    assert farm.redis.hget(keys.webhooks(), "hook-ann") == url.encode()
+    ok = client.submit(SPEC)
+    body = got.get(timeout=30)
+    assert body["event"] == "job.succeeded" and body["job"]["id"] == ok["id"]
+    assert body["job"]["owner"] == "hook-ann" and body["job"]["outputs"]
+    bad = client.submit({**SPEC, "model": "broken-model"})
+    body = got.get(timeout=60)
+    assert body["event"] == "job.failed" and body["job"]["id"] == bad["id"]
+    assert body["job"]["error"]
+    assert client.set_webhook("")["webhook_url"] == ""
+    assert farm.redis.hget(keys.webhooks(), "hook-ann") is None
+
+
+def test_webhook_url_is_checked_and_needs_a_member(farm):
+    with pytest.raises(ApiError) as exc:
+        farm.as_account("hook-bob").set_webhook("ftp://example.com/x")
+    assert exc.value.status == 422 and exc.value.errors[0]["field"] == "webhook_url"
+    with pytest.raises(ApiError) as exc:
+        farm.as_account("hook-viewer", "viewer").set_webhook("http://127.0.0.1/x")
+    assert exc.value.status == 403
