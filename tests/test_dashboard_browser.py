@@ -91,8 +91,12 @@ def submit_form(page) -> str:
     before = page.locator("#submitted a.job-link").count()
     page.click("#job-form button[type=submit]")
     page.wait_for_function(
-        "n => document.querySelectorAll('#submitted a.job-link').length > n", arg=before
+        "n => document.querySelectorAll('#submitted a.job-link').length > n"
+        " || document.querySelector('.field-error, #form-errors li')",
+        arg=before,
     )
+    errors = page.locator(".field-error, #form-errors li").all_inner_texts()
+    assert not errors, errors
     return page.locator("#submitted a.job-link").first.get_attribute("data-job-id")
 
 
