@@ -119,14 +119,18 @@ def test_upscale_with_an_uploaded_image(farm, page, tmp_path):
 
 def test_the_progress_bar_advances_with_no_reload(farm, page):
     page.goto(farm.url + "/")
-    page.wait_for_selector("#job-rows tr")
+    page.wait_for_selector("#counts:not(:empty)")  # the first answer is in
     page.evaluate("window.__stayed = true")
     url = page.url
     job = farm.submit(
-        owner="painter", model="demo-sd15", prompt="a slow one", width=64, height=64, steps=150
+        owner="painter", model="demo-sd15", prompt="a slow one", width=256, height=256, steps=150
     )
     bar = page.locator(f"#job-rows tr[data-job-id='{job['id']}'] td.status progress")
-    bar.wait_for(timeout=60_000)  # a new row, running
+    try:
+        bar.wait_for(timeout=60_000)  # a new row, running
+    except Exception:
+        row = page.locator(f"#job-rows tr[data-job-id='{job['id']}']")
+        raise AssertionError((farm.job(job["id"]), row.inner_text())) from None
     handle = bar.element_handle()
     page.wait_for_function("b => b.value > 0", arg=handle, timeout=60_000)
     first = handle.evaluate("b => b.value")

@@ -190,7 +190,7 @@ const RF = (() => {
     };
     const state = (on) => {
       streaming = on;
-      if (dot) { dot.classList.toggle("on", on); dot.title = on ? "live (events)" : "polling"; }
+      if (dot) { dot.hidden = false; dot.classList.toggle("on", on); dot.title = on ? "live (events)" : "polling"; }
       schedule();
     };
     if (window.EventSource) {

@@ -214,7 +214,13 @@
   }
 
   let pending = null;
-  const refreshSoon = () => { clearTimeout(pending); pending = setTimeout(refresh, 300); };
+  let typing = null;
+  // At most one refresh per 300 ms however many events ask (a throttle, not a debounce: a
+  // running job's progress events must not keep pushing its first appearance back).
+  const refreshSoon = () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refresh(); }, 300);
+  };
 
   function onEvent(event) {
     const entry = rows.get(event.job);
@@ -230,7 +236,8 @@
   function changed() {
     page = 1;
     RF.setQuery({ ...filters(), page: "" });
-    refreshSoon();
+    clearTimeout(typing);
+    typing = setTimeout(refresh, 250);
   }
   form.addEventListener("input", changed);
   form.addEventListener("reset", () => setTimeout(changed));
