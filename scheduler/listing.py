@@ -94,7 +94,8 @@ def find_jobs(redis: Redis, query: JobQuery, page: int, per_page: int) -> Page:
                 pipe.hget(keys.job(job_id), "spec")
             specs = pipe.execute()
         for job_id, raw in zip(chunk, specs, strict=True):
-            if raw is not None and needle in _prompts(raw):
+            # Most specs do not contain it anywhere: only those that might are parsed.
+            if raw is not None and needle in raw.decode().casefold() and needle in _prompts(raw):
                 matches.append(job_id)
     return Page(matches[start : start + per_page], len(matches), total > len(candidates))
 

@@ -126,7 +126,7 @@ class QueueView:
             median = self.times.median(record.get("ran_on", ""), timing)
             if median is None:
                 return None
-            return round(median * (1 - min(max(record["progress"], 0.0), 1.0)), 1)
+            return round(median * (1 - min(max(record["progress"], 0.0), 1.0)), 2)
         found = self.standing(record)
         if found is None:
             return None
@@ -138,7 +138,7 @@ class QueueView:
         able = sum(self.workers[c] for c in live)
         # Jobs ahead without history are counted as long as this one.
         ahead = found.work_ahead_s + found.unknown_ahead * own
-        return round(ahead / able + own, 1)
+        return round(ahead / able + own, 2)
 
 
 def _classes(record: dict[str, Any]) -> Classes:

@@ -84,7 +84,7 @@ def test_queued_job_eta_from_history(farm):
         job = farm.submit(prompt="eta", **SPEC)
         view = farm.job(job["id"])
         assert view["status"] == "queued" and view["queue_position"] >= 1
-        assert 0 < view["eta_s"] < 60
+        assert isinstance(view["eta_s"], float) and 0 <= view["eta_s"] < 60  # a number: history
         running = farm.job(blocker["id"])
         assert running["status"] != "running" or running["eta_s"] is None  # no history
     finally:
