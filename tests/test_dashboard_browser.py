@@ -1,4 +1,5 @@
-"""The dashboard page in a real headless Chromium: submit a prompt, see the job and its image."""
+"""The dashboard in a real headless Chromium: sign in, submit a prompt, see the job and its
+image, refused input beside its field, a viewer's pages."""
 
 import shutil
 
@@ -69,50 +70,97 @@ def test_the_login_page_refuses_a_wrong_password_and_a_viewer_sees_no_form(farm,
     assert viewer.locator("#job-form").count() == 0  # the server leaves it out
     viewer.locator("#job-rows tr", has_text="seen by a viewer").wait_for(timeout=30_000)
     assert viewer.locator("button.cancel, button.retry").count() == 0
+    nav = viewer.locator("#nav a").all_inner_texts()
+    assert "Submit" not in nav and "Admin" not in nav and "Queue" in nav
+    assert viewer.goto(farm.url + "/submit").status == 403  # the server decides
+    assert viewer.goto(farm.url + "/admin").status == 403
+    viewer.goto(farm.url + "/")
+    viewer.locator("#job-rows tr", has_text="seen by a viewer").locator("a.job-link").click()
+    viewer.wait_for_selector("#job-status:not(:empty)")
+    assert viewer.locator("#reuse").count() == 0
+    assert viewer.locator("#job-actions button").count() == 0
+    viewer.goto(farm.url + "/workers")
+    viewer.locator("#worker-rows tr").first.wait_for()
+    assert viewer.locator("button.drain, button.undrain").count() == 0
     viewer.click("#logout button")
     viewer.wait_for_url("**/login**")
 
 
-def test_submit_from_the_page_and_see_the_thumbnail(farm, page):
-    page.goto(farm.url + "/")
+def submit_form(page) -> str:
+    """Press Render on the submit page; the id of the job it made."""
+    before = page.locator("#submitted a.job-link").count()
+    page.click("#job-form button[type=submit]")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#submitted a.job-link').length > n"
+        " || document.querySelector('.field-error, #form-errors li')",
+        arg=before,
+    )
+    errors = page.locator(".field-error, #form-errors li").all_inner_texts()
+    assert not errors, errors
+    return page.locator("#submitted a.job-link").first.get_attribute("data-job-id")
+
+
+def open_submit(farm, page, kind: str = "txt2img"):
+    page.goto(farm.url + "/submit")
     page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+    page.check(f"input[name=kind][value={kind}]")
+
+
+def test_submit_from_the_page_and_see_the_image(farm, page):
+    open_submit(farm, page)
     page.select_option("#model-select", "demo-sd15")
     page.fill("textarea[name=prompt]", "a paper boat from the browser")
     page.fill("input[name=width]", "64")
     page.fill("input[name=height]", "64")
     page.fill("input[name=steps]", "4")
     page.fill("input[name=seed]", "99")
-    page.click("#job-form button[type=submit]")
+    job_id = submit_form(page)
 
+    page.goto(farm.url + "/")
     row = page.locator("#job-rows tr", has_text="a paper boat from the browser")
     row.locator("td.status", has_text="succeeded").wait_for(timeout=60_000)
-    thumb = row.locator("img.thumb")
-    thumb.wait_for()
+    assert row.get_attribute("data-job-id") == job_id
+    row.locator("a.job-link").click()
+    page.wait_for_url(f"**/jobs/{job_id}")
+    image = page.locator("#images img.full")
+    image.wait_for()
     page.wait_for_function(
-        "img => img.complete && img.naturalWidth === 64", arg=thumb.element_handle()
+        "img => img.complete && img.naturalWidth === 64", arg=image.element_handle()
     )
-
-    job = farm.job(row.get_attribute("data-job-id"))
+    assert "Seed: 99" in page.locator("#parameters").inner_text()
+    job = farm.job(job_id)
     assert job["spec"]["seed"] == 99 and job["spec"]["prompt"] == "a paper boat from the browser"
 
 
-def test_bad_input_is_shown_next_to_the_form(farm, page):
-    page.goto(farm.url + "/")
-    page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+def test_a_refused_submission_shows_the_error_beside_the_field_and_keeps_the_input(farm, page):
+    open_submit(farm, page)
     page.fill("textarea[name=prompt]", "too many steps")
     page.fill("input[name=steps]", "500")
     page.click("#job-form button[type=submit]")
-    page.locator("#form-errors li", has_text="steps: Value error, must be at most 150").wait_for()
+    error = page.locator(".field-error[data-for=steps]")
+    error.wait_for()
+    assert "must be at most 150" in error.inner_text()
+    # beside its field: the error follows the steps input in the same label
+    assert page.locator("label:has(input[name=steps]) .field-error").count() == 1
+    assert page.input_value("textarea[name=prompt]") == "too many steps"
+    assert page.input_value("input[name=steps]") == "500"
+    assert page.locator("#submitted a").count() == 0
+    page.goto(farm.url + "/")
+    page.wait_for_selector("#job-rows tr")
     assert page.locator("#job-rows tr", has_text="too many steps").count() == 0
 
 
-def test_the_page_shows_workers_and_cancels_a_waiting_job(farm, page):
-    page.goto(farm.url + "/")
+def test_the_pages_show_workers_and_cancel_a_waiting_job(farm, page):
+    page.goto(farm.url + "/workers")
     page.locator("#worker-rows tr", has_text="cpu").first.wait_for()
-    page.wait_for_selector("#model-select option[value='demo-sd15']", state="attached")
+    assert page.locator("button.drain").count() == 0  # members do not drain
+    open_submit(farm, page)
     page.fill("textarea[name=prompt]", "a job for a gpu that is not there")
+    page.fill("input[name=width]", "64")
+    page.fill("input[name=height]", "64")
     page.select_option("select[name=hardware]", "gpu")
-    page.click("#job-form button[type=submit]")
+    submit_form(page)
+    page.goto(farm.url + "/")
     row = page.locator("#job-rows tr", has_text="a job for a gpu that is not there")
     row.locator("small.waiting", has_text="waiting for a compatible worker").wait_for()
     row.locator("button.cancel").click()

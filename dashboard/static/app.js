@@ -1,123 +1,223 @@
-// The dashboard talks to the same REST API as every other client, signed in by its session
-// cookie; state-changing calls carry the page's CSRF token. The server decides what is
-// allowed: the page only leaves out what this account may not do.
-const csrf = document.querySelector("meta[name=csrf-token]").content;
-const me = document.body.dataset;
-const api = (path, options = {}) => fetch(`/api/v1${path}`, {
-  ...options, headers: { ...(options.headers || {}), "X-CSRFToken": csrf },
-}).then(async (r) => {
-  if (r.status === 401) window.location.assign("/login?next=/");
-  return { status: r.status, body: await r.json() };
-});
-const maySteer = (job) => me.steersAny === "yes" || (job.owner === me.account && me.role !== "viewer");
+// Shared by every page. The dashboard talks to the same REST API as every other client,
+// signed in by its session cookie; state-changing calls carry the page's CSRF token. The
+// server decides what is allowed: the page only leaves out what this account may not do.
+"use strict";
 
-function cell(row, text, cls) {
-  const td = row.insertCell();
-  td.textContent = text;
-  if (cls) td.className = cls;
-  return td;
-}
+const RF = (() => {
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  const me = document.body.dataset; // account, role, maySubmit, steersAny
+  const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
-function renderJobs(jobs) {
-  const body = document.getElementById("job-rows");
-  body.replaceChildren();
-  for (const job of jobs) {
-    const row = body.insertRow();
-    row.dataset.jobId = job.id;
-    row.dataset.status = job.status;
-    cell(row, job.id.slice(0, 8));
-    cell(row, job.owner, "owner");
-    cell(row, job.spec.prompt, "prompt");
-    cell(row, job.spec.model);
-    const status = cell(row, job.status, `status status-${job.status}`);
-    if (job.status === "running") {
-      const bar = document.createElement("progress");
-      bar.max = 1; bar.value = job.progress;
-      status.append(" ", bar);
+  async function api(path, { method = "GET", body, signal } = {}) {
+    const headers = {};
+    if (method !== "GET") headers["X-CSRFToken"] = csrf;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(`/api/v1${path}`, {
+      method, headers, signal, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 401) {
+      window.location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
     }
-    if (job.waiting) status.append(" ", Object.assign(document.createElement("small"),
-      { className: "waiting", textContent: job.waiting }));
-    if (job.error) status.title = job.error;
-    const action = { queued: "cancel", running: "cancel", failed: "retry", canceled: "retry" }[job.status];
-    if (action && maySteer(job)) {
-      const button = Object.assign(document.createElement("button"), {
-        className: `action ${action}`, textContent: action === "cancel" ? "Cancel" : "Retry",
+    let data = {};
+    try { data = await response.json(); } catch { /* not JSON (or empty) */ }
+    return { status: response.status, ok: response.ok, body: data };
+  }
+
+  // el("td", {className: "x", dataset: {id: 1}}, "text", child, ...)
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (value === undefined || value === null) continue;
+      if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key === "on") for (const [ev, fn] of Object.entries(value)) node.addEventListener(ev, fn);
+      else if (key in node) node[key] = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  // Only touch the DOM when the text changes: rows updated in place do not flicker.
+  function setText(node, text) {
+    const value = text === undefined || text === null ? "" : String(text);
+    if (node.textContent !== value) node.textContent = value;
+  }
+
+  const fmt = {
+    bytes(n) {
+      if (n === undefined || n === null) return "–";
+      const units = ["B", "KB", "MB", "GB", "TB"];
+      let i = 0;
+      while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+      return `${n >= 10 || i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+    },
+    duration(s) {
+      if (s === undefined || s === null || Number.isNaN(s)) return "–";
+      if (s < 1) return `${Math.round(s * 1000)} ms`;
+      if (s < 90) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+      if (s < 5400) return `${Math.round(s / 60)} min`;
+      return `${(s / 3600).toFixed(1)} h`;
+    },
+    eta(s) {
+      if (s === undefined) return "";
+      if (s === null) return "unknown";
+      if (s < 60) return `~${Math.max(1, Math.round(s))} s`;
+      if (s < 5400) return `~${Math.round(s / 60)} min`;
+      return `~${(s / 3600).toFixed(1)} h`;
+    },
+    ago(t) {
+      if (!t) return "–";
+      return `${fmt.duration(Math.max(0, Date.now() / 1000 - t))} ago`;
+    },
+    time(t) {
+      if (!t) return "–";
+      const d = new Date(t * 1000);
+      const today = new Date().toDateString() === d.toDateString();
+      return today ? d.toLocaleTimeString() : d.toLocaleString();
+    },
+    date(t) { return t ? new Date(t * 1000).toLocaleDateString() : "–"; },
+    percent(p) { return `${Math.round((p || 0) * 100)}%`; },
+  };
+
+  const spec = {
+    kind(job) {
+      const s = job.spec || {};
+      if (s.kind === "img2img" && s.mask) return "inpaint";
+      return s.kind || "txt2img";
+    },
+    model(job) {
+      const s = job.spec || {};
+      return s.kind === "upscale" ? s.upscaler : s.model;
+    },
+    size(job) {
+      const s = job.spec || {};
+      if (s.kind === "upscale") return s.scale ? `×${s.scale}` : `${s.width}×${s.height}`;
+      let text = `${s.width}×${s.height}`;
+      if (s.hires) text += ` → ×${s.hires.scale}`;
+      return text;
+    },
+    prompt(job) {
+      const s = job.spec || {};
+      return s.kind === "upscale" ? `upscale with ${s.upscaler}` : s.prompt || "";
+    },
+  };
+
+  const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
+
+  // The cancel / retry / priority controls this account may use on `job`.
+  function actions(job, done) {
+    const box = el("span", { className: "actions" });
+    if (!maySteer(job)) return box;
+    const post = async (path, body) => {
+      const r = await api(`/jobs/${job.id}/${path}`, { method: "POST", body });
+      if (!r.ok) flash(r.body.error || `refused (${r.status})`, "error");
+      if (done) done(r);
+    };
+    if (job.status === "queued" || job.status === "running") {
+      box.append(el("button", {
+        type: "button", className: "small action cancel", textContent: "Cancel",
+        on: { click: () => post("cancel") },
+      }));
+    }
+    if (job.status === "failed" || job.status === "canceled") {
+      box.append(el("button", {
+        type: "button", className: "small action retry", textContent: "Retry",
+        on: { click: () => post("retry") },
+      }));
+    }
+    if (job.status === "queued") {
+      const select = el("select", { className: "priority", title: "priority" },
+        ...["high", "normal", "low"].map((p) => el("option", { value: p, textContent: p, selected: p === job.priority })));
+      select.addEventListener("change", () => post("priority", { priority: select.value }));
+      box.append(select);
+    }
+    return box;
+  }
+
+  // A short message at the top of the page.
+  function flash(text, kind = "info") {
+    let box = document.getElementById("flash");
+    if (!box) {
+      box = el("div", { id: "flash", role: "status" });
+      document.getElementById("main").prepend(box);
+    }
+    box.className = `flash ${kind}`;
+    box.textContent = text;
+    clearTimeout(flash.timer);
+    flash.timer = setTimeout(() => box.remove(), 6000);
+  }
+
+  // -- browser notifications when one of my jobs finishes ---------------------------------
+  const seen = new Map(); // job id -> last status seen on this page
+  const notifyButton = document.getElementById("notify");
+  if ("Notification" in window && notifyButton && Notification.permission === "default") {
+    notifyButton.hidden = false;
+    notifyButton.addEventListener("click", async () => {
+      await Notification.requestPermission();
+      notifyButton.hidden = Notification.permission !== "default";
+    });
+  }
+  function track(job) {
+    // `job`: {id|job, status, owner, prompt?}
+    const id = job.id || job.job;
+    const before = seen.get(id);
+    seen.set(id, job.status);
+    if (before === undefined || before === job.status || job.owner !== me.account) return;
+    if (job.status !== "succeeded" && job.status !== "failed") return;
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    const note = new Notification(`Job ${id.slice(0, 8)} ${job.status}`, {
+      body: job.spec ? spec.prompt(job) : "", tag: id,
+    });
+    note.onclick = () => { window.focus(); window.location.assign(`/jobs/${id}`); };
+  }
+
+  // -- live updates: Server-Sent Events, polling while the stream is down -----------------
+  // onEvent(data) for each pushed change; poll() on start, every pollMs while there is no
+  // stream, and every slowMs with one (queue positions and ETAs move without events).
+  function live({ onEvent, poll, pollMs = 1500, slowMs = 10000 }) {
+    const dot = document.getElementById("live");
+    let timer = null;
+    let streaming = false;
+    const schedule = () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        try { await poll(); } finally { schedule(); }
+      }, streaming ? slowMs : pollMs);
+    };
+    const state = (on) => {
+      streaming = on;
+      if (dot) { dot.hidden = false; dot.classList.toggle("on", on); dot.title = on ? "live (events)" : "polling"; }
+      schedule();
+    };
+    if (window.EventSource) {
+      const source = new EventSource("/api/v1/events");
+      source.addEventListener("open", () => { state(true); poll(); });
+      source.addEventListener("error", () => state(false)); // reconnects itself (Last-Event-ID)
+      source.addEventListener("message", (event) => {
+        let data;
+        try { data = JSON.parse(event.data); } catch { return; }
+        if (!data || !data.job) return;
+        track({ ...data, id: data.job });
+        onEvent(data);
       });
-      button.addEventListener("click", async () => {
-        await api(`/jobs/${job.id}/${action}`, { method: "POST" });
-        refresh();
-      });
-      status.append(" ", button);
+      window.addEventListener("beforeunload", () => source.close());
     }
-    const images = row.insertCell();
-    for (const out of job.outputs) {
-      const link = document.createElement("a");
-      link.href = out.url;
-      const img = document.createElement("img");
-      img.className = "thumb"; img.src = out.url; img.alt = `output ${out.index}`;
-      link.append(img);
-      images.append(link);
-    }
-    if (job.error) images.textContent = job.error;
+    poll();
+    state(false);
   }
-}
 
-let shown = "";
-async function refreshWorkers() {
-  const { body } = await api("/workers");
-  const list = document.getElementById("worker-rows");
-  list.replaceChildren();
-  for (const w of body.workers) {
-    const row = list.insertRow();
-    cell(row, w.name);
-    cell(row, w.hardware);
-    cell(row, w.device_name);
-    cell(row, w.models.map((m) => m.name).join(", ") || "-");
-    cell(row, w.draining ? "draining" : (w.current_job ? `job ${w.current_job.slice(0, 8)}` : "idle"));
-    cell(row, String(w.jobs_done));
+  // The query string as an object, and back (bookmarkable filters).
+  function query() { return Object.fromEntries(new URLSearchParams(location.search)); }
+  function setQuery(values) {
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(values)) if (v !== "" && v !== undefined && v !== null) params.set(k, v);
+    const search = params.toString();
+    history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
   }
-}
 
-async function refresh() {
-  const { body } = await api("/jobs?limit=50");
-  const snapshot = JSON.stringify(body.jobs);
-  if (snapshot === shown) return; // nothing changed: keep the rows (and their images) as they are
-  shown = snapshot;
-  renderJobs(body.jobs);
-}
-
-async function loadModels() {
-  const { body } = await api("/models");
-  const select = document.getElementById("model-select");
-  for (const m of body.models) select.add(new Option(m.name, m.name));
-}
-
-document.getElementById("job-form")?.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = new FormData(event.target);
-  const spec = {};
-  for (const [key, value] of form.entries()) {
-    if (value === "") continue;
-    const input = event.target.elements[key];
-    spec[key] = input.type === "number" ? Number(value) : value;
-  }
-  const { status, body } = await api("/jobs", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(spec),
-  });
-  const errors = document.getElementById("form-errors");
-  errors.replaceChildren();
-  if (status !== 202) {
-    const lines = (body.errors || []).map((e) => `${e.field}: ${e.reason}`);
-    for (const text of lines.length ? lines : [body.error]) {
-      errors.append(Object.assign(document.createElement("li"), { textContent: text }));
-    }
-    return;
-  }
-  refresh();
-});
-
-if (document.getElementById("model-select")) loadModels();
-refresh();
-refreshWorkers();
-setInterval(refresh, 1000);
-setInterval(refreshWorkers, 3000);
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, FINAL };
+})();

@@ -1,0 +1,100 @@
+// Accounts, roles, tokens (a new one shown once) and the audit log, for admins.
+"use strict";
+
+(() => {
+  const { api, el, fmt } = RF;
+  const ROLES = ["viewer", "member", "operator", "admin"];
+  const tokenAccount = document.getElementById("token-account");
+
+  function fail(r) { RF.flash(r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`, "error"); }
+
+  async function change(name, body, done) {
+    const r = await api(`/accounts/${encodeURIComponent(name)}`, { method: "POST", body });
+    if (!r.ok) fail(r); else if (done) done();
+    loadAccounts(); loadAudit();
+  }
+
+  function accountRow(a) {
+    const role = el("select", { className: "role", title: "role" }, ...ROLES.map((r) => el("option", { value: r, textContent: r, selected: r === a.role })));
+    role.addEventListener("change", () => change(a.name, { role: role.value }, () => RF.flash(`${a.name} is now ${role.value}`)));
+    const password = el("input", { type: "password", placeholder: "new password", autocomplete: "new-password", className: "password" });
+    const setPassword = el("button", { type: "button", className: "small", textContent: "Set", on: { click: () => {
+      if (!password.value) return;
+      change(a.name, { password: password.value }, () => { password.value = ""; RF.flash(`password of ${a.name} changed`); });
+    } } });
+    const toggle = el("button", {
+      type: "button", className: `small ${a.disabled ? "enable" : "disable"}`, textContent: a.disabled ? "Enable" : "Disable",
+      on: { click: () => {
+        if (!a.disabled && !window.confirm(`Disable ${a.name}? Its sessions and tokens end and its unfinished jobs are canceled.`)) return;
+        change(a.name, { disabled: !a.disabled });
+      } },
+    });
+    const stateText = `${a.disabled ? "disabled" : "active"}${a.service ? " · service" : ""}`;
+    return el("tr", { dataset: { account: a.name }, className: a.disabled ? "disabled" : "" },
+      el("td", {}, a.name), el("td", {}, role), el("td", {}, stateText), el("td", {}, fmt.time(a.last_login)),
+      el("td", { className: "nowrap" }, password, " ", setPassword), el("td", {}, toggle));
+  }
+
+  async function loadAccounts() {
+    const r = await api("/accounts");
+    if (!r.ok) return fail(r);
+    const list = r.body.accounts || [];
+    document.getElementById("account-rows").replaceChildren(...list.map(accountRow));
+    const current = tokenAccount.value || RF.me.account;
+    tokenAccount.replaceChildren(...list.map((a) => new Option(a.name, a.name)));
+    tokenAccount.value = list.some((a) => a.name === current) ? current : RF.me.account;
+  }
+
+  async function loadTokens() {
+    const name = tokenAccount.value || RF.me.account;
+    const r = await api(`/tokens?account=${encodeURIComponent(name)}`);
+    if (!r.ok) return fail(r);
+    const rows = (r.body.tokens || []).map((t) => el("tr", { dataset: { token: t.id } },
+      el("td", {}, el("code", {}, t.id)), el("td", {}, t.label || "–"), el("td", {}, fmt.date(t.created_at)),
+      el("td", {}, fmt.date(t.last_used)), el("td", {}, t.expires_at ? fmt.date(t.expires_at) : "never"),
+      el("td", {}, el("button", { type: "button", className: "small revoke", textContent: "Revoke", on: { click: async () => {
+        const d = await api(`/tokens/${encodeURIComponent(t.id)}?account=${encodeURIComponent(name)}`, { method: "DELETE" });
+        if (!d.ok) fail(d);
+        loadTokens(); loadAudit();
+      } } }))));
+    document.getElementById("token-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 6, className: "muted" }, "no tokens"))]));
+  }
+
+  async function loadAudit() {
+    const r = await api("/audit?limit=100");
+    if (!r.ok) return;
+    document.getElementById("audit-rows").replaceChildren(...(r.body.entries || []).map((e) => el("tr", {},
+      el("td", { className: "nowrap" }, fmt.time(e.time)), el("td", {}, e.actor), el("td", {}, el("code", {}, e.action)),
+      el("td", {}, e.target), el("td", {}, e.detail), el("td", {}, e.source))));
+  }
+
+  document.getElementById("new-account").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const f = event.target.elements;
+    const body = { name: f.name.value.trim(), role: f.role.value };
+    if (f.password.value) body.password = f.password.value;
+    const r = await api("/accounts", { method: "POST", body });
+    const message = document.getElementById("account-message");
+    if (!r.ok) { message.className = "form-message error"; message.textContent = (r.body.errors || []).map((e) => `${e.field}: ${e.reason}`).join("; ") || r.body.error; return; }
+    message.className = "form-message ok";
+    message.textContent = `created ${r.body.name} (${r.body.role})`;
+    event.target.reset();
+    await loadAccounts(); loadAudit();
+  });
+
+  document.getElementById("new-token").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const f = event.target.elements;
+    const body = { label: f.label.value || undefined, expires_days: f.expires_days.value ? Number(f.expires_days.value) : undefined };
+    const r = await api(`/tokens?account=${encodeURIComponent(tokenAccount.value)}`, { method: "POST", body });
+    if (!r.ok) return fail(r);
+    document.getElementById("token-secret").textContent = r.body.token;
+    document.getElementById("new-token-secret").hidden = false;
+    event.target.reset();
+    loadTokens(); loadAudit();
+  });
+  tokenAccount.addEventListener("change", () => { document.getElementById("new-token-secret").hidden = true; loadTokens(); });
+
+  loadAccounts().then(loadTokens);
+  loadAudit();
+})();

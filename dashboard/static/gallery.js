@@ -1,0 +1,49 @@
+// The team's recent outputs as thumbnails (made server-side: never the full PNG here).
+"use strict";
+
+(() => {
+  const { api, el, setText } = RF;
+  const form = document.getElementById("gallery-filters");
+  const grid = document.getElementById("grid");
+  const PER_PAGE = 48;
+  const initial = RF.query();
+  let page = Math.max(1, Number(initial.page) || 1);
+  let shown = "";
+  if (initial.scope) form.elements.scope.value = initial.scope;
+
+  function tile(item) {
+    const title = `${item.owner} · ${item.prompt || ""}`;
+    const img = item.thumbnail_url
+      ? el("img", { src: item.thumbnail_url, alt: item.prompt || `output ${item.index}`, loading: "lazy" })
+      : el("span", { className: "no-thumb" }, "no thumbnail");
+    return el("a", { className: "tile", href: `/jobs/${item.job}`, title, dataset: { job: item.job, index: item.index } },
+      img,
+      el("span", { className: "caption" }, el("strong", {}, item.owner), " ", item.prompt || ""));
+  }
+
+  async function load() {
+    const owner = form.elements.scope.value === "me" ? "me" : "";
+    const params = new URLSearchParams({ page, per_page: PER_PAGE });
+    if (owner) params.set("owner", owner);
+    const { ok, status, body } = await api(`/gallery?${params}`);
+    const items = ok ? body.items || [] : [];
+    const total = ok ? body.total ?? items.length : 0;
+    const key = JSON.stringify(items);
+    if (key !== shown) { shown = key; grid.replaceChildren(...items.map(tile)); }
+    document.getElementById("gallery-empty").hidden = items.length > 0;
+    if (!ok && status !== 404) setText(document.getElementById("gallery-empty"), body.error || "The gallery could not be read.");
+    const pages = Math.max(1, Math.ceil(total / PER_PAGE));
+    setText(document.getElementById("gallery-count"), `${total} image${total === 1 ? "" : "s"}`);
+    setText(document.getElementById("page-info"), `page ${page} of ${pages}`);
+    document.querySelector(".pager").hidden = pages <= 1;
+    document.getElementById("prev").disabled = page <= 1;
+    document.getElementById("next").disabled = page >= pages;
+  }
+
+  const go = (p) => { page = p; RF.setQuery({ scope: form.elements.scope.value, page: page > 1 ? page : "" }); load(); };
+  form.addEventListener("change", () => go(1));
+  document.getElementById("prev").addEventListener("click", () => go(page - 1));
+  document.getElementById("next").addEventListener("click", () => go(page + 1));
+  load();
+  setInterval(load, 5000);
+})();

@@ -1,0 +1,258 @@
+// The queue: every job of the team, filtered and paged, rows updated in place from the
+// events stream (or by polling while it is down).
+"use strict";
+
+(() => {
+  const { api, el, setText, fmt, spec, me } = RF;
+  const body = document.getElementById("job-rows");
+  const form = document.getElementById("filters");
+  const PER_PAGE = 25;
+  const rows = new Map(); // job id -> {row, job, key}
+  const batchRows = new Map(); // batch id -> row
+  let page = 1;
+  let total = 0;
+  let generation = 0;
+
+  // -- filters (in the address, so a filtered queue can be bookmarked) -------------------
+  const FILTERS = ["scope", "status", "owner", "model", "hardware", "q"];
+  const initial = RF.query();
+  for (const name of FILTERS) if (initial[name] && form.elements[name]) form.elements[name].value = initial[name];
+  page = Math.max(1, Number(initial.page) || 1);
+
+  function filters() {
+    const f = {};
+    for (const name of FILTERS) f[name] = form.elements[name].value.trim();
+    return f;
+  }
+
+  function params(f) {
+    const p = new URLSearchParams({ page, per_page: PER_PAGE, limit: 500 });
+    const owner = f.scope === "me" ? "me" : f.owner;
+    if (owner) p.set("owner", owner);
+    for (const name of ["status", "model", "hardware", "q"]) if (f[name]) p.set(name, f[name]);
+    return p;
+  }
+
+  // For a server without the filter parameters: the same filters, applied here.
+  function matches(job, f) {
+    const owner = f.scope === "me" ? me.account : f.owner;
+    if (owner && job.owner !== owner) return false;
+    if (f.status && job.status !== f.status) return false;
+    if (f.model && spec.model(job) !== f.model && (job.spec || {}).vae !== f.model) return false;
+    if (f.hardware && (job.spec || {}).hardware !== f.hardware) return false;
+    if (f.q && !spec.prompt(job).toLowerCase().includes(f.q.toLowerCase())) return false;
+    return true;
+  }
+
+  async function refresh() {
+    const mine = ++generation;
+    const f = filters();
+    const { ok, body: answer } = await api(`/jobs?${params(f)}`);
+    if (!ok || mine !== generation) return; // a newer refresh is on its way
+    let jobs = answer.jobs || [];
+    if (answer.total === undefined) {
+      jobs = jobs.filter((j) => matches(j, f));
+      total = jobs.length;
+      jobs = jobs.slice((page - 1) * PER_PAGE, page * PER_PAGE);
+    } else {
+      total = answer.total;
+    }
+    render(jobs);
+    pager();
+  }
+
+  // -- rows ----------------------------------------------------------------------------
+  function newRow(job) {
+    const row = el("tr", { dataset: { jobId: job.id } });
+    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link" }, el("code", {}, job.id.slice(0, 8)));
+    row.append(
+      el("td", { className: "id" }, link),
+      el("td", { className: "owner" }),
+      el("td", { className: "kind" }),
+      el("td", { className: "model" }),
+      el("td", { className: "size" }),
+      el("td", { className: "class" }),
+      el("td", { className: "status" },
+        el("span", { className: "status-text" }),
+        el("progress", { max: 1, value: 0, hidden: true }),
+        el("span", { className: "pct" }),
+        el("small", { className: "waiting", hidden: true })),
+      el("td", { className: "queue" }),
+      el("td", { className: "attempts" }),
+      el("td", { className: "prompt" }, el("span", { className: "prompt-text" }), el("small", { className: "error", hidden: true })),
+      el("td", { className: "act" }),
+    );
+    return row;
+  }
+
+  function updateProgress(row, job) {
+    const bar = row.querySelector("progress");
+    const running = job.status === "running";
+    if (bar.hidden === running) bar.hidden = !running;
+    if (running && bar.value !== job.progress) bar.value = job.progress || 0;
+    setText(row.querySelector(".pct"), running ? fmt.percent(job.progress) : "");
+  }
+
+  function updateRow(entry, job) {
+    const { row } = entry;
+    entry.job = job;
+    RF.track(job);
+    row.dataset.status = job.status;
+    row.className = `job status-row-${job.status}${job.batch ? " in-batch" : ""}`;
+    const cells = row.cells;
+    const owner = job.submitted_by && job.submitted_by !== job.owner ? `${job.owner} (by ${job.submitted_by})` : job.owner;
+    setText(cells[1], owner);
+    setText(cells[2], spec.kind(job));
+    setText(cells[3], spec.model(job));
+    setText(cells[4], spec.size(job));
+    setText(cells[5], job.worker ? `${job.spec.hardware} · ${job.worker}` : job.spec.hardware);
+    const status = cells[6];
+    status.className = `status status-${job.status}`;
+    setText(status.querySelector(".status-text"), job.status);
+    updateProgress(row, job);
+    const waiting = status.querySelector(".waiting");
+    setText(waiting, job.status === "queued" ? job.waiting || "" : "");
+    waiting.hidden = !(job.status === "queued" && job.waiting);
+    let where = "";
+    if (job.status === "queued") {
+      const parts = [];
+      if (job.queue_position !== undefined && job.queue_position !== null) parts.push(`#${job.queue_position}`);
+      if (job.eta_s !== undefined) parts.push(fmt.eta(job.eta_s));
+      where = parts.join(" · ");
+    }
+    setText(cells[7], where);
+    setText(cells[8], job.attempts);
+    setText(cells[9].querySelector(".prompt-text"), spec.prompt(job));
+    cells[9].title = spec.prompt(job);
+    const error = cells[9].querySelector(".error");
+    setText(error, job.error || "");
+    error.hidden = !job.error;
+    const key = `${job.status}/${job.priority}`;
+    if (entry.key !== key) {
+      entry.key = key;
+      cells[10].replaceChildren(RF.actions(job, () => fetchOne(job.id)));
+    }
+  }
+
+  function batchRow(id) {
+    let row = batchRows.get(id);
+    if (!row) {
+      row = el("tr", { className: "batch-row", dataset: { batch: id } },
+        el("td", { colSpan: 11 },
+          el("span", { className: "batch-title" }, "Batch ", el("code", {}, id.slice(0, 8))),
+          el("progress", { max: 1, value: 0 }),
+          el("span", { className: "batch-summary muted" })));
+      batchRows.set(id, row);
+    }
+    return row;
+  }
+
+  function updateBatch(id) {
+    const row = batchRows.get(id);
+    if (!row) return;
+    const jobs = [...rows.values()].map((e) => e.job).filter((j) => j.batch === id);
+    if (!jobs.length) return;
+    const done = (j) => (j.status === "succeeded" ? 1 : j.status === "running" ? j.progress || 0 : 0);
+    const progress = jobs.reduce((sum, j) => sum + done(j), 0) / jobs.length;
+    const bar = row.querySelector("progress");
+    if (bar.value !== progress) bar.value = progress;
+    const counts = {};
+    for (const j of jobs) counts[j.status] = (counts[j.status] || 0) + 1;
+    const summary = Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ");
+    setText(row.querySelector(".batch-summary"), `${fmt.percent(progress)} · ${jobs.length} jobs here: ${summary}`);
+  }
+
+  // Put the rows in the order of `jobs` (a batch's jobs together under its header), creating,
+  // updating and removing rows; rows that stay are the same elements (no flicker).
+  function render(jobs) {
+    const order = [];
+    const ids = new Set();
+    const batches = new Set();
+    const byBatch = new Map();
+    for (const job of jobs) if (job.batch) byBatch.set(job.batch, [...(byBatch.get(job.batch) || []), job]);
+    for (const job of jobs) {
+      if (ids.has(job.id)) continue;
+      const group = job.batch && byBatch.get(job.batch).length > 1 ? byBatch.get(job.batch) : [job];
+      if (group.length > 1) {
+        batches.add(job.batch);
+        order.push(batchRow(job.batch));
+      }
+      for (const member of group) {
+        ids.add(member.id);
+        let entry = rows.get(member.id);
+        if (!entry) {
+          entry = { row: newRow(member), job: member, key: "" };
+          rows.set(member.id, entry);
+        }
+        updateRow(entry, member);
+        order.push(entry.row);
+      }
+    }
+    for (const [id, entry] of rows) if (!ids.has(id)) { entry.row.remove(); rows.delete(id); }
+    for (const [id, row] of batchRows) if (!batches.has(id)) { row.remove(); batchRows.delete(id); }
+    order.forEach((row, i) => { if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null); });
+    for (const id of batches) updateBatch(id);
+    document.getElementById("empty").hidden = jobs.length > 0;
+  }
+
+  function pager() {
+    const pages = Math.max(1, Math.ceil(total / PER_PAGE));
+    setText(document.getElementById("page-info"), `page ${page} of ${pages}`);
+    setText(document.getElementById("counts"), `${total} job${total === 1 ? "" : "s"}`);
+    document.getElementById("pager").hidden = pages <= 1;
+    document.getElementById("prev").disabled = page <= 1;
+    document.getElementById("next").disabled = page >= pages;
+  }
+
+  async function fetchOne(id) {
+    const { ok, body: job } = await api(`/jobs/${id}`);
+    const entry = rows.get(id);
+    if (!ok || !entry) return;
+    if (!matches(job, filters())) { refresh(); return; } // e.g. it left the status filtered on
+    updateRow(entry, job);
+    if (job.batch) updateBatch(job.batch);
+  }
+
+  let pending = null;
+  let typing = null;
+  // At most one refresh per 300 ms however many events ask (a throttle, not a debounce: a
+  // running job's progress events must not keep pushing its first appearance back).
+  const refreshSoon = () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refresh(); }, 300);
+  };
+
+  function onEvent(event) {
+    const entry = rows.get(event.job);
+    if (!entry) { if (page === 1) refreshSoon(); return; } // a new job: where it goes is the server's order
+    if (event.status !== entry.job.status) { fetchOne(event.job); return; }
+    if (event.progress !== undefined) {
+      entry.job = { ...entry.job, progress: event.progress };
+      updateProgress(entry.row, entry.job);
+      if (entry.job.batch) updateBatch(entry.job.batch);
+    }
+  }
+
+  function changed() {
+    page = 1;
+    RF.setQuery({ ...filters(), page: "" });
+    clearTimeout(typing);
+    typing = setTimeout(refresh, 250);
+  }
+  form.addEventListener("input", changed);
+  form.addEventListener("reset", () => setTimeout(changed));
+  form.addEventListener("submit", (e) => e.preventDefault());
+  const go = (delta) => { page += delta; RF.setQuery({ ...filters(), page: page > 1 ? page : "" }); refresh(); };
+  document.getElementById("prev").addEventListener("click", () => go(-1));
+  document.getElementById("next").addEventListener("click", () => go(1));
+
+  api("/models").then(({ body: answer }) => {
+    const select = document.getElementById("filter-model");
+    for (const m of answer.models || []) {
+      if (m.family === "checkpoint" || m.family === "upscaler") select.add(new Option(m.name, m.name));
+    }
+    if (initial.model) select.value = initial.model;
+  });
+
+  RF.live({ onEvent, poll: refresh });
+})();
