@@ -381,17 +381,25 @@ def get_job(job_id: str):
     return jsonify(job_view(record))
 
 
-@api.get("/jobs/<job_id>/outputs/<int:index>")
-@require(Role.VIEWER)
-def job_output(job_id: str, index: int):
+def _output_key(job_id: str, index: int) -> str | tuple[Response, int]:
+    """The storage key of a job's output `index`, or the 404 to answer."""
     record = farm.jobs().records.get(job_id)
     if record is None:
         return jsonify(error=f"no job {job_id!r}"), 404
     keys = record.get("outputs", [])
     if not 0 <= index < len(keys):
         return jsonify(error=f"job {job_id!r} has no output {index}"), 404
+    return keys[index]
+
+
+@api.get("/jobs/<job_id>/outputs/<int:index>")
+@require(Role.VIEWER)
+def job_output(job_id: str, index: int):
+    key = _output_key(job_id, index)
+    if not isinstance(key, str):
+        return key
     try:
-        data = farm.jobs().storage.get(keys[index])
+        data = farm.jobs().storage.get(key)
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
     # An output never changes once its job has succeeded, so browsers may keep it.
@@ -408,14 +416,11 @@ def job_thumbnail(job_id: str, index: int):
     size = request.args.get("size", thumbnails.DEFAULT_SIZE, type=int)
     if size not in thumbnails.SIZES:
         raise BadRequest(422, "size", f"must be one of {', '.join(map(str, thumbnails.SIZES))}")
-    record = farm.jobs().records.get(job_id)
-    if record is None:
-        return jsonify(error=f"no job {job_id!r}"), 404
-    keys = record.get("outputs", [])
-    if not 0 <= index < len(keys):
-        return jsonify(error=f"job {job_id!r} has no output {index}"), 404
+    key = _output_key(job_id, index)
+    if not isinstance(key, str):
+        return key
     try:
-        data = thumbnails.thumbnail(farm.jobs().storage, keys[index], job_id, index, size)
+        data = thumbnails.thumbnail(farm.jobs().storage, key, job_id, index, size)
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
     # The output of a succeeded job never changes, nor its thumbnail: cache it for long.

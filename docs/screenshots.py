@@ -31,15 +31,6 @@ from shared.config import Settings  # noqa: E402
 from worker.demo_models import write_demo_models  # noqa: E402
 
 PASSWORD = "screenshots only"
-QUIET = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def png(width: int, height: int, seed: int = 0) -> str:
@@ -133,7 +124,7 @@ def shoot(url: str, out: Path, ids: dict[str, str], admin: str) -> None:
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=QUIET)
+        browser = pw.chromium.launch(executable_path=chromium, args=localfarm.CHROMIUM_ARGS)
         page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
         page.goto(url + "/login")
         page.screenshot(path=str(out / "login.png"))

@@ -120,3 +120,16 @@ def stop(*procs: subprocess.Popen | None, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Headless Chromium for the browser tests and the screenshots: without these flags it keeps
+# calling out to the internet, which a closed machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

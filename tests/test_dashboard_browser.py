@@ -5,21 +5,12 @@ import shutil
 
 import pytest
 
+from renderfarm import localfarm
 from tests.signin import ensure_account
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Without these, Chromium keeps calling out to the internet, which this machine refuses.
-QUIET = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 PASSWORD = "correct horse battery"
@@ -32,7 +23,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=localfarm.CHROMIUM_ARGS)
         yield browser
         browser.close()
 

@@ -205,21 +205,21 @@ def test_reuse_settings_fills_the_form(farm, page):
 
 
 def test_filters_narrow_the_queue(farm, page):
-    mine = farm.submit(owner="painter", model="demo-sd15", prompt="zebra crossing", steps=1)
-    theirs = farm.submit(owner="filter-other", model="demo-sd15", prompt="zebra herd", steps=1)
+    mine = farm.submit(owner="painter", model="demo-sd15", prompt="okapi crossing", steps=1)
+    theirs = farm.submit(owner="filter-other", model="demo-sd15", prompt="okapi herd", steps=1)
     farm.wait(mine["id"]), farm.wait(theirs["id"])
     page.goto(farm.url + "/")
-    page.fill("#filters input[name=q]", "zebra")
+    page.fill("#filters input[name=q]", "okapi")
     rows = page.locator("#job-rows tr.job")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#job-rows tr.job')].length === 2"
         " && [...document.querySelectorAll('#job-rows tr.job')]"
-        ".every(r => r.textContent.includes('zebra'))"
+        ".every(r => r.textContent.includes('okapi'))"
     )
     page.select_option("#filters select[name=scope]", "me")
     page.wait_for_function("() => document.querySelectorAll('#job-rows tr.job').length === 1")
     assert rows.first.get_attribute("data-job-id") == mine["id"]
-    assert "scope=me" in page.url and "q=zebra" in page.url  # bookmarkable
+    assert "scope=me" in page.url and "q=okapi" in page.url  # bookmarkable
     page.select_option("#filters select[name=scope]", "")
     page.fill("#filters input[name=owner]", "filter-other")
     page.wait_for_function(
