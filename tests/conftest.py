@@ -16,6 +16,7 @@ from redis import Redis
 
 from renderfarm import localfarm
 from shared.client import FarmClient
+from shared.config import Settings
 from tests.signin import account_token, ensure_account
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,14 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     proc = localfarm.start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     localfarm.stop(proc)
+
+
+def settings_on_db(redis_url: str, db: int, models_dir: Path, tmp_path: Path) -> Settings:
+    """Settings for in-process tests on a Redis database of their own (emptied first) and
+    file storage in `tmp_path`."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    Redis.from_url(url).flushdb()
+    return Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
 
 
 @pytest.fixture(scope="session")

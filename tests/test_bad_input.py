@@ -4,7 +4,7 @@ import pytest
 from redis import Redis
 
 from dashboard.app import create_app
-from shared.config import Settings
+from tests.conftest import settings_on_db
 from tests.signin import account_token
 
 # What signing in writes (accounts, tokens, the secret key, the audit log, throttling).
@@ -26,10 +26,8 @@ def signed_in(app, redis: Redis):
 @pytest.fixture
 def client(redis_url, models_dir, tmp_path):
     # A database of its own and no worker: anything queued would still be sitting there.
-    url = redis_url.rsplit("/", 1)[0] + "/5"
-    redis = Redis.from_url(url)
-    redis.flushdb()
-    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    settings = settings_on_db(redis_url, 5, models_dir, tmp_path)
+    redis = Redis.from_url(settings.redis_url)
     yield signed_in(create_app(settings), redis)
     assert not job_keys(redis), f"bad input left keys behind: {job_keys(redis)}"
 
@@ -70,12 +68,9 @@ def test_malformed_body(client, body, reason):
 def test_the_app_validates_against_the_settings_it_was_created_with(
     redis_url, models_dir, tmp_path
 ):
-    url = redis_url.rsplit("/", 1)[0] + "/5"
-    redis = Redis.from_url(url)
-    redis.flushdb()
-    settings = Settings(
-        redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}", max_width=128
-    )
+    base = settings_on_db(redis_url, 5, models_dir, tmp_path)
+    settings = base.model_copy(update={"max_width": 128})
+    redis = Redis.from_url(settings.redis_url)
     client = signed_in(create_app(settings), redis)
     resp = client.post("/api/v1/jobs", json={**GOOD, "width": 256})
     assert resp.status_code == 422

@@ -12,20 +12,19 @@ from redis import Redis
 from scheduler.control import JobControl
 from scheduler.dispatcher import Dispatcher
 from shared import keys
-from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.vocabulary import Priority
+from tests.conftest import settings_on_db
 
 SPEC = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture
 def farm_state(redis_url, models_dir, tmp_path):
-    url = redis_url.rsplit("/", 1)[0] + "/9"
-    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    settings = settings_on_db(redis_url, 9, models_dir, tmp_path)
     scheduler = JobControl(settings)
     dispatcher = Dispatcher(settings, celery=scheduler.celery)
-    redis = Redis.from_url(url)
+    redis = Redis.from_url(settings.redis_url)
 
     def worker_up(name: str) -> None:
         beat = {

@@ -8,20 +8,18 @@ from redis import Redis
 
 from scheduler.control import JobControl
 from scheduler.events import JobEvents
-from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.vocabulary import JobStatus, Priority
+from tests.conftest import settings_on_db
 
 SPEC = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture
 def jobs(redis_url, models_dir, tmp_path):
-    url = redis_url.rsplit("/", 1)[0] + "/11"
-    Redis.from_url(url).flushdb()
-    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    settings = settings_on_db(redis_url, 11, models_dir, tmp_path)
     yield JobControl(settings)
-    Redis.from_url(url).flushdb()
+    Redis.from_url(settings.redis_url).flushdb()
 
 
 def submit(jobs: JobControl) -> str:

@@ -11,9 +11,9 @@ from scheduler.control import JobControl
 from scheduler.listing import JobQuery, find_jobs, gallery
 from scheduler.positions import QueueView, stages
 from shared import keys
-from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.vocabulary import JobStatus, Priority, StatusView
+from tests.conftest import settings_on_db
 
 S = JobStatus
 SPEC = {"model": "demo-sd15", "prompt": "a red fox", "width": 64, "height": 64, "steps": 2}
@@ -21,11 +21,9 @@ SPEC = {"model": "demo-sd15", "prompt": "a red fox", "width": 64, "height": 64, 
 
 @pytest.fixture
 def jobs(redis_url, models_dir, tmp_path):
-    url = redis_url.rsplit("/", 1)[0] + "/12"
-    Redis.from_url(url).flushdb()
-    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    settings = settings_on_db(redis_url, 12, models_dir, tmp_path)
     yield JobControl(settings)
-    Redis.from_url(url).flushdb()
+    Redis.from_url(settings.redis_url).flushdb()
 
 
 def submit(jobs: JobControl, owner="ann", priority=Priority.NORMAL, **spec) -> str:

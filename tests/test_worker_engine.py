@@ -8,8 +8,8 @@ from redis import Redis
 
 from scheduler.control import JobControl
 from scheduler.dispatcher import Dispatcher
-from shared.config import Settings
 from shared.vocabulary import Hardware
+from tests.conftest import settings_on_db
 from worker.runner import JobRunner
 
 TINY = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 3, "seed": 5}
@@ -23,8 +23,8 @@ def engine(redis_url, models_dir, tmp_path):
     No worker process consumes the runner's queue: the test dispatches each job to the
     runner by name and then runs it by calling the runner.
     """
-    url = redis_url.rsplit("/", 1)[0] + "/7"
-    settings = Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
+    settings = settings_on_db(redis_url, 7, models_dir, tmp_path)
+    url = settings.redis_url
     scheduler = JobControl(settings)
     dispatcher = Dispatcher(settings, celery=scheduler.celery)
     runner = JobRunner(settings, Hardware.CPU, "engine-test")
