@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # The checkpoint a caller gets until it sets `sd_model_checkpoint` ("": the first one in
     # the store).
     sdapi_default_model: str = ""
+    # The most images one extra-batch-images call may carry (each is a job or a resize).
+    sdapi_max_images: int = 100
     # waitress: threads serving requests (each blocking call and each event stream holds
     # one), most open connections, and how long an idle connection is kept. A connection
     # with a request in progress is never closed by the server, however long it blocks.

@@ -138,6 +138,19 @@ class Farm:
         finally:
             localfarm.stop(proc)
 
+    def cpu_worker(self, timeout: float = 60) -> str:
+        """The name of the farm's CPU worker, once its heartbeat is there."""
+        found: list[str] = []
+        localfarm.wait_for(
+            lambda: (
+                found.extend(w["name"] for w in self.redis_workers() if w["hardware"] == "cpu")
+                or found
+            ),
+            timeout,
+            "the farm's cpu worker",
+        )
+        return found[0]
+
     def beat_after(self, job: dict, timeout: float = 30) -> dict:
         """The heartbeat of the worker that ran `job`, written after the job finished: a beat
         is up to one interval old, and several short jobs fit in one interval."""

@@ -110,7 +110,8 @@ def test_quotas_queued_jobs_and_hardware_classes(farm):
     gpu = client.request("POST", "/api/v1/jobs", json={**waiting, "hardware": "gpu"})
     assert gpu.status_code == 429 and gpu.json()["limit"] == "hardware"
     assert "may not use gpu workers (allowed: cpu)" in gpu.json()["error"]
-    farm.client.drain(farm.client.workers()[0]["name"])  # hold the two jobs in the queue
+    worker = farm.cpu_worker()
+    farm.client.drain(worker)  # hold the two jobs in the queue
     try:
         held = [client.submit(waiting)["id"] for _ in range(2)]
         over = client.request("POST", "/api/v1/jobs", json=waiting)
@@ -122,7 +123,7 @@ def test_quotas_queued_jobs_and_hardware_classes(farm):
             held
         ), "nothing over the quota was recorded"
     finally:
-        farm.client.drain(farm.client.workers()[0]["name"], draining=False)
+        farm.client.drain(worker, draining=False)
     for job_id in held:  # undrained, the worker runs what the quota let in
         assert farm.wait(job_id)["status"] == "succeeded"
 

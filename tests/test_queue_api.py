@@ -51,7 +51,7 @@ def test_waiting_jobs_have_a_position_and_an_eta(farm):
     assert st["total_s"] >= st["running_s"] > 0 and st["queued_s"] is not None
     assert finished["attempts_history"][0]["outcome"] == "succeeded"
     assert finished["outputs"][0]["thumbnail_url"].endswith("/thumbnail")
-    worker = next(w["name"] for w in farm.client.workers() if w["hardware"] == "cpu")
+    worker = farm.cpu_worker()
     farm.client.drain(worker)
     try:
         first = farm.submit(prompt="held 1", **SPEC)

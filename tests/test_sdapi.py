@@ -272,3 +272,42 @@ def test_generation_jobs_are_ordinary_jobs_of_the_caller(farm, api):
     jobs = farm.client.jobs(limit=20)
     mine = [j for j in jobs if j["spec"].get("prompt") == "visible in the dashboard"]
     assert mine and mine[0]["owner"] == "sd-alice" and mine[0]["status"] == "succeeded"
+
+
+def _b64_png(size: tuple[int, int] = (16, 16)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 90, 90)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_batch_call_queues_all_its_jobs_or_none(farm):
+    name, password = account(farm, "sd-quota")
+    ensure_account(farm.redis, name).set_limits(name, max_queued=1)
+    worker = farm.cpu_worker()
+    farm.client.drain(worker)  # the first job stays queued
+    try:
+        body = {
+            "imageList": [{"data": _b64_png(), "name": f"{i}.png"} for i in range(2)],
+            "upscaler_1": "demo-esrgan-x4",
+            "upscaling_resize": 2,
+        }
+        resp = requests.post(
+            f"{farm.url}/sdapi/v1/extra-batch-images", json=body, auth=(name, password),
+            timeout=30,
+        )  # fmt: skip
+        assert resp.status_code == 429, resp.text
+        mine = [j for j in farm.client.jobs(200) if j["owner"] == name]
+        assert mine and {j["status"] for j in mine} == {"canceled"}, "nothing left to run"
+    finally:
+        farm.client.drain(worker, draining=False)
+
+
+def test_a_batch_call_is_bounded_in_images(farm):
+    name, password = account(farm, "sd-many")
+    body = {"imageList": [{"data": _b64_png(), "name": "x.png"}] * 101, "upscaler_1": "None"}
+    resp = requests.post(
+        f"{farm.url}/sdapi/v1/extra-batch-images", json=body, auth=(name, password), timeout=30
+    )
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"] == ["body", "imageList"]
+    assert "at most 100 images" in resp.json()["detail"][0]["msg"]

@@ -59,6 +59,21 @@ def _submit(spec: dict[str, Any], rename: dict[str, str]) -> dict[str, Any]:
     return record
 
 
+def _submit_all(jobs: list[tuple[dict[str, Any], dict[str, str]]]) -> list[dict[str, Any]]:
+    """Queue every job or none: a refusal part-way (a bad image, the quota) cancels the
+    ones already queued, so nothing runs for a call that failed."""
+    records: list[dict[str, Any]] = []
+    try:
+        for spec, rename in jobs:
+            records.append(_submit(spec, rename))
+    except Exception:
+        for record in records:
+            with contextlib.suppress(ConflictError, KeyError):  # already final
+                farm.jobs().cancel(record["id"])
+        raise
+    return records
+
+
 def _finish(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Block until every job is final; all succeeded, or an error and none of the results."""
     jobs, events = farm.jobs(), JobEvents(farm.jobs().redis)
@@ -143,9 +158,10 @@ def _run_extras(body: dict[str, Any], images: list[tuple[Any, str]]) -> list[byt
     """Resized images directly; upscaler jobs all queued first, then waited for."""
     results: list[Any] = [_extras(body, image, field) for image, field in images]
     jobs = {i: r for i, r in enumerate(results) if isinstance(r, dict)}
-    for i, spec in jobs.items():
-        jobs[i] = _submit(spec, {**mapping.EXTRAS_RENAME, "image": images[i][1]})
-    finals = _finish(list(jobs.values()))
+    queued = _submit_all(
+        [(spec, {**mapping.EXTRAS_RENAME, "image": images[i][1]}) for i, spec in jobs.items()]
+    )
+    finals = _finish(queued)
     for i, final in zip(jobs, finals, strict=True):
         results[i] = _pngs(final)[0]
     return results
@@ -173,6 +189,9 @@ def extra_batch_images():
     items = mapping.Fields(body).list("imageList")
     if not items:
         raise invalid("imageList", "field required: a list of {data, name}", "value_error.missing")
+    limit = farm.settings().sdapi_max_images
+    if len(items) > limit:
+        raise invalid("imageList", f"at most {limit} images per call (RENDERFARM_SDAPI_MAX_IMAGES)")
     images = []
     for i, item in enumerate(items):
         data = item.get("data") if isinstance(item, dict) else None
