@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, and nothing twice:
-#   redis-server (Debian package), chromium too with RENDERFARM_BROWSER=1 (browser tests),
+#   redis-server (Debian package), chromium and redis-sentinel too with RENDERFARM_BROWSER=1 (tests),
 #   and a virtualenv in .venv with renderfarm and its pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=()
 command -v redis-server >/dev/null || packages+=(redis-server)
-if [[ "${RENDERFARM_BROWSER:-0}" == 1 ]] && ! command -v chromium >/dev/null; then
-  packages+=(chromium)
+if [[ "${RENDERFARM_BROWSER:-0}" == 1 ]]; then
+  command -v chromium >/dev/null || packages+=(chromium)
+  # The Redis high-availability test runs a real Sentinel (tests/test_sentinel.py).
+  command -v redis-sentinel >/dev/null || packages+=(redis-sentinel)
 fi
 if ((${#packages[@]})); then
   sudo=""
