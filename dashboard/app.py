@@ -11,6 +11,7 @@ from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
 from dashboard.live import live
+from dashboard.metrics import init_metrics
 from dashboard.openapi import init_openapi
 from dashboard.sdapi import init_sdapi
 from dashboard.ui import ui
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
     app.register_blueprint(live, url_prefix="/api/v1")
     app.register_blueprint(ui)
+    init_metrics(app, jobs.redis)
     init_sdapi(app)
     init_openapi(app)
 

@@ -146,6 +146,18 @@ class BatchBody(BaseModel):
     spec: dict[str, Any] | None = None
 
 
+class ClassDemand(BaseModel):
+    pending: int
+    running: int
+    workers: int
+    demand: int = Field(description="pending + running: the workers this class could use")
+
+
+class Demand(BaseModel):
+    classes: dict[str, ClassDemand]
+    at: float
+
+
 class Health(BaseModel):
     ok: bool
     redis: bool
@@ -222,6 +234,11 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/api/v1/workers/{name}/drain", Role.OPERATOR, "Drain or undrain a worker",
           params=(("name", "path", "string"),)),
     Route("get", "/api/v1/models", Role.VIEWER, "The models in the store", ok=ModelList),
+    Route("get", "/api/v1/fleet/demand", Role.OPERATOR,
+          "Waiting and active jobs and live workers per class, for autoscalers (KEDA)",
+          ok=Demand),
+    Route("get", "/metrics", Role.OPERATOR, "Prometheus metrics of the whole farm",
+          media="text/plain"),
 )  # fmt: skip
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from shared.config import Settings, redis_client
+
+if TYPE_CHECKING:
+    from scheduler.dispatcher import Dispatcher
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -14,8 +18,30 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = Settings()
     Notifier(redis_client(settings.redis_url), settings).start()  # webhooks, on its own thread
-    Dispatcher(settings).run_forever()
+    dispatcher = Dispatcher(settings)
+    if settings.scheduler_metrics_port:
+        serve_leader_metric(dispatcher, settings.scheduler_metrics_port)
+    dispatcher.run_forever()
     return 0
+
+
+def serve_leader_metric(dispatcher: Dispatcher, port: int) -> None:
+    """This process's own /metrics (prometheus-client's server, on a thread): whether it
+    holds the dispatcher lock. Farm-wide figures are the dashboard's /metrics."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Leader:
+        def collect(self):
+            yield GaugeMetricFamily(
+                "renderfarm_scheduler_leader",
+                "1 while this scheduler holds the dispatcher lock (dispatches and reaps)",
+                value=float(dispatcher.leading),
+            )
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Leader())
+    start_http_server(port, registry=registry)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ class Dispatcher:
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
+        self.leading = False  # holds the dispatcher lock (renderfarm_scheduler_leader)
 
     # -- the fleet --------------------------------------------------------------------------
 
@@ -176,7 +177,8 @@ class Dispatcher:
         # Cold start: the idle worker with the most free cache room loads it.
         return max(idle, key=lambda w: w["cache_budget"] - w["cache_bytes"]), ""
 
-    def dispatch_one(self, rec: dict[str, Any], worker: dict[str, Any]) -> bool:
+    def dispatch_one(self, rec: dict[str, Any], worker: dict[str, Any], warm: bool) -> bool:
+        """Send the job to `worker` (`warm`: it holds the job's model, an affinity hit)."""
         job_id, attempt = rec["id"], rec["attempt"] + 1
         queue = keys.worker_queue(worker["name"])
         if not self.records.transition(
@@ -187,6 +189,8 @@ class Dispatcher:
             attempt=attempt,
             queue=queue,
             target=worker["name"],
+            worker_class=worker["hardware"],  # the census counts it there (scheduler/census.py)
+            warm=int(warm),
             dispatched_at=time.time(),
             waiting="",
         ):
@@ -223,7 +227,7 @@ class Dispatcher:
                     view.at_limit(cand.owner) is None
                     and can_run(worker, spec, rec.get("hardware"))
                     and holds(worker, spec)
-                    and self.dispatch_one(rec, worker)
+                    and self.dispatch_one(rec, worker, warm=True)
                 ):
                     view.busy.add(worker["name"])
                     view.active[cand.owner] += 1
@@ -258,7 +262,7 @@ class Dispatcher:
                     if rec.get("waiting") != why:
                         self.records.update(cand.job_id, JobStatus.PENDING, waiting=why)
                     continue
-                if self.dispatch_one(rec, worker):
+                if self.dispatch_one(rec, worker, warm=holds(worker, spec)):
                     view.busy.add(worker["name"])
                     view.active[cand.owner] += 1
                     served.add(cand.owner)
@@ -273,14 +277,17 @@ class Dispatcher:
         while True:
             try:
                 # One dispatcher per farm: hold the lock, or stand by for it.
-                if self.redis.set(keys.dispatcher_lock(), name, px=5000, nx=True) or (
-                    self.redis.get(keys.dispatcher_lock()) == name.encode()
-                ):
+                self.leading = bool(
+                    self.redis.set(keys.dispatcher_lock(), name, px=5000, nx=True)
+                    or self.redis.get(keys.dispatcher_lock()) == name.encode()
+                )
+                if self.leading:
                     self.redis.pexpire(keys.dispatcher_lock(), 5000)
                     self.reap()
                     self.dispatch()
                 if self.redis.brpop([keys.wake()], timeout=poll_s):
                     self.redis.delete(keys.wake())  # one pass serves every wake-up so far
             except RedisError:
+                self.leading = False
                 log.warning("Redis unavailable; retrying", exc_info=True)
                 time.sleep(1)

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis import Redis
 
+from scheduler.census import CENSUS_LUA
 from scheduler.timing import HISTORY, model_of, timing_of
 from shared import keys
 from shared.jobspec import AnySpec
@@ -47,6 +48,8 @@ _INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
 _FLOAT_FIELDS = (
     "progress",
     "render_s",
+    "load_s",
+    "upload_s",
     "created_at",
     "dispatched_at",
     "started_at",
@@ -58,9 +61,11 @@ _FLOAT_FIELDS = (
 # id, attempt ("" = any), allowed previous statuses (comma separated; "*" = unchanged
 # status), new status, field/value pairs. In the same step as the change: the active-status
 # sets, the client-facing status index, the attempts history, on success the gallery and
-# the render-time history, and an event (scheduler/events.py). The per-owner keys are
-# built here from the record (one Redis, not a Cluster).
-_TRANSITION = f"""
+# the render-time history, the census and counters (scheduler/census.py), and an event
+# (scheduler/events.py). The per-owner keys are built here from the record (one Redis, not
+# a Cluster).
+_CELL_FIELDS = "'class_asked', 'worker_class', 'priority'"
+_TRANSITION = CENSUS_LUA + f"""
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
@@ -70,15 +75,29 @@ if allowed == '*' then
 elseif not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) then
   return 0
 end
+local cell_before = census_cell(current, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
 redis.call('HSET', KEYS[1], 'status', target)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+-- The census cell follows the status, and a waiting job's priority (keeping its age).
+local cell_after = census_cell(target, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
+if cell_before ~= cell_after then
+  local since = now
+  if cell_before then
+    if current == target then
+      since = tonumber(redis.call('ZSCORE', cell_before, ARGV[1])) or now
+    end
+    redis.call('ZREM', cell_before, ARGV[1])
+  end
+  if cell_after then redis.call('ZADD', cell_after, since, ARGV[1]) end
+end
 local sets = {{dispatched = KEYS[2], running = KEYS[3]}}
 if current ~= target then
   if sets[current] then redis.call('SREM', sets[current], ARGV[1]) end
   if sets[target] then redis.call('SADD', sets[target], ARGV[1]) end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  count_edge(KEYS[1], current, target)
   local function view(s)
     if s == 'pending' or s == 'dispatched' then return 'queued' end
     return s
@@ -199,10 +218,12 @@ class JobRecords:
             "classes": ",".join(c for c in classes if c in hardware),  # where it may run
             "timing": timing_of(spec),  # its render-time history (scheduler/timing.py)
             "batch": batch,
+            "class_asked": spec.hardware,  # its census cell while it waits
         }
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=fields)
             pipe.zadd(keys.jobs_index(), {job_id: now})
+            pipe.zadd(keys.census(S.PENDING, spec.hardware, priority), {job_id: now})
             # The facets never change; the status index follows each transition.
             for facet, value in (
                 ("owner", owner),

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     http_connection_limit: int = 1000
     http_channel_timeout_s: int = 120
 
+    # --- Operations (dashboard/metrics.py, scheduler/census.py) ---
+    # For autoscaling (GET /api/v1/fleet/demand), jobs that leave the class to the dispatcher
+    # (`auto`) count as demand for this class.
+    scale_auto_class: Hardware = Hardware.CPU
+    # `renderfarm scheduler` serves its own /metrics on this port (0: off), saying whether it
+    # holds the dispatcher lock.
+    scheduler_metrics_port: int = 0
+
     # --- Accounts, sign-in and quotas (dashboard/accounts.py, dashboard/auth.py) ---
     # Flask's SECRET_KEY (signs session cookies); unset: one is generated once and kept in
     # Redis, so every dashboard replica shares it.

@@ -167,3 +167,24 @@ def scratch(token: str) -> str:
 def sdapi_options(name: str) -> str:
     """Hash of an account's SD-WebUI options (`/sdapi/v1/options`), values as JSON."""
     return f"{PREFIX}:sdapi-options:{name}"
+
+
+# --- The farm's figures for /metrics and autoscaling (scheduler/census.py) ---
+
+
+def census(status: str, worker_class: str, priority: str = "") -> str:
+    """Sorted set of the jobs in one cell of the census, scored by when they entered it:
+    pending jobs by the class they asked for and priority, dispatched and running ones by
+    the class of their worker. The records' Lua step moves a job between cells."""
+    cell = f"{PREFIX}:census:{status}:{worker_class}"
+    return f"{cell}:{priority}" if priority else cell
+
+
+def counters() -> str:
+    """Hash of farm-wide counters (finished jobs by outcome, dispatches, affinity)."""
+    return f"{PREFIX}:counters"
+
+
+def histogram(name: str, label: str) -> str:
+    """Hash of one histogram series: a count per bucket index, `sum` and `count`."""
+    return f"{PREFIX}:histogram:{name}:{label}"

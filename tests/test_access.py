@@ -42,6 +42,8 @@ MATRIX = [
     ("retry own job", "POST", "/api/v1/jobs/{job}/retry", "member", "own-canceled", 200),
     ("retry another's job", "POST", "/api/v1/jobs/{job}/retry", "operator", "other-canceled", 200),
     ("drain a worker", "POST", "/api/v1/workers/{worker}/drain", "operator", None, 200),
+    ("scrape the metrics", "GET", "/metrics", "operator", None, 200),
+    ("read the fleet's demand", "GET", "/api/v1/fleet/demand", "operator", None, 200),
     ("list own tokens", "GET", "/api/v1/tokens", "member", None, 200),
     ("create an own token", "POST", "/api/v1/tokens", "member", None, 201),
     ("cancel another's batch", "POST", "/api/v1/batches/{batch}/cancel", "operator", "other", 200),

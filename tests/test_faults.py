@@ -46,13 +46,22 @@ def running_with_progress(ff, job_id: str) -> dict:
         time.sleep(0.02)
 
 
+def lost_attempts(ff) -> float:
+    """`renderfarm_jobs_finished_total{outcome="lost"}` as Prometheus scrapes it."""
+    sample = 'renderfarm_jobs_finished_total{outcome="lost"}'
+    lines = ff.client.request("GET", "/metrics").text.splitlines()
+    return float(next(x for x in lines if x.startswith(sample)).split()[-1])
+
+
 def test_worker_killed_mid_job_the_job_completes_elsewhere_once(ff):
     ff.wait_workers(2)
+    lost_before = lost_attempts(ff)
     job = ff.submit(prompt="survivor", seed=1, **SLOW)
     victim = running_with_progress(ff, job["id"])["worker"]
     os.kill(pid_of(victim), signal.SIGKILL)
     done = ff.wait(job["id"])
     assert done["status"] == "succeeded", done["error"]
+    assert lost_attempts(ff) == lost_before + 1  # the operator sees the lost attempt
     assert done["attempts"] == 2 and done["worker"] != victim
     assert "lost its worker" in (done["note"] or "") or done["attempts"] == 2
     attempt = done["outputs"][0]["key"].split("/")[2]

@@ -39,15 +39,17 @@ def test_the_table_matches_the_app_routes():
     from dashboard.accounts_api import accounts_api
     from dashboard.api import api
     from dashboard.live import live
+    from dashboard.metrics import metrics
 
     app = Flask(__name__)
     for blueprint in (api, accounts_api, live):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
+    app.register_blueprint(metrics)
     served = {
         (method.lower(), rule.rule.replace("<", "{").replace(">", "}").replace("int:", ""))
         for rule in app.url_map.iter_rules()
         for method in rule.methods - {"HEAD", "OPTIONS"}
-        if rule.rule.startswith("/api/v1") and rule.endpoint != "static"
+        if rule.rule.startswith(("/api/v1", "/metrics")) and rule.endpoint != "static"
     }
     documented = {(r.method, r.path) for r in ROUTES}
     assert served <= documented, served - documented

@@ -33,7 +33,8 @@ def engine(redis_url, models_dir, tmp_path):
         from shared.jobspec import parse_spec
 
         record, _ = scheduler.submit(parse_spec(spec, settings))
-        assert dispatcher.dispatch_one(record, {"name": runner.name})
+        worker = {"name": runner.name, "hardware": runner.hardware}
+        assert dispatcher.dispatch_one(record, worker, warm=False)
         runner.run(record["id"], record["attempt"] + 1)
         done = scheduler.records.get(record["id"])
         assert done["status"] == expect, done.get("error")

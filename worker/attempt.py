@@ -30,6 +30,8 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     waiting: int = 0  # > 0 while a model loads or outputs upload: silence is expected then
+    # Seconds spent per waiting stage ("model_load", "upload"), for the job's record.
+    stage_s: dict[str, float] = field(default_factory=dict)
 
     def still_ours(self) -> bool:
         return self.lease_ok
@@ -39,13 +41,16 @@ class Attempt:
         self.last_active = time.monotonic()
 
     @contextmanager
-    def wait(self) -> Iterator[None]:
-        """A phase that reports no progress but is not stuck (each bounded on its own)."""
+    def wait(self, stage: str) -> Iterator[None]:
+        """A phase that reports no progress but is not stuck (each bounded on its own); its
+        time is added to `stage_s[stage]`."""
         self.waiting += 1
+        began = time.monotonic()
         try:
             yield
         finally:
             self.waiting -= 1
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.monotonic() - began
             self.active()
 
     def stalled(self, stall_s: float) -> bool:

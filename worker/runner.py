@@ -81,7 +81,7 @@ class JobRunner:
         model, key = self._key(family, name)
         try:
             # The size on disk as a hint, so the cache makes room before the load, not after.
-            with self.current.wait() if self.current else nullcontext():
+            with self.current.wait("model_load") if self.current else nullcontext():
                 return stack.enter_context(
                     self.cache.use(
                         key,
@@ -246,7 +246,7 @@ class JobRunner:
                 "passes": passes,
                 "render_s": time.time() - started,
             }
-            with att.wait():  # retries storage errors for up to RENDERFARM_STORAGE_RETRY_S
+            with att.wait("upload"):  # retries storage errors for RENDERFARM_STORAGE_RETRY_S
                 keys_ = outputs.store(
                     self.storage,
                     att.job_id,
@@ -279,6 +279,9 @@ class JobRunner:
             progress=1.0,
             manifest=outputs.manifest_key(att.job_id, att.attempt),
             render_s=f"{extra['render_s']:.3f}",
+            # With render_s (which includes loading): the stage histograms (scheduler/census.py).
+            load_s=f"{att.stage_s.get('model_load', 0.0):.3f}",
+            upload_s=f"{att.stage_s.get('upload', 0.0):.3f}",
         ):
             self.jobs_done += 1
 
