@@ -65,7 +65,9 @@ _FLOAT_FIELDS = (
 # (scheduler/events.py). The per-owner keys are built here from the record (one Redis, not
 # a Cluster).
 _CELL_FIELDS = "'class_asked', 'worker_class', 'priority'"
-_TRANSITION = CENSUS_LUA + f"""
+_TRANSITION = (
+    CENSUS_LUA
+    + f"""
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
@@ -151,6 +153,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'job', ARGV[1],
   'status', target, 'progress', rec[2] or '0', 'owner', rec[1] or '', 'seq', seq)
 return 1
 """
+)
 
 
 def _encode(value: Any) -> str:
