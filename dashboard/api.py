@@ -98,9 +98,11 @@ def output_view(job_id: str, index: int, key: str) -> dict[str, Any]:
     }
 
 
-def job_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A job record as clients see it."""
-    queue = _queue()
+def job_view(record: dict[str, Any], standing: bool = True) -> dict[str, Any]:
+    """A job record as clients see it. Without `standing` (the reply to a submission), no
+    queue position or ETA: they read the whole queue, and a submission must cost the same
+    however long the queue is; the job's own address (Location) has them."""
+    queue = _queue() if standing else None
     outputs = [output_view(record["id"], i, key) for i, key in enumerate(record.get("outputs", []))]
     return {
         "id": record["id"],
@@ -122,8 +124,8 @@ def job_view(record: dict[str, Any]) -> dict[str, Any]:
         "outputs": outputs,
         "manifest": record.get("manifest"),
         "batch": record.get("batch") or None,
-        "queue_position": queue.position(record),
-        "eta_s": queue.eta_s(record),
+        "queue_position": queue.position(record) if queue else None,
+        "eta_s": queue.eta_s(record) if queue else None,
         "render_s": record.get("render_s"),
         "attempts_history": record.get("history", []),
         "stages": stages(record),
@@ -185,7 +187,7 @@ def submit_job():
     if created:
         audit_event("job.submit", record["id"], f"owner {owner.name}" if submitted_by else "")
     location = url_for("api.get_job", job_id=record["id"])
-    return jsonify(job_view(record)), 202 if created else 200, {"Location": location}
+    return jsonify(job_view(record, standing=False)), 202 if created else 200, {"Location": location}
 
 
 def _steerable(job_id: str) -> dict[str, Any] | tuple[Response, int]:

@@ -1,0 +1,232 @@
+"""Submission throughput: `POST /api/v1/jobs` against raw Celery `send_task`, in one run.
+
+    .venv/bin/python -m bench.bench_submit [--n 500] [--rounds 3] [--clients 1,4] [--json PATH]
+
+A redis-server on a free loopback port, the demo models in a temp store and the real
+dashboard (`renderfarm dashboard`, waitress) as a process; no dispatcher and no workers, so
+nothing runs the jobs. For each --clients count K, K threads each make --n calls per round,
+one keep-alive session each:
+  api     POST /api/v1/jobs as a member (a Bearer token: accounts, quotas and validation
+          on): the dashboard parses and validates the spec, looks its model up in the store,
+          checks the quota, writes the job record and adds it to the owner's pending set;
+  inproc  `JobControl.submit` in this process (the same work without HTTP and Flask);
+  celery  raw `send_task(RUN_JOB, queue="bench")` with the farm's Celery configuration
+          (serialise, LPUSH to Redis, a task-sent event): the baseline, what a plain Celery
+          producer pays.
+Sides alternate order per round; the figure is the median round. Also printed: Redis
+commands per call (INFO commandstats) for each side. The queue grows by every job posted, so
+a submission whose cost grew with the queue would show in the later rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    config,
+    log,
+    machine_info,
+    machine_line,
+    parser,
+    run_dir,
+    sigint_ignored,
+    tail,
+    write_json,
+)
+from renderfarm import localfarm
+from shared.client import FarmClient
+
+OWNER = "bench-submit"
+SPEC = {"model": "demo-sd15", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
+
+
+def member_token(redis_url: str) -> str:
+    from redis import Redis
+
+    from dashboard.accounts import Accounts, Role
+    from shared.config import Settings
+
+    accounts = Accounts(Redis.from_url(redis_url), Settings(redis_url=redis_url))
+    if accounts.get(OWNER) is None:
+        accounts.create(OWNER, Role.MEMBER)
+        accounts.set_limits(OWNER, max_queued=10**9)  # the benchmark queues a lot
+    return accounts.create_token(OWNER, label="benchmark")[1]
+
+
+def in_threads(clients: int, call: Any, n: int) -> float:
+    """Seconds for `clients` threads to make `n` calls each (`call(i)` builds thread i's)."""
+    fns = [call(i) for i in range(clients)]
+    start = threading.Barrier(clients + 1)
+
+    def run(fn: Any) -> None:
+        start.wait()
+        for _ in range(n):
+            fn()
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - began
+
+
+def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argparse.Namespace):
+    from redis import Redis
+
+    from scheduler.celery_app import RUN_JOB, make_celery
+    from scheduler.control import JobControl
+    from shared.config import Settings
+    from shared.jobspec import parse_spec
+    from shared.storage import open_storage
+    from shared.vocabulary import Priority
+
+    settings = Settings(
+        redis_url=redis_url, models_dir=models_dir, storage_url=f"file://{tmp / 'outputs'}"
+    )
+    token = member_token(redis_url)
+    control = JobControl(settings, storage=open_storage(settings))
+    celery = make_celery(settings)
+    redis = Redis.from_url(redis_url)
+    sessions: list[FarmClient] = []
+
+    def api(_: int):
+        client = FarmClient(url, token)
+        sessions.append(client)
+        return lambda: client.submit(SPEC)
+
+    def inproc(_: int):
+        return lambda: control.submit(parse_spec(SPEC, settings), OWNER, Priority.NORMAL, None)
+
+    def send(_: int):
+        def call() -> None:
+            job_id = uuid.uuid4().hex
+            celery.send_task(
+                RUN_JOB,
+                args=[job_id, 1],
+                queue="bench",
+                task_id=f"{job_id}.1",
+                priority=Priority.NORMAL.celery,
+            )
+
+        return call
+
+    sides = {"api": api, "inproc": inproc, "celery": send}
+    results: dict[str, Any] = {}
+    for clients in args.clients:
+        for side in sides.values():  # connections, imports, first requests: not counted
+            in_threads(clients, side, 10)
+        rates: dict[str, list[float]] = {k: [] for k in sides}
+        commands: dict[str, float] = {}
+        for r in range(args.rounds):
+            for name in list(sides) if r % 2 == 0 else list(reversed(sides)):
+                redis.config_resetstat()
+                seconds = in_threads(clients, sides[name], args.n)
+                stats = redis.info("commandstats")
+                calls = sum(v["calls"] for k, v in stats.items() if "config" not in k)
+                commands[name] = calls / (clients * args.n)
+                rates[name].append(clients * args.n / seconds)
+        per_s = {k: statistics.median(v) for k, v in rates.items()}
+        results[str(clients)] = {
+            "per_s": per_s,
+            "per_s_rounds": rates,
+            "redis_commands_per_call": commands,
+            "api_vs_celery": per_s["api"] / per_s["celery"],
+            "inproc_vs_celery": per_s["inproc"] / per_s["celery"],
+        }
+        log(f"{clients} client(s): " + ", ".join(f"{k} {v:.0f}/s" for k, v in per_s.items()))
+    recorded = int(redis.zcard("rf:jobs"))
+    for client in sessions:
+        client.close()
+    celery.close()
+    redis.flushdb()
+    return results, recorded
+
+
+def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la) -> dict:
+    machine = machine_info()
+    lines = [
+        "Submission throughput (bench/bench_submit.py)",
+        machine_line(machine),
+        f"load average {la[0]:.2f} at start, {la[1]:.2f} at end; {recorded} jobs recorded",
+        f"{args.n} calls per client per round, {args.rounds} rounds, medians",
+        "",
+        f"{'clients':>7} {'POST /api/v1/jobs':>18} {'JobControl.submit':>18} "
+        f"{'Celery send_task':>17} {'API / send_task':>16} {'Redis cmds (api/celery)':>24}",
+    ]
+    for clients, r in results.items():
+        ps, cmds = r["per_s"], r["redis_commands_per_call"]
+        lines.append(
+            f"{clients:>7} {ps['api']:>14.0f}/s {ps['inproc']:>16.0f}/s {ps['celery']:>15.0f}/s "
+            f"{r['api_vs_celery']:>15.0%} {cmds['api']:>12.1f} / {cmds['celery']:.1f}"
+        )
+    print("\n".join(lines), flush=True)
+    return {
+        "machine": {**machine, "loadavg_start": la[0], "loadavg_end": la[1]},
+        "config": config(args),
+        "results": results,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser("python -m bench.bench_submit", __doc__)
+    p.add_argument("--n", type=int, default=500, help="calls per client per round (500)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per side (3)")
+    p.add_argument("--clients", default="1,4", help="comma-separated client counts (1,4)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = p.parse_args(argv)
+    args.clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    if args.n < 1 or args.rounds < 1 or not args.clients or min(args.clients) < 1:
+        p.error("--n, --rounds and every --clients count must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from worker.demo_models import write_demo_models
+
+    with run_dir("renderfarm-bench-submit-", False) as tmp:
+        redis_proc = dashboard = None
+        try:
+            la_start = os.getloadavg()[0]
+            models_dir = tmp / "models"
+            write_demo_models(models_dir)
+            port = localfarm.free_port()
+            redis_proc = localfarm.start_redis(port, tmp / "redis")
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            env = {
+                "RENDERFARM_REDIS_URL": redis_url,
+                "RENDERFARM_MODELS_DIR": str(models_dir),
+                "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
+            }
+            http = localfarm.free_port()
+            log_path = tmp / "dashboard.log"
+            dashboard = localfarm.start_dashboard("127.0.0.1", http, env, log=log_path)
+            results, recorded = measure(
+                f"http://127.0.0.1:{http}", redis_url, models_dir, tmp, args
+            )
+            figures = report(args, results, recorded, (la_start, os.getloadavg()[0]))
+            write_json(args.json, figures)
+            return 0
+        except KeyboardInterrupt:
+            return 130
+        except Exception:
+            log(f"--- dashboard log\n{tail(tmp / 'dashboard.log')}")
+            raise
+        finally:
+            with sigint_ignored():
+                localfarm.stop(dashboard, redis_proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
