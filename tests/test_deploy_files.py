@@ -543,6 +543,7 @@ def test_compose_flower_service():
     assert svc["ports"] == ["127.0.0.1:5555:5555"]  # loopback only: basic auth over plain HTTP
     env = service_env(svc)
     assert env["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert env["FLOWER_READ_ONLY"] == "${FLOWER_READ_ONLY:-true}"  # tests/test_flower.py
     assert (
         env["RENDERFARM_REDIS_URL"] == service_env(services()["dashboard"])["RENDERFARM_REDIS_URL"]
     )

@@ -2,8 +2,8 @@
 
 `celery --app scheduler.celery_app ...` finds the module's `app` (built from the
 RENDERFARM_* environment); Flower runs as its own process with basic auth from
-FLOWER_BASIC_AUTH, as the compose service `flower` starts it, and follows the workers'
-task events.
+FLOWER_BASIC_AUTH and read-only from FLOWER_READ_ONLY, as the compose service `flower`
+starts it, and follows the workers' task events.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class Flower:
         self.session = requests.Session()
         self.session.auth = CREDENTIALS
 
+    def post(self, path: str) -> requests.Response:
+        return self.session.post(self.url + path, timeout=10)
+
     def get(self, path: str, **params: Any) -> Any:
         resp = self.session.get(self.url + path, params=params, timeout=10)
         resp.raise_for_status()
@@ -46,7 +49,12 @@ class Flower:
 @pytest.fixture(scope="module")
 def flower(farm) -> Iterator[Flower]:
     port = localfarm.free_port()
-    env = {**os.environ, **farm.env, "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS)}
+    env = {
+        **os.environ,
+        **farm.env,
+        "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
+        "FLOWER_READ_ONLY": "true",
+    }
     with open(farm.logs / "flower.log", "ab") as log:
         proc = subprocess.Popen(
             celery_cmd("flower", f"--port={port}", "--address=127.0.0.1", "--persistent=False"),
@@ -106,6 +114,12 @@ def test_flower_lists_the_worker_and_the_task_that_ran_a_job(farm, flower):
     queues = [q["name"] for q in workers[worker]["active_queues"]]
     assert queues == [keys.worker_queue(worker)]
     assert "renderfarm.run_job" in workers[worker]["registered"]
+
+    # Read-only: Flower cannot revoke tasks or stop workers (jobs are steered through the
+    # farm: renderfarm cancel, drain).
+    for path in (f"/api/task/revoke/{task_id}", f"/api/worker/pool/restart/{worker}"):
+        refused = flower.post(path)
+        assert (refused.status_code, refused.text) == (403, "Read only mode is enabled"), path
 
 
 def inspect(farm, command: str, worker: str) -> Any:
