@@ -7,6 +7,8 @@ imports torch, and both sides agree on one configuration.
 
 from __future__ import annotations
 
+from functools import cache
+
 from celery import Celery
 
 from shared.config import Settings
@@ -45,3 +47,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery --app scheduler.celery_app flower | inspect ...` looks up a module attribute
+    # `app`: built from the environment's settings on first use, so importing this module
+    # (the dispatcher, the worker, the API) reads no environment and builds no app.
+    if name == "app":
+        return _env_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _env_app() -> Celery:
+    return make_celery(Settings())

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -26,7 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKER_DIR = ROOT / "deploy" / "docker"
 K8S_DIR = ROOT / "deploy" / "k8s"
+KEDA_DIR = K8S_DIR / "keda"
+KEDA_OVERLAY = ROOT / "deploy" / "k8s-keda"
 SCALING = ROOT / "deploy" / "SCALING.md"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 HARDWARE = tuple(Hardware)
 DOCKERFILES = {hw: DOCKER_DIR / f"Dockerfile.{hw}" for hw in HARDWARE}
 SETTINGS_ENV = {f"RENDERFARM_{name.upper()}" for name in Settings.model_fields}
@@ -210,7 +219,7 @@ def exec_form(path: Path, rest: str) -> list[str]:
 
 def test_compose_parses_with_the_expected_services():
     assert isinstance(compose(), dict)
-    expected = {"redis", "minio", "minio-setup", "demo-models", "dashboard"}
+    expected = {"redis", "minio", "minio-setup", "demo-models", "dashboard", "scheduler", "flower"}
     expected |= {f"worker-{hw}" for hw in HARDWARE}
     assert expected <= set(services())
     used = set()
@@ -227,7 +236,7 @@ def test_compose_renderfarm_commands_parse():
             if argv and argv[0] == "renderfarm":
                 parse_renderfarm(argv, f"docker-compose.yml services.{name}.{key}")
                 checked.append(name)
-    assert {"dashboard", "demo-models", "worker-cpu"} <= set(checked)
+    assert {"dashboard", "demo-models", "scheduler", "worker-cpu"} <= set(checked)
 
 
 @pytest.mark.parametrize("hardware", HARDWARE)
@@ -316,6 +325,7 @@ def test_redis_is_persistent_and_never_evicts():
 
 def test_every_renderfarm_variable_is_a_setting():
     files = [COMPOSE, SCALING, *DOCKER_DIR.glob("Dockerfile*"), *K8S_DIR.glob("*.y*ml")]
+    files += [*KEDA_DIR.glob("*.yaml"), *PROMETHEUS_DIR.glob("*.yml"), *GRAFANA_DIR.glob("*.json")]
     used: dict[str, set[str]] = {}
     for path in files:
         for var in re.findall(r"\bRENDERFARM_[A-Z0-9_]*[A-Z0-9]", path.read_text()):
@@ -449,7 +459,7 @@ def test_k8s_renderfarm_commands_parse_and_refs_exist():
         for vol in pod_spec(doc).get("volumes", []):
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in claims, where
-    assert checked >= 2 + len(HARDWARE)
+    assert checked >= 3 + len(HARDWARE)
 
 
 @pytest.mark.parametrize("hardware", HARDWARE)
@@ -484,3 +494,263 @@ def test_k8s_dashboard_service_reaches_the_dashboard():
     for port in svc["spec"]["ports"]:
         target = port["targetPort"]
         assert ports.get(target, target) == args.port
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+def test_the_scheduler_runs_in_compose_and_k8s():
+    svc = services()["scheduler"]
+    assert parse_renderfarm(as_argv(svc["command"]), "scheduler").command == "scheduler"
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert service_env(svc)["RENDERFARM_REDIS_URL"].startswith("redis://redis:6379/")
+
+    dep = one_k8s("Deployment", "renderfarm-scheduler")
+    (container,) = pod_spec(dep)["containers"]
+    assert parse_renderfarm(container_argv(container), "scheduler").command == "scheduler"
+    # A standby takes over from the lock holder; each serves its metrics on 9101.
+    assert dep["spec"]["replicas"] >= 2
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9101}
+    svc = one_k8s("Service", "renderfarm-scheduler")
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(9101, "metrics")]
+
+
+# --- Flower -----------------------------------------------------------------------------
+
+FLOWER_ARGV = ["celery", "--app", "scheduler.celery_app", "flower", "--port=5555"]
+
+
+def flower_script() -> str:
+    """The shell line the compose service `flower` runs, as the container's sh sees it."""
+    argv = as_argv(services()["flower"]["command"])
+    assert argv[:2] == ["sh", "-c"] and len(argv) == 3, argv
+    return argv[2].replace("$$", "$")  # compose's escape for a literal $
+
+
+def test_compose_flower_service():
+    svc = services()["flower"]
+    assert svc["profiles"] == ["ops"]
+    # After its guard, the service runs exactly the image's command.
+    guard, _, run = flower_script().rpartition("exec ")
+    assert "FLOWER_BASIC_AUTH" in guard
+    assert shlex.split(run) == FLOWER_ARGV
+    build = svc["build"]
+    path = ROOT / build["dockerfile"]
+    assert exec_form(path, stage_last(path, "CMD", build["target"])) == FLOWER_ARGV
+    assert "5555" in (stage_last(path, "EXPOSE", build["target"]) or "")
+    assert svc["ports"] == ["127.0.0.1:5555:5555"]  # loopback only: basic auth over plain HTTP
+    env = service_env(svc)
+    assert env["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert env["FLOWER_READ_ONLY"] == "${FLOWER_READ_ONLY:-true}"  # tests/test_flower.py
+    assert (
+        env["RENDERFARM_REDIS_URL"] == service_env(services()["dashboard"])["RENDERFARM_REDIS_URL"]
+    )
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_compose_flower_refuses_to_start_without_basic_auth(value):
+    env = {"PATH": "/usr/bin:/bin"}  # no celery on it: the guard must stop before
+    if value is not None:
+        env["FLOWER_BASIC_AUTH"] = value
+    out = subprocess.run(
+        ["sh", "-c", flower_script()], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    assert "set FLOWER_BASIC_AUTH=user:password" in out.stderr
+
+
+def test_flower_image_pins_the_tested_flower():
+    (pin,) = [
+        d for d in PYPROJECT["project"]["optional-dependencies"]["test"] if d.startswith("flower")
+    ]
+    path = DOCKERFILES["cpu"]
+    runs = " ".join(stage_chain(path, "flower")[0].all("RUN"))
+    assert f'"{pin}"' in runs, f"the flower image does not install {pin}"
+    user = stage_last(path, "USER", "flower")
+    assert user and user.split(":")[0] not in ("root", "0"), "flower runs as root"
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_dockerfile_copies_every_package(hardware):
+    """`pip install .` installs what pyproject's package list names: each must be copied."""
+    packages = {
+        p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    path = DOCKERFILES[hardware]
+    copied = set()
+    for stage in dockerfile(path)[1]:
+        for rest in stage.all("COPY"):
+            if "--from=" not in rest:
+                copied |= {w.rstrip("/") for w in rest.split()[:-1] if not w.startswith("--")}
+    assert packages <= copied, f"{path.name} does not copy {sorted(packages - copied)}"
+
+
+# --- KEDA -------------------------------------------------------------------------------
+
+SERVICE_HOST = re.compile(
+    r"(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?"
+)
+
+
+@cache
+def keda_docs() -> tuple[dict[str, Any], ...]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(KEDA_DIR.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    return tuple(docs)
+
+
+def keda_component() -> dict[str, Any]:
+    return yaml.safe_load((KEDA_DIR / "kustomization.yaml").read_text())
+
+
+def keda(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in keda_docs() if d["kind"] == kind}
+
+
+def base_namespace() -> str:
+    (kust,) = k8s("Kustomization")
+    return kust["namespace"]
+
+
+def scaled_object(hardware: str) -> dict[str, Any]:
+    found = [
+        so
+        for so in keda("ScaledObject").values()
+        if so["spec"]["scaleTargetRef"]["name"] == f"renderfarm-worker-{hardware}"
+    ]
+    assert len(found) == 1, (
+        f"expected one ScaledObject for the {hardware} workers, found {len(found)}"
+    )
+    return found[0]
+
+
+def test_keda_is_an_optional_component_on_top_of_the_base():
+    component = keda_component()
+    assert component["kind"] == "Component"
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert sorted(component["resources"]) == sorted(
+        p.name for p in KEDA_DIR.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    # Not in the base: `kubectl apply -k deploy/k8s` needs no KEDA in the cluster.
+    (base,) = k8s("Kustomization")
+    assert not any("keda" in r for r in base["resources"]) and "components" not in base
+    # The ready overlay: the base plus the component.
+    overlay = yaml.safe_load((KEDA_OVERLAY / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../k8s"] and overlay["components"] == ["../k8s/keda"]
+    assert overlay["namespace"] == base["namespace"]
+    # KEDA's HPA owns the worker replica counts: the component drops `replicas`.
+    (patch,) = component["patches"]
+    assert yaml.safe_load(patch["patch"]) == [{"op": "remove", "path": "/spec/replicas"}]
+    pattern = re.compile(patch["target"]["name"])
+    targets = {
+        d["metadata"]["name"] for d in k8s("Deployment") if pattern.fullmatch(d["metadata"]["name"])
+    }
+    assert targets == {f"renderfarm-worker-{hw}" for hw in HARDWARE}
+
+
+def test_one_scaled_object_per_class_each_on_its_own_demand():
+    assert len(keda("ScaledObject")) == len(HARDWARE)
+    services = {d["metadata"]["name"]: d for d in k8s("Service")}
+    auths = keda("TriggerAuthentication")
+    for hardware in HARDWARE:
+        so = scaled_object(hardware)
+        where = f"ScaledObject {so['metadata']['name']}"
+        ref = so["spec"]["scaleTargetRef"]
+        assert (ref["apiVersion"], ref["kind"]) == ("apps/v1", "Deployment"), where
+        dep = one_k8s("Deployment", ref["name"])
+        (container,) = pod_spec(dep)["containers"]
+        assert parse_renderfarm(container_argv(container), where).hardware == hardware
+        assert so["metadata"]["namespace"] == base_namespace(), where
+
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "metrics-api", where
+        assert trigger.get("metricType", "AverageValue") == "AverageValue", where
+        meta = trigger["metadata"]
+        # The dashboard's Service, by the name KEDA (in its own namespace) resolves.
+        url = urlsplit(meta["url"])
+        host = SERVICE_HOST.fullmatch(url.hostname or "")
+        assert url.scheme == "http" and host, f"{where}: {meta['url']} is not a Service URL"
+        assert host["namespace"] == base_namespace(), where
+        svc = services[host["service"]]
+        assert host["service"] == "renderfarm-dashboard", where
+        assert (url.port or 80) in {p["port"] for p in svc["spec"]["ports"]}, where
+        assert url.path == "/api/v1/fleet/demand" and not url.query, where
+        assert meta.get("format", "json") == "json", where
+        assert meta["valueLocation"] == f"classes.{hardware}.demand", where
+        # One job at a time per worker: one replica per job pending or running.
+        assert meta["targetValue"] == "1", where
+        assert (meta.get("authModes") or meta.get("authMode")) == "bearer", where
+        auth = auths[trigger["authenticationRef"]["name"]]
+        params = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+        assert set(params) & {"token", "bearerToken"}, f"{where}: no bearer token parameter"
+
+
+def test_scaled_object_bounds_and_scale_down():
+    limit = int(configmap_env()[JOB_TIME_LIMIT])
+    for hardware in HARDWARE:
+        so = scaled_object(hardware)
+        spec, where = so["spec"], f"ScaledObject {so['metadata']['name']}"
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], where
+        assert 1 <= spec["pollingInterval"] <= 60, where
+        fallback = spec["fallback"]
+        assert fallback["failureThreshold"] >= 1 and fallback["replicas"] >= max(
+            spec["minReplicaCount"], 1
+        )
+        assert fallback.get("behavior", "static") in {"static", "currentReplicasIfHigher"}, where
+        # A scale-down sends SIGTERM to a pod the HPA picks, maybe a busy one: its warm
+        # shutdown must be able to finish the longest job.
+        dep = one_k8s("Deployment", spec["scaleTargetRef"]["name"])
+        assert pod_spec(dep)["terminationGracePeriodSeconds"] > limit, where
+        down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        if hardware in ("gpu", "openvino"):
+            # Loaded models are worth keeping: shrink slowly, one pod at a time.
+            assert spec["cooldownPeriod"] >= 1800, where
+            assert down["stabilizationWindowSeconds"] >= 1800, where
+            assert all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"]), where
+            assert all(p["periodSeconds"] >= 300 for p in down["policies"]), where
+    # A warm GPU worker by default: from zero a job waits for a node, the image, the model.
+    assert scaled_object("gpu")["spec"]["minReplicaCount"] >= 1
+
+
+def test_keda_token_secret_is_made_as_documented():
+    """The TriggerAuthentication's Secret is the one the documented commands create, and
+    those commands are real: a service account with an operator role and its token."""
+    (auth,) = keda("TriggerAuthentication").values()
+    (ref,) = auth["spec"]["secretTargetRef"]
+    docs = (KEDA_DIR / "triggerauthentication.yaml").read_text() + SCALING.read_text()
+    docs = re.sub(r"^#? *", "", docs, flags=re.M)  # commented lines, as typed
+    docs = re.sub(r"\\\n", " ", docs)  # continued lines, as one
+    made = re.findall(r"kubectl -n (\S+) create secret generic (\S+)\s+--from-literal=(\w+)=", docs)
+    assert made, "no `kubectl create secret generic ... --from-literal=KEY=` documented"
+    assert {(ns, name, key) for ns, name, key in made} == {
+        (base_namespace(), ref["name"], ref["key"])
+    }
+    commands = re.findall(r"renderfarm (?:users add|tokens create) [^\n|)\"`]+", docs)
+    parsed = [parse_renderfarm(shlex.split(line), "token docs") for line in commands]
+    assert any(
+        a.command == "users" and a.name == "keda" and a.role in ("operator", "admin")
+        for a in parsed
+    ), "no `renderfarm users add keda --role operator` documented"
+    assert not any(a.command == "users" and a.password_stdin for a in parsed)  # service accounts
+    assert any(a.command == "tokens" and a.name == "keda" for a in parsed)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_keda_overlay_builds_with_kustomize():
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KEDA_OVERLAY)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]): d for d in built}
+    for hardware in HARDWARE:
+        name = f"renderfarm-worker-{hardware}"
+        assert "replicas" not in kinds[("Deployment", name)]["spec"], name
+        so = kinds[("ScaledObject", name)]
+        assert so["metadata"]["namespace"] == kinds[("Deployment", name)]["metadata"]["namespace"]
+    assert kinds[("Deployment", "renderfarm-dashboard")]["spec"]["replicas"] >= 1
