@@ -36,6 +36,8 @@ WORKER_STATES = ("idle", "busy", "draining", "stalled")
 AFFINITY_RESULTS = ("hit", "miss")
 
 _PER_WORKER = ("worker", "worker_class")
+# A worker's model cache per tier: `ram`, and on a GPU worker `vram` too (worker/tiers.py).
+_PER_TIER = (*_PER_WORKER, "tier")
 
 DASHBOARD: dict[str, Metric] = {
     "renderfarm_jobs_pending": _m("gauge", "worker_class", "priority"),
@@ -46,14 +48,14 @@ DASHBOARD: dict[str, Metric] = {
     "renderfarm_job_duration_seconds": _m("histogram", "worker_class"),
     "renderfarm_job_stage_seconds": _m("histogram", "stage"),
     "renderfarm_workers": _m("gauge", "worker_class", "state"),
-    "renderfarm_model_cache_bytes": _m("gauge", *_PER_WORKER),
-    "renderfarm_model_cache_budget_bytes": _m("gauge", *_PER_WORKER),
+    "renderfarm_model_cache_bytes": _m("gauge", *_PER_TIER),
+    "renderfarm_model_cache_budget_bytes": _m("gauge", *_PER_TIER),
     "renderfarm_worker_rss_bytes": _m("gauge", *_PER_WORKER),
     "renderfarm_vram_used_bytes": _m("gauge", *_PER_WORKER),  # GPU workers only
     "renderfarm_vram_total_bytes": _m("gauge", *_PER_WORKER),  # GPU workers only
-    "renderfarm_model_loads_total": _m("counter", *_PER_WORKER),
-    "renderfarm_model_evictions_total": _m("counter", *_PER_WORKER),
-    "renderfarm_model_cache_hits_total": _m("counter", *_PER_WORKER),
+    "renderfarm_model_loads_total": _m("counter", *_PER_TIER),
+    "renderfarm_model_evictions_total": _m("counter", *_PER_TIER),
+    "renderfarm_model_cache_hits_total": _m("counter", *_PER_TIER),
     "renderfarm_dispatch_affinity_total": _m("counter", "result"),
     "renderfarm_dispatches_total": _m("counter", "worker_class"),
     "renderfarm_scheduler_leader_present": _m("gauge"),

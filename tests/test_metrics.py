@@ -247,3 +247,24 @@ def test_the_census_matches_the_records_through_every_transition(redis_url, mode
         for a in r["history"]
         if a["outcome"] in ("succeeded", "failed", "canceled")
     )
+
+
+def test_the_farm_exports_exactly_the_metrics_contract(farm, operator):
+    """The names, types and labels the Grafana dashboard and alert rules are checked
+    against (tests/metrics_contract.py) are the ones /metrics really serves."""
+    from tests.metrics_contract import DASHBOARD
+
+    farm.wait(farm.submit(**SPEC)["id"])  # some samples in every family a CPU farm has
+    text = requests.get(
+        f"{farm.url}/metrics", headers={"Authorization": f"Bearer {operator}"}, timeout=10
+    ).text
+    served = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {k for s in family.samples for k in s.labels if k != "le"}
+        served[name] = (family.type, labels)
+    assert set(served) == set(DASHBOARD)
+    for name, (kind, labels) in served.items():
+        assert kind == DASHBOARD[name].kind, name
+        if not name.startswith("renderfarm_vram_"):  # no GPU worker here: no samples
+            assert labels == DASHBOARD[name].labels, name
