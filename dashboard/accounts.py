@@ -275,13 +275,14 @@ class Accounts:
 
     def check_token(self, secret: str) -> tuple[Account, Token] | None:
         """The enabled account and live token this secret belongs to, else None."""
-        token = self.tokens.find(secret)
-        if token is None:
+        found = self.tokens.find(secret)
+        if found is None:
             return None
-        account = self.get(token.account)
-        if account is None or account.disabled:
+        token, raw = found
+        if not raw or not NAME_RE.fullmatch(token.account):
             return None
-        return account, token
+        account = _account(token.account, raw)
+        return None if account.disabled else (account, token)
 
     def account_for_session(self, session_id: str) -> Account | None:
         """The enabled account a session cookie's user id names, if its epoch is current."""

@@ -187,7 +187,11 @@ def submit_job():
     if created:
         audit_event("job.submit", record["id"], f"owner {owner.name}" if submitted_by else "")
     location = url_for("api.get_job", job_id=record["id"])
-    return jsonify(job_view(record, standing=False)), 202 if created else 200, {"Location": location}
+    return (
+        jsonify(job_view(record, standing=False)),
+        202 if created else 200,
+        {"Location": location},
+    )
 
 
 def _steerable(job_id: str) -> dict[str, Any] | tuple[Response, int]:

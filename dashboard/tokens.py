@@ -20,12 +20,19 @@ SECRET_BYTES = 32  # 256 bits of randomness
 
 # Record a use of a live token and return it; nothing for a revoked or expired one (and a
 # token revoked meanwhile is not recreated by the write).
-_USE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local expires_at = redis.call('HGET', KEYS[1], 'expires_at')
+# KEYS[1]: the secret's hash key. One round trip for a request's credentials: the token
+# (unless unknown or expired; its last use recorded) and the hash of the account it is of.
+_USE = f"""
+local token_id = redis.call('GET', KEYS[1])
+if not token_id then return false end
+local token = '{keys.token("")}' .. token_id
+if redis.call('EXISTS', token) == 0 then return false end
+local expires_at = redis.call('HGET', token, 'expires_at')
 if expires_at and tonumber(expires_at) <= tonumber(ARGV[1]) then return false end
-redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
-return redis.call('HGETALL', KEYS[1])
+redis.call('HSET', token, 'last_used', ARGV[1])
+local account = redis.call('HGET', token, 'account')
+return {{token_id, redis.call('HGETALL', token),
+  redis.call('HGETALL', '{keys.account("")}' .. account)}}
 """
 
 
@@ -101,16 +108,16 @@ class Tokens:
         pipe.execute()
         return token, secret
 
-    def find(self, secret: str) -> Token | None:
-        """The live token with this secret, its last use recorded; None if unknown, revoked
-        or expired. Found by the secret's hash, so no comparison of secrets takes place."""
-        token_id = self.redis.get(keys.token_by_hash(digest(secret)))
-        if token_id is None:
+    def find(self, secret: str) -> tuple[Token, dict[bytes, bytes]] | None:
+        """The live token with this secret, its last use recorded, and the raw hash of its
+        account (empty if the account is gone); None if unknown, revoked or expired. Found by
+        the secret's hash, so no comparison of secrets takes place."""
+        found = self._use(keys=[keys.token_by_hash(digest(secret))], args=[time.time()])
+        if not found:
             return None
-        flat = self._use(keys=[keys.token(token_id.decode())], args=[time.time()])
-        if not flat:
-            return None
-        return _token(token_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+        token_id, flat, account = found
+        token = _token(token_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+        return token, dict(zip(account[::2], account[1::2], strict=True))
 
     def list(self, account: str) -> list[Token]:
         """The account's tokens, oldest first (ids of tokens Redis expired are pruned)."""

@@ -13,9 +13,10 @@ from typing import Any
 
 from celery import Celery
 from PIL import Image
+from redis.client import Pipeline
 
 from scheduler.celery_app import make_celery
-from scheduler.pending import PendingJobs
+from scheduler.pending import PendingJobs, add_to
 from scheduler.quotas import Quota, QuotaExceeded, publish_running_limit
 from scheduler.records import JobRecords
 from shared import keys
@@ -195,11 +196,15 @@ class JobControl:
         """Record a prepared spec's job (of `batch`, if given) and queue it for dispatch."""
         job_id = job_id or uuid.uuid4().hex
         hardware = quota.hardware if quota is not None else tuple(Hardware)
-        if quota is not None:
-            publish_running_limit(self.redis, owner, quota.max_running)
-        record = self.records.create(job_id, spec, owner, priority, submitted_by, hardware, batch)
-        self.pending.add(job_id, owner, priority, record["created_at"])
-        return record
+
+        def queue(pipe: Pipeline, record: dict[str, Any]) -> None:
+            if quota is not None:
+                publish_running_limit(pipe, owner, quota.max_running)
+            add_to(pipe, job_id, owner, priority, record["created_at"])
+
+        return self.records.create(
+            job_id, spec, owner, priority, submitted_by, hardware, batch, then=queue
+        )
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""

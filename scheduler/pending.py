@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 
 from shared import keys
 from shared.vocabulary import Priority
@@ -31,15 +32,20 @@ def score(priority: Priority, created_at: float) -> int:
     return priority.rank * _RANK_SPAN + int(created_at * 1000)
 
 
+def add_to(pipe: Pipeline, job_id: str, owner: str, priority: Priority, created_at: float) -> None:
+    """Queue a job for dispatch, as part of a caller's transaction."""
+    pipe.zadd(keys.pending(owner), {job_id: score(priority, created_at)})
+    pipe.zadd(keys.pending_owners(), {owner: 0}, nx=True)  # new owners go first
+    pipe.lpush(keys.wake(), 1)
+
+
 class PendingJobs:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
     def add(self, job_id: str, owner: str, priority: Priority, created_at: float) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.zadd(keys.pending(owner), {job_id: score(priority, created_at)})
-            pipe.zadd(keys.pending_owners(), {owner: 0}, nx=True)  # new owners go first
-            pipe.lpush(keys.wake(), 1)
+            add_to(pipe, job_id, owner, priority, created_at)
             pipe.execute()
 
     def remove(self, job_id: str, owner: str) -> bool:

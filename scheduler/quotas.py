@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 
 from shared import keys
 from shared.vocabulary import Hardware
@@ -31,7 +32,7 @@ class QuotaExceeded(Exception):
         self.reason = reason
 
 
-def publish_running_limit(redis: Redis, owner: str, max_running: int) -> None:
+def publish_running_limit(redis: Redis | Pipeline, owner: str, max_running: int) -> None:
     """Tell the dispatcher how many of `owner`'s jobs may run at once."""
     redis.hset(keys.running_limits(), owner, max_running)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 
 from scheduler.census import CENSUS_LUA
 from scheduler.timing import HISTORY, model_of, timing_of
@@ -193,10 +195,12 @@ class JobRecords:
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
         batch: str = "",
+        then: Callable[[Pipeline, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
         `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
-        it belongs to ("" = none)."""
+        it belongs to ("" = none); `then(pipe, record)`: more writes in the same transaction
+        (queueing it for dispatch), so a submission is one round trip."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -241,8 +245,11 @@ class JobRecords:
                 maxlen=EVENTS_MAXLEN,
                 approximate=True,
             )
+            record = _decode({k.encode(): _encode(v).encode() for k, v in fields.items()})
+            if then is not None:
+                then(pipe, record)
             pipe.execute()
-        return self.get(job_id)  # type: ignore[return-value]
+        return record  # type: ignore[return-value]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
