@@ -9,6 +9,7 @@ a figure changes exactly when a job's status does:
 - the census: each waiting or active job is a member of one sorted set, its cell —
   pending by the class it asked for (`auto` too) and priority, dispatched and running by
   its worker's class — scored by when it entered it (the oldest waiting job's age).
+- dispatched jobs per owner (with its pending set: what its `max_queued` quota counts).
 - counters: jobs finished by outcome (`lost`: an attempt whose worker went away; the job is
   requeued and counted again when it ends), dispatches per class, affinity hits/misses.
 - histograms (bucket counts, sum, count): an attempt's run time per worker class, and the
@@ -68,7 +69,12 @@ local function count_edge(job, current, target)
     redis.call('HINCRBY', '{keys.counters()}', 'finished:lost', 1)
   end
   local f = redis.call('HMGET', job, 'worker_class', 'warm', 'eligible_at', 'started_at',
-    'finished_at', 'load_s', 'render_s', 'upload_s')
+    'finished_at', 'load_s', 'render_s', 'upload_s', 'owner')
+  if target == 'dispatched' or current == 'dispatched' then
+    local by = 1
+    if current == 'dispatched' then by = -1 end
+    redis.call('HINCRBY', '{keys.dispatched_by_owner()}', f[9] or '', by)
+  end
   local n = {{}}
   for i = 3, 8 do n[i] = tonumber(f[i]) end
   if target == 'dispatched' then

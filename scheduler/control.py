@@ -139,13 +139,11 @@ class JobControl:
 
     def queued_count(self, owner: str) -> int:
         """The owner's jobs waiting for dispatch or dispatched but not yet running."""
-        dispatched = self.records.ids_in(JobStatus.DISPATCHED)
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(keys.pending(owner))
-            for job_id in dispatched:
-                pipe.hget(keys.job(job_id), "owner")
-            pending, *owners = pipe.execute()
-        return int(pending) + sum(o == owner.encode() for o in owners)
+            pipe.hget(keys.dispatched_by_owner(), owner)  # kept by the census
+            pending, dispatched = pipe.execute()
+        return int(pending) + int(dispatched or 0)
 
     def submit(
         self,

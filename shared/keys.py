@@ -180,6 +180,12 @@ def census(status: str, worker_class: str, priority: str = "") -> str:
     return f"{cell}:{priority}" if priority else cell
 
 
+def dispatched_by_owner() -> str:
+    """Hash of owner -> how many of its jobs are dispatched (sent, not started): with its
+    pending set, what its `max_queued` quota counts."""
+    return f"{PREFIX}:census:dispatched-by-owner"
+
+
 def counters() -> str:
     """Hash of farm-wide counters (finished jobs by outcome, dispatches, affinity)."""
     return f"{PREFIX}:counters"

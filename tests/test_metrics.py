@@ -186,6 +186,7 @@ def test_the_census_matches_the_records_through_every_transition(redis_url, mode
 
     from scheduler.census import read_census
     from scheduler.records import TRANSITIONS, JobRecords
+    from shared import keys
     from shared.jobspec import parse_spec
     from shared.vocabulary import Hardware, JobStatus, Priority
     from tests.conftest import settings_on_db
@@ -239,6 +240,8 @@ def test_the_census_matches_the_records_through_every_transition(redis_url, mode
             assert count == sum(
                 1 for r in everything if r["status"] == status and r["worker_class"] == hw
             ), (status, hw)
+    dispatched = sum(1 for r in everything if r["status"] == JobStatus.DISPATCHED)
+    assert int(records.redis.hget(keys.dispatched_by_owner(), "census") or 0) == dispatched
     assert {o: figures.finished(o) for o in finished} == finished
     ran_to_the_end = sum(h.count for h in figures.durations.values())
     assert ran_to_the_end == sum(
