@@ -1,4 +1,4 @@
-"""Scheduler benchmark: model affinity vs plain routing on a Zipf trace, and submission rate.
+"""Scheduler benchmark: model affinity vs plain routing on a Zipf trace.
 
     .venv/bin/python -m bench.bench_scheduler [--jobs 60] [--arrivals 0,60%] [--json PATH]
 
@@ -29,14 +29,7 @@
     with that assignment). An LRU replay of each worker's jobs must give its real loads;
     the same replay sorts every miss: another worker held the model at the time (the
     routing could have hit) or none did.
-(2) Submission throughput, on its own Redis DB with no dispatcher and no workers (nothing
-    runs the jobs; the DB is flushed afterwards): N sequential POST /api/v1/jobs through
-    one keep-alive HTTP session (the API validates the spec, checks the model is in the
-    store, writes the job record and adds it to the pending set for the dispatcher: it
-    never talks to Celery); `JobControl.submit` called in this process (the same work
-    without HTTP and Flask); and N raw Celery `send_task(RUN_JOB, queue="bench")` calls
-    with the farm's Celery config (serialise, LPUSH to Redis, a task-sent event). Each in
-    --rounds alternating rounds; medians.
+Submission throughput is bench/bench_submit.py.
 
 Everything the benchmark starts (redis-server, dispatchers, workers, dashboards, temp
 dir) is stopped or removed on exit, Ctrl-C and SIGTERM included.
@@ -54,7 +47,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -443,91 +435,6 @@ def bounds(trace: list[str], workers: int, capacity: int) -> dict[str, Any]:
     return {"compulsory": len(models), "pooled_belady_in_order": pooled}
 
 
-# ---------------------------------------------------------------------------- (2) submission
-
-
-def submission_rate(
-    api: str, redis_url: str, models_dir: Path, args: argparse.Namespace, model: str
-) -> dict[str, Any]:
-    from redis import Redis
-
-    from scheduler.celery_app import RUN_JOB, make_celery
-    from scheduler.control import JobControl
-    from shared.config import Settings
-    from shared.jobspec import parse_spec
-    from shared.storage import open_storage
-    from shared.vocabulary import Priority
-
-    n = args.submit_n
-    settings = Settings(
-        redis_url=redis_url,
-        models_dir=models_dir,
-        storage_url=f"file://{models_dir.parent / 'outputs'}",
-    )
-    body = {**spec_for(0, model, args), "seed": 42}
-    spec_only = {k: v for k, v in body.items() if k != "owner"}
-    client = FarmClient(api, api_token(redis_url, OWNER))
-    scheduler = JobControl(settings, storage=open_storage(settings))
-    app = make_celery(settings)
-    redis = Redis.from_url(redis_url)
-
-    def api_round(count: int) -> float:
-        started = time.perf_counter()
-        for _ in range(count):
-            client.submit(body)
-        return time.perf_counter() - started
-
-    def inproc_round(count: int) -> float:
-        started = time.perf_counter()
-        for _ in range(count):
-            # What the API handler does after parsing the JSON body.
-            scheduler.submit(parse_spec(spec_only, settings), OWNER, Priority.NORMAL, None)
-        return time.perf_counter() - started
-
-    def celery_round(count: int) -> float:
-        started = time.perf_counter()
-        for _ in range(count):
-            job_id = uuid.uuid4().hex
-            app.send_task(
-                RUN_JOB,
-                args=[job_id, 1],
-                queue="bench",
-                task_id=f"{job_id}.1",
-                priority=Priority.NORMAL.celery,
-            )
-        return time.perf_counter() - started
-
-    sides = {"api": api_round, "inproc": inproc_round, "celery": celery_round}
-    warm = min(20, n)
-    for fn in sides.values():  # connections, imports, first requests: not counted
-        fn(warm)
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    for r in range(args.rounds):
-        order = list(sides) if r % 2 == 0 else list(reversed(sides))
-        for k in order:
-            times[k].append(sides[k](n))
-    total = (warm + n * args.rounds) * 2  # api + in-process submissions
-    recorded = int(redis.zcard("rf:jobs"))
-    queued = sum(int(redis.llen(k)) for k in redis.scan_iter(match="bench*", count=1000))
-    pools = client.session.get_adapter(api).poolmanager.pools
-    connections = sum(pools[k].num_connections for k in pools.keys())  # noqa: SIM118
-    client.close()
-    app.close()
-    redis.flushdb()  # nobody will run these
-    redis.close()
-    if recorded != total or queued != warm + n * args.rounds:
-        raise RuntimeError(f"expected {total} records and tasks, found {recorded}/{queued}")
-    rates = {k: [n / t for t in v] for k, v in times.items()}
-    return {
-        "n": n,
-        "rounds": args.rounds,
-        "http_connections_opened": connections,
-        "per_s": {k: statistics.median(v) for k, v in rates.items()},
-        "per_s_rounds": rates,
-        "ms_per_call": {k: 1000 / statistics.median(v) for k, v in rates.items()},
-    }
-
-
 # ---------------------------------------------------------------------------- report
 
 
@@ -653,30 +560,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         if over:
             lines.append(f"note: {name}: {over} over-budget events in the worker caches")
 
-    s = r["submission"]
-    ps = s["per_s"]
     lines += [
-        "",
-        f"(2) submission throughput, no workers, own Redis DB (flushed after); "
-        f"N={s['n']} sequential calls x {s['rounds']} rounds, medians",
-        f"{'POST /api/v1/jobs (keep-alive session)':44}{ps['api']:8.0f} jobs/s "
-        f"({s['ms_per_call']['api']:.2f} ms each; "
-        f"{s['http_connections_opened']} TCP connection(s) opened)",
-        f"{'JobControl.submit() in-process (no HTTP)':44}{ps['inproc']:8.0f} jobs/s "
-        f"({s['ms_per_call']['inproc']:.2f} ms each)",
-        f"{'Celery send_task(RUN_JOB, queue=bench)':44}{ps['celery']:8.0f} tasks/s "
-        f"({s['ms_per_call']['celery']:.2f} ms each)",
-        f"ratio     Celery/API {ps['celery'] / ps['api']:.1f}x; in-process/API "
-        f"{ps['inproc'] / ps['api']:.1f}x (HTTP + Flask + JSON response: "
-        f"{s['ms_per_call']['api'] - s['ms_per_call']['inproc']:.2f} ms per job)",
-        "          the API validates the spec, looks the model up in the store, writes the "
-        "job record and adds it to the pending set (the dispatcher sends the Celery task "
-        "later); send_task only serialises the message, LPUSHes it and publishes a "
-        "task-sent event",
-        "rounds    "
-        + "; ".join(
-            f"{k} " + "/".join(f"{x:.0f}" for x in v) for k, v in s["per_s_rounds"].items()
-        ),
         "",
         "2 cores shared with other work: timings are noisy (see the load averages and the "
         "other processes' CPU share above); loads and hits do not depend on timing as much, "
@@ -692,7 +576,6 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         "bounds": b,
         "arrival_rates": r["rates"],
         "runs": r["runs"],
-        "submission": s,
     }
 
 
@@ -731,8 +614,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="OMP_NUM_THREADS per worker (default: usable cores / workers, at least 1)",
     )
-    p.add_argument("--submit-n", type=int, default=500, help="calls per submission round (500)")
-    p.add_argument("--rounds", type=int, default=3, help="submission rounds per side (3)")
     p.add_argument("--poll-s", type=float, default=0.25, help="trace progress poll interval (0.25)")
     p.add_argument("--trace-timeout", type=float, default=600, help="seconds per trace run (600)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -741,10 +622,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.jobs <= 500:
         p.error("--jobs must be 1..500")
-    if args.models < 1 or args.workers < 1 or args.capacity < 1 or args.submit_n < 1:
-        p.error("--models, --workers, --capacity and --submit-n must be at least 1")
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
+    if args.models < 1 or args.workers < 1 or args.capacity < 1:
+        p.error("--models, --workers and --capacity must be at least 1")
     args.arrivals = [x.strip() for x in str(args.arrivals).split(",") if x.strip()]
     try:
         numbers = [float(x.removesuffix("%")) for x in args.arrivals]
@@ -831,16 +710,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"makespan {runs[-1]['makespan_s']:.1f} s"
                     )
 
-            log(f"submission throughput: {args.submit_n} x {args.rounds} rounds per side")
-            env = {**base, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db + 1}"}
-            farm = Farm("submit", env, tmp, 0, None, None)
-            farms.append(farm)
-            submission = submission_rate(
-                farm.url, env["RENDERFARM_REDIS_URL"], models_dir, args, names[0]
-            )
-            farm.close()
-            farms.remove(farm)
-
             run = {
                 "loadavg": (la_start, os.getloadavg()),
                 "sizes": sizes,
@@ -849,7 +718,6 @@ def main(argv: list[str] | None = None) -> int:
                 "bounds": bounds(trace, args.workers, args.capacity),
                 "rates": rates,
                 "runs": runs,
-                "submission": submission,
             }
             write_json(args.json, report(args, run))
             return 0

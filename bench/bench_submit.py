@@ -12,7 +12,9 @@ one keep-alive session each:
   inproc  `JobControl.submit` in this process (the same work without HTTP and Flask);
   celery  raw `send_task(RUN_JOB, queue="bench")` with the farm's Celery configuration
           (serialise, LPUSH to Redis, a task-sent event): the baseline, what a plain Celery
-          producer pays.
+          producer pays;
+  floor   GET /api/v1/me with the same token: the HTTP stack's own ceiling (requests,
+          waitress, Flask, the token check, a JSON reply) with no job work at all.
 Sides alternate order per round; the figure is the median round. Also printed: Redis
 commands per call (INFO commandstats) for each side. The queue grows by every job posted, so
 a submission whose cost grew with the queue would show in the later rounds.
@@ -121,7 +123,12 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
 
         return call
 
-    sides = {"api": api, "inproc": inproc, "celery": send}
+    def floor(_: int):
+        client = FarmClient(url, token)
+        sessions.append(client)
+        return client.me
+
+    sides = {"api": api, "inproc": inproc, "celery": send, "floor": floor}
     results: dict[str, Any] = {}
     for clients in args.clients:
         for side in sides.values():  # connections, imports, first requests: not counted
@@ -143,6 +150,7 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
             "redis_commands_per_call": commands,
             "api_vs_celery": per_s["api"] / per_s["celery"],
             "inproc_vs_celery": per_s["inproc"] / per_s["celery"],
+            "floor_vs_celery": per_s["floor"] / per_s["celery"],
         }
         log(f"{clients} client(s): " + ", ".join(f"{k} {v:.0f}/s" for k, v in per_s.items()))
     recorded = int(redis.zcard("rf:jobs"))
@@ -162,13 +170,15 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
         f"{args.n} calls per client per round, {args.rounds} rounds, medians",
         "",
         f"{'clients':>7} {'POST /api/v1/jobs':>18} {'JobControl.submit':>18} "
-        f"{'Celery send_task':>17} {'API / send_task':>16} {'Redis cmds (api/celery)':>24}",
+        f"{'send_task':>10} {'GET /api/v1/me':>15} {'API/send_task':>14} "
+        f"{'floor/send_task':>16} {'Redis cmds api/celery':>22}",
     ]
     for clients, r in results.items():
         ps, cmds = r["per_s"], r["redis_commands_per_call"]
         lines.append(
-            f"{clients:>7} {ps['api']:>14.0f}/s {ps['inproc']:>16.0f}/s {ps['celery']:>15.0f}/s "
-            f"{r['api_vs_celery']:>15.0%} {cmds['api']:>12.1f} / {cmds['celery']:.1f}"
+            f"{clients:>7} {ps['api']:>16.0f}/s {ps['inproc']:>16.0f}/s {ps['celery']:>8.0f}/s "
+            f"{ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} {r['floor_vs_celery']:>16.0%} "
+            f"{cmds['api']:>14.1f} / {cmds['celery']:.1f}"
         )
     print("\n".join(lines), flush=True)
     return {
