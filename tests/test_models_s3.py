@@ -454,20 +454,25 @@ def test_a_farm_renders_from_the_object_store_showing_the_fetch(pushed, s3_env, 
     sd15 = manifest(store, "demo-sd15", "checkpoint")
     redis_port = localfarm.free_port()
     redis_proc = localfarm.start_redis(redis_port, tmp_path / "redis")
-    s3_port = int(s3_env["RENDERFARM_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
-    proxy = FaultyProxy(s3_port)
+    # The worker reaches S3 through a slow link (at most 64 KiB per 0.08 s: demo-sd15's
+    # 5.6 MB take at least 6.9 s, longer than its stall limit) that can also hold a download.
+    proxy = FaultyProxy(int(s3_env["RENDERFARM_S3_ENDPOINT_URL"].rsplit(":", 1)[1]), 0.08)
     logs = tmp_path / "logs"
     logs.mkdir()
+    cache = tmp_path / "model-cache"
     env = {
         **s3_env,
         "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "RENDERFARM_STORAGE_URL": f"s3://{BUCKET}/models-farm",
         "RENDERFARM_MODELS_URL": settings.models_url,
         "RENDERFARM_MODELS_DIR": str(tmp_path / "no-such-folder"),
-        "RENDERFARM_MODEL_CACHE_DIR": str(tmp_path / "model-cache"),
+        "RENDERFARM_MODEL_CACHE_DIR": str(cache),
     }
-    # The worker reaches S3 through the proxy, which can hold a download half-way.
-    worker_env = {**env, "RENDERFARM_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    worker_env = {
+        **env,
+        "RENDERFARM_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+        "RENDERFARM_STALL_S": "5",
+    }
     port = localfarm.free_port()
     procs = [
         localfarm.start_scheduler(env, log=logs / "scheduler.log"),
@@ -476,13 +481,12 @@ def test_a_farm_renders_from_the_object_store_showing_the_fetch(pushed, s3_env, 
     try:
         procs.append(localfarm.start_dashboard("127.0.0.1", port, env, log=logs / "dashboard.log"))
         farm = Farm(f"http://127.0.0.1:{port}", env, Redis(port=redis_port), logs, procs)
+        # What the worker can run comes from the manifests: the dispatcher routes by it.
         name = farm.cpu_worker(timeout=120)
         beat = next(w for w in farm.redis_workers() if w["name"] == name)
         assert beat["store"]["checkpoint"] == ["broken-model", "demo-sd15", "demo-sdxl"]
-        listed = {
-            m["name"]: m for m in farm.client.request("GET", "/api/v1/models").json()["models"]
-        }
-        assert listed["demo-sd15"]["size_bytes"] == sd15.size_bytes
+        models = farm.client.request("GET", "/api/v1/models").json()["models"]
+        assert {m["name"]: m["size_bytes"] for m in models}["demo-sd15"] == sd15.size_bytes
 
         proxy.hold_after(1_500_000)  # inside the UNet's weights
         job = farm.submit(prompt="fetched", model="demo-sd15", width=64, height=64, steps=2)
@@ -497,15 +501,35 @@ def test_a_farm_renders_from_the_object_store_showing_the_fetch(pushed, s3_env, 
         done = farm.wait(job["id"], timeout=120)
         assert done["status"] == "succeeded", done["error"]
         assert len(done["outputs"]) == 1 and done["note"] is None  # the note went with the fetch
+        # Arriving bytes kept it alive: never given up by the watchdog, one attempt.
+        assert done["attempts"] == 1 and len(done["attempts_history"]) == 1
         beat = farm.beat_after(done)
         assert [(m["name"], m["family"]) for m in beat["models"]] == [("demo-sd15", "checkpoint")]
         assert beat["model_fetch"]["downloads"] == len({f.sha256 for f in sd15.files})
 
         # The next job finds the model on this host (and in memory): nothing is downloaded.
-        again = farm.wait(farm.submit(prompt="again", model="demo-sd15", width=64, height=64,
-                                      steps=2)["id"], timeout=120)  # fmt: skip
+        again = farm.submit(prompt="again", model="demo-sd15", width=64, height=64, steps=2)
+        again = farm.wait(again["id"], timeout=120)
         assert again["status"] == "succeeded", again["error"]
         assert farm.beat_after(again)["model_fetch"]["requests"] == beat["model_fetch"]["requests"]
+
+        # A file whose bytes are not its manifest's: the job fails saying which, the model is
+        # never loaded, nothing of it is kept, and the worker goes on.
+        sdxl = manifest(store, "demo-sdxl", "checkpoint")
+        config = next(f for f in sdxl.files if f.path == "unet/config.json")
+        key = f"{store.prefix}/{blob_key(config.sha256)}"
+        s3_client(s3_env).put_object(Bucket=bucket, Key=key, Body=b"x" * config.size)
+        bad = farm.submit(prompt="corrupt", model="demo-sdxl", width=64, height=64, steps=2)
+        bad = farm.wait(bad["id"], timeout=120)
+        assert bad["status"] == "failed"
+        assert (
+            "checkpoint 'demo-sdxl' file unet/config.json does not match its manifest"
+            in (bad["error"])
+        )
+        assert sdxl.digest not in {p.stem for p in (cache / "models").iterdir()}
+        assert config.sha256 not in {p.name[:64] for p in (cache / "blobs").iterdir()}
+        beat = farm.beat_after(bad)
+        assert [m["name"] for m in beat["models"]] == ["demo-sd15"]
         farm.client.close()
     finally:
         proxy.release()

@@ -256,8 +256,7 @@ class ModelFetcher:
                 lock.acquire(timeout=1)
                 break
             except Timeout:
-                partial = self.root / "blobs"
-                now = sum(p.stat().st_size for p in partial.glob(f"{f.sha256}{INCOMPLETE}*"))
+                now = self._incomplete_bytes(f.sha256)
                 if now > seen:
                     seen = now
                     progress.reached(base + now)
@@ -268,6 +267,14 @@ class ModelFetcher:
             self._download(manifest, f, progress, base)
         finally:
             lock.release()
+
+    def _incomplete_bytes(self, sha256: str) -> int:
+        """How far another process's download of this blob has come."""
+        total = 0
+        for p in (self.root / "blobs").glob(f"{sha256}{INCOMPLETE}*"):
+            with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                total += p.stat().st_size
+        return total
 
     def _download(self, manifest: Manifest, f: ModelFile, progress: _Progress, base: int) -> None:
         what = f"{manifest.family} {manifest.name!r} file {f.path}"
@@ -379,8 +386,8 @@ class ModelFetcher:
                 manifest = Manifest.from_json(p.read_bytes(), str(p))
                 found[p.stem] = (manifest, p.stat().st_mtime)
             except (OSError, ManifestError):
-                log.warning("removing the unreadable model record %s", p)
-                p.unlink(missing_ok=True)
+                log.warning("removing the unreadable model record %s and its folder", p)
+                self._drop_model(p.stem)  # its links would hold on to evicted blobs
         return found
 
     def _drop_model(self, digest: str) -> None:
