@@ -518,10 +518,11 @@ def test_a_farm_renders_from_the_object_store_showing_the_fetch(pushed, s3_env, 
         sdxl = manifest(store, "demo-sdxl", "checkpoint")
         config = next(f for f in sdxl.files if f.path == "unet/config.json")
         key = f"{store.prefix}/{blob_key(config.sha256)}"
+        original = s3_client(s3_env).get_object(Bucket=bucket, Key=key)["Body"].read()
         s3_client(s3_env).put_object(Bucket=bucket, Key=key, Body=b"x" * config.size)
         bad = farm.submit(prompt="corrupt", model="demo-sdxl", width=64, height=64, steps=2)
         bad = farm.wait(bad["id"], timeout=120)
-        assert bad["status"] == "failed"
+        assert bad["status"] == "failed" and bad["note"] is None
         assert (
             "checkpoint 'demo-sdxl' file unet/config.json does not match its manifest"
             in (bad["error"])
@@ -530,6 +531,18 @@ def test_a_farm_renders_from_the_object_store_showing_the_fetch(pushed, s3_env, 
         assert config.sha256 not in {p.name[:64] for p in (cache / "blobs").iterdir()}
         beat = farm.beat_after(bad)
         assert [m["name"] for m in beat["models"]] == ["demo-sd15"]
+
+        # Canceled while its model downloads: it stops there, and nothing half-done is kept.
+        s3_client(s3_env).put_object(Bucket=bucket, Key=key, Body=original)
+        proxy.hold_after(1_000_000)  # only the fetching connection carries that much
+        stop = farm.submit(prompt="never mind", model="demo-sdxl", width=64, height=64, steps=2)
+        localfarm.wait_for(proxy.held.is_set, 60, "the worker's download")
+        farm.client.cancel(stop["id"])
+        proxy.release()
+        stop = farm.wait(stop["id"], timeout=120)
+        assert stop["status"] == "canceled" and stop["note"] is None
+        assert not [p for p in (cache / "blobs").iterdir() if ".incomplete-" in p.name]
+        assert sdxl.digest not in {p.stem for p in (cache / "models").iterdir()}
         farm.client.close()
     finally:
         proxy.release()

@@ -6,7 +6,8 @@ Shared by every worker process on the host (one `RENDERFARM_MODEL_CACHE_DIR`):
     blobs/<sha256>.incomplete-<random>   a download under way
     models/<digest>/<family folder>/<name>...   a fetched model as the loaders expect it:
                                          links (hard, else symbolic) to its blobs
-    models/<digest>.json                 its manifest; the file's mtime is the model's last use
+    models/<digest>.json                 its manifest; its mtime: when the model was last
+                                         taken into use or released
     locks/                               blob-<sha256>.lock, model-<digest>.lock (one writer
                                          each), inuse-<digest>.lock (shared while in use),
                                          cache.lock (eviction and taking a model into use)
@@ -24,8 +25,9 @@ Eviction (the budget `RENDERFARM_MODEL_CACHE_MB`): before a download, the least 
 used blobs are removed until the cache fits its budget with the incoming bytes, except the
 blobs of any model in use — a model is in use from `hold()` until the block ends (a job
 holds its models until it ends), by any process on the host (a shared flock). A blob's last
-use is the latest use of a model that links to it. A removed blob's models are removed with
-it. The budget can be exceeded by models in use (never by evicting one).
+use is the latest use of a model that links to it (a blob no model links to: its download).
+A removed blob's models are removed with it. Models in use may take the cache over its
+budget (never is one evicted); the next download brings it back within.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ class ModelFetcher:
             self._ensure(manifest, on_bytes)
             yield self.path_of(manifest)
         finally:
+            self._touch(manifest.digest)  # used until now
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             if not self.is_ready(manifest):
@@ -194,10 +197,17 @@ class ModelFetcher:
                 tmp = record.with_name(f"{record.name}{PARTIAL}{uuid.uuid4().hex}")
                 tmp.write_bytes(manifest.to_json())
                 os.replace(tmp, record)
-            os.utime(record)
+            self._touch(manifest.digest)
             fd = os.open(self._lock(f"inuse-{manifest.digest}"), os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_SH)
             return fd
+
+    def _touch(self, digest: str) -> None:
+        """Record a use: the record's mtime, set from the clock (a file system's own
+        timestamps are only as fine as the kernel's tick)."""
+        now = time.time_ns()
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._record(digest), ns=(now, now))
 
     def _in_use(self, digest: str) -> bool:
         path = self._lock(f"inuse-{digest}")
@@ -417,13 +427,15 @@ class ModelFetcher:
             in_use = {d for d in records if self._in_use(d)}
             protected = {f.sha256 for d in in_use for f in records[d][0].files}
             blobs = self._blobs()
+            # A blob's last use is its models' latest; one no model links to, its download.
             users: dict[str, list[str]] = {}
-            last_use = {sha: mtime for sha, (_, mtime) in blobs.items()}
+            last_use: dict[str, float] = {}
             for digest, (manifest, used) in records.items():
                 for f in manifest.files:
                     users.setdefault(f.sha256, []).append(digest)
-                    if f.sha256 in last_use:
-                        last_use[f.sha256] = max(last_use[f.sha256], used)
+                    last_use[f.sha256] = max(last_use.get(f.sha256, 0.0), used)
+            for sha, (_, mtime) in blobs.items():
+                last_use.setdefault(sha, mtime)
             total = sum(size for size, _ in blobs.values()) + incoming
             for sha in sorted(set(blobs) - protected, key=lambda s: last_use[s]):
                 if total <= self.budget_bytes:

@@ -96,18 +96,23 @@ class JobRunner:
                 return
             att.active()
             pct, now = (100 * done // total if total else 100), time.monotonic()
-            if pct == shown["pct"] or (now - shown["at"] < 0.5 and 0 < pct < 100):
-                return
-            shown.update(pct=pct, at=now)
-            note = f"fetching model {model.name} ({pct}%)"
-            with suppress(RedisError):
-                self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
+            first_or_last = shown["pct"] < 0 or (pct == 100 != shown["pct"])
+            if now - shown["at"] < 0.5 and not first_or_last:
+                return  # at most two Redis writes a second
+            shown["at"] = now
+            if pct != shown["pct"]:
+                shown["pct"] = pct
+                note = f"fetching model {model.name} ({pct}%)"
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
             self.progress(att, None)  # canceled, superseded, over the time limit: stop
 
-        stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
-        if att is not None and shown["pct"] >= 0:
-            with suppress(RedisError):
-                self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
+        try:
+            stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
+        finally:  # fetched, failed or canceled: the note goes before the job's outcome
+            if att is not None and shown["pct"] >= 0:
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
 
     def _use(self, stack: ExitStack, family: str, name: str, loader: Loader) -> Any:
         """The loaded model, locked in the cache until the job's stack closes."""
