@@ -220,7 +220,7 @@ class Target:
     def of(cls, label: str, name: str, family: str, models_dir: Path) -> Target:
         import torch
 
-        from shared.modelstore import find_model
+        from shared.modelstore import LocalModelStore
         from worker import pipelines
         from worker.cache import CacheKey
         from worker.upscalers import load_upscaler
@@ -231,7 +231,7 @@ class Target:
             "controlnet": pipelines.load_controlnet,
             "upscaler": load_upscaler,
         }
-        info = find_model(name, family, models_dir)
+        info = LocalModelStore(models_dir).find(name, family)
         if info is None:
             raise RuntimeError(f"{family} {name!r} is not in {models_dir}")
         dtype = torch.float32

@@ -210,7 +210,7 @@ class Baseline:
     ) -> None:
         from shared.config import Settings
         from shared.jobspec import parse_spec
-        from shared.modelstore import find_model
+        from shared.modelstore import LocalModelStore
         from worker.device import pick_device
         from worker.pipelines import Addons, load_pipeline, txt2img
 
@@ -220,7 +220,7 @@ class Baseline:
         # validated the way the API validates a submission
         self.spec = parse_spec(spec, Settings())
         name = spec["model"]
-        model = find_model(name, "checkpoint", models_dir)
+        model = LocalModelStore(models_dir).find(name, "checkpoint")
         if model is None:
             raise RuntimeError(f"{name} is not in the model store {models_dir}")
         self.model_bytes = model.size_bytes

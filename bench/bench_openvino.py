@@ -219,10 +219,10 @@ def child(mode: str, models_dir: Path, ir_cache: Path, steps: int, out: Path) ->
     started = time.perf_counter()
     import torch
 
-    from shared.modelstore import find_model
+    from shared.modelstore import LocalModelStore
 
     quiet_libraries()
-    info = find_model(CHECKPOINT, "checkpoint", models_dir)
+    info = LocalModelStore(models_dir).find(CHECKPOINT, "checkpoint")
     assert info is not None
     result: dict[str, Any] = {"mode": mode}
     if mode == "torch":
@@ -297,11 +297,11 @@ def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -
     import numpy as np
     import torch
 
-    from shared.modelstore import find_model
+    from shared.modelstore import LocalModelStore
     from worker import openvino as ovb
     from worker.pipelines import load_pipeline
 
-    info = find_model(CHECKPOINT, "checkpoint", models_dir)
+    info = LocalModelStore(models_dir).find(CHECKPOINT, "checkpoint")
     pipes = {
         "torch": load_pipeline(info, "cpu", torch.float32),
         "openvino": ovb.load_openvino_pipeline(info, ir_cache, "CPU", cache=worker_cache()),
@@ -325,11 +325,11 @@ def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -
 def steady_upscale(models_dir: Path, ir_cache: Path, repeats: int) -> dict:
     import numpy as np
 
-    from shared.modelstore import find_model
+    from shared.modelstore import LocalModelStore
     from worker import openvino as ovb
     from worker.upscalers import load_upscaler, upscale
 
-    info = find_model(UPSCALER, "upscaler", models_dir)
+    info = LocalModelStore(models_dir).find(UPSCALER, "upscaler")
     torch_up = load_upscaler(info)
     before = ovb.conversion_count()
     convert_s, ov_up = timed(

@@ -172,11 +172,11 @@ def cache_budget_mb(models_dir: Path, names: list[str], capacity: int) -> dict[s
     with k cached, a miss keeps all of them iff k*w + d <= budget: the budget must lie in
     [(capacity-1)*w + d, capacity*w + d). The middle of that range, in whole MiB.
     """
-    from shared.modelstore import find_model
+    from shared.modelstore import LocalModelStore
 
     w = max(weight_bytes(models_dir / "checkpoints" / n) for n in [*names, WARMUP_MODEL])
     d = max(
-        find_model(n, "checkpoint", models_dir).size_bytes  # type: ignore[union-attr]
+        LocalModelStore(models_dir).find(n, "checkpoint").size_bytes  # type: ignore[union-attr]
         for n in [*names, WARMUP_MODEL]
     )
     budget_mb = round(((capacity - 0.5) * w + d) / MIB)

@@ -21,7 +21,6 @@ from scheduler.listing import JobQuery, find_jobs, gallery
 from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
 from shared.jobspec import AnySpec, field_errors, parse_spec
-from shared.modelstore import list_models
 from shared.storage import ObjectNotFound
 from shared.vocabulary import Priority, StatusView
 
@@ -456,4 +455,4 @@ def drain_worker(name: str):
 @api.get("/models")
 @require(Role.VIEWER)
 def models():
-    return jsonify(models=[m.as_dict() for m in list_models(farm.settings().models_dir)])
+    return jsonify(models=[m.as_dict() for m in farm.models().list()])

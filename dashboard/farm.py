@@ -12,10 +12,16 @@ from dashboard.accounts import Accounts
 from dashboard.audit import Audit
 from scheduler.control import JobControl
 from shared.config import Settings
+from shared.modelstore import ModelStore
 
 
 def jobs() -> JobControl:
     return current_app.extensions["renderfarm.jobs"]
+
+
+def models() -> ModelStore:
+    """The model store, opened once per process (job control checks submissions with it)."""
+    return jobs().models
 
 
 def settings() -> Settings:

@@ -9,7 +9,7 @@ import sys
 
 from dashboard import accounts_cli
 from dashboard import cli as dashboard_cli
-from renderfarm import jobs_cli, up
+from renderfarm import jobs_cli, models_cli, up
 from scheduler import cli as scheduler_cli
 from shared.client import ApiError
 from worker import cli as worker_cli
@@ -18,7 +18,15 @@ from worker import cli as worker_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renderfarm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (up, scheduler_cli, worker_cli, dashboard_cli, accounts_cli, jobs_cli):
+    for commands in (
+        up,
+        scheduler_cli,
+        worker_cli,
+        dashboard_cli,
+        accounts_cli,
+        jobs_cli,
+        models_cli,
+    ):
         commands.add_commands(sub)
     return parser
 

@@ -31,7 +31,7 @@ from shared.jobspec import (
     parse_spec,
     target_size,
 )
-from shared.modelstore import find_model
+from shared.modelstore import ModelStore, open_model_store
 from shared.storage import ObjectNotFound, Storage, open_storage
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
@@ -61,9 +61,16 @@ def priority_of(value: object) -> Priority:
 
 class JobControl:
     def __init__(
-        self, settings: Settings, celery: Celery | None = None, storage: Storage | None = None
+        self,
+        settings: Settings,
+        celery: Celery | None = None,
+        storage: Storage | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         self.settings = settings
+        # Every submission looks its models up here (an object store's listing is kept
+        # in memory for a few seconds: no request to the store per submission).
+        self.models = models or open_model_store(settings)
         self.redis = redis_client(settings.redis_url)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
@@ -74,7 +81,7 @@ class JobControl:
 
     def check_models(self, spec: AnySpec) -> None:
         for field, family, name in spec.required_models():
-            if find_model(name, family, self.settings.models_dir) is None:
+            if self.models.find(name, family) is None:
                 raise SubmitError(field, f"unknown {family} {name!r}; see GET /api/v1/models")
 
     def stash_inputs(self, spec: AnySpec) -> AnySpec:

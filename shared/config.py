@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     # file:///abs/path or s3://bucket/prefix
     storage_url: str = Field(default_factory=lambda: f"file://{Path('var/outputs').resolve()}")
     models_dir: Path = Path("var/models")
+    # The model store in an object store instead: s3://bucket/prefix (the same endpoint and
+    # credentials as storage). "" = the local folder `models_dir`.
+    models_url: str = ""
+    # Workers of an object-store model store: their host's disk cache of fetched models
+    # (shared by the workers of one host), and its size budget in MiB (least recently used
+    # files not in use by a job are removed beyond it).
+    model_cache_dir: Path = Path("var/model-cache")
+    model_cache_mb: int = 51200
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None

@@ -10,6 +10,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from shared.config import Settings
@@ -59,19 +60,37 @@ class FileStorage(Storage):
         return self._path(key).is_file()
 
 
+def s3_client(settings: Settings, **config: Any) -> Any:
+    """A boto3 S3 client for the farm's endpoint and credentials; `config`: botocore
+    `Config` options (timeouts, retries, connection pool)."""
+    import boto3  # imported here so file:// users never pay for it
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(**config) if config else None,
+    )
+
+
+def parse_s3_url(url: str, variable: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket/prefix`, or a ValueError naming `variable`."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3":
+        raise ValueError(f"{variable} must start with s3://, got {url!r}")
+    if not parsed.netloc:
+        raise ValueError(f"no bucket in {variable}={url!r}")
+    return parsed.netloc, parsed.path.strip("/")
+
+
 class S3Storage(Storage):
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
-        import boto3  # imported here so file:// users never pay for it
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-        )
+        self.client = s3_client(settings)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

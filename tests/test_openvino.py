@@ -16,7 +16,7 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.jobspec import parse_spec
-from shared.modelstore import ModelInfo, find_model
+from shared.modelstore import LocalModelStore, ModelInfo
 from worker import openvino as ovb
 from worker import pipelines
 from worker.cache import CacheKey, ModelCache
@@ -45,7 +45,7 @@ def ir_files(folder: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def sd15(models_dir: Path) -> ModelInfo:
-    model = find_model("demo-sd15", "checkpoint", models_dir)
+    model = LocalModelStore(models_dir).find("demo-sd15", "checkpoint")
     assert model is not None
     return model
 
@@ -244,7 +244,7 @@ def test_img2img_and_inpainting_match_torch(ov_pipe, torch_pipe):
 
 
 def test_controlnet_job_runs_its_unet_on_openvino(ov_pipe, torch_pipe, models_dir):
-    info = find_model("demo-controlnet-sd15", "controlnet", models_dir)
+    info = LocalModelStore(models_dir).find("demo-controlnet-sd15", "controlnet")
     controlnet = pipelines.load_controlnet(info, "cpu", torch.float32)  # the add-on: torch
     rng = np.random.default_rng(3)
     control = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
@@ -330,7 +330,7 @@ def test_hires_fix_pass_two_is_img2img_on_the_same_components(
     reason="converting demo-sdxl takes 30-50 s here; set RENDERFARM_TEST_OPENVINO_SDXL=1",
 )
 def test_sdxl_matches_torch(models_dir, ir_cache, cache):
-    model = find_model("demo-sdxl", "checkpoint", models_dir)
+    model = LocalModelStore(models_dir).find("demo-sdxl", "checkpoint")
     ov_loaded = ovb.load_openvino_pipeline(model, ir_cache, cache=cache)
     torch_loaded = pipelines.load_pipeline(model, "cpu", torch.float32)
     job = spec(model="demo-sdxl", width=64, height=64)

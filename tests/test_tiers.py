@@ -17,7 +17,7 @@ import torch
 
 from shared.config import Settings
 from shared.jobspec import parse_spec
-from shared.modelstore import find_model
+from shared.modelstore import LocalModelStore
 from worker import pipelines
 from worker.cache import CacheKey, ModelCache
 from worker.memory import measure_bytes
@@ -41,13 +41,13 @@ class DiskLoads:
     def loader(self, name: str):
         def load() -> pipelines.LoadedPipeline:
             self.count[name] += 1
-            model = find_model(name, "checkpoint", self.models_dir)
+            model = LocalModelStore(self.models_dir).find(name, "checkpoint")
             return pipelines.load_pipeline(model, "cpu", self.dtype)
 
         return load
 
     def size(self, name: str) -> int:
-        return find_model(name, "checkpoint", self.models_dir).size_bytes
+        return LocalModelStore(self.models_dir).find(name, "checkpoint").size_bytes
 
 
 def render(loaded: pipelines.LoadedPipeline, **fields) -> np.ndarray:

@@ -94,11 +94,11 @@ def test_aura_sr_folder_is_the_packages_format(upscaler_dir, loaded):
 
 
 def test_loads_from_the_model_store_listing(tmp_path):
-    from shared.modelstore import list_models
+    from shared.modelstore import LocalModelStore
 
     for name, build in DEMO_UPSCALERS.items():
         build(tmp_path / "upscalers" / name)
-    found = {m.name: m for m in list_models(tmp_path, "upscaler")}
+    found = {m.name: m for m in LocalModelStore(tmp_path).list("upscaler")}
     assert {n: m.kind for n, m in found.items()} == {
         "demo-aura-sr": "aura-sr",
         "demo-esrgan-x4": "spandrel",

@@ -21,7 +21,7 @@ from redis import Redis
 
 from scheduler.fleet import is_draining
 from shared import keys
-from shared.modelstore import FAMILIES, FOLDERS, model_names
+from shared.modelstore import FAMILIES, FOLDERS
 
 if TYPE_CHECKING:
     from worker.runner import JobRunner
@@ -48,6 +48,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self.started_at = time.time()
         self.versions = _versions()
+        self._store: dict[str, list[str]] = {family: [] for family in FAMILIES}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -84,9 +85,8 @@ class Heartbeat:
             },
             # What this worker can run: the dispatcher routes `hardware: auto` jobs by it.
             "kinds": list(runner.kinds),
-            "store": {
-                family: model_names(runner.settings.models_dir, family) for family in FAMILIES
-            },
+            "store": self.store(),
+            "model_fetch": runner.fetcher.stats() if runner.fetcher else None,
             "draining": is_draining(self.redis, runner.name),
             "cache": {k: v for k, v in cache.items() if k != "entries"},
             "current_job": runner.current_job,
@@ -97,6 +97,15 @@ class Heartbeat:
             "started_at": self.started_at,
             "seen_at": time.time(),
         }
+
+    def store(self) -> dict[str, list[str]]:
+        """The models this worker can run, by family, from its model store (an object
+        store's manifests); the last answer while the store does not answer."""
+        try:
+            self._store = {family: self.runner.store.names(family) for family in FAMILIES}
+        except Exception:
+            log.warning("could not list the model store %s", self.runner.store.location)
+        return self._store
 
     def beat(self) -> None:
         self.runner.renew_lease()

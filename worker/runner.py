@@ -11,7 +11,8 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, nullcontext, suppress
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, load_spec, target_size
-from shared.modelstore import ModelInfo, find_model
+from shared.modelstore import ModelInfo, open_model_store
 from shared.storage import ObjectNotFound, open_storage
 from shared.vocabulary import Hardware, JobKind, JobStatus
 from worker import faults, images, outputs, pipelines
@@ -35,6 +36,7 @@ from worker.backend import make_backend
 from worker.cache import CacheKey
 from worker.device import make_cache, pick_device
 from worker.memory import release_memory
+from worker.modelfetch import ModelFetcher
 from worker.tiers import TieredCache
 from worker.upscalers import upscale
 
@@ -57,6 +59,9 @@ class JobRunner:
         self.records = JobRecords(self.redis)
         self.leases = Leases(self.redis, settings.lease_s)
         self.storage = open_storage(settings)
+        self.store = open_model_store(settings)
+        # An object-store model store: models are fetched into this host's disk cache.
+        self.fetcher = ModelFetcher.from_settings(settings) if settings.models_url else None
         self.cache = make_cache(settings, self.device)
         # A tiered cache loads models into RAM and moves them to the GPU itself.
         self.load_device = "cpu" if isinstance(self.cache, TieredCache) else self.device
@@ -70,22 +75,63 @@ class JobRunner:
     # -- models, through the one cache every family shares ---------------------------------
 
     def _key(self, family: str, name: str) -> tuple[ModelInfo, CacheKey]:
-        model = find_model(name, family, self.settings.models_dir)
+        model = self.store.find(name, family)
         if model is None:
             raise JobFailed(f"{family} {name!r} is not in this worker's model store")
+        if model.manifest is not None:  # where this host's cache has (or will have) it
+            assert self.fetcher is not None
+            model = replace(model, path=self.fetcher.path_of(model.manifest))
         variant = self.backend.variant if family in ("checkpoint", "upscaler") else ""
         return model, CacheKey.of(model.path, str(self.dtype), self.device, variant)
+
+    def _fetch(self, stack: ExitStack, model: ModelInfo, report: bool = True) -> None:
+        """Bring an object-store model onto this host's disk and keep it there until the
+        job's stack closes. Arriving bytes are progress for the watchdog; the record's note
+        shows "fetching model <name> (43%)" while it lasts."""
+        assert self.fetcher is not None and model.manifest is not None
+        att, shown = self.current, {"pct": -1, "at": 0.0}
+
+        def on_bytes(done: int, total: int) -> None:
+            if att is None:
+                return
+            att.active()
+            pct, now = (100 * done // total if total else 100), time.monotonic()
+            first_or_last = shown["pct"] < 0 or (pct == 100 != shown["pct"])
+            if now - shown["at"] < 0.5 and not first_or_last:
+                return  # at most two Redis writes a second
+            shown["at"] = now
+            if pct != shown["pct"]:
+                shown["pct"] = pct
+                note = f"fetching model {model.name} ({pct}%)"
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
+            self.progress(att, None)  # canceled, superseded, over the time limit: stop
+
+        try:
+            stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
+        finally:  # fetched, failed or canceled: the note goes before the job's outcome
+            if att is not None and shown["pct"] >= 0:
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
 
     def _use(self, stack: ExitStack, family: str, name: str, loader: Loader) -> Any:
         """The loaded model, locked in the cache until the job's stack closes."""
         model, key = self._key(family, name)
+        if model.manifest is not None and key not in self.cache:
+            self._fetch(stack, model)
+
+        def load() -> Any:
+            if model.manifest is not None and not self.fetcher.is_ready(model.manifest):
+                self._fetch(stack, model, report=False)  # left this host's disk since
+            return loader(model, self.load_device, self.dtype)
+
         try:
             # The size on disk as a hint, so the cache makes room before the load, not after.
             with self.current.wait("model_load") if self.current else nullcontext():
                 return stack.enter_context(
                     self.cache.use(
                         key,
-                        lambda: loader(model, self.load_device, self.dtype),
+                        load,
                         size_hint=model.size_bytes,
                         on_evict=self.backend.on_evict,
                     )
@@ -128,12 +174,15 @@ class JobRunner:
         """Load checkpoints before taking jobs (explicit: nothing else loads at start-up)."""
         for name in checkpoints:
             model, key = self._key("checkpoint", name)
-            self.cache.get(
-                key,
-                lambda m=model: self.backend.load_checkpoint(m, self.load_device, self.dtype),
-                size_hint=model.size_bytes,
-                on_evict=self.backend.on_evict,
-            )
+            with ExitStack() as stack:
+                if model.manifest is not None:
+                    self._fetch(stack, model, report=False)
+                self.cache.get(
+                    key,
+                    lambda m=model: self.backend.load_checkpoint(m, self.load_device, self.dtype),
+                    size_hint=model.size_bytes,
+                    on_evict=self.backend.on_evict,
+                )
 
     def _image(self, key: str) -> Image.Image:
         try:

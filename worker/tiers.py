@@ -159,5 +159,13 @@ class TieredCache:
         entries = fast["entries"] + slow.pop("entries")
         return {**fast, "entries": entries, "ram": slow}
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the model is loaded in either tier, in any form (no disk read needed)."""
+        if not isinstance(key, CacheKey):
+            return False
+        host = self._host(key)
+        offloaded = dataclasses.replace(host, variant=OFFLOAD)
+        return key in self.fast or host in self.slow or offloaded in self.slow
+
     def __len__(self) -> int:
         return len(self.fast) + len(self.slow)

@@ -2,7 +2,11 @@
 
 A checkpoint's title is "name [hash]": SD-WebUI hashes a checkpoint file; ours are
 diffusers folders, so the hash is the sha256 of their files' relative paths and sizes —
-an identity that changes when the model does, cheap to compute on every listing.
+an identity that changes when the model does, cheap to compute on every listing (a model in
+an object store: its manifest's hash, which names every file's SHA-256).
+
+Models are looked up in the process's one model store (`farm.models()`); `settings` give
+the rest (the default checkpoint).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from dashboard import farm
 from shared.config import Settings
-from shared.modelstore import ModelInfo, find_model, list_models
+from shared.modelstore import ModelInfo
 from shared.samplers import SAMPLERS
 
 KARRAS = " Karras"
@@ -39,6 +44,9 @@ def _folder_hash(path: Path, size: int) -> str:
 
 
 def model_hash(info: ModelInfo) -> str:
+    if info.manifest is not None:
+        return info.manifest.digest
+    assert info.path is not None
     return _folder_hash(info.path, info.size_bytes)
 
 
@@ -53,10 +61,10 @@ def sd_models(settings: Settings) -> list[dict[str, Any]]:
             "model_name": m.name,
             "hash": model_hash(m)[:10],
             "sha256": model_hash(m),
-            "filename": str(m.path),
+            "filename": m.source,
             "config": None,
         }
-        for m in list_models(settings.models_dir, "checkpoint")
+        for m in farm.models().list("checkpoint")
     ]
 
 
@@ -66,13 +74,13 @@ def plain_name(value: str) -> str:
 
 
 def find_checkpoint(value: str, settings: Settings) -> ModelInfo | None:
-    return find_model(plain_name(value), "checkpoint", settings.models_dir)
+    return farm.models().find(plain_name(value), "checkpoint")
 
 
 def default_checkpoint(settings: Settings) -> ModelInfo | None:
     if settings.sdapi_default_model:
         return find_checkpoint(settings.sdapi_default_model, settings)
-    found = list_models(settings.models_dir, "checkpoint")
+    found = farm.models().list("checkpoint")
     return found[0] if found else None
 
 
@@ -80,15 +88,12 @@ def find_vae(value: str | None, settings: Settings) -> tuple[bool, str | None]:
     """(known, name): "Automatic"/"None"/"" → (True, None) = the checkpoint's own VAE."""
     if value is None or value.strip().lower() in ("", "automatic", "none"):
         return True, None
-    info = find_model(plain_name(value), "vae", settings.models_dir)
+    info = farm.models().find(plain_name(value), "vae")
     return (info is not None), (info.name if info else None)
 
 
 def sd_vae(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        {"model_name": m.name, "filename": str(m.path)}
-        for m in list_models(settings.models_dir, "vae")
-    ]
+    return [{"model_name": m.name, "filename": m.source} for m in farm.models().list("vae")]
 
 
 def upscalers(settings: Settings) -> list[dict[str, Any]]:
@@ -100,16 +105,16 @@ def upscalers(settings: Settings) -> list[dict[str, Any]]:
         {
             "name": m.name,
             "model_name": m.kind,
-            "model_path": str(m.path),
+            "model_path": m.source,
             "model_url": None,
             "scale": None,
         }
-        for m in list_models(settings.models_dir, "upscaler")
+        for m in farm.models().list("upscaler")
     ]
 
 
 def find_upscaler(value: str, settings: Settings) -> str | None:
-    info = find_model(plain_name(value), "upscaler", settings.models_dir)
+    info = farm.models().find(plain_name(value), "upscaler")
     return info.name if info else None
 
 

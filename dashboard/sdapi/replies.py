@@ -12,10 +12,10 @@ from typing import Any
 
 from PIL import Image
 
+from dashboard import farm
 from dashboard.sdapi import catalogue
 from shared.config import Settings
 from shared.jobspec import hires_size
-from shared.modelstore import find_model
 
 VERSION = "renderfarm-sdapi 1.10.0"
 # Fields never echoed back (SillyTavern forwards its connection settings in the body).
@@ -47,7 +47,7 @@ def info(record: dict[str, Any], infotexts: list[str], settings: Settings) -> st
     """SD-WebUI's `Processed.js()`, as a JSON string."""
     spec, seeds = record["spec"], record["seeds"]
     n = len(seeds)
-    model = find_model(spec["model"], "checkpoint", settings.models_dir)
+    model = farm.models().find(spec["model"], "checkpoint")
     hires = spec.get("hires")
     denoising = spec.get("denoising_strength", hires["denoising_strength"] if hires else None)
     extra: dict[str, Any] = {}

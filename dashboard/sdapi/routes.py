@@ -346,14 +346,14 @@ def memory():
 @require(Role.VIEWER)
 def cmd_flags():
     # Never a secret (SD-WebUI echoes --api-auth here).
-    settings = farm.settings()
+    store = farm.models().location
     return jsonify(
         api=True,
         api_auth=None,
         nowebui=False,
-        ckpt_dir=str(settings.models_dir / "checkpoints"),
-        vae_dir=str(settings.models_dir / "vae"),
-        esrgan_models_path=str(settings.models_dir / "upscalers"),
+        ckpt_dir=f"{store}/checkpoints",
+        vae_dir=f"{store}/vae",
+        esrgan_models_path=f"{store}/upscalers",
         listen=request.host,
     )
 
