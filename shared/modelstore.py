@@ -24,6 +24,7 @@ Names starting with "." are skipped (half-written models).
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,14 @@ class ModelStore(ABC):
 class LocalModelStore(ModelStore):
     """One folder with a sub-folder per family."""
 
+    # How long a model found is remembered: every submission and job looks its models up,
+    # and reading a model (its config, the size of every file) is the costly part.
+    FOUND_TTL_S = 5.0
+
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = models_dir
         self.location = str(models_dir)
+        self._found: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
 
     def _entries(self, family: str) -> list[Path]:
         folder = self.models_dir / FOLDERS[family]
@@ -190,7 +196,18 @@ class LocalModelStore(ModelStore):
         ]
 
     def find(self, name: str, family: str) -> ModelInfo | None:
-        """Reads only this name's own paths: no listing of the whole folder."""
+        """Reads only this name's own paths (no listing of the whole folder), and remembers a
+        model found for FOUND_TTL_S; an unknown name is looked for every time, so a model
+        copied in is found at once."""
+        remembered = self._found.get((family, name))
+        if remembered and time.monotonic() - remembered[0] < self.FOUND_TTL_S:
+            return remembered[1]
+        info = self._read_named(name, family)
+        if info is not None:
+            self._found[(family, name)] = (time.monotonic(), info)
+        return info
+
+    def _read_named(self, name: str, family: str) -> ModelInfo | None:
         if not valid_name(name):
             return None
         folder = self.models_dir / FOLDERS[family]
