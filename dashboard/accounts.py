@@ -57,6 +57,9 @@ class Account:
     last_login: float | None
     epoch: int
     webhook_url: str = ""  # receives a POST when one of its jobs succeeds or fails
+    # Its own quota overrides as stored (max_queued, max_running, hardware; None: the
+    # role's), read with the rest of the account, so `Accounts.limits` costs no round trip.
+    overrides: tuple[bytes | None, ...] = (None, None, None)
 
     @property
     def session_id(self) -> str:
@@ -149,6 +152,7 @@ def _account(name: str, raw: dict[bytes, bytes]) -> Account:
         last_login=float(raw[b"last_login"]) if raw.get(b"last_login") else None,
         epoch=int(raw.get(b"epoch", 0)),
         webhook_url=raw.get(b"webhook_url", b"").decode(),
+        overrides=tuple(raw.get(f) for f in _LIMIT_FIELDS),
     )
 
 
@@ -307,7 +311,7 @@ class Accounts:
 
     def limits(self, account: Account) -> Quota:
         """The account's quotas: its own overrides, else its role's defaults (settings)."""
-        queued, running, hardware = self.redis.hmget(keys.account(account.name), _LIMIT_FIELDS)
+        queued, running, hardware = account.overrides
 
         def default(field: str):
             return getattr(self.settings, f"{account.role}_{field}")
@@ -348,9 +352,9 @@ class Accounts:
 
     def clear_limits(self, name: str) -> Quota:
         """Drop the account's overrides: its role's defaults apply again."""
-        account = self._get(name)
+        self._get(name)
         self.redis.hdel(keys.account(name), *_LIMIT_FIELDS)
-        return self.limits(account)
+        return self.limits(self._get(name))
 
     # -- helpers --------------------------------------------------------------------------
 
