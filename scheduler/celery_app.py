@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.config import Settings
+from shared.sentinel import is_sentinel_url
 from shared.vocabulary import CELERY_PRIORITY_STEPS
 
 RUN_JOB = "renderfarm.run_job"
@@ -26,6 +27,12 @@ def make_celery(settings: Settings) -> Celery:
         "priority_steps": CELERY_PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
+    if is_sentinel_url(settings.redis_url):
+        # kombu's sentinel transport: the URL lists the sentinels; they name the master.
+        transport["master_name"] = settings.redis_sentinel_master
+        if settings.redis_sentinel_password:
+            secret = settings.redis_sentinel_password.get_secret_value()
+            transport["sentinel_kwargs"] = {"password": secret}
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

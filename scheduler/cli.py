@@ -13,7 +13,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from scheduler.notify import Notifier
 
     settings = Settings()
-    Notifier(redis_client(settings.redis_url), settings).start()  # webhooks, on its own thread
+    Notifier(redis_client(settings), settings).start()  # webhooks, on its own thread
     Dispatcher(settings).run_forever()
     return 0
 
@@ -21,7 +21,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     from scheduler.fleet import live_workers
 
-    fleet = live_workers(redis_client(Settings().redis_url))
+    fleet = live_workers(redis_client(Settings()))
     if args.json:
         print(json.dumps(fleet, indent=2))
         return 0

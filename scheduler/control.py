@@ -63,7 +63,7 @@ class JobControl:
         self, settings: Settings, celery: Celery | None = None, storage: Storage | None = None
     ) -> None:
         self.settings = settings
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
