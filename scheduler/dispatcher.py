@@ -78,8 +78,9 @@ class Dispatcher:
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
-        # Dispatched jobs whose worker's queue was seen empty, since when (`_task_lost`).
-        self._unsent: dict[str, float] = {}
+        # Dispatched attempts (job, attempt) whose worker's queue was seen empty, since when
+        # (`_task_lost`).
+        self._unsent: dict[tuple[str, int], float] = {}
 
     # -- the fleet --------------------------------------------------------------------------
 
@@ -125,11 +126,12 @@ class Dispatcher:
                     handled += 1
             elif self._requeue(rec, (JobStatus.RUNNING,), lost):
                 handled += 1
-        dispatched = set(self.records.ids_in(JobStatus.DISPATCHED))
-        for job_id in dispatched:
+        seen: set[tuple[str, int]] = set()  # the dispatched attempts this pass
+        for job_id in self.records.ids_in(JobStatus.DISPATCHED):
             rec = self.records.get(job_id)
             if rec is None or rec["status"] != JobStatus.DISPATCHED:
                 continue
+            seen.add((job_id, rec["attempt"]))
             if rec.get("target") not in live:
                 why = f"worker {rec.get('target')} went away"
                 if self._requeue(rec, (JobStatus.DISPATCHED,), why):
@@ -139,8 +141,8 @@ class Dispatcher:
                 rec, (JobStatus.DISPATCHED,), "its task message was lost (a Redis failover?)"
             ):
                 handled += 1
-        for job_id in set(self._unsent) - dispatched:
-            del self._unsent[job_id]
+        for gone in set(self._unsent) - seen:
+            del self._unsent[gone]
         return handled
 
     def _task_lost(self, rec: dict[str, Any]) -> bool:
@@ -154,10 +156,11 @@ class Dispatcher:
             for queue in queues:
                 pipe.llen(queue)
             waiting = any(pipe.execute())
+        dispatch = (rec["id"], rec["attempt"])
         if waiting:
-            self._unsent.pop(rec["id"], None)
+            self._unsent.pop(dispatch, None)
             return False
-        since = self._unsent.setdefault(rec["id"], time.monotonic())
+        since = self._unsent.setdefault(dispatch, time.monotonic())
         return time.monotonic() - since > max(self.settings.lease_s, 3 * self.settings.heartbeat_s)
 
     def _requeue(self, rec: dict[str, Any], allowed: tuple[JobStatus, ...], why: str) -> bool:

@@ -87,10 +87,11 @@ class FailoverConnection(SentinelManagedConnection):
     - redis-py reconnects a dropped connection, when it retries a command, to the address it
       had (redis-py #3874): after a failover its retries all go to the old master. Here every
       reconnection asks the sentinels first.
-    - When Sentinel demotes the old master, Redis answers a blocked BRPOP/XREAD on it with
-      `-UNBLOCKED ... (master -> replica?)`, a plain error. As a ConnectionError (like
-      redis-py's READONLY handling) the client's retry re-sends the command to the new master
-      and the caller sees nothing.
+    - Sentinel closes the connections of the old master when it demotes it: a lost
+      connection, retried on the new master. A server demoted without that (`REPLICAOF` or
+      `FAILOVER` by hand) answers a blocked BRPOP/XREAD with `-UNBLOCKED ... (master ->
+      replica?)`, a plain error: raised as a ConnectionError (as redis-py does for READONLY),
+      the client's retry re-sends the command to the new master, and the caller sees nothing.
     """
 
     def connect_to(self, address: tuple[str, int]) -> None:

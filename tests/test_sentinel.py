@@ -110,6 +110,22 @@ class Replicated:
         localfarm.wait_for(demoted, timeout, "the old master demoted")
         return self.master_port()
 
+    def kill_master(self, timeout: float = 90) -> int:
+        """SIGKILL the master (a crash: nothing flushed, no goodbye); returns the port of
+        the replica the sentinel promoted, once it has."""
+        old = self.master_port()
+        self.wait_in_sync()
+        self.servers[old].kill()
+        self.servers[old].wait()
+        localfarm.wait_for(lambda: self.master_port() != old, timeout, "a new master")
+        return self.master_port()
+
+    def restart(self, port: int) -> None:
+        """Start a stopped server again as it was (its own data, no --replicaof): the
+        sentinel turns it into the new master's replica."""
+        self.servers[port] = localfarm.start_redis(port, self.root / f"redis-{port}")
+        self.wait_in_sync()
+
     def stop(self) -> None:
         localfarm.stop(self.sentinel, *self.servers.values())
 
@@ -352,3 +368,22 @@ def test_a_dispatched_job_whose_task_message_was_lost_still_runs_once(farm):
     assert done["attempts"] == 1 and JobRecords(farm.redis).get(job["id"])["attempt"] == 2
     log = (farm.logs / "scheduler.log").read_text()
     assert f"job {job['id']} requeued: its task message was lost" in log
+
+
+@pytest.mark.timeout(600)
+def test_the_master_killed_mid_job_the_promoted_replica_carries_the_farm(farm):
+    """A crash rather than a planned failover: the master is SIGKILLed with a job running
+    and others queued; the sentinel promotes the replica; every job succeeds once, new work
+    runs, and the crashed server, started again, rejoins as a replica."""
+    running = farm.client.submit({"prompt": "through the crash", "seed": 9, **SLOW})
+    queued = [farm.client.submit({"prompt": f"queued at the crash {i}", **QUICK}) for i in range(3)]
+    farm.running_with_progress(running["id"])
+    old = farm.ha.master_port()
+    assert farm.ha.kill_master() != old
+    for job in [running, *queued]:
+        check_succeeded_once(farm, job["id"])
+    after = farm.client.submit({"prompt": "after the crash", **QUICK})
+    check_succeeded_once(farm, after["id"])
+    farm.ha.restart(old)
+    assert farm.ha.master_port() != old
+    assert all(proc.poll() is None for proc in farm.procs.values())
