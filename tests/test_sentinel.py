@@ -25,15 +25,20 @@ from scheduler.records import JobRecords
 from shared import keys
 from shared.client import FarmClient
 from shared.config import Settings, redis_client
-from shared.vocabulary import JobStatus
-from tests.conftest import BUCKET, s3_client
+from shared.vocabulary import Hardware, JobStatus
+from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-sentinel") is None or shutil.which("redis-server") is None,
-    reason="redis-sentinel is not installed (deploy/install.sh installs it; "
-    "apt-get install redis-sentinel)",
+NO_SENTINEL = (
+    "redis-sentinel is not installed (deploy/install.sh installs it; apt-get install "
+    "redis-sentinel)"
 )
+
+
+def require_sentinel() -> None:
+    if shutil.which("redis-sentinel") is None:
+        pytest.skip(NO_SENTINEL)
+
 
 MASTER = "farm-master"  # not the default name: the setting is what names it
 QUICK = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 3}
@@ -132,6 +137,7 @@ class Replicated:
 
 @pytest.fixture
 def replicated(tmp_path) -> Iterator[Replicated]:
+    require_sentinel()
     ha = Replicated(tmp_path).start()
     yield ha
     ha.stop()
@@ -188,6 +194,42 @@ def test_bad_sentinel_urls_are_refused_naming_the_setting():
     assert "hunter2" not in str(err.value)
 
 
+def test_the_same_attempt_dispatched_twice_runs_only_on_the_worker_the_record_names(
+    redis_url, models_dir, tmp_path
+):
+    """A failover can lose a dispatch that a worker already took from the old master; the
+    new master's dispatcher then sends the same attempt number to another worker. The
+    worker the record does not name drops the task, and every write fenced by its
+    (attempt, worker) is refused; the named worker's go through."""
+    from scheduler.control import JobControl
+    from scheduler.dispatcher import Dispatcher
+    from scheduler.leases import token
+    from shared.jobspec import parse_spec
+    from worker.runner import JobRunner
+
+    settings = settings_on_db(redis_url, 14, models_dir, tmp_path)
+    control = JobControl(settings)
+    record, _ = control.submit(parse_spec({"prompt": "twice", **QUICK}, settings))
+    assert Dispatcher(settings, celery=control.celery).dispatch_one(record, {"name": "w2"})
+    job_id, records = record["id"], control.records
+    seq = records.get(job_id)["seq"]
+
+    JobRunner(settings, Hardware.CPU, "w1").run(job_id, 1)  # the other dispatch's task
+    assert records.get(job_id)["seq"] == seq and records.get(job_id)["status"] == "dispatched"
+    assert not records.transition(
+        job_id, JobStatus.RUNNING, (JobStatus.DISPATCHED,), token(1, "w1"), worker="w1"
+    )
+    assert records.transition(
+        job_id, JobStatus.RUNNING, (JobStatus.DISPATCHED,), token(1, "w2"), worker="w2"
+    )
+    assert not records.set_progress(job_id, token(1, "w1"), 0.5)
+    assert records.set_progress(job_id, token(1, "w2"), 0.5)
+    assert not records.transition(
+        job_id, JobStatus.SUCCEEDED, (JobStatus.RUNNING,), token(1, "w1"), progress=1.0
+    )
+    assert records.get(job_id)["status"] == "running"
+
+
 # -- a whole farm through a failover ----------------------------------------------------------
 
 
@@ -223,7 +265,10 @@ class SentinelFarm:
 
 
 @pytest.fixture(scope="module")
-def farm(models_dir, s3_env, tmp_path_factory) -> Iterator[SentinelFarm]:
+def farm(request, tmp_path_factory) -> Iterator[SentinelFarm]:
+    require_sentinel()  # before the S3 server and the models are made for nothing
+    models_dir = request.getfixturevalue("models_dir")
+    s3_env = request.getfixturevalue("s3_env")
     root = tmp_path_factory.mktemp("sentinel-farm")
     ha = Replicated(root).start()
     logs = root / "logs"
