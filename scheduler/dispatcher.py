@@ -2,7 +2,8 @@
 
 One dispatcher runs per farm (`renderfarm scheduler`, holding a Redis lock). Each pass:
 - reap: a running job whose lease expired lost its worker → back to pending, or failed
-  after `max_attempts` (a poison job); a dispatched job whose worker is gone → pending.
+  after `max_attempts` (a poison job); a dispatched job whose worker is gone, or whose
+  task message was lost (its worker's queue stayed empty: a Redis failover) → pending.
 - dispatch: pending jobs in fair order (priority, then the owner served longest ago,
   then age) go one at a time to an idle live worker that can run them, on that worker's
   own queue. A worker that already holds the job's model wins; a job waits at most
