@@ -110,12 +110,12 @@ def start_sentinel(
         f"sentinel failover-timeout {master} {max(down_ms * 10, 5000)}\n"
     )
     proc = subprocess.Popen([exe, str(conf)], stdout=subprocess.DEVNULL, start_new_session=True)
-    wait_for(
-        lambda: Redis(port=port).execute_command("SENTINEL", "MASTER", master) is not None,
-        10,
-        "redis-sentinel",
-        proc,
-    )
+
+    def watching() -> bool:
+        with Redis("127.0.0.1", port=port, socket_timeout=2) as sentinel:
+            return bool(sentinel.execute_command("SENTINEL", "MASTER", master))
+
+    wait_for(watching, 10, "redis-sentinel", proc)
     return proc
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -51,9 +52,9 @@ class Replicated:
 
     root: Path
     ports: list[int] = field(default_factory=list)  # the two redis-servers
-    servers: dict[int, object] = field(default_factory=dict)
+    servers: dict[int, subprocess.Popen] = field(default_factory=dict)
     sentinel_port: int = 0
-    sentinel: object = None
+    sentinel: subprocess.Popen | None = None
 
     def start(self) -> Replicated:
         master, replica = localfarm.free_port(), localfarm.free_port()
@@ -77,7 +78,7 @@ class Replicated:
         return Settings(redis_url=self.url, redis_sentinel_master=MASTER)
 
     def ask(self, *command: str):
-        with Redis(port=self.sentinel_port, socket_timeout=5) as sentinel:
+        with Redis("127.0.0.1", port=self.sentinel_port, socket_timeout=5) as sentinel:
             return sentinel.execute_command(*command)
 
     def master_port(self) -> int:
@@ -90,7 +91,7 @@ class Replicated:
         def synced() -> bool:
             master = self.master_port()
             replica = next(p for p in self.ports if p != master)
-            with Redis(port=replica) as r:
+            with Redis("127.0.0.1", port=replica) as r:
                 info = r.info("replication")
             known = self.ask("SENTINEL", "REPLICAS", MASTER)
             return (
@@ -109,7 +110,7 @@ class Replicated:
         assert self.ask("SENTINEL", "FAILOVER", MASTER)
 
         def demoted() -> bool:
-            with Redis(port=old) as r:
+            with Redis("127.0.0.1", port=old) as r:
                 return self.master_port() != old and r.execute_command("ROLE")[0] == b"slave"
 
         localfarm.wait_for(demoted, timeout, "the old master demoted")
@@ -170,7 +171,7 @@ def test_a_sentinel_url_gives_a_client_that_follows_the_master(replicated):
 
     assert client.connection_pool.master_address == ("127.0.0.1", new)
     assert client.execute_command("ROLE")[0] == b"master"
-    with Redis(port=new) as direct:
+    with Redis("127.0.0.1", port=new) as direct:
         direct.script_flush()  # as on a server that never ran it: EVALSHA answers NOSCRIPT
         assert records.update("j1", JobStatus.PENDING, progress=0.5)
         assert direct.hget(keys.job("j1"), "progress") == b"0.5"
@@ -359,7 +360,7 @@ def test_a_failover_with_jobs_queued_and_running_loses_none_and_runs_none_twice(
     after = [farm.client.submit({"prompt": f"after {i}", **QUICK}) for i in range(3)]
     for job in after:
         check_succeeded_once(farm, job["id"])
-    with Redis(port=new) as master:
+    with Redis("127.0.0.1", port=new) as master:
         assert all(master.exists(f"rf:job:{job['id']}") for job in after)
 
     # The events stream opened before the failover still carries the jobs after it.
