@@ -107,7 +107,7 @@ def _command(fn: Callable[[argparse.Namespace, Accounts, Audit], int]):
     @wraps(fn)
     def run(args: argparse.Namespace) -> int:
         settings = Settings()
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings)
         try:
             return fn(args, Accounts(redis, settings), Audit(redis, settings.audit_max_entries))
         except (ValueError, LookupError) as exc:

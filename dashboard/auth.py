@@ -103,8 +103,14 @@ def init_auth(app: Flask, accounts: Accounts, audit: Audit, settings: Settings) 
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=settings.redis_url,
-        storage_options={"key_prefix": keys.ratelimit_prefix()},
+        # The farm's own connection pool (shared/config.py redis_client): the same
+        # timeouts, and behind Redis Sentinel it follows the master through a failover. The
+        # URI only picks limits' Redis storage; the pool decides where it connects.
+        storage_uri="redis://",
+        storage_options={
+            "connection_pool": accounts.redis.connection_pool,
+            "key_prefix": keys.ratelimit_prefix(),
+        },
         strategy="moving-window",
     )
     throttle = PasswordThrottle(

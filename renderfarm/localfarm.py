@@ -18,6 +18,8 @@ from pathlib import Path
 
 from redis import Redis
 
+from shared.config import Settings, redis_client
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,43 +41,81 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, proc=None) ->
     raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
 
 
-def redis_alive(url: str) -> bool:
+def redis_alive(settings: Settings | str) -> bool:
+    """Whether the farm's Redis answers: its Settings, or a Redis URL (a `sentinel://` one
+    is asked for the master named by RENDERFARM_REDIS_SENTINEL_MASTER)."""
+    if isinstance(settings, str):
+        settings = Settings(redis_url=settings)
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        client = redis_client(settings)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     except Exception:
         return False
 
 
-def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
-    """A real redis-server on loopback with persistence on and no eviction."""
+def start_redis(port: int, data_dir: Path, replica_of: int | None = None) -> subprocess.Popen:
+    """A real redis-server on loopback with persistence on and no eviction; with
+    `replica_of`, a replica of the one on that loopback port."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        exe,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+    ]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
     proc = subprocess.Popen(
-        [
-            exe,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes",
-            "--maxmemory-policy",
-            "noeviction",
-            "--save",
-            "",
-            "--protected-mode",
-            "yes",
-        ],
+        args,
         stdout=subprocess.DEVNULL,
         # Its own session: a Ctrl-C in the terminal reaches the farm's processes, which
         # still need Redis to shut down cleanly; whoever started it stops it last.
         start_new_session=True,
     )
     wait_for(lambda: redis_alive(f"redis://127.0.0.1:{port}/0"), 10, "redis-server", proc)
+    return proc
+
+
+def start_sentinel(
+    port: int, master_port: int, data_dir: Path, master: str = "mymaster", down_ms: int = 1000
+) -> subprocess.Popen:
+    """A real redis-sentinel on loopback watching the master on `master_port` as `master`
+    (quorum 1: it decides alone; it rewrites its own config file, kept in `data_dir`)."""
+    exe = shutil.which("redis-sentinel")
+    if exe is None:
+        raise RuntimeError("redis-sentinel is not installed (apt-get install redis-sentinel)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / f"sentinel-{port}.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {data_dir}\n"
+        f"sentinel monitor {master} 127.0.0.1 {master_port} 1\n"
+        f"sentinel down-after-milliseconds {master} {down_ms}\n"
+        f"sentinel failover-timeout {master} {max(down_ms * 10, 5000)}\n"
+    )
+    proc = subprocess.Popen([exe, str(conf)], stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def watching() -> bool:
+        with Redis("127.0.0.1", port=port, socket_timeout=2) as sentinel:
+            return bool(sentinel.execute_command("SENTINEL", "MASTER", master))
+
+    wait_for(watching, 10, "redis-sentinel", proc)
     return proc
 
 

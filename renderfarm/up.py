@@ -13,6 +13,7 @@ from dashboard.accounts import Accounts
 from dashboard.accounts_cli import ensure_local_admin
 from renderfarm import localfarm
 from shared.config import Settings, redis_client
+from shared.sentinel import is_sentinel_url, without_password
 from shared.vocabulary import Hardware
 
 
@@ -32,15 +33,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     procs: list = []
     redis_proc = None
     try:
-        if not localfarm.redis_alive(settings.redis_url):
+        if not localfarm.redis_alive(settings):
             url = urlparse(settings.redis_url)
+            if is_sentinel_url(settings.redis_url):
+                raise SystemExit(
+                    f"cannot reach the Redis master {settings.redis_sentinel_master!r} through "
+                    f"the sentinels at {without_password(settings.redis_url)}"
+                )
             if url.hostname not in ("127.0.0.1", "localhost"):
-                raise SystemExit(f"cannot reach Redis at {settings.redis_url}")
+                raise SystemExit(f"cannot reach Redis at {without_password(settings.redis_url)}")
             print(f"starting redis-server on 127.0.0.1:{url.port or 6379} (appendonly yes)")
             redis_proc = localfarm.start_redis(url.port or 6379, Path("var/redis").resolve())
             procs.append(redis_proc)
         password = ensure_local_admin(
-            Accounts(redis_client(settings.redis_url), settings), settings.token_file
+            Accounts(redis_client(settings), settings), settings.token_file
         )
         if password:
             print(

@@ -12,6 +12,7 @@ from functools import cache
 from celery import Celery
 
 from shared.config import Settings
+from shared.sentinel import is_sentinel_url
 from shared.vocabulary import CELERY_PRIORITY_STEPS
 
 RUN_JOB = "renderfarm.run_job"
@@ -28,6 +29,17 @@ def make_celery(settings: Settings) -> Celery:
         "priority_steps": CELERY_PRIORITY_STEPS,
         "queue_order_strategy": "priority",
     }
+    if is_sentinel_url(settings.redis_url):
+        # kombu's sentinel transport: the URL lists the sentinels; they name the master.
+        # Timeouts: a master that vanishes without closing its connections (a partition, not
+        # a crash) becomes an error and a reconnection, not a wait without end (celery #6348).
+        timeouts = {"socket_timeout": 30.0, "socket_connect_timeout": 5.0}
+        transport.update(timeouts, master_name=settings.redis_sentinel_master)
+        transport["socket_keepalive"] = True
+        if settings.redis_sentinel_password:
+            secret = settings.redis_sentinel_password.get_secret_value()
+            # Given sentinel_kwargs, redis-py uses only them for the sentinels: timeouts too.
+            transport["sentinel_kwargs"] = {**timeouts, "password": secret}
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

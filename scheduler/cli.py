@@ -17,7 +17,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from scheduler.notify import Notifier
 
     settings = Settings()
-    Notifier(redis_client(settings.redis_url), settings).start()  # webhooks, on its own thread
+    Notifier(redis_client(settings), settings).start()  # webhooks, on its own thread
     dispatcher = Dispatcher(settings)
     if settings.scheduler_metrics_port:
         serve_leader_metric(dispatcher, settings.scheduler_metrics_port)
@@ -47,7 +47,7 @@ def serve_leader_metric(dispatcher: Dispatcher, port: int) -> None:
 def cmd_workers(args: argparse.Namespace) -> int:
     from scheduler.fleet import live_workers
 
-    fleet = live_workers(redis_client(Settings().redis_url))
+    fleet = live_workers(redis_client(Settings()))
     if args.json:
         print(json.dumps(fleet, indent=2))
         return 0

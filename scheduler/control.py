@@ -71,7 +71,7 @@ class JobControl:
         # Every submission looks its models up here (an object store's listing is kept
         # in memory for a few seconds: no request to the store per submission).
         self.models = models or open_model_store(settings)
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)

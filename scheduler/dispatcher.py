@@ -2,7 +2,8 @@
 
 One dispatcher runs per farm (`renderfarm scheduler`, holding a Redis lock). Each pass:
 - reap: a running job whose lease expired lost its worker → back to pending, or failed
-  after `max_attempts` (a poison job); a dispatched job whose worker is gone → pending.
+  after `max_attempts` (a poison job); a dispatched job whose worker is gone, or whose
+  task message was lost (its worker's queue stayed empty: a Redis failover) → pending.
 - dispatch: pending jobs in fair order (priority, then the owner served longest ago,
   then age) go one at a time to an idle live worker that can run them, on that worker's
   own queue. A worker that already holds the job's model wins; a job waits at most
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB, make_celery
@@ -30,7 +32,7 @@ from scheduler.timing import model_of  # the model whose presence makes a worker
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, load_spec
-from shared.vocabulary import AUTO, JobStatus
+from shared.vocabulary import AUTO, CELERY_PRIORITY_STEPS, JobStatus
 
 log = logging.getLogger(__name__)
 AFFINITY_WINDOW = 4
@@ -73,11 +75,14 @@ class FleetView:
 class Dispatcher:
     def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings)
         self.records = JobRecords(self.redis)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
         self.leading = False  # holds the dispatcher lock (renderfarm_scheduler_leader)
+        # Dispatched attempts (job, attempt) whose worker's queue was seen empty, since when
+        # (`_task_lost`).
+        self._unsent: dict[tuple[str, int], float] = {}
 
     # -- the fleet --------------------------------------------------------------------------
 
@@ -123,14 +128,42 @@ class Dispatcher:
                     handled += 1
             elif self._requeue(rec, (JobStatus.RUNNING,), lost):
                 handled += 1
+        seen: set[tuple[str, int]] = set()  # the dispatched attempts this pass
         for job_id in self.records.ids_in(JobStatus.DISPATCHED):
             rec = self.records.get(job_id)
-            if rec is None or rec["status"] != JobStatus.DISPATCHED or rec.get("target") in live:
+            if rec is None or rec["status"] != JobStatus.DISPATCHED:
                 continue
-            if self._requeue(rec, (JobStatus.DISPATCHED,), f"worker {rec.get('target')} went away"):
-                self.redis.delete(rec["queue"])  # its own queue: nobody will consume it
+            seen.add((job_id, rec["attempt"]))
+            if rec.get("target") not in live:
+                why = f"worker {rec.get('target')} went away"
+                if self._requeue(rec, (JobStatus.DISPATCHED,), why):
+                    self.redis.delete(rec["queue"])  # its own queue: nobody will consume it
+                    handled += 1
+            elif self._task_lost(rec) and self._requeue(
+                rec, (JobStatus.DISPATCHED,), "its task message was lost (a Redis failover?)"
+            ):
                 handled += 1
+        for gone in set(self._unsent) - seen:
+            del self._unsent[gone]
         return handled
+
+    def _task_lost(self, rec: dict[str, Any]) -> bool:
+        """Whether a dispatched job's task message is gone: its live worker's queue has been
+        empty, and the job not started, for a while. A failover can keep the record's
+        `dispatched` and lose the message sent just after it (asynchronous replication), or
+        the send can fail; nothing would ever run the job. Requeued by mistake (the message
+        was being taken just then), the old attempt's fence makes the worker drop it."""
+        queues = [rec["queue"], *(f"{rec['queue']}\x06\x16{p}" for p in CELERY_PRIORITY_STEPS if p)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            waiting = any(pipe.execute())
+        dispatch = (rec["id"], rec["attempt"])
+        if waiting:
+            self._unsent.pop(dispatch, None)
+            return False
+        since = self._unsent.setdefault(dispatch, time.monotonic())
+        return time.monotonic() - since > max(self.settings.lease_s, 3 * self.settings.heartbeat_s)
 
     def _requeue(self, rec: dict[str, Any], allowed: tuple[JobStatus, ...], why: str) -> bool:
         ok = self.records.transition(
@@ -287,7 +320,7 @@ class Dispatcher:
                     self.dispatch()
                 if self.redis.brpop([keys.wake()], timeout=poll_s):
                     self.redis.delete(keys.wake())  # one pass serves every wake-up so far
-            except RedisError:
+            except (RedisError, OperationalError):  # OperationalError: Celery's send
                 self.leading = False
                 log.warning("Redis unavailable; retrying", exc_info=True)
                 time.sleep(1)

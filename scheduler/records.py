@@ -1,9 +1,10 @@
 """Job records in Redis: the source of truth for a job's status, progress and outputs.
 
 A record is a Redis hash. Every change goes through one Lua script that checks the
-allowed previous status and, for a worker's writes, the attempt it holds (fencing: a
-stale attempt can change nothing), keeps the active-status index sets, and bumps a
-monotonic `seq`.
+allowed previous status and, for a worker's writes, the attempt it holds and that the
+attempt was dispatched to that worker (fencing: a stale attempt, or the same attempt
+dispatched twice across a Redis failover, can change nothing), keeps the active-status
+index sets, and bumps a monotonic `seq`.
 
 Statuses are `JobStatus` (shared/vocabulary.py); the edges a job may take between them
 are `TRANSITIONS` below, and `transition` refuses any other.
@@ -26,6 +27,8 @@ from shared.jobspec import AnySpec
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
 S = JobStatus
+# A write's fence: the attempt number, or "<attempt>:<worker>" (scheduler/leases.py `token`).
+Fence = int | str
 # Every status change a job may make (a same-status update is always allowed).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.PENDING: frozenset({S.DISPATCHED, S.CANCELED}),
@@ -60,7 +63,8 @@ _FLOAT_FIELDS = (
 )
 
 # KEYS: job hash, dispatched set, running set, events stream, the team's gallery. ARGV: job
-# id, attempt ("" = any), allowed previous statuses (comma separated; "*" = unchanged
+# id, the fence ("" = none; "<attempt>", or "<attempt>:<worker>" for the attempt as the
+# worker it was dispatched to holds it), allowed previous statuses (comma separated; "*" = unchanged
 # status), new status, field/value pairs. In the same step as the change: the active-status
 # sets, the client-facing status index, the attempts history, on success the gallery and
 # the render-time history, the census and counters (scheduler/census.py), and an event
@@ -72,7 +76,12 @@ _TRANSITION = (
     + f"""
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+if ARGV[2] ~= '' then
+  local f = redis.call('HMGET', KEYS[1], 'attempt', 'target')
+  local held = f[1]
+  if string.find(ARGV[2], ':', 1, true) then held = (f[1] or '') .. ':' .. (f[2] or '') end
+  if held ~= ARGV[2] then return 0 end
+end
 local allowed, target = ARGV[3], ARGV[4]
 if allowed == '*' then
   if current ~= target then return 0 end
@@ -267,11 +276,13 @@ class JobRecords:
         job_id: str,
         to: JobStatus,
         allowed_from: tuple[JobStatus, ...],
-        fence: int | None = None,
+        fence: Fence | None = None,
         **fields: Any,
     ) -> bool:
         """Move a job to `to` if its status is one of `allowed_from` (and, when `fence` is
-        given, its current attempt is `fence`); set `fields` with it. False if refused.
+        given, its current attempt is `fence`: an attempt number, or `leases.token(attempt,
+        worker)` for that attempt dispatched to that worker); set `fields` with it. False if
+        refused.
 
         Asking for an edge that is not in TRANSITIONS is a programming error (ValueError)."""
         illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
@@ -280,13 +291,13 @@ class JobRecords:
         return self._run(job_id, to, ",".join(allowed_from), fence, fields)
 
     def update(
-        self, job_id: str, status: JobStatus, fence: int | None = None, **fields: Any
+        self, job_id: str, status: JobStatus, fence: Fence | None = None, **fields: Any
     ) -> bool:
         """Set fields on a job that is (still) in `status` (and attempt `fence`, when given)."""
         return self._run(job_id, status, "*", fence, fields)
 
     def _run(
-        self, job_id: str, to: JobStatus, allowed: str, fence: int | None, fields: dict[str, Any]
+        self, job_id: str, to: JobStatus, allowed: str, fence: Fence | None, fields: dict[str, Any]
     ) -> bool:
         args: list[Any] = [job_id, "" if fence is None else fence, allowed, to]
         for name, value in fields.items():
@@ -300,7 +311,7 @@ class JobRecords:
         ]
         return bool(self._transition(keys=keys_, args=args))
 
-    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
+    def set_progress(self, job_id: str, attempt: Fence, progress: float) -> bool:
         """Record progress of a running attempt; false once the attempt is no longer current."""
         return self.update(job_id, S.RUNNING, attempt, progress=f"{progress:.4f}")
 

@@ -7,19 +7,31 @@ below reads the environment on its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
+from shared.sentinel import is_sentinel_url, master_client, parse_sentinel_url
 from shared.vocabulary import Hardware
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RENDERFARM_", extra="ignore")
+    # hide_input_in_errors: an invalid setting's error names it without echoing its value,
+    # which may hold a password (a Redis URL's).
+    model_config = SettingsConfigDict(
+        env_prefix="RENDERFARM_", extra="ignore", hide_input_in_errors=True
+    )
 
+    # redis://, rediss://, unix://, or Redis Sentinel: sentinel://host:26379;sentinel://...
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # With a sentinel:// redis_url: the name the sentinels monitor the master under, and the
+    # sentinels' own password if they require one (the URL's password is the Redis servers').
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: SecretStr | None = None
     # file:///abs/path or s3://bucket/prefix
     storage_url: str = Field(default_factory=lambda: f"file://{Path('var/outputs').resolve()}")
     models_dir: Path = Path("var/models")
@@ -154,11 +166,48 @@ class Settings(BaseSettings):
     admin_max_running: int = 16
     admin_hardware: tuple[Hardware, ...] = tuple(Hardware)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)  # a ValueError names what is wrong; pydantic names the field
+        return url
 
-def redis_client(url: str) -> Redis:
-    """A Redis client for long-running farm processes.
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _master_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must name the master the sentinels monitor (e.g. mymaster)")
+        return name.strip()
 
-    Timeouts turn a dead connection into an error instead of a wait without end, and a
-    health check before reusing an idle connection notices a restarted Redis.
+
+# Timeouts turn a dead connection into an error instead of a wait without end, a health
+# check before reusing an idle connection notices a restarted Redis, and a command that meets
+# a lost connection is retried on a new one for a few seconds (redis-py's default for a URL
+# client, given here so that a Sentinel client, which has none by default, gets the same).
+def redis_options() -> dict[str, Any]:
+    return {
+        "socket_timeout": 30.0,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 5,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), retries=10),
+    }
+
+
+def redis_client(settings: Settings) -> Redis:
+    """The farm's Redis client: the one way every farm process gets one from its settings.
+
+    For a `sentinel://` URL, a client of the current master of `redis_sentinel_master`: it
+    asks the sentinels where the master is, and again after a failover.
     """
-    return Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=5)
+    if not isinstance(settings, Settings):
+        raise TypeError("redis_client takes the farm's Settings (a sentinel URL needs more)")
+    if is_sentinel_url(settings.redis_url):
+        password = settings.redis_sentinel_password
+        return master_client(
+            parse_sentinel_url(settings.redis_url),
+            settings.redis_sentinel_master,
+            password.get_secret_value() if password else None,
+            redis_options(),
+        )
+    return Redis.from_url(settings.redis_url, **redis_options())

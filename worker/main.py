@@ -30,7 +30,7 @@ def run_worker(
     runner = JobRunner(settings, hardware, name, device)
     runner.preload(preload or [])
     register(app, runner)
-    heartbeat = Heartbeat(runner, redis_client(settings.redis_url), settings.heartbeat_s)
+    heartbeat = Heartbeat(runner, redis_client(settings), settings.heartbeat_s)
     # Beat once the worker consumes its queue, so the fleet only lists workers taking jobs.
     worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     # The solo pool runs jobs in this process: the model cache lives across jobs and

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from scheduler.celery_app import RUN_JOB
 from scheduler.leases import Leases
+from scheduler.leases import token as lease_token
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
@@ -55,7 +56,7 @@ class JobRunner:
         self.device, self.dtype = pick_device(hardware, device)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings)
         self.records = JobRecords(self.redis)
         self.leases = Leases(self.redis, settings.lease_s)
         self.storage = open_storage(settings)
@@ -258,8 +259,15 @@ class JobRunner:
             record is None
             or record["attempt"] != attempt
             or record["status"] != JobStatus.DISPATCHED
+            # The same attempt dispatched to another worker: after a Redis failover lost a
+            # dispatch, the new master's dispatcher may have sent it again elsewhere.
+            or record.get("target") != self.name
         ):
-            state = "no record" if record is None else f"{record['status']}, {record['attempt']}"
+            state = (
+                "no record"
+                if record is None
+                else f"{record['status']}, {record['attempt']}, for {record.get('target')}"
+            )
             log.info("job %s attempt %s is stale (%s); dropping the task", job_id, attempt, state)
             return
         started = time.time()
@@ -268,7 +276,7 @@ class JobRunner:
             job_id,
             JobStatus.RUNNING,
             (JobStatus.DISPATCHED,),
-            attempt,
+            self._fence(attempt),
             worker=self.name,
             ran_on=self.hardware,  # with render_s at success: the render-time history
             started_at=started,
@@ -339,6 +347,11 @@ class JobRunner:
         ):
             self.jobs_done += 1
 
+    def _fence(self, attempt: int) -> str:
+        """What this worker's writes to a job are fenced by: the attempt as dispatched to
+        this worker (the dispatch's identity, also the lease's token)."""
+        return lease_token(attempt, self.name)
+
     def _finish(self, att: Attempt, status: JobStatus, **fields: Any) -> bool:
         """Commit the attempt's outcome if it is still the current attempt.
 
@@ -351,7 +364,7 @@ class JobRunner:
                     att.job_id,
                     status,
                     (JobStatus.RUNNING,),
-                    att.attempt,
+                    self._fence(att.attempt),
                     finished_at=time.time(),
                     **fields,
                 )
@@ -376,9 +389,10 @@ class JobRunner:
         if att.running_s() > limit:
             raise JobFailed(f"ran longer than the job time limit ({limit} s)")
         try:
-            if value is not None and not self.records.set_progress(att.job_id, att.attempt, value):
+            fence = self._fence(att.attempt)
+            if value is not None and not self.records.set_progress(att.job_id, fence, value):
                 rec = self.records.get(att.job_id)
-                if rec is None or rec["attempt"] != att.attempt:
+                if rec is None or (rec["attempt"], rec.get("target")) != (att.attempt, self.name):
                     raise LeaseLost(att.job_id)
             if int(self.redis.hget(keys.job(att.job_id), "cancel_requested") or 0):
                 raise JobCanceled(att.job_id)
