@@ -211,7 +211,9 @@ def test_the_same_attempt_dispatched_twice_runs_only_on_the_worker_the_record_na
     settings = settings_on_db(redis_url, 14, models_dir, tmp_path)
     control = JobControl(settings)
     record, _ = control.submit(parse_spec({"prompt": "twice", **QUICK}, settings))
-    assert Dispatcher(settings, celery=control.celery).dispatch_one(record, {"name": "w2"})
+    assert Dispatcher(settings, celery=control.celery).dispatch_one(
+        record, {"name": "w2", "hardware": "cpu"}, warm=False
+    )
     job_id, records = record["id"], control.records
     seq = records.get(job_id)["seq"]
 
