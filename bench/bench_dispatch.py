@@ -138,6 +138,8 @@ class Backlog:
             for hw in ("auto", "cpu", "gpu")
         }  # fmt: skip
         self.priorities = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
+        # What jobs ask for: auto, cpu, gpu (a drained run: auto only, so its order checks).
+        self.hardware_mix = (1, 0, 0) if scenario.drain else (80, 15, 5)
         self.all_classes = tuple(Hardware)
         for owner in self.owners:
             if limited(owner):
@@ -152,7 +154,7 @@ class Backlog:
                 owner = rng.choice(self.owners)
                 priority = rng.choices(self.priorities, (10, 70, 20))[0]
                 model = rng.choices(self.models, self.weights)[0]
-                hw = rng.choices(("auto", "cpu", "gpu"), (80, 15, 5))[0]
+                hw = rng.choices(("auto", "cpu", "gpu"), self.hardware_mix)[0]
                 allowed = self.all_classes
                 if cpu_only(owner):
                     hw, allowed = ("cpu" if hw == "gpu" else hw), (Hardware.CPU,)
