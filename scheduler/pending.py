@@ -136,16 +136,3 @@ class PendingJobs:
 
     def served(self, owner: str) -> None:
         self.redis.zadd(keys.pending_owners(), {owner: time.time()}, xx=True)
-
-    def candidates(self, per_owner: int = 20) -> list[Candidate]:
-        """Every owner's best pending jobs, in the order they should be dispatched."""
-        found = []
-        for owner_b, served_at in self.redis.zrange(keys.pending_owners(), 0, -1, withscores=True):
-            owner = owner_b.decode()
-            head = self.redis.zrange(keys.pending(owner), 0, per_owner - 1, withscores=True)
-            if not head:
-                self.redis.zrem(keys.pending_owners(), owner)
-            for job_b, value in head:
-                rank, created_ms = divmod(int(value), _RANK_SPAN)
-                found.append(Candidate(job_b.decode(), owner, rank, created_ms, served_at))
-        return sorted(found, key=lambda c: (c.rank, c.owner_served_at, c.created_ms))
