@@ -551,7 +551,7 @@ def _ms(q: dict[str, Any]) -> str:
 def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     print("\ndispatch benchmark: the real dispatcher, simulated workers (bench/dispatch_sim.py)")
     print(meta["machine_line"] + f", load average {meta['loadavg_start']} → {meta['loadavg_end']}")
-    print(f"redis     {meta['redis']}; job time per worker: see job_s; window {meta['window']}")
+    print(f"redis     {meta['redis']}; window {meta['window']}")
     head = (
         f"{'workers':>7} {'pending':>7} {'variant':<5} {'disp/s':>8} {'pass ms':>13} "
         f"{'jobs/pass':>9} {'free→sent ms':>14} {'wait s':>9} {'cpu µs':>7} "
@@ -632,6 +632,11 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- main
 
 
+def _load() -> float | None:
+    found = loadavg()
+    return None if found is None else round(found, 2)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x.replace("_", "")) for x in text.split(",") if x]
 
@@ -685,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "machine": machine,
         "machine_line": machine_line(machine, ram=True),
-        "loadavg_start": loadavg(),
+        "loadavg_start": _load(),
         "redis": redis_server_version(),
         "window": (
             "until drained" if args.quick else f"{args.warmup:g} s warm-up + {args.seconds:g} s"
@@ -734,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with sigint_ignored():
                 localfarm.stop(redis_proc)
-    meta["loadavg_end"] = loadavg()
+    meta["loadavg_end"] = _load()
     report(results, meta)
     write_json(args.json, {"meta": meta, "results": results})
     if args.quick:
