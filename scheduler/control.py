@@ -13,12 +13,11 @@ from typing import Any
 
 from celery import Celery
 from PIL import Image
-from redis.client import Pipeline
 
 from scheduler.celery_app import make_celery
-from scheduler.pending import PendingJobs, add_to
+from scheduler.pending import PendingJobs
 from scheduler.quotas import Quota, QuotaExceeded, publish_running_limit
-from scheduler.records import JobRecords
+from scheduler.records import JobRecords, as_record
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -201,15 +200,17 @@ class JobControl:
         """Record a prepared spec's job (of `batch`, if given) and queue it for dispatch."""
         job_id = job_id or uuid.uuid4().hex
         hardware = quota.hardware if quota is not None else tuple(Hardware)
-
-        def queue(pipe: Pipeline, record: dict[str, Any]) -> None:
+        # The record, its place in the owner's queue and the owner's running limit: one
+        # round trip, and the record is not read back.
+        with self.redis.pipeline() as pipe:
+            fields = self.records.create_in(
+                pipe, job_id, spec, owner, priority, submitted_by, hardware, batch
+            )
             if quota is not None:
                 publish_running_limit(pipe, owner, quota.max_running)
-            add_to(pipe, job_id, owner, priority, record["created_at"])
-
-        return self.records.create(
-            job_id, spec, owner, priority, submitted_by, hardware, batch, then=queue
-        )
+            self.pending.add_in(pipe, job_id, owner, priority, fields["created_at"])
+            pipe.execute()
+        return as_record(fields)
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""

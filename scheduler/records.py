@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -62,14 +61,15 @@ _FLOAT_FIELDS = (
     "eligible_at",
 )
 
-# KEYS: job hash, dispatched set, running set, events stream, the team's gallery. ARGV: job
-# id, the fence ("" = none; "<attempt>", or "<attempt>:<worker>" for the attempt as the
-# worker it was dispatched to holds it), allowed previous statuses (comma separated; "*" = unchanged
-# status), new status, field/value pairs. In the same step as the change: the active-status
-# sets, the client-facing status index, the attempts history, on success the gallery and
-# the render-time history, the census and counters (scheduler/census.py), and an event
-# (scheduler/events.py). The per-owner keys are built here from the record (one Redis, not
-# a Cluster).
+# KEYS: job hash, dispatched set, running set, events stream, the team's gallery, busy
+# workers, owners' active jobs. ARGV: job id, the fence ("" = none; "<attempt>", or
+# "<attempt>:<worker>" for the attempt as the worker it was dispatched to holds it), allowed
+# previous statuses (comma separated; "*" = unchanged status), new status, field/value
+# pairs. In the same step as the change: the active-status sets, the dispatcher's counts of
+# active jobs per worker and per owner, the client-facing status index, the attempts
+# history, on success the gallery and the render-time history, the census and counters
+# (scheduler/census.py), and an event (scheduler/events.py). The per-owner keys are built
+# here from the record (one Redis, not a Cluster).
 _CELL_FIELDS = "'class_asked', 'worker_class', 'priority'"
 _TRANSITION = (
     CENSUS_LUA
@@ -89,6 +89,12 @@ elseif not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) th
   return 0
 end
 local cell_before = census_cell(current, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
+local function active(s) return s == 'dispatched' or s == 'running' end
+local holder_before = false  -- the worker an active job occupies: target, then worker
+if current ~= target and active(current) then
+  local f = redis.call('HMGET', KEYS[1], 'target', 'worker')
+  if current == 'running' then holder_before = f[2] else holder_before = f[1] end
+end
 redis.call('HSET', KEYS[1], 'status', target)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -107,6 +113,23 @@ if cell_before ~= cell_after then
   if cell_after then redis.call('ZADD', cell_after, since, ARGV[1]) end
 end
 local sets = {{dispatched = KEYS[2], running = KEYS[3]}}
+if current ~= target and (active(current) or active(target)) then
+  local f = redis.call('HMGET', KEYS[1], 'owner', 'target', 'worker')
+  local function add(hash, name, n)
+    if not name or name == '' then return end
+    if redis.call('HINCRBY', hash, name, n) <= 0 then redis.call('HDEL', hash, name) end
+  end
+  local holder_after = false
+  if target == 'running' then holder_after = f[3] elseif target == 'dispatched' then
+    holder_after = f[2] end
+  if holder_before ~= holder_after then
+    add(KEYS[6], holder_before, -1)
+    add(KEYS[6], holder_after, 1)
+  end
+  if active(current) ~= active(target) then
+    if active(target) then add(KEYS[7], f[1], 1) else add(KEYS[7], f[1], -1) end
+  end
+end
 if current ~= target then
   if sets[current] then redis.call('SREM', sets[current], ARGV[1]) end
   if sets[target] then redis.call('SADD', sets[target], ARGV[1]) end
@@ -167,8 +190,73 @@ return 1
 )
 
 
+# KEYS: dispatched set, running set, busy workers, owners' active jobs. The two counts
+# rebuilt from the records the active sets name (what the transition step keeps).
+_REBUILD_ACTIVE = f"""
+redis.call('DEL', KEYS[3], KEYS[4])
+for i, status in ipairs({{'dispatched', 'running'}}) do
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    local f = redis.call('HMGET', '{keys.job("")}' .. id, 'status', 'owner', 'target', 'worker')
+    if f[1] == status then
+      local holder = f[3]
+      if status == 'running' then holder = f[4] end
+      if holder and holder ~= '' then redis.call('HINCRBY', KEYS[3], holder, 1) end
+      if f[2] then redis.call('HINCRBY', KEYS[4], f[2], 1) end
+    end
+  end
+end
+return 1
+"""
+
+
+def _script_call(
+    job_id: str, to: JobStatus, allowed: str, fence: int | None, fields: dict[str, Any]
+) -> tuple[list[str], list[Any]]:
+    args: list[Any] = [job_id, "" if fence is None else fence, allowed, to]
+    for name, value in fields.items():
+        args += [name, _encode(value)]
+    keys_ = [
+        keys.job(job_id),
+        keys.in_status(S.DISPATCHED),
+        keys.in_status(S.RUNNING),
+        keys.events(),
+        keys.gallery(),
+        keys.worker_jobs(),
+        keys.owner_jobs(),
+    ]
+    return keys_, args
+
+
+# For a client with a connection of its own (an asyncio one: the dispatch benchmark's
+# simulated workers): the script, and the KEYS and ARGV of a `transition`.
+TRANSITION_SCRIPT = _TRANSITION
+
+
+def transition_call(
+    job_id: str,
+    to: JobStatus,
+    allowed_from: tuple[JobStatus, ...],
+    fence: int | None = None,
+    **fields: Any,
+) -> tuple[list[str], list[Any]]:
+    illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
+    if illegal:
+        raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
+    return _script_call(job_id, to, ",".join(allowed_from), fence, fields)
+
+
+def decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A record as `JobRecords.get` returns it, from its hash's raw fields."""
+    return _decode(raw)
+
+
 def _encode(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def as_record(fields: dict[str, Any]) -> dict[str, Any]:
+    """The record `create_in`'s fields make, decoded like `get`'s (without reading it back)."""
+    return _decode({k.encode(): _encode(v).encode() for k, v in fields.items()})  # type: ignore[return-value]
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -194,6 +282,7 @@ class JobRecords:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
+        self._rebuild = redis.register_script(_REBUILD_ACTIVE)
 
     def create(
         self,
@@ -204,12 +293,30 @@ class JobRecords:
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
         batch: str = "",
-        then: Callable[[Pipeline, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
         `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
-        it belongs to ("" = none); `then(pipe, record)`: more writes in the same transaction
-        (queueing it for dispatch), so a submission is one round trip."""
+        it belongs to ("" = none)."""
+        with self.redis.pipeline() as pipe:
+            fields = self.create_in(
+                pipe, job_id, spec, owner, priority, submitted_by, hardware, batch
+            )
+            pipe.execute()
+        return as_record(fields)
+
+    def create_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        spec: AnySpec,
+        owner: str,
+        priority: Priority,
+        submitted_by: str = "",
+        hardware: tuple[Hardware, ...] = tuple(Hardware),
+        batch: str = "",
+    ) -> dict[str, Any]:
+        """`create`, queued on `pipe` (many jobs, or a job and its place in the queue, in one
+        round trip); returns the fields it writes (`as_record` makes them a record)."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -236,29 +343,24 @@ class JobRecords:
             "batch": batch,
             "class_asked": spec.hardware,  # its census cell while it waits
         }
-        with self.redis.pipeline() as pipe:
-            pipe.hset(keys.job(job_id), mapping=fields)
-            pipe.zadd(keys.jobs_index(), {job_id: now})
-            pipe.zadd(keys.census(S.PENDING, spec.hardware, priority), {job_id: now})
-            # The facets never change; the status index follows each transition.
-            for facet, value in (
-                ("owner", owner),
-                ("status", JobStatus.PENDING.view),
-                ("model", model),
-                ("hardware", spec.hardware),
-            ):
-                pipe.zadd(keys.index(facet, value), {job_id: now})
-            pipe.xadd(
-                keys.events(),
-                {"job": job_id, "status": S.PENDING, "progress": 0, "owner": owner, "seq": 1},
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
-            )
-            record = _decode({k.encode(): _encode(v).encode() for k, v in fields.items()})
-            if then is not None:
-                then(pipe, record)
-            pipe.execute()
-        return record  # type: ignore[return-value]
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.zadd(keys.jobs_index(), {job_id: now})
+        pipe.zadd(keys.census(S.PENDING, spec.hardware, priority), {job_id: now})
+        # The facets never change; the status index follows each transition.
+        for facet, value in (
+            ("owner", owner),
+            ("status", JobStatus.PENDING.view),
+            ("model", model),
+            ("hardware", spec.hardware),
+        ):
+            pipe.zadd(keys.index(facet, value), {job_id: now})
+        pipe.xadd(
+            keys.events(),
+            {"job": job_id, "status": S.PENDING, "progress": 0, "owner": owner, "seq": 1},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+        return fields
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
@@ -270,6 +372,19 @@ class JobRecords:
                 pipe.hgetall(keys.job(job_id))
             found = pipe.execute()
         return [rec for raw in found if (rec := _decode(raw)) is not None]
+
+    def fields_of(self, job_ids: list[str], names: tuple[str, ...]) -> list[dict[str, Any] | None]:
+        """Some fields (`status` and `priority` among them) of each job, decoded like `get`'s,
+        in one round trip; None for a job without a record."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), names)
+            found = pipe.execute()
+        records = []
+        for values in found:
+            raw = {n.encode(): v for n, v in zip(names, values, strict=True) if v is not None}
+            records.append(_decode(raw) if b"status" in raw else None)
+        return records
 
     def transition(
         self,
@@ -296,20 +411,59 @@ class JobRecords:
         """Set fields on a job that is (still) in `status` (and attempt `fence`, when given)."""
         return self._run(job_id, status, "*", fence, fields)
 
+    def transition_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        to: JobStatus,
+        allowed_from: tuple[JobStatus, ...],
+        fence: Fence | None = None,
+        **fields: Any,
+    ) -> None:
+        """`transition`, queued on `pipe`: its answer (1 done, 0 refused) comes with the
+        pipeline's, so a caller changes many records in one round trip."""
+        illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
+        if illegal:
+            raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
+        self._run(job_id, to, ",".join(allowed_from), fence, fields, pipe)
+
+    def update_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        status: JobStatus,
+        fence: Fence | None = None,
+        **fields: Any,
+    ) -> None:
+        """`update`, queued on `pipe`."""
+        self._run(job_id, status, "*", fence, fields, pipe)
+
     def _run(
-        self, job_id: str, to: JobStatus, allowed: str, fence: Fence | None, fields: dict[str, Any]
+        self,
+        job_id: str,
+        to: JobStatus,
+        allowed: str,
+        fence: Fence | None,
+        fields: dict[str, Any],
+        pipe: Pipeline | None = None,
     ) -> bool:
-        args: list[Any] = [job_id, "" if fence is None else fence, allowed, to]
-        for name, value in fields.items():
-            args += [name, _encode(value)]
-        keys_ = [
-            keys.job(job_id),
-            keys.in_status(S.DISPATCHED),
-            keys.in_status(S.RUNNING),
-            keys.events(),
-            keys.gallery(),
-        ]
+        keys_, args = _script_call(job_id, to, allowed, fence, fields)
+        if pipe is not None:
+            self._transition(keys=keys_, args=args, client=pipe)
+            return True
         return bool(self._transition(keys=keys_, args=args))
+
+    def rebuild_active(self) -> None:
+        """Recount the busy workers and the owners' active jobs from the active-status sets,
+        in one step (a farm upgraded from a version without them, or repaired)."""
+        self._rebuild(
+            keys=[
+                keys.in_status(S.DISPATCHED),
+                keys.in_status(S.RUNNING),
+                keys.worker_jobs(),
+                keys.owner_jobs(),
+            ]
+        )
 
     def set_progress(self, job_id: str, attempt: Fence, progress: float) -> bool:
         """Record progress of a running attempt; false once the attempt is no longer current."""

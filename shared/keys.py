@@ -58,6 +58,18 @@ def workers_index() -> str:
     return f"{PREFIX}:workers"
 
 
+def worker_jobs() -> str:
+    """Hash of worker name -> how many dispatched or running jobs name it (a dispatched job
+    its `target`, a running one its `worker`): busy workers, kept by the records' Lua step."""
+    return f"{PREFIX}:active:workers"
+
+
+def owner_jobs() -> str:
+    """Hash of owner -> how many of its jobs are dispatched or running (its running limit
+    counts them), kept by the records' Lua step."""
+    return f"{PREFIX}:active:owners"
+
+
 def drain(name: str) -> str:
     """Set while a worker is draining: it finishes its job and takes no new ones."""
     return f"{PREFIX}:drain:{name}"

@@ -75,3 +75,37 @@ def test_owners_of_one_priority_share_the_free_workers(farm_state):
         worker_up(name)
     assert dispatcher.dispatch() == 3
     assert dispatched() == ["carol high", "alice 0", "bob 0"]
+
+
+def test_busy_workers_and_active_owners_follow_every_transition(farm_state):
+    worker_up, submit, dispatcher, dispatched = farm_state
+    redis, records = dispatcher.redis, dispatcher.records
+
+    def counts() -> tuple[dict, dict]:
+        def read(key: str) -> dict:
+            return {k.decode(): int(v) for k, v in redis.hgetall(key).items()}
+
+        return read(keys.worker_jobs()), read(keys.owner_jobs())
+
+    jobs = [submit(f"job {i}", "alice" if i < 2 else "bob") for i in range(3)]
+    for name in ("w1", "w2", "w3"):
+        worker_up(name)
+    assert dispatcher.dispatch() == 3
+    assert counts() == ({"w1": 1, "w2": 1, "w3": 1}, {"alice": 2, "bob": 1})
+    redis.delete(keys.worker_jobs(), keys.owner_jobs())  # a farm from before these counts
+    records.rebuild_active()
+    assert counts() == ({"w1": 1, "w2": 1, "w3": 1}, {"alice": 2, "bob": 1})
+    by_worker = {records.get(j)["target"]: records.get(j) for j in jobs}
+    # w1 starts its job; w2's job is canceled; w3's worker vanishes and the reaper requeues.
+    first = by_worker["w1"]
+    redis.set(keys.lease(first["id"]), f"{first['attempt']}:w1", px=60_000)
+    assert records.transition(
+        first["id"], "running", ("dispatched",), first["attempt"], worker="w1"
+    )
+    assert records.transition(by_worker["w2"]["id"], "canceled", ("dispatched",))
+    redis.delete(keys.worker("w3"))
+    assert dispatcher.reaper.reap() == 1
+    assert records.get(by_worker["w3"]["id"])["status"] == "pending"
+    assert counts() == ({"w1": 1}, {first["owner"]: 1})
+    assert records.transition(first["id"], "succeeded", ("running",), first["attempt"])
+    assert counts() == ({}, {})
