@@ -347,6 +347,24 @@ def test_cost_defaults_to_the_measured_load_time():
     assert by_path["told"]["cost_s"] == 7.5
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_benchs_offline_simulation_makes_the_real_caches_choices(policy):
+    """bench.bench_cache checks its policy comparison against the real cache with this."""
+    from bench.bench_cache import simulate, zipf_trace
+
+    sizes = [n * LIN for n in (1, 3, 1, 2, 4)]
+    costs = [0.2, 0.3, 0.9, 0.1, 0.5]
+    trace, _ = zipf_trace(len(sizes), 40, 1.1, seed=3)
+    cache = ModelCache(6 * LIN, policy=policy)
+    for m in trace:
+        with cache.use(key(f"m{m}"), linears(sizes[m] // LIN), size_hint=sizes[m], cost_s=costs[m]):
+            pass
+    sim = simulate(trace, sizes, sizes, 6 * LIN, policy, lambda m, n: costs[m])
+    stats = cache.stats()
+    assert (sim["loads"], sim["evictions"]) == (stats["loads"], stats["evictions"])
+    assert stats["evictions"] > 10, "the trace makes the policy choose, often"
+
+
 # -- loading ---------------------------------------------------------------------------------
 
 
