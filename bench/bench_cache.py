@@ -23,8 +23,9 @@ job trace.
     seeded; which model gets which popularity rank is a seeded shuffle). For each budget of
     --capacities (N x the mean measured size, at least the largest model), the trace is
     replayed through a real ModelCache with `load_pipeline` (no rendering:
-    `with cache.use(key, loader, size_hint=size on disk): pass` per job, as the runner
-    calls it), --trace-repeats times with a fresh cache, for each eviction policy (`lru`,
+    `with cache.use(key, loader): pass` per job; with --size-hint, `size_hint=` the size
+    on disk, as the runner calls it), --trace-repeats times with a fresh cache, for each
+    eviction policy (`lru`,
     `cost`: worker.eviction). Compared, on the same trace and the same measured sizes: the
     compulsory misses (one per distinct model: a true lower bound) and Belady's offline
     policy (evict the entry whose next use is farthest away; optimal for equal sizes, a
@@ -568,7 +569,9 @@ def gc_cost(rounds: int = 5) -> dict[str, Any]:
     )
 
 
-def replay(targets: list[Target], trace: list[int], budget: int, policy: str) -> dict[str, Any]:
+def replay(
+    targets: list[Target], trace: list[int], budget: int, policy: str, size_hint: bool
+) -> dict[str, Any]:
     """The trace through a real ModelCache with `policy`: per job its time and whether it
     hit; per load (in order) the size and reload cost the cache recorded for the entry."""
     from worker.cache import ModelCache
@@ -580,7 +583,7 @@ def replay(targets: list[Target], trace: list[int], budget: int, policy: str) ->
     sizes: list[int] = []
     with timing_release_memory() as releases:
         for m in trace:
-            dt, hit = timed_use(cache, targets[m], size_hint=True)
+            dt, hit = timed_use(cache, targets[m], size_hint)
             times.append(dt)
             hits.append(hit)
             if not hit:
@@ -686,7 +689,8 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
         sizes.append(measure_bytes(obj))
         del obj
         release_memory()
-    hints = [t.info.size_bytes for t in targets]  # what the runner passes: the size on disk
+    # What the runner passes as size_hint: the size on disk (a little more than the weights).
+    hints = [t.info.size_bytes if args.size_hint else 0 for t in targets]
     trace, ranks = zipf_trace(len(targets), args.jobs, args.zipf_s, args.seed)
     compulsory = len(set(trace))
 
@@ -700,7 +704,7 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
             runs = []
             for rep in range(args.trace_repeats):
                 log(f"  ~{capacity:g} models, {policy}: replay {rep + 1}/{args.trace_repeats}")
-                runs.append(replay(targets, trace, budget, policy))
+                runs.append(replay(targets, trace, budget, policy, args.size_hint))
             matches = []
             for r in runs:
                 misses = [m for m, h in zip(trace, r["hits"], strict=True) if not h]
@@ -761,6 +765,7 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
     counts = [trace.count(m) for m in range(len(targets))]
     return {
         "jobs": len(trace),
+        "size_hint": args.size_hint,
         "zipf_s": args.zipf_s,
         "seed": args.seed,
         "capacities": args.capacities,
@@ -874,8 +879,12 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     lines += [
         f"(2) trace: {t['jobs']} jobs over {len(t['models'])} checkpoints "
         f"({t['total_bytes'] / MIB:.1f} MiB in all), Zipf s={t['zipf_s']:g} (seed {t['seed']}); "
-        f"{args.trace_repeats} replays per policy and budget through a real ModelCache, with",
-        "    the on-disk size as size_hint (as the runner passes it)",
+        f"{args.trace_repeats} replays per policy and budget through a real ModelCache, "
+        + (
+            "size_hint = the size on disk (as the runner passes it)"
+            if args.size_hint
+            else "no size_hint (a model is loaded, then others evicted)"
+        ),
         "",
         f"{'model':24}{'MiB':>8}{'rank':>6}{'jobs':>6}{'load ms':>9}"
         + "".join(f"{'~' + c + ' LRU/cost':>15}" for c in caps),
@@ -928,7 +937,12 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
         "    est s: each policy's loads x this run's per-model median load_s (like for like);",
         "    miss jobs s: whole jobs that missed (load + the evictions' gc.collect())",
         f"    high-water {first['high_water_bytes'] / MIB:.1f} MiB at the first budget "
-        f"({t['budgets'][0]['budget_bytes'] / MIB:.1f} MiB): the size hint makes room first",
+        f"({t['budgets'][0]['budget_bytes'] / MIB:.1f} MiB), LRU: "
+        + (
+            "the size hint makes room before a load"
+            if args.size_hint
+            else "without a size hint, budget + one model"
+        ),
         "",
         "what if (simulated on the same trace and sizes, cost at the median load_s): loads by",
         "budget in models",
@@ -995,6 +1009,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also build and time a full-size SD1.5 (real configs, ~4 GB float32, ~1 min)",
     )
     p.add_argument("--big-repeats", type=int, default=3, help="rounds for --big (default 3)")
+    p.add_argument(
+        "--size-hint",
+        action="store_true",
+        help="trace: pass the size on disk as size_hint, as the runner does",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp model store")
     args = p.parse_args(argv)

@@ -97,8 +97,8 @@ class _Counters:
 
 
 class ModelCache:
-    """Loaded models within `budget_bytes`; `policy` picks what to evict (a worker's cache
-    takes `Settings.cache_policy`, see `worker.device.make_cache`)."""
+    """Loaded models within `budget_bytes`; `policy` picks what to evict: `lru` unless told,
+    while a worker's cache takes `Settings.cache_policy` (`cost`; `worker.device.make_cache`)."""
 
     def __init__(
         self,

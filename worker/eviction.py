@@ -10,9 +10,9 @@
   better (a GPU worker's RAM tier weighs the disk load, not the move from VRAM).
   Use counts outlive an eviction (the last `history` keys no longer cached are
   remembered), halved each time the model is evicted: a popular model that was pushed out
-  comes back ahead of one-offs, without an old count keeping it forever. On the bench's
-  Zipf traces halving beat both keeping the whole count and forgetting it
-  (`python -m bench.bench_cache`).
+  comes back ahead of one-offs, without an old count keeping it forever. Simulated over 20
+  Zipf traces x 3 budgets (`python -m bench.bench_cache`, its variant table), halving came
+  out as well as forgetting the count (plain GDSF) and better than keeping it whole.
 
 The cache calls these under its own lock, and offers as candidates only entries no job
 holds, least recently used first; ties go to the least recently used.
