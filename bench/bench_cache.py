@@ -1,6 +1,8 @@
-"""Model cache benchmark: switch latency per model family, and LRU on a Zipf job trace.
+"""Model cache benchmark: switch latency per model family, and eviction policies on a Zipf
+job trace.
 
-    .venv/bin/python -m bench.bench_cache [--jobs 200] [--models 8] [--json PATH] [--big]
+    .venv/bin/python -m bench.bench_cache [--jobs 200] [--models 8] [--capacities 3,4,5]
+        [--json PATH] [--big]
 
 (1) Switch latency. For each model (demo-sd15, demo-sdxl, a VAE, the ControlNet, three
     upscaler families, and a mid-size SD1.5-layout checkpoint built here) through a real
@@ -18,14 +20,21 @@
 (2) Trace. --models SD-layout checkpoints of different sizes (SD1.5 layouts with 1x, 2x
     and 4x UNet width, and SDXL copies) are written to a temp model store, each with its own
     seed. A --jobs long trace draws model names with Zipf popularity (exponent --zipf-s,
-    seeded; which model gets which popularity rank is a seeded shuffle). The cache budget
-    holds about --capacity models (capacity x the mean measured size, at least the largest).
-    The trace is replayed through a real ModelCache with `load_pipeline` (no rendering:
-    `with cache.use(key, loader): pass` per job), --trace-repeats times with a fresh cache.
-    Compared, on the same trace and the same measured sizes: the compulsory misses (one per
-    distinct model: a true lower bound) and Belady's offline policy (evict the entry whose
-    next use is farthest away; optimal for equal sizes, a heuristic with unequal sizes).
-    An offline LRU simulation must give exactly the real cache's loads (checked).
+    seeded; which model gets which popularity rank is a seeded shuffle). For each budget of
+    --capacities (N x the mean measured size, at least the largest model), the trace is
+    replayed through a real ModelCache with `load_pipeline` (no rendering:
+    `with cache.use(key, loader): pass` per job; with --size-hint, `size_hint=` the size
+    on disk, as the runner calls it), --trace-repeats times with a fresh cache, for each
+    eviction policy (`lru`,
+    `cost`: worker.eviction). Compared, on the same trace and the same measured sizes: the
+    compulsory misses (one per distinct model: a true lower bound) and Belady's offline
+    policy (evict the entry whose next use is farthest away; optimal for equal sizes, a
+    heuristic with unequal sizes). An offline simulation of each policy, fed the reload
+    costs the real cache measured in that replay, must give exactly its loads and
+    evictions (checked, every replay). Reload seconds: the misses' load_s as measured, and
+    an estimate for every policy at the per-model median load_s. The "what if" table
+    simulates every budget from 1 to N models; the variant table compares, simulated over
+    --variant-seeds traces, what the cost policy does with an evicted model's use count.
 
 Nothing is downloaded: every model is generated with random weights into a temp dir, which
 is removed on exit (Ctrl-C and SIGTERM included) unless --keep.
@@ -64,8 +73,10 @@ from bench.common import (
     write_json,
     write_model,
 )
+from worker.eviction import EVICTED_USES_KEPT, MIN_COST_S, MIN_SIZE_BYTES
 
 DEVICE = "cpu"
+POLICIES = ("lru", "cost")  # the real cache's eviction policies (worker.eviction)
 
 
 # ---------------------------------------------------------------------------- figures
@@ -257,11 +268,13 @@ def drop_page_cache(path: Path) -> None:
             os.close(fd)
 
 
-def timed_use(cache: Any, target: Target) -> tuple[float, bool]:
-    """Seconds for one job's `with cache.use(...)` (acquire + release), and whether it hit."""
+def timed_use(cache: Any, target: Target, size_hint: bool = False) -> tuple[float, bool]:
+    """Seconds for one job's `with cache.use(...)` (acquire + release), and whether it hit.
+    `size_hint`: pass the size on disk, as the runner does."""
     hit = target.key in cache
+    hint = target.info.size_bytes if size_hint else None
     started = time.perf_counter()
-    with cache.use(target.key, target.loader):
+    with cache.use(target.key, target.loader, size_hint=hint):
         pass
     return time.perf_counter() - started, hit
 
@@ -395,63 +408,133 @@ def zipf_trace(n_models: int, jobs: int, s: float, seed: int) -> tuple[list[int]
     return rng.choices(range(n_models), weights=weights, k=jobs), ranks
 
 
-def simulate(trace: list[int], sizes: list[int], budget: int, policy: str) -> dict[str, Any]:
-    """Replay a trace offline with the real cache's semantics: on a miss the model is loaded,
-    then other entries are evicted until the total fits the budget (the new one is protected
-    while its job holds it); after the job, the cache shrinks to the budget if it can.
+class Simulation:
+    """A trace replayed offline with the real cache's semantics, for one eviction policy.
 
-    policy "lru": least recently used first (what worker.cache does).
+    Per job, as `with cache.use(key, loader, size_hint=hint): pass` does: on a miss, entries
+    are evicted until the hint fits, the model is loaded, entries other than it are evicted
+    until the total fits; after the job (it let go) the cache shrinks to the budget if it
+    can. A hit and a release make the entry the most recent.
+
+    policy "lru": least recently used first (worker.eviction.LeastRecentlyUsed).
+    policy "cost": GreedyDual-Size-Frequency as worker.eviction.CostAware does it, written
+    again here: priority clock + uses x cost / size, set at a load (after the load's
+    evictions) and at each hit and release; the lowest goes (ties: the least recent) and the
+    clock rises to its priority; an evicted model keeps `kept` x its uses (the policy: 0.5).
+    `cost(model, n)`: the reload seconds of the n-th load (the real cache's measured ones, to
+    check, or a per-model figure for "what if").
     policy "belady": the entry whose next use is farthest away first (never used again =
     infinitely far; ties: the larger first). Optimal for equal sizes; with unequal sizes the
     optimum is NP-hard and this is a heuristic, not a bound.
     """
-    never = len(trace)
-    next_use = [never] * len(trace)
-    seen: dict[int, int] = {}
-    for i in range(len(trace) - 1, -1, -1):
-        next_use[i] = seen.get(trace[i], never)
-        seen[trace[i]] = i
 
-    cached: OrderedDict[int, int] = OrderedDict()  # model -> its next use; LRU order
-    used = peak = loads = evictions = 0
-    per_model: dict[int, int] = {}
+    def __init__(
+        self,
+        sizes: list[int],
+        hints: list[int],
+        budget: int,
+        policy: str,
+        cost: Callable[[int, int], float] | None = None,
+        kept: float = EVICTED_USES_KEPT,
+    ) -> None:
+        if policy == "cost" and cost is None:
+            raise ValueError("the cost policy needs the reload cost of each load")
+        self.sizes, self.hints, self.budget, self.policy = sizes, hints, budget, policy
+        self.cost, self.kept = cost, kept
+        self.cached: OrderedDict[int, None] = OrderedDict()  # least recent first
+        self.next_use: dict[int, int] = {}  # belady: each cached model's next use
+        self.clock = 0.0
+        self.uses: dict[int, float] = {}  # cost: cached and remembered models
+        self.entry_cost: dict[int, float] = {}
+        self.priority: dict[int, float] = {}
+        self.used = self.peak = self.loads = self.evictions = 0
+        self.loads_per_model: dict[int, int] = {}
 
-    def victim(protect: int | None) -> int | None:
-        candidates = [m for m in cached if m != protect]
+    def run(self, trace: list[int]) -> dict[str, Any]:
+        never = len(trace)
+        next_use = [never] * len(trace)
+        seen: dict[int, int] = {}
+        for i in range(len(trace) - 1, -1, -1):
+            next_use[i] = seen.get(trace[i], never)
+            seen[trace[i]] = i
+        for i, m in enumerate(trace):
+            self.next_use[m] = next_use[i]
+            if m in self.cached:
+                self.cached.move_to_end(m)
+                if self.policy == "cost":
+                    self.uses[m] += 1
+                    self._rank(m)
+            else:
+                self._load(m)
+            self.cached.move_to_end(m)  # the job let go
+            if self.policy == "cost":
+                self._rank(m)
+            self._shrink(0, protect=None)
+        return {
+            "policy": self.policy,
+            "loads": self.loads,
+            "hits": len(trace) - self.loads,
+            "hit_rate": (len(trace) - self.loads) / len(trace),
+            "evictions": self.evictions,
+            "peak_bytes": self.peak,
+            "loads_per_model": self.loads_per_model,
+        }
+
+    def _load(self, m: int) -> None:
+        self._shrink(self.hints[m], protect=None)
+        self.loads_per_model[m] = self.loads_per_model.get(m, 0) + 1
+        self.loads += 1
+        self.cached[m] = None
+        self.used += self.sizes[m]
+        self.peak = max(self.peak, self.used)
+        self._shrink(0, protect=m)
+        if self.policy == "cost":
+            assert self.cost is not None
+            self.uses[m] = self.uses.get(m, 0.0) + 1
+            self.entry_cost[m] = max(self.cost(m, self.loads - 1), MIN_COST_S)
+            self._rank(m)
+
+    def _rank(self, m: int) -> None:
+        size = max(self.sizes[m], MIN_SIZE_BYTES)
+        self.priority[m] = self.clock + self.uses[m] * self.entry_cost[m] / size
+
+    def _victim(self, protect: int | None) -> int | None:
+        candidates = [m for m in self.cached if m != protect]
         if not candidates:
             return None
-        if policy == "lru":
+        if self.policy == "lru":
             return candidates[0]
-        return max(candidates, key=lambda m: (cached[m], sizes[m]))
+        if self.policy == "cost":
+            return min(candidates, key=lambda m: self.priority[m])
+        return max(candidates, key=lambda m: (self.next_use[m], self.sizes[m]))
 
-    def shrink(protect: int | None) -> None:
-        nonlocal used, evictions
-        while used > budget and (v := victim(protect)) is not None:
-            del cached[v]
-            used -= sizes[v]
-            evictions += 1
+    def _shrink(self, incoming: int, protect: int | None) -> None:
+        while self.used + incoming > self.budget and (v := self._victim(protect)) is not None:
+            del self.cached[v]
+            self.used -= self.sizes[v]
+            self.evictions += 1
+            if self.policy == "cost":
+                self.clock = max(self.clock, self.priority.pop(v))
+                self.uses[v] *= self.kept
 
-    for i, m in enumerate(trace):
-        if m in cached:
-            cached.move_to_end(m)
-        else:
-            loads += 1
-            per_model[m] = per_model.get(m, 0) + 1
-            cached[m] = next_use[i]
-            used += sizes[m]
-            peak = max(peak, used)
-            shrink(protect=m)
-        cached[m] = next_use[i]
-        shrink(protect=None)
-    return {
-        "policy": policy,
-        "loads": loads,
-        "hits": len(trace) - loads,
-        "hit_rate": (len(trace) - loads) / len(trace),
-        "evictions": evictions,
-        "peak_bytes": peak,
-        "loads_per_model": per_model,
-    }
+
+def simulate(
+    trace: list[int],
+    sizes: list[int],
+    hints: list[int],
+    budget: int,
+    policy: str,
+    cost: Callable[[int, int], float] | None = None,
+    kept: float = EVICTED_USES_KEPT,
+) -> dict[str, Any]:
+    """One offline replay (see `Simulation`)."""
+    return Simulation(sizes, hints, budget, policy, cost, kept).run(trace)
+
+
+def measured_costs(costs: list[float]) -> Callable[[int, int], float]:
+    """The n-th load's cost as the real cache measured it; past the end (the simulation
+    loads more than the real cache did) infinity, which makes the check fail."""
+    return lambda m, n: costs[n] if n < len(costs) else float("inf")
 
 
 @contextmanager
@@ -486,21 +569,111 @@ def gc_cost(rounds: int = 5) -> dict[str, Any]:
     )
 
 
-def replay(targets: list[Target], trace: list[int], budget: int) -> dict[str, Any]:
-    """The trace through a real ModelCache: per job, its time and whether it hit."""
+def replay(
+    targets: list[Target], trace: list[int], budget: int, policy: str, size_hint: bool
+) -> dict[str, Any]:
+    """The trace through a real ModelCache with `policy`: per job its time and whether it
+    hit; per load (in order) the size and reload cost the cache recorded for the entry."""
     from worker.cache import ModelCache
 
-    cache = ModelCache(budget, name="trace")
+    cache = ModelCache(budget, name="trace", policy=policy)
     times: list[float] = []
     hits: list[bool] = []
+    costs: list[float] = []
+    sizes: list[int] = []
     with timing_release_memory() as releases:
         for m in trace:
-            dt, hit = timed_use(cache, targets[m])
+            dt, hit = timed_use(cache, targets[m], size_hint)
             times.append(dt)
             hits.append(hit)
+            if not hit:
+                path = targets[m].key.path
+                (entry,) = (e for e in cache.stats()["entries"] if e["path"] == path)
+                costs.append(entry["cost_s"])
+                sizes.append(entry["size_bytes"])
     stats = cache.stats()
     cache.clear()
-    return {"stats": stats, "times": times, "hits": hits, "releases": releases}
+    return {
+        "stats": stats,
+        "times": times,
+        "hits": hits,
+        "costs": costs,
+        "sizes": sizes,
+        "releases": releases,
+    }
+
+
+def trace_budget(capacity: float, sizes: list[int]) -> int:
+    """Room for about `capacity` models of mean size, and at least for the largest."""
+    return max(int(capacity * statistics.fmean(sizes)), max(sizes))
+
+
+def summarise_real(runs: list[dict[str, Any]], trace: list[int]) -> dict[str, Any]:
+    """A policy's replays through the real cache: loads per replay, medians of the rest."""
+
+    def missed(r: dict[str, Any]) -> list[float]:
+        return [dt for dt, h in zip(r["times"], r["hits"], strict=True) if not h]
+
+    stats = [r["stats"] for r in runs]
+    loads = [s["loads"] for s in stats]
+    for s, r in zip(stats, runs, strict=True):
+        assert s["hits"] == sum(r["hits"]) and s["misses"] == s["loads"] == len(r["costs"])
+    hit_times = [dt for r in runs for dt, h in zip(r["times"], r["hits"], strict=True) if h]
+    return {
+        "loads_per_replay": loads,
+        "loads": statistics.median(loads),
+        "hits": len(trace) - statistics.median(loads),
+        "hit_rate": 1 - statistics.median(loads) / len(trace),
+        "evictions": statistics.median(s["evictions"] for s in stats),
+        "high_water_bytes": max(s["high_water_bytes"] for s in stats),
+        "over_budget_events": max(s["over_budget_events"] for s in stats),
+        # What the misses' loads took (the entries' load_s), and whole jobs that missed
+        # (load, measuring, the evictions and their gc.collect()).
+        "reload_s": statistics.median(sum(r["costs"]) for r in runs),
+        "miss_jobs_s": statistics.median(sum(missed(r)) for r in runs),
+        "release_memory_calls": statistics.median(len(r["releases"]) for r in runs),
+        "release_memory_s": statistics.median(sum(r["releases"]) for r in runs),
+        "replay_wall_s": statistics.median(sum(r["times"]) for r in runs),
+        "hit_ms": spread_ms(hit_times) | {"samples_ms": None},
+        "loads_per_model_first_replay": [
+            sum(1 for x, h in zip(trace, runs[0]["hits"], strict=True) if x == m and not h)
+            for m in range(max(trace) + 1)
+        ],
+    }
+
+
+def variant_study(
+    n_models: int,
+    sizes: list[int],
+    hints: list[int],
+    cost: Callable[[int, int], float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Loads / Belady's, simulated over --variant-seeds traces at each budget: LRU, and the
+    cost policy with an evicted model's use count halved (the policy), kept or forgotten."""
+    variants = {"lru": ("lru", 1.0), "halved": ("cost", 0.5)}
+    variants |= {"kept": ("cost", 1.0), "forgotten": ("cost", 0.0)}
+    ratios: dict[str, list[float]] = {v: [] for v in variants}
+    for seed in range(args.variant_seeds):
+        trace, _ = zipf_trace(n_models, args.jobs, args.zipf_s, seed)
+        for capacity in args.capacities:
+            budget = trace_budget(capacity, sizes)
+            belady = simulate(trace, sizes, hints, budget, "belady")["loads"]
+            for name, (policy, kept) in variants.items():
+                loads = simulate(trace, sizes, hints, budget, policy, cost, kept)["loads"]
+                ratios[name].append(loads / belady)
+    return {
+        "seeds": args.variant_seeds,
+        "capacities": args.capacities,
+        "over_belady": {
+            name: {
+                "geomean": statistics.geometric_mean(r),
+                "max": max(r),
+                "worse_than_lru": sum(x > lru for x, lru in zip(r, ratios["lru"], strict=True)),
+            }
+            for name, r in ratios.items()
+        },
+    }
 
 
 def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
@@ -516,59 +689,86 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
         sizes.append(measure_bytes(obj))
         del obj
         release_memory()
-    budget = max(int(args.capacity * statistics.fmean(sizes)), max(sizes))
+    # What the runner passes as size_hint: the size on disk (a little more than the weights).
+    hints = [t.info.size_bytes if args.size_hint else 0 for t in targets]
     trace, ranks = zipf_trace(len(targets), args.jobs, args.zipf_s, args.seed)
-
-    runs = []
-    for rep in range(args.trace_repeats):
-        log(f"  trace replay {rep + 1}/{args.trace_repeats}")
-        runs.append(replay(targets, trace, budget))
-    loads = {r["stats"]["loads"] for r in runs}
-    assert len(loads) == 1, f"LRU is deterministic, yet loads differ between replays: {loads}"
-    real = runs[0]["stats"]
-    hits = runs[0]["hits"]
-    assert real["hits"] == sum(hits) and real["misses"] == real["loads"] == len(trace) - sum(hits)
-
-    lru = simulate(trace, sizes, budget, "lru")
-    belady = simulate(trace, sizes, budget, "belady")
     compulsory = len(set(trace))
 
-    # Per-model miss times (median over every miss of every replay), for the Belady estimate.
-    miss_times: dict[int, list[float]] = {}
-    for r in runs:
-        for m, dt, hit in zip(trace, r["times"], r["hits"], strict=True):
-            if not hit:
-                miss_times.setdefault(m, []).append(dt)
-    miss_median = {m: statistics.median(v) for m, v in miss_times.items()}
+    budgets: list[dict[str, Any]] = []
+    load_times: dict[int, list[float]] = {}  # model -> every load_s the real caches measured
+    for capacity in args.capacities:
+        budget = trace_budget(capacity, sizes)
+        row: dict[str, Any] = {"capacity": capacity, "budget_bytes": budget, "real": {}}
+        row["sim_matches_real"] = {}
+        for policy in POLICIES:
+            runs = []
+            for rep in range(args.trace_repeats):
+                log(f"  ~{capacity:g} models, {policy}: replay {rep + 1}/{args.trace_repeats}")
+                runs.append(replay(targets, trace, budget, policy, args.size_hint))
+            matches = []
+            for r in runs:
+                misses = [m for m, h in zip(trace, r["hits"], strict=True) if not h]
+                for m, c, size in zip(misses, r["costs"], r["sizes"], strict=True):
+                    assert size == sizes[m], "the cache measured what the simulation assumes"
+                    load_times.setdefault(m, []).append(c)
+                # The offline simulation, fed this replay's own measured reload costs, must
+                # make exactly the real cache's loads and evictions.
+                cost = measured_costs(r["costs"])
+                sim = simulate(trace, sizes, hints, budget, policy, cost)
+                real = (r["stats"]["loads"], r["stats"]["evictions"])
+                matches.append((sim["loads"], sim["evictions"]) == real)
+            row["sim_matches_real"][policy] = all(matches)
+            row["real"][policy] = summarise_real(runs, trace)
+        row["belady"] = simulate(trace, sizes, hints, budget, "belady")
+        budgets.append(row)
 
-    def load_seconds(sim: dict[str, Any]) -> float:
-        """Seconds a policy's loads would take at this run's measured per-model miss times."""
-        return sum(n * miss_median[m] for m, n in sim["loads_per_model"].items())
+    # Per-model median load time over every real load: the estimates and "what if" use it.
+    load_median = {m: statistics.median(v) for m, v in load_times.items()}
 
-    totals = [sum(dt for dt, h in zip(r["times"], r["hits"], strict=True) if not h) for r in runs]
-    hit_times = [dt for r in runs for dt, h in zip(r["times"], r["hits"], strict=True) if h]
-    walls = [sum(r["times"]) for r in runs]
-    releases = [sum(r["releases"]) for r in runs]
+    def median_cost(m: int, n: int) -> float:
+        return load_median[m]
+
+    def est_reload_s(loads_per_model: dict[int, int]) -> float:
+        """Seconds a policy's loads would take at this run's per-model median load time."""
+        return sum(n * load_median[m] for m, n in loads_per_model.items())
+
+    for row in budgets:
+        budget = row["budget_bytes"]
+        belady = row["belady"]
+        belady["est_reload_s"] = est_reload_s(belady["loads_per_model"])
+        for policy, real in row["real"].items():
+            sim = simulate(trace, sizes, hints, budget, policy, median_cost)
+            real["est_reload_s"] = est_reload_s(sim["loads_per_model"])
+            real["over_belady"] = real["loads"] / belady["loads"]
+            real["over_compulsory"] = real["loads"] / compulsory
+        row["compulsory"] = {
+            "loads": compulsory,
+            "hit_rate": (len(trace) - compulsory) / len(trace),
+            "est_reload_s": sum(load_median[m] for m in set(trace)),
+            "over_belady": compulsory / belady["loads"],
+        }
 
     what_if = []
     for cap in range(1, len(targets) + 1):
-        b = max(int(cap * statistics.fmean(sizes)), max(sizes))
+        b = trace_budget(cap, sizes)
         what_if.append(
             {
                 "capacity_models": cap,
                 "budget_bytes": b,
-                "lru_loads": simulate(trace, sizes, b, "lru")["loads"],
-                "belady_loads": simulate(trace, sizes, b, "belady")["loads"],
+                **{
+                    f"{p}_loads": simulate(trace, sizes, hints, b, p, median_cost)["loads"]
+                    for p in ("lru", "cost", "belady")
+                },
             }
         )
 
     counts = [trace.count(m) for m in range(len(targets))]
     return {
         "jobs": len(trace),
+        "size_hint": args.size_hint,
         "zipf_s": args.zipf_s,
         "seed": args.seed,
-        "capacity": args.capacity,
-        "budget_bytes": budget,
+        "capacities": args.capacities,
         "total_bytes": sum(sizes),
         "models": [
             {
@@ -577,37 +777,20 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
                 "disk_bytes": t.info.size_bytes,
                 "zipf_rank": ranks[m],
                 "jobs": counts[m],
-                "lru_loads": sum(1 for x, h in zip(trace, hits, strict=True) if x == m and not h),
                 "first_load_ms": first_load_s[m] * 1000,
-                "miss_median_ms": miss_median[m] * 1000 if m in miss_median else None,
+                "load_median_ms": load_median[m] * 1000 if m in load_median else None,
+                "loads": {
+                    f"{row['capacity']:g}": {
+                        p: row["real"][p]["loads_per_model_first_replay"][m] for p in POLICIES
+                    }
+                    for row in budgets
+                },
             }
             for m, t in enumerate(targets)
         ],
-        "real_lru": {
-            "loads": real["loads"],
-            "hits": real["hits"],
-            "hit_rate": real["hits"] / len(trace),
-            "evictions": real["evictions"],
-            "high_water_bytes": real["high_water_bytes"],
-            "over_budget_events": real["over_budget_events"],
-            "load_time_s": spread_ms(totals) | {"median_s": statistics.median(totals)},
-            "replay_wall_s": statistics.median(walls),
-            "release_memory_calls": len(runs[0]["releases"]),
-            "release_memory_s": statistics.median(releases),
-            "hit_ms": spread_ms(hit_times) | {"samples_ms": None},
-        },
-        "sim_lru": lru,
-        "sim_lru_matches_real": lru["loads"] == real["loads"]
-        and lru["evictions"] == real["evictions"],
-        "belady": belady | {"est_load_time_s": load_seconds(belady)},
-        "compulsory": {
-            "loads": compulsory,
-            "hit_rate": (len(trace) - compulsory) / len(trace),
-            "est_load_time_s": sum(miss_median[m] for m in set(trace)),
-        },
-        "lru_over_belady": real["loads"] / belady["loads"],
-        "lru_over_compulsory": real["loads"] / compulsory,
+        "budgets": budgets,
         "what_if": what_if,
+        "variants": variant_study(len(targets), sizes, hints, median_cost, args),
         "trace": trace,
     }
 
@@ -692,50 +875,99 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     ]
 
     t = run["trace"]
-    real, bel, comp = t["real_lru"], t["belady"], t["compulsory"]
+    caps = [f"{row['capacity']:g}" for row in t["budgets"]]
     lines += [
-        f"(2) trace: {t['jobs']} jobs over {len(t['models'])} checkpoints, Zipf s={t['zipf_s']:g} "
-        f"(seed {t['seed']}); budget {t['budget_bytes'] / MIB:.1f} MiB = ~{t['capacity']:g} "
-        f"models of {t['total_bytes'] / MIB:.1f} MiB in all; {args.trace_repeats} replays",
+        f"(2) trace: {t['jobs']} jobs over {len(t['models'])} checkpoints "
+        f"({t['total_bytes'] / MIB:.1f} MiB in all), Zipf s={t['zipf_s']:g} (seed {t['seed']}); "
+        f"{args.trace_repeats} replays per policy and budget through a real ModelCache, "
+        + (
+            "size_hint = the size on disk (as the runner passes it)"
+            if args.size_hint
+            else "no size_hint (a model is loaded, then others evicted)"
+        ),
         "",
-        f"{'model':24}{'MiB':>8}{'rank':>6}{'jobs':>6}{'LRU loads':>11}{'miss ms':>10}",
+        f"{'model':24}{'MiB':>8}{'rank':>6}{'jobs':>6}{'load ms':>9}"
+        + "".join(f"{'~' + c + ' LRU/cost':>15}" for c in caps),
     ]
     for m in sorted(t["models"], key=lambda m: m["zipf_rank"]):
-        miss = f"{m['miss_median_ms']:10.1f}" if m["miss_median_ms"] is not None else f"{'-':>10}"
+        load_ms = m["load_median_ms"]
         lines.append(
             f"{m['model']:24}{m['cache_bytes'] / MIB:8.2f}{m['zipf_rank']:6d}{m['jobs']:6d}"
-            f"{m['lru_loads']:11d}{miss}"
+            + (f"{load_ms:9.1f}" if load_ms is not None else f"{'-':>9}")
+            + "".join(f"{m['loads'][c]['lru']:>10d} /{m['loads'][c]['cost']:>3d}" for c in caps)
         )
     lines += [
-        "    miss ms: median time of a job that missed (load + measure + evictions + gc)",
-        "",
-        f"{'policy':34}{'loads':>7}{'hits':>7}{'hit rate':>10}{'load s':>9}",
-        f"{'LRU (the real ModelCache)':34}{real['loads']:7d}{real['hits']:7d}"
-        f"{real['hit_rate']:10.1%}{real['load_time_s']['median_s']:9.2f}",
-        f"{'Belady offline (heuristic bound)':34}{bel['loads']:7d}{bel['hits']:7d}"
-        f"{bel['hit_rate']:10.1%}{bel['est_load_time_s']:9.2f}*",
-        f"{'compulsory (true lower bound)':34}{comp['loads']:7d}{t['jobs'] - comp['loads']:7d}"
-        f"{comp['hit_rate']:10.1%}{comp['est_load_time_s']:9.2f}*",
-        f"LRU/Belady loads {t['lru_over_belady']:.2f}x, LRU/compulsory "
-        f"{t['lru_over_compulsory']:.2f}x; offline LRU simulation gives the real cache's "
-        f"loads and evictions: {'yes' if t['sim_lru_matches_real'] else 'NO'}",
-        f"real cache: {real['evictions']} evictions, {real['over_budget_events']} over-budget "
-        f"events, hit median {real['hit_ms']['median_ms'] * 1000:.1f} us, replay wall "
-        f"{real['replay_wall_s']:.1f} s",
-        f"high-water {real['high_water_bytes'] / MIB:.1f} MiB for a {t['budget_bytes'] / MIB:.1f} "
-        "MiB budget: without a size_hint (the runner passes none)",
-        "    a model is measured once loaded and evictions follow: the peak is budget + one model",
-        f"release_memory() after evictions: {real['release_memory_calls']} calls, "
-        f"{real['release_memory_s']:.2f} s of the {real['load_time_s']['median_s']:.2f} s "
-        "load time (median replay)",
-        "    load s: real = median over replays of the jobs that missed; * = this run's",
-        "    per-model median miss time x that policy's loads per model",
-        "",
-        "what if (simulated on the same trace and sizes): loads by budget in models",
-        "    " + "".join(f"{w['capacity_models']:>6d}" for w in t["what_if"]) + "  models",
-        "LRU " + "".join(f"{w['lru_loads']:>6d}" for w in t["what_if"]),
-        "Bel " + "".join(f"{w['belady_loads']:>6d}" for w in t["what_if"]),
+        "    load ms: median load_s the real caches measured for that model (load + measure);",
+        "    loads per model: the first replay at each budget (~N = about N models)",
     ]
+    names = {
+        "lru": "LRU (real ModelCache)",
+        "cost": "cost (real ModelCache)",
+    }
+    for row in t["budgets"]:
+        bel, comp = row["belady"], row["compulsory"]
+        lines += [
+            "",
+            f"budget ~{row['capacity']:g} models = {row['budget_bytes'] / MIB:.1f} MiB",
+            f"{'policy':34}{'loads':>7}{'hits':>6}{'hit rate':>9}{'/Belady':>9}"
+            f"{'reload s':>10}{'est s':>8}{'miss jobs s':>13}",
+        ]
+        for policy, real in row["real"].items():
+            per_replay = real["loads_per_replay"]
+            spread = f" ({min(per_replay)}-{max(per_replay)})" if len(set(per_replay)) > 1 else ""
+            lines.append(
+                f"{names[policy] + spread:34}{real['loads']:7g}{real['hits']:6g}"
+                f"{real['hit_rate']:9.1%}{real['over_belady']:9.2f}{real['reload_s']:10.2f}"
+                f"{real['est_reload_s']:8.2f}{real['miss_jobs_s']:13.2f}"
+            )
+        lines += [
+            f"{'Belady offline (heuristic bound)':34}{bel['loads']:7d}{bel['hits']:6d}"
+            f"{bel['hit_rate']:9.1%}{1:9.2f}{'-':>10}{bel['est_reload_s']:8.2f}{'-':>13}",
+            f"{'compulsory (true lower bound)':34}{comp['loads']:7d}{t['jobs'] - comp['loads']:6d}"
+            f"{comp['hit_rate']:9.1%}{comp['over_belady']:9.2f}{'-':>10}"
+            f"{comp['est_reload_s']:8.2f}{'-':>13}",
+            "offline simulation = the real cache's loads and evictions, every replay: "
+            + ", ".join(
+                f"{p} {'yes' if ok else 'NO'}" for p, ok in row["sim_matches_real"].items()
+            ),
+        ]
+    first = t["budgets"][0]["real"]["lru"]
+    lines += [
+        "    reload s: the misses' load_s as the real cache measured them (median replay);",
+        "    est s: each policy's loads x this run's per-model median load_s (like for like);",
+        "    miss jobs s: whole jobs that missed (load + the evictions' gc.collect())",
+        f"    high-water {first['high_water_bytes'] / MIB:.1f} MiB at the first budget "
+        f"({t['budgets'][0]['budget_bytes'] / MIB:.1f} MiB), LRU: "
+        + (
+            "the size hint makes room before a load"
+            if args.size_hint
+            else "without a size hint, budget + one model"
+        ),
+        "",
+        "what if (simulated on the same trace and sizes, cost at the median load_s): loads by",
+        "budget in models",
+        "       " + "".join(f"{w['capacity_models']:>6d}" for w in t["what_if"]) + "  models",
+        "LRU    " + "".join(f"{w['lru_loads']:>6d}" for w in t["what_if"]),
+        "cost   " + "".join(f"{w['cost_loads']:>6d}" for w in t["what_if"]),
+        "Belady " + "".join(f"{w['belady_loads']:>6d}" for w in t["what_if"]),
+    ]
+    v = t["variants"]
+    lines += [
+        "",
+        f"policy variants, simulated over {v['seeds']} trace seeds x budgets "
+        f"{', '.join(f'{c:g}' for c in v['capacities'])} (loads / Belady's):",
+        f"{'variant':46}{'geomean':>9}{'max':>7}{'worse than LRU':>16}",
+    ]
+    labels = {
+        "lru": "LRU",
+        "halved": "cost, evicted use counts halved (the policy)",
+        "kept": "cost, use counts kept whole",
+        "forgotten": "cost, use counts forgotten (plain GDSF)",
+    }
+    for name, r in v["over_belady"].items():
+        lines.append(
+            f"{labels[name]:46}{r['geomean']:9.3f}{r['max']:7.2f}{r['worse_than_lru']:16d}"
+        )
     print("\n".join(lines), flush=True)
     return {
         "machine": {**machine, "loadavg_1min_before": load[0], "loadavg_1min_after": load[1]},
@@ -754,10 +986,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser("python -m bench.bench_cache", __doc__)
     p.add_argument("--jobs", type=int, default=200, help="jobs in the trace (default 200)")
     p.add_argument("--models", type=int, default=8, help="checkpoints in the trace (default 8)")
-    p.add_argument("--capacity", type=float, default=3, help="budget in mean model sizes (3)")
+    p.add_argument(
+        "--capacities",
+        type=capacities,
+        default=[3.0, 4.0, 5.0],
+        help="trace budgets in mean model sizes, comma-separated (default 3,4,5)",
+    )
     p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (default 1.1)")
     p.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
-    p.add_argument("--trace-repeats", type=int, default=2, help="trace replays (default 2)")
+    p.add_argument("--trace-repeats", type=int, default=2, help="replays per policy and budget (2)")
+    p.add_argument(
+        "--variant-seeds",
+        type=int,
+        default=20,
+        help="trace seeds the simulated policy variants are compared on (default 20)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="switch-latency rounds (default 5)")
     p.add_argument("--lookups", type=int, default=200, help="timed hits per round (200)")
     p.add_argument(
@@ -766,15 +1009,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also build and time a full-size SD1.5 (real configs, ~4 GB float32, ~1 min)",
     )
     p.add_argument("--big-repeats", type=int, default=3, help="rounds for --big (default 3)")
+    p.add_argument(
+        "--size-hint",
+        action="store_true",
+        help="trace: pass the size on disk as size_hint, as the runner does",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp model store")
     args = p.parse_args(argv)
     for name in ("jobs", "models", "repeats", "trace_repeats", "lookups", "big_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.capacity <= 0:
-        p.error("--capacity must be > 0")
+    if args.variant_seeds < 0:
+        p.error("--variant-seeds must be >= 0")
     return args
+
+
+def capacities(text: str) -> list[float]:
+    """--capacities: positive numbers, comma-separated."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"each capacity must be > 0, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

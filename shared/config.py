@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Model cache budgets per worker process, in MiB (RAM always; VRAM on CUDA workers).
     cache_ram_mb: int = 8192
     cache_vram_mb: int = 0  # 0: the GPU's total memory less a working reserve
+    # What a full cache evicts: "cost" weighs use count, reload time and size
+    # (GreedyDual-Size-Frequency, worker/eviction.py); "lru" the least recently used.
+    cache_policy: Literal["cost", "lru"] = "cost"
     # GPU workers: run a checkpoint with diffusers' model CPU offload (its components take
     # turns on the GPU) when it is larger than the VRAM budget ("auto"), always, or never.
     cpu_offload: Literal["auto", "always", "never"] = "auto"

@@ -17,12 +17,16 @@ from typing import Any
 import pytest
 import torch
 
+from shared.config import Settings
 from worker.cache import CacheKey, EntryLocked, ModelCache
+from worker.device import make_cache
+from worker.eviction import CostAware, LeastRecentlyUsed
 from worker.memory import measure_bytes, tensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 LIN = (256 * 256 + 256) * 4  # bytes of a float32 Linear(256, 256): weight + bias
+POLICIES = ["lru", "cost"]
 
 
 def key(name: str, variant: str = "") -> CacheKey:
@@ -31,6 +35,11 @@ def key(name: str, variant: str = "") -> CacheKey:
 
 def linear() -> torch.nn.Linear:
     return torch.nn.Linear(256, 256)
+
+
+def linears(n: int) -> Callable[[], torch.nn.Module]:
+    """A loader of a model of exactly n * LIN bytes."""
+    return lambda: torch.nn.Sequential(*[linear() for _ in range(n)])
 
 
 def module_bytes(*modules: torch.nn.Module) -> int:
@@ -108,7 +117,7 @@ def test_hits_misses_and_loads_are_counted():
 
 
 def test_least_recently_used_is_evicted_first():
-    cache = ModelCache(3 * LIN)
+    cache = ModelCache(3 * LIN, policy="lru")
     for name in "abc":
         cache.get(key(name), linear)
     cache.get(key("a"), linear)  # a is now the most recent
@@ -118,7 +127,7 @@ def test_least_recently_used_is_evicted_first():
 
 
 def test_budget_holds_and_trims_after_a_load_without_size_hint():
-    cache = ModelCache(2 * LIN)
+    cache = ModelCache(2 * LIN, policy="lru")
     for name in "abcde":
         cache.get(key(name), linear)
         assert cache.bytes_in_use <= 2 * LIN
@@ -127,8 +136,9 @@ def test_budget_holds_and_trims_after_a_load_without_size_hint():
     assert stats["high_water_bytes"] == 3 * LIN, "loaded first, then trimmed"
 
 
-def test_size_hint_makes_room_before_loading():
-    cache = ModelCache(LIN)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_size_hint_makes_room_before_loading(policy):
+    cache = ModelCache(LIN, policy=policy)
     cache.get(key("a"), linear)
     seen_during_load: list[int] = []
 
@@ -183,8 +193,9 @@ def test_from_pipe_variant_adds_nothing(sd15):
 # -- locks -----------------------------------------------------------------------------------
 
 
-def test_locked_entry_is_never_evicted_even_over_budget():
-    cache = ModelCache(LIN)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_locked_entry_is_never_evicted_even_over_budget(policy):
+    cache = ModelCache(LIN, policy=policy)
     with cache.use(key("a"), linear) as a:
         cache.get(key("b"), linear)  # nothing unlocked to evict but b itself
         cache.get(key("c"), linear)  # b goes, a stays
@@ -200,8 +211,9 @@ def test_locked_entry_is_never_evicted_even_over_budget():
     assert cache.unload(key("a"))
 
 
-def test_lock_is_reentrant_and_released_on_exception():
-    cache = ModelCache(LIN)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_lock_is_reentrant_and_released_on_exception(policy):
+    cache = ModelCache(LIN, policy=policy)
     with pytest.raises(ValueError), cache.use(key("a"), linear):
         with cache.use(key("a"), linear):
             assert cache.stats()["entries"][0]["locks"] == 2
@@ -212,11 +224,145 @@ def test_lock_is_reentrant_and_released_on_exception():
     assert cache.keys() == [key("b")], "a is evictable again"
 
 
-def test_releasing_a_lock_shrinks_an_over_budget_cache():
-    cache = ModelCache(LIN)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_releasing_a_lock_shrinks_an_over_budget_cache(policy):
+    cache = ModelCache(LIN, policy=policy)
     with cache.use(key("a"), linear), cache.use(key("b"), linear):
         assert cache.bytes_in_use == 2 * LIN
     assert cache.bytes_in_use == LIN and len(cache) == 1
+
+
+# -- eviction policies -----------------------------------------------------------------------
+# Reload costs are given (`cost_s`) rather than measured, so every outcome is deterministic.
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_frequently_used_model_outlasts_a_recent_one_off_only_under_cost(policy):
+    cache = ModelCache(2 * LIN, policy=policy)
+    for _ in range(5):
+        cache.get(key("popular"), linear, cost_s=1.0)
+    cache.get(key("one-off"), linear, cost_s=1.0)
+    cache.get(key("next"), linear, cost_s=1.0)  # one of the two must go
+    kept = {"lru": key("one-off"), "cost": key("popular")}[policy]
+    assert set(cache.keys()) == {kept, key("next")}
+    assert cache.stats()["evictions"] == 1
+
+
+def test_cost_evicts_a_big_model_quick_to_reload_before_a_small_slow_one():
+    cache = ModelCache(6 * LIN, policy="cost")
+    cache.get(key("small-slow"), linear, cost_s=2.0)  # the least recently used
+    cache.get(key("big-quick"), linears(4), cost_s=0.5)
+    cache.get(key("new"), linears(2), cost_s=1.0)  # 7 LIN: one of them must go
+    assert set(cache.keys()) == {key("small-slow"), key("new")}, "0.5 s / 4 LIN < 2 s / LIN"
+
+    lru = ModelCache(6 * LIN, policy="lru")
+    for name, load in (("small-slow", linear), ("big-quick", linears(4)), ("new", linears(2))):
+        lru.get(key(name), load)
+    assert set(lru.keys()) == {key("big-quick"), key("new")}, "LRU drops the oldest"
+
+
+def test_cost_evicts_a_small_cheap_model_before_a_big_expensive_one():
+    cache = ModelCache(6 * LIN, policy="cost")
+    cache.get(key("big-slow"), linears(4), cost_s=40.0)  # 10 s per LIN to load again
+    cache.get(key("small-quick"), linear, cost_s=0.5)
+    cache.get(key("new"), linears(2), cost_s=1.0)
+    assert set(cache.keys()) == {key("big-slow"), key("new")}
+
+
+def test_cost_never_evicts_a_locked_entry_even_the_cheapest():
+    cache = ModelCache(2 * LIN, policy="cost")
+    with cache.use(key("cheap"), linear, cost_s=0.001):
+        cache.get(key("dear"), linear, cost_s=100.0)
+        cache.get(key("new"), linear, cost_s=1.0)
+        assert set(cache.keys()) == {key("cheap"), key("new")}, "dear went: cheap is held"
+        cache.get(key("more"), linear, cost_s=1.0)  # only new can go
+        assert set(cache.keys()) == {key("cheap"), key("more")}
+        with cache.use(key("more"), linear):
+            cache.get(key("over"), linear, cost_s=1.0)  # nothing unlocked but itself
+            assert cache.stats()["over_budget_events"] == 1 and len(cache) == 3
+    assert cache.bytes_in_use <= cache.budget_bytes and key("cheap") in cache
+
+
+def test_cost_ages_out_a_model_popular_long_ago():
+    """The clock rises to each evicted priority: one-offs catch up with an old count."""
+    cache = ModelCache(2 * LIN, policy="cost")
+    for _ in range(3):
+        cache.get(key("old"), linear, cost_s=1.0)
+    for i in range(1, 4):
+        cache.get(key(f"one-off-{i}"), linear, cost_s=1.0)
+    assert key("old") in cache, "3 uses outweigh one-offs for a while (LRU dropped it at 2)"
+    for i in range(4, 6):
+        cache.get(key(f"one-off-{i}"), linear, cost_s=1.0)
+    assert key("old") not in cache
+
+
+def test_use_counts_survive_an_eviction_halved():
+    policy = CostAware()
+    cache = ModelCache(2 * LIN, policy=policy)
+    for _ in range(6):
+        cache.get(key("popular"), linear, cost_s=1.0)
+    with cache.use(key("b"), linear, cost_s=1.0), cache.use(key("c"), linear, cost_s=1.5):
+        pass  # popular, the only entry not held, made room for c
+    assert key("popular") not in cache and policy.uses(key("popular")) == 3
+    cache.get(key("popular"), linear, cost_s=1.0)  # back with 3 + 1 uses: b goes, not it
+    assert set(cache.keys()) == {key("c"), key("popular")}
+    cache.get(key("d"), linear, cost_s=1.0)
+    assert set(cache.keys()) == {key("popular"), key("d")}, "and outlasts c as well"
+    assert policy.uses(key("popular")) == 4 and policy.uses(key("b")) == 0.5
+
+
+def test_cost_policy_remembers_a_bounded_number_of_models():
+    policy = CostAware(history=2)
+    for name in "abc":
+        policy.loaded(name, LIN, 1.0)
+        policy.hit(name)
+        policy.removed(name, evicted=False)  # unloaded on request: counts kept whole
+    assert [policy.uses(n) for n in "abc"] == [0, 2, 2], "a was forgotten"
+    assert policy.priority("b") is None and policy.clock == 0, "no eviction, no clock"
+
+
+def test_the_policy_is_the_workers_setting(monkeypatch):
+    assert isinstance(make_cache(Settings(), "cpu").policy, CostAware)
+    monkeypatch.setenv("RENDERFARM_CACHE_POLICY", "lru")
+    cache = make_cache(Settings(), "cpu")
+    assert isinstance(cache.policy, LeastRecentlyUsed) and cache.stats()["policy"] == "lru"
+    monkeypatch.setenv("RENDERFARM_CACHE_POLICY", "fifo")
+    with pytest.raises(ValueError, match="cache_policy"):
+        Settings()
+    with pytest.raises(ValueError, match="cache_policy must be 'cost' or 'lru'"):
+        ModelCache(LIN, policy="fifo")  # type: ignore[arg-type]
+
+
+def test_cost_defaults_to_the_measured_load_time():
+    cache = ModelCache(10 * LIN, policy="cost")
+
+    def slow() -> torch.nn.Linear:
+        time.sleep(0.05)
+        return linear()
+
+    cache.get(key("slow"), slow)
+    cache.get(key("told"), linear, cost_s=7.5)
+    by_path = {Path(e["path"]).name: e for e in cache.stats()["entries"]}
+    assert by_path["slow"]["cost_s"] == by_path["slow"]["load_s"] >= 0.05
+    assert by_path["told"]["cost_s"] == 7.5
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_benchs_offline_simulation_makes_the_real_caches_choices(policy):
+    """bench.bench_cache checks its policy comparison against the real cache with this."""
+    from bench.bench_cache import simulate, zipf_trace
+
+    sizes = [n * LIN for n in (1, 3, 1, 2, 4)]
+    costs = [0.2, 0.3, 0.9, 0.1, 0.5]
+    trace, _ = zipf_trace(len(sizes), 40, 1.1, seed=3)
+    cache = ModelCache(6 * LIN, policy=policy)
+    for m in trace:
+        with cache.use(key(f"m{m}"), linears(sizes[m] // LIN), size_hint=sizes[m], cost_s=costs[m]):
+            pass
+    sim = simulate(trace, sizes, sizes, 6 * LIN, policy, lambda m, n: costs[m])
+    stats = cache.stats()
+    assert (sim["loads"], sim["evictions"]) == (stats["loads"], stats["evictions"])
+    assert stats["evictions"] > 10, "the trace makes the policy choose, often"
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -336,15 +482,16 @@ def test_unload_and_evict_work_the_same_for_every_family(family, sd15, esrgan):
     assert all(w() is None for w in weights), "unloaded weights are freed"
     assert cache.bytes_in_use == 0 and not cache.unload(key(family))
 
-    cache = ModelCache(size)  # room for this model alone
+    cache = ModelCache(size, policy="cost")  # room for this model alone
     weights, _ = watch(family, cache.get(key(family), loader))
     cache.get(key("next"), lambda: torch.nn.Linear(4, 4))
     assert key(family) not in cache and cache.stats()["evictions"] == 1
     assert all(w() is None for w in weights), "evicted weights are freed"
 
 
-def test_on_evict_is_told_on_eviction_and_unload():
-    cache = ModelCache(LIN)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_on_evict_is_told_on_eviction_and_unload(policy):
+    cache = ModelCache(LIN, policy=policy)
     told: list[Any] = []
     a = cache.get(key("a"), linear, on_evict=told.append)
     cache.get(key("b"), linear, on_evict=lambda obj: 1 / 0)  # a failing callback is logged
@@ -364,6 +511,7 @@ def test_stats_are_json_and_track_the_high_water_mark():
     stats = json.loads(json.dumps(cache.stats()))
     assert stats == cache.stats()
     assert stats["name"] == "vram" and stats["budget_bytes"] == 2 * LIN
+    assert stats["policy"] == "lru"
     assert stats["high_water_bytes"] == 3 * LIN >= stats["bytes_in_use"] == LIN
     (entry,) = stats["entries"]
     assert entry["path"] == "/models/a" and entry["dtype"] == "torch.float32"
@@ -372,7 +520,9 @@ def test_stats_are_json_and_track_the_high_water_mark():
         "last_used",
         "locks",
         "load_s",
+        "cost_s",
     }
+    assert entry["cost_s"] == entry["load_s"] >= 0, "no cost given: the measured load time"
     assert abs(entry["last_used"] - time.time()) < 60
 
 

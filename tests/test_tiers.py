@@ -8,6 +8,7 @@ present and skip otherwise.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -65,13 +66,18 @@ def disk(models_dir) -> DiskLoads:
     return DiskLoads(models_dir)
 
 
-def tiers(vram_bytes: int, ram_bytes: int = 2**40, device: str = "cpu", **kw) -> TieredCache:
-    return TieredCache(ModelCache(vram_bytes, name=device), ModelCache(ram_bytes), device, **kw)
+def tiers(
+    vram_bytes: int, ram_bytes: int = 2**40, device: str = "cpu", policy: str = "cost", **kw
+) -> TieredCache:
+    """Both tiers with the worker's default eviction policy unless told otherwise."""
+    fast = ModelCache(vram_bytes, name=device, policy=policy)
+    return TieredCache(fast, ModelCache(ram_bytes, policy=policy), device, **kw)
 
 
-def test_a_model_leaving_vram_waits_in_ram_and_comes_back_without_the_disk(disk):
+@pytest.mark.parametrize("policy", ["cost", "lru"])
+def test_a_model_leaving_vram_waits_in_ram_and_comes_back_without_the_disk(disk, policy):
     sizes = [measure_bytes(disk.loader(name)()) for name in ("demo-sd15", "demo-sdxl")]
-    cache = tiers(vram_bytes=max(sizes))  # room in VRAM for either, not for both
+    cache = tiers(vram_bytes=max(sizes), policy=policy)  # room for either, not for both
     with cache.use(disk.key("demo-sd15"), disk.loader("demo-sd15")) as loaded:
         first = render(loaded)
     with cache.use(disk.key("demo-sdxl"), disk.loader("demo-sdxl")):
@@ -101,6 +107,34 @@ def test_ram_has_its_own_budget_and_eviction_from_ram_is_final(disk):
     assert disk.count["demo-sd15"] == 2  # measuring + one load, then always from RAM
     assert disk.count["demo-sdxl"] == 3  # measuring + twice: nowhere to wait, read again
     assert cache.slow.bytes_in_use <= cache.slow.budget_bytes
+
+
+def test_ram_weighs_a_waiting_model_by_its_disk_load_not_the_move(disk):
+    """Dropped from RAM, a model comes from disk again: that is what RAM's policy weighs."""
+    disk_s = 0.05
+
+    def slow_disk(name: str):
+        load = disk.loader(name)
+        return lambda: (time.sleep(disk_s), load())[1]
+
+    sizes = [measure_bytes(disk.loader(name)()) for name in ("demo-sd15", "demo-sdxl")]
+    cache = tiers(vram_bytes=max(sizes))
+    for name in ("demo-sd15", "demo-sdxl"):
+        with cache.use(disk.key(name), slow_disk(name)):
+            pass
+    (vram,) = cache.fast.stats()["entries"]
+    (ram,) = cache.slow.stats()["entries"]
+    assert Path(ram["path"]).name == "demo-sd15"
+    assert ram["cost_s"] >= disk_s, "its load from disk, not the move that demoted it"
+    assert ram["load_s"] != ram["cost_s"]
+    assert vram["cost_s"] == vram["load_s"] >= disk_s, "VRAM: what its promotion took"
+
+    with cache.use(disk.key("demo-sd15"), slow_disk("demo-sd15")):
+        pass  # back from RAM, no disk read; demo-sdxl waits in RAM now
+    (ram,) = cache.slow.stats()["entries"]
+    assert Path(ram["path"]).name == "demo-sdxl" and ram["cost_s"] >= disk_s
+    assert cache.unload(disk.key("demo-sdxl")) and cache.unload(disk.key("demo-sd15"))
+    assert cache._disk_s == {}, "a disk time is kept only while its model is in a tier"
 
 
 def test_unload_and_clear_across_tiers(disk):

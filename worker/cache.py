@@ -9,8 +9,10 @@ every upscaler family go through the same load, lock, evict and unload path (see
   entries (`from_pipe` variants) counts once. Memory outside torch counts too, as its holder
   declares it (`memory.NativeMemory`: an OpenVINO compiled variant); an entry that grows
   after loading is measured again with `remeasure`.
-- Eviction: least recently used first, never an entry a job holds (`use`). If only locked
-  entries are left, the cache goes over budget and counts it in `over_budget_events`.
+- Eviction: the policy (`worker.eviction`: `lru`, or `cost`, which weighs how often an entry
+  is used, how long it takes to load again and its size) picks among entries no job holds
+  (`use`). If only locked entries are left, the cache goes over budget and counts it in
+  `over_budget_events`.
 - Loads: one at a time per key (a second caller waits and gets the same object), different
   keys in parallel; a failed load leaves nothing behind.
 - Dropped entries give their memory back (`memory.release_memory`) — provided nobody else
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from worker.eviction import EvictionPolicy, PolicyName, make_policy
 from worker.memory import StorageId, release_memory, storage_sizes
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class _Entry:
     value: Any
     storages: dict[StorageId, int]
     load_s: float
+    cost_s: float  # what loading it again would take: load_s unless the caller knows better
     last_used: float = field(default_factory=time.time)
     locks: int = 0
     on_evict: OnEvict | None = None
@@ -93,13 +97,20 @@ class _Counters:
 
 
 class ModelCache:
-    """Loaded models within `budget_bytes`, least recently used evicted first."""
+    """Loaded models within `budget_bytes`; `policy` picks what to evict: `lru` unless told,
+    while a worker's cache takes `Settings.cache_policy` (`cost`; `worker.device.make_cache`)."""
 
-    def __init__(self, budget_bytes: int, name: str = "ram") -> None:
+    def __init__(
+        self,
+        budget_bytes: int,
+        name: str = "ram",
+        policy: PolicyName | EvictionPolicy = "lru",
+    ) -> None:
         if budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
         self.budget_bytes = budget_bytes
         self.name = name
+        self.policy = make_policy(policy)
         self._lock = threading.Lock()  # guards everything below; never held during a load
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()  # least recent first
         self._key_locks: dict[CacheKey, _KeyLock] = {}
@@ -117,9 +128,10 @@ class ModelCache:
         *,
         size_hint: int | None = None,
         on_evict: OnEvict | None = None,
+        cost_s: float | None = None,
     ) -> T:
         """The cached object, loading it on a miss. Not locked: it may be evicted later."""
-        return self._acquire(key, loader, size_hint, on_evict, lock=False)
+        return self._acquire(key, loader, size_hint, on_evict, cost_s, lock=False)
 
     @contextmanager
     def use(
@@ -129,13 +141,16 @@ class ModelCache:
         *,
         size_hint: int | None = None,
         on_evict: OnEvict | None = None,
+        cost_s: float | None = None,
     ) -> Iterator[T]:
         """The cached object, locked (never evicted or unloaded) until the block exits.
 
         `size_hint`: expected bytes, to make room before loading rather than after.
         `on_evict(obj)`: called once when the entry leaves the cache (set by the loading call).
+        `cost_s`: seconds it would take to load again once dropped, for the `cost` policy
+        (default: how long this load took; set by the loading call).
         """
-        value = self._acquire(key, loader, size_hint, on_evict, lock=True)
+        value = self._acquire(key, loader, size_hint, on_evict, cost_s, lock=True)
         try:
             yield value
         finally:
@@ -147,6 +162,7 @@ class ModelCache:
         loader: Callable[[], T],
         size_hint: int | None,
         on_evict: OnEvict | None,
+        cost_s: float | None,
         lock: bool,
     ) -> T:
         with self._lock:
@@ -156,7 +172,7 @@ class ModelCache:
             key_lock.users += 1
         try:
             with key_lock.lock:
-                return self._load(key, loader, size_hint, on_evict, lock)
+                return self._load(key, loader, size_hint, on_evict, cost_s, lock)
         finally:
             with self._lock:
                 key_lock.users -= 1
@@ -167,6 +183,7 @@ class ModelCache:
         entry = self._entries[key]
         self._counters.hits += 1
         self._touch(key, entry)
+        self.policy.hit(key)
         entry.locks += lock
         return entry.value
 
@@ -176,6 +193,7 @@ class ModelCache:
         loader: Callable[[], T],
         size_hint: int | None,
         on_evict: OnEvict | None,
+        cost_s: float | None,
         lock: bool,
     ) -> T:
         """Under the key's lock: load unless another thread just did."""
@@ -183,7 +201,7 @@ class ModelCache:
             if key in self._entries:
                 return self._hit(key, lock)
             self._counters.misses += 1
-            evicted = self._evict_lru(size_hint or 0, protect=None)
+            evicted = self._evict(size_hint or 0, protect=None)
         # Free the evicted models before the new one takes their place.
         self._drop(evicted)
 
@@ -198,7 +216,8 @@ class ModelCache:
             traceback.clear_frames(exc.__traceback__)
             release_memory()
             raise
-        entry = _Entry(value, storages, time.perf_counter() - started)
+        load_s = time.perf_counter() - started
+        entry = _Entry(value, storages, load_s, load_s if cost_s is None else cost_s)
         entry.locks, entry.on_evict = int(lock), on_evict
 
         with self._lock:
@@ -208,7 +227,9 @@ class ModelCache:
             self._counters.high_water_bytes = max(
                 self._counters.high_water_bytes, self._bytes_in_use
             )
-            evicted = self._evict_lru(0, protect=key)
+            evicted = self._evict(0, protect=key)
+            # Told after making room, so its priority counts from the clock those evictions set.
+            self.policy.loaded(key, entry.size_bytes, entry.cost_s)
             if self._bytes_in_use > self.budget_bytes:
                 self._counters.over_budget_events += 1
                 log.warning(
@@ -234,10 +255,11 @@ class ModelCache:
             self._remove_storages(entry)
             entry.storages = storages
             self._add_storages(entry)
+            self.policy.resized(key, entry.size_bytes)
             self._counters.high_water_bytes = max(
                 self._counters.high_water_bytes, self._bytes_in_use
             )
-            evicted = self._evict_lru(0, protect=key)
+            evicted = self._evict(0, protect=key)
         self._drop(evicted)
 
     def _release(self, key: CacheKey) -> None:
@@ -246,8 +268,9 @@ class ModelCache:
             if entry is not None:
                 entry.locks -= 1
                 self._touch(key, entry)
+                self.policy.released(key)
             # A job let go: an over-budget cache can shrink now rather than at the next load.
-            evicted = self._evict_lru(0, protect=None)
+            evicted = self._evict(0, protect=None)
         self._drop(evicted)
 
     # -- dropping models ---------------------------------------------------------------------
@@ -273,17 +296,17 @@ class ModelCache:
         self._drop(dropped)
         return len(dropped)
 
-    def _evict_lru(self, incoming: int, protect: CacheKey | None) -> list[_Entry]:
-        """Under the lock: remove unlocked entries, least recent first, until `incoming`
-        more bytes fit in the budget. Returns them, to be dropped outside the lock."""
+    def _evict(self, incoming: int, protect: CacheKey | None) -> list[_Entry]:
+        """Under the lock: remove unlocked entries the policy picks until `incoming` more
+        bytes fit in the budget. Returns them, to be dropped outside the lock."""
         evicted: list[_Entry] = []
         while self._bytes_in_use + incoming > self.budget_bytes:
-            victim = next(
-                (k for k, e in self._entries.items() if not e.locks and k != protect), None
+            victim = self.policy.victim(
+                k for k, e in self._entries.items() if not e.locks and k != protect
             )
             if victim is None:
                 break
-            evicted.append(self._remove(victim))
+            evicted.append(self._remove(victim, evicted=True))
             self._counters.evictions += 1
         return evicted
 
@@ -309,9 +332,10 @@ class ModelCache:
             raise EntryLocked(f"{key.path} is in use by {entry.locks} job(s); not {doing}")
         return self._remove(key)
 
-    def _remove(self, key: CacheKey) -> _Entry:
+    def _remove(self, key: CacheKey, evicted: bool = False) -> _Entry:
         entry = self._entries.pop(key)
         self._remove_storages(entry)
+        self.policy.removed(key, evicted)
         return entry
 
     def _remove_storages(self, entry: _Entry) -> None:
@@ -358,7 +382,8 @@ class ModelCache:
                     "size_bytes": entry.size_bytes,
                     "last_used": entry.last_used,
                     "locks": entry.locks,
-                    "load_s": round(entry.load_s, 4),
+                    "load_s": entry.load_s,
+                    "cost_s": entry.cost_s,
                 }
                 for key, entry in self._entries.items()
             ]
@@ -366,6 +391,7 @@ class ModelCache:
             return {
                 "name": self.name,
                 **asdict(self._counters),
+                "policy": self.policy.name,
                 "bytes_in_use": self._bytes_in_use,
                 # Bytes counted in more than one entry's size_bytes but held once.
                 "shared_bytes": total - self._bytes_in_use,

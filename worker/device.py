@@ -64,10 +64,11 @@ def vram_budget(settings: Settings, device: str) -> int:
 
 def make_cache(settings: Settings, device: str) -> ModelCache | TieredCache:
     """One RAM cache on the CPU; on a GPU, VRAM backed by RAM as the second tier."""
-    ram = ModelCache(settings.cache_ram_mb * 2**20, name="ram")
+    policy = settings.cache_policy  # each tier gets its own policy object
+    ram = ModelCache(settings.cache_ram_mb * 2**20, name="ram", policy=policy)
     if not device.startswith("cuda"):
         return ram
-    vram = ModelCache(vram_budget(settings, device), name=device)
+    vram = ModelCache(vram_budget(settings, device), name=device, policy=policy)
     return TieredCache(vram, ram, device, settings.cpu_offload)
 
 

@@ -1,23 +1,27 @@
 """A GPU worker's two cache tiers: models run from VRAM, and wait in RAM between uses.
 
 Models always load from disk into RAM (on the CPU, in the job dtype) and move to the GPU for
-a job. When VRAM needs room, the least recently used model no job holds moves back to RAM
-instead of being dropped, and its next job moves it back without reading the disk; RAM has
-its own budget and drops its own least recently used models. A model is in exactly one tier.
+a job. When VRAM needs room, a model no job holds (the one its eviction policy picks) moves
+back to RAM instead of being dropped, and its next job moves it back without reading the
+disk; RAM has its own budget and drops the models its own policy picks. A model is in
+exactly one tier. For the `cost` policy, a VRAM entry weighs what its last move to the GPU
+took, and a model waiting in RAM weighs its last load from disk (what dropping it costs),
+not the move that brought it there.
 
 A checkpoint larger than the whole VRAM budget (or every checkpoint, with
 `RENDERFARM_CPU_OFFLOAD=always`) stays in RAM and runs with diffusers' model CPU offload:
 each component moves to the GPU while it runs, so the GPU needs room for the largest one.
 
-Both tiers are `ModelCache`s: sizes measured from the weights, LRU among unlocked entries,
-stats for the heartbeat. `TieredCache` has the methods the worker uses on a `ModelCache`
-(`use`, `get`, `unload`, `clear`, `stats`, `len`).
+Both tiers are `ModelCache`s: sizes measured from the weights, the eviction policy among
+unlocked entries, stats for the heartbeat. `TieredCache` has the methods the worker uses on a
+`ModelCache` (`use`, `get`, `unload`, `clear`, `stats`, `len`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
@@ -63,6 +67,8 @@ class TieredCache:
         self.slow = slow
         self.device = device
         self.offload = offload
+        # Host key -> seconds its last load from disk took, while the model is in a tier.
+        self._disk_s: dict[CacheKey, float] = {}
 
     def _offloads(self, size_hint: int | None) -> bool:
         if self.offload == "auto":
@@ -116,20 +122,33 @@ class TieredCache:
 
     def _promote(self, key: CacheKey, loader: Callable[[], T]) -> T:
         """A VRAM miss: the model from RAM if it waits there, else from disk; to the GPU."""
-        value = self.slow.take(self._host(key))
+        host = self._host(key)
+        value = self.slow.take(host)
         if value is None:
+            started = time.perf_counter()
             value = loader()
+            self._disk_s[host] = time.perf_counter() - started
         return move(value, key.device)
 
     def _demote(self, key: CacheKey, value: Any, on_evict: OnEvict | None) -> None:
         """Leaving VRAM: back to RAM, where `on_evict` runs when it leaves RAM too."""
-        size = measure_bytes(value)
-        if size > self.slow.budget_bytes:  # it would push out everything and still not fit
+        host = self._host(key)
+
+        def gone(value: Any) -> None:
+            self._disk_s.pop(host, None)
             if on_evict is not None:
                 on_evict(value)
+
+        size = measure_bytes(value)
+        if size > self.slow.budget_bytes:  # it would push out everything and still not fit
+            gone(value)
             return
         self.slow.get(
-            self._host(key), lambda: move(value, "cpu"), size_hint=size, on_evict=on_evict
+            host,
+            lambda: move(value, "cpu"),
+            size_hint=size,
+            on_evict=gone,
+            cost_s=self._disk_s.get(host),  # dropped from RAM, it comes from disk again
         )
 
     def _load_offloaded(self, loader: Callable[[], T]) -> T:
