@@ -58,6 +58,7 @@ from worker.openvino.variants import (
     OpenVINOOutputError,
     UnsupportedOnOpenVINO,
     device_name,
+    resolve_precision,
 )
 
 __all__ = [
@@ -81,4 +82,5 @@ __all__ = [
     "openvino_modules",
     "openvino_stats",
     "openvino_upscaler",
+    "resolve_precision",
 ]

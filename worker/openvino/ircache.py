@@ -71,11 +71,18 @@ def _cached_ir(ir_cache: Path, identity: str, convert: Any) -> Path:
 def compile_config(ir_cache: Path, device: str = "CPU", precision: str = "f32") -> dict[str, str]:
     """Compile options: OpenVINO's compile cache under `ir_cache`, and the precision.
 
-    f32 by default: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise pick bf16 and drift
-    from the torch result; "bf16" is the faster choice where that is acceptable.
+    The precision is always explicit: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise
+    pick bf16 on its own; a worker resolves `openvino_precision` once (`resolve_precision`).
     One cache folder per device and precision: OpenVINO 2026.4 hands out a blob compiled for
     f32 when bf16 is asked for (LOADED_FROM_CACHE), and that blob then computes NaN.
+    LATENCY (one stream using every core) is OpenVINO's CPU default, stated so it stays: a
+    worker runs one job at a time, and THROUGHPUT's streams split the cores between requests
+    it never has (measured in the README: no other hint or thread setting did better).
     """
     folder = ir_cache / "compiled" / f"{_slug(device)}-{precision}"
     folder.mkdir(parents=True, exist_ok=True)
-    return {"CACHE_DIR": str(folder), "INFERENCE_PRECISION_HINT": precision}
+    return {
+        "CACHE_DIR": str(folder),
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+    }

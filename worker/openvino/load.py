@@ -135,10 +135,12 @@ def openvino_upscaler(
     precision: str = "f32",
     cache: ModelCache,
 ) -> Upscaler:
-    """The upscaler with its network compiled by OpenVINO; same interface, same results.
+    """The upscaler with its network compiled by OpenVINO; same interface, same results
+    (bf16: within rounding of the f32 result, see the README).
 
     Spandrel families only. Any other (AuraSR) is returned as it is, on torch, with a log line:
-    its forward draws random noise that a converted graph could not reproduce.
+    its forward draws random noise that a converted graph could not reproduce. A family that
+    spandrel marks as unfit for bfloat16 (`supports_bfloat16`) runs in f32 whatever is asked.
     """
     from spandrel import ImageModelDescriptor
 
@@ -146,6 +148,9 @@ def openvino_upscaler(
     if not isinstance(descriptor, ImageModelDescriptor):
         log.warning("%s upscaler stays on torch: only spandrel models convert", up.family)
         return up
+    if precision == "bf16" and not descriptor.supports_bfloat16:
+        log.info("%s upscaler runs in f32: spandrel marks it unfit for bf16", up.family)
+        precision = "f32"
     ir_cache = Path(ir_cache)
     network = up.model
     if up.dtype != torch.float32:

@@ -49,6 +49,28 @@ def device_name(device: str) -> str:
         ) from None
 
 
+def resolve_precision(setting: str, device: str) -> str:
+    """The precision `device` computes in for the `openvino_precision` setting.
+
+    "auto": bf16 where OpenVINO reports BF16 among the device's OPTIMIZATION_CAPABILITIES
+    (CPUs with AMX or AVX512-BF16), f32 elsewhere. "bf16" on a device without it is refused:
+    OpenVINO would emulate it slowly or run f32 while the worker reported bf16.
+    """
+    if setting not in ("auto", "f32", "bf16"):
+        raise ValueError(f"openvino_precision must be auto, f32 or bf16, not {setting!r}")
+    if setting == "f32":
+        return "f32"
+    capabilities = [str(c) for c in _core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    if "BF16" in capabilities:
+        return "bf16"
+    if setting == "bf16":
+        raise ValueError(
+            f"RENDERFARM_OPENVINO_PRECISION=bf16, but OpenVINO's {device} has no bf16 "
+            f"(its capabilities: {', '.join(capabilities)}); use auto or f32"
+        )
+    return "f32"
+
+
 def _rss() -> int:
     return psutil.Process().memory_info().rss
 
@@ -139,7 +161,9 @@ class CompiledVariants:
                 np.ascontiguousarray(x, dtype=port.get_element_type().to_dtype())
                 for x, port in zip(inputs, ports, strict=True)
             ]
-            result = var.request.infer(feed)  # copies outputs out of the request's buffers
+            # Inputs are read in place (the call is synchronous; `feed` outlives it); outputs
+            # are copied out of the request's buffers, which the next call overwrites.
+            result = var.request.infer(feed, share_inputs=True)
             outputs = [result[port] for port in var.request.model_outputs]
             if not var.ran:  # the first run allocated the activation buffers: count them
                 var.ran = True
