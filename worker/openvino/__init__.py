@@ -22,6 +22,11 @@ kind reuses the same compiled components and never reloads or reconverts (seed b
   itself, a per-job add-on, stays a torch module).
 - Spandrel upscalers (ESRGAN, Real-ESRGAN compact, ...) convert the same way; tiles all have
   one shape, so each tile size is one compiled variant.
+- Precision: the IR holds float32 weights; each compile asks for f32 or bf16
+  (`INFERENCE_PRECISION_HINT`). A worker resolves `openvino_precision` once
+  (`resolve_precision`: "auto" is bf16 where the device reports BF16) and loads everything in
+  it, except text encoders (always f32: CLIP's causal mask overflows to NaN in bf16) and
+  upscaler families spandrel marks unfit for bf16.
 
 Stays on torch: the ControlNet add-on, a per-job VAE override, the scheduler, and AuraSR
 (its forward draws random noise, which a converted graph would draw differently).
