@@ -61,7 +61,7 @@ def compiled_precisions(part: ovb.CompiledVariants) -> set[str]:
     found = set()
     for shapes in part.shapes():
         variant = part.cache.get(part._key(shapes), lambda: None)
-        hint = variant.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        hint = variant.requests[0].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         found.add(hint.to_string())  # "bf16", "f32"
     return found
 

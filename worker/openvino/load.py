@@ -86,14 +86,15 @@ def load_openvino_pipeline(
     meta = json.loads((folder / "meta.json").read_text())
     config = compile_config(ir_cache, device, precision)
 
-    def part(stem: str, config: dict[str, str] = config) -> CompiledVariants:
-        return CompiledVariants(folder / f"{stem}.xml", device, config, cache)
+    def part(stem: str, config: dict[str, str] = config, split: bool = False) -> CompiledVariants:
+        return CompiledVariants(folder / f"{stem}.xml", device, config, cache, split_batch=split)
 
     def skeleton(name: str) -> torch.nn.Module:
         return _meta_skeleton(Path(model.path), name, *index[name])
 
     converted: dict[str, OpenVINOModule] = {
-        "unet": OpenVINOUNet(skeleton("unet"), {"unet": part("unet")}, meta["unet"]),
+        # The UNet's batch is the CFG pair (or pairs): independent halves, run side by side.
+        "unet": OpenVINOUNet(skeleton("unet"), {"unet": part("unet", split=True)}, meta["unet"]),
         "vae": OpenVINOAutoencoderKL(
             skeleton("vae"),
             {"vae_encoder": part("vae_encoder"), "vae_decoder": part("vae_decoder")},
