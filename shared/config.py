@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     openvino_cache_dir: Path = Path("var/openvino-cache")
     openvino_device: str = "CPU"
     # What OpenVINO computes in: "auto" is bf16 where the device reports BF16 among its
-    # optimization capabilities (AMX / AVX512-BF16 CPUs), else f32. Text encoders stay f32.
+    # optimization capabilities (AMX / AVX512-BF16 CPUs), else f32. A model part with
+    # constants beyond bf16's range (an old CLIP export's mask) compiles in f32 regardless.
     openvino_precision: Literal["auto", "f32", "bf16"] = "auto"
 
     # Longest a single job may run: a job still rendering after this long fails (checked at

@@ -67,7 +67,7 @@ class OpenVINOBackend:
         self.ir_cache, self.ov_device = settings.openvino_cache_dir, settings.openvino_device
         try:
             self.device_name = ovb.device_name(self.ov_device)
-            # Resolved once: every model this worker loads computes in it (text encoders f32).
+            # Resolved once: every model this worker loads computes in it (`fits_bf16` aside).
             self.precision = ovb.resolve_precision(settings.openvino_precision, self.ov_device)
         except ValueError as exc:
             raise DeviceUnavailable(str(exc)) from None

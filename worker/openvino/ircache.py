@@ -11,11 +11,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openvino as ov
 import torch
 
 from worker.memory import release_memory
 from worker.openvino.convert import CONVERTER_VERSION
+from worker.openvino.variants import _core
 
 # -- the IR cache ------------------------------------------------------------------------------
 
@@ -92,3 +94,23 @@ def compile_config(ir_cache: Path, device: str = "CPU", precision: str = "f32") 
     if device == "CPU":
         config["ENABLE_CPU_PINNING"] = "NO"
     return config
+
+
+# The largest finite bfloat16; a float32 beyond it (float32's own minimum, used as "masked")
+# becomes infinite in bf16.
+BF16_MAX = float(np.float32(3.3895314e38))
+_SMALL_CONSTANT = 1 << 16  # elements: masks and scalars; weights are larger and never this big
+
+
+def fits_bf16(xml: Path) -> bool:
+    """Whether every small float32 constant in this IR is finite in bf16 too (or infinite
+    already): bf16 keeps float32's exponent range except its very top, where masks live."""
+    for op in _core().read_model(xml).get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32:
+            continue
+        if int(np.prod(op.get_output_shape(0), dtype=np.int64)) > _SMALL_CONSTANT:
+            continue
+        values = np.abs(op.get_data())
+        if np.any(np.isfinite(values) & (values > BF16_MAX)):
+            return False
+    return True
