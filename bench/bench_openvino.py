@@ -1,4 +1,5 @@
-"""OpenVINO worker vs torch CPU worker: the same jobs, seconds per job, first-job latency.
+"""OpenVINO worker vs torch CPU worker, each in f32 and bf16: the same jobs, seconds per
+job, PSNR against torch f32, first-job latency.
 
     .venv/bin/python -m bench.bench_openvino [--json PATH] [--full]
 
@@ -12,20 +13,31 @@ Models (random weights, generated into a temp model store, removed on exit unles
   default 32 filters and 1 RRDB block (the real one, 64 filters and 23 blocks, takes
   minutes per 512x512 image on 2 cores); `--full`: 64 filters, 23 blocks.
 
+Backends, each what a worker runs with that setting:
+- torch f32: `load_pipeline(model, "cpu", float32)`, the CPU worker's default: the baseline;
+- torch bf16: the same pipeline under `torch.autocast("cpu", bfloat16)`
+  (RENDERFARM_TORCH_CPU_PRECISION=bf16);
+- openvino f32 / bf16: `load_openvino_pipeline(..., precision=...)`
+  (RENDERFARM_OPENVINO_PRECISION; `auto` is bf16 where OpenVINO's CPU reports BF16).
+The bf16 rows are left out where the CPU has no bf16 (they would be emulated).
+
 Measured, in one run:
 (1) txt2img 256x256, --steps steps (Euler a, CFG 7, seed 1234) through `worker.pipelines.
-    txt2img`, on the torch pipeline (`load_pipeline`, CPU float32) and on the OpenVINO one
-    (`load_openvino_pipeline`, CPU f32): one warm-up job each, then --repeats jobs per
-    backend, the two backends alternating (order flipped each round); medians, speedup.
+    txt2img`: one warm-up job per backend, then --repeats rounds (default 5) of one job each,
+    the order rotating every round; medians, the ratio to torch f32's median, and the PSNR
+    of each backend's image against torch f32's (images in [0, 1]). "Best vs best": the
+    fastest OpenVINO backend against the fastest torch one, among those at >= 40 dB.
 (2) First-job latency, each in a fresh process (this script's --child mode), import time
-    reported apart: torch (load + first job); OpenVINO with an empty IR cache (convert +
-    compile + first job); with the IR cached but OpenVINO's compile cache (CACHE_DIR)
-    emptied (read IR + compile + first job); with both cached (the normal worker restart).
+    reported apart: torch f32 (load + first job); OpenVINO at the worker's default precision
+    with an empty IR cache (convert + compile + first job); with the IR cached but
+    OpenVINO's compile cache (CACHE_DIR) emptied (read IR + compile + first job); with both
+    cached (the normal worker restart).
 (3) Upscale of a 512x512 image x4 (2048x2048) with `worker.upscalers.upscale` (tile 256,
-    overlap 16: 3x3 tiles) on the torch upscaler and on `openvino_upscaler(...)`: one warm-up
-    on a 224x224 image (one tile, the same 256x256 compiled shape), then --upscale-repeats runs
-    (default 2) per backend, alternating; medians, speedup, and the max abs difference of
-    the outputs.
+    overlap 16: 3x3 tiles): torch f32 (`load_upscaler`), openvino f32 and bf16
+    (`openvino_upscaler(..., precision=...)`): one warm-up on a 224x224 image (one tile, the
+    same 256x256 compiled shape), then --upscale-repeats rounds (default 3), rotating;
+    medians, ratios, PSNR and max abs difference against torch f32.
+The CPU time other processes took while (1) and (3) ran is reported with the load average.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,6 +57,7 @@ from typing import Any
 
 from bench.common import (
     MIB,
+    OtherLoad,
     config,
     loadavg,
     log,
@@ -152,6 +167,9 @@ def write_models(models_dir: Path, full: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- jobs
 
+BASELINE = "torch f32"
+MIN_PSNR_DB = 40.0  # the quality bar "best vs best" holds backends to
+
 
 def job_spec(steps: int):
     from shared.config import Settings
@@ -184,6 +202,26 @@ def timed(fn, *args, **kwargs):
     started = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - started, result
+
+
+def psnr(reference, image) -> float:
+    """dB, images in [0, 1]; inf when identical."""
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def worker_precision() -> str:
+    """What an OpenVINO worker on this CPU runs with the default setting (auto)."""
+    from worker import openvino as ovb
+
+    return ovb.resolve_precision("auto", "CPU")
+
+
+def precisions() -> list[str]:
+    """f32, and bf16 where the CPU has it (elsewhere it would be emulated, and slow)."""
+    return ["f32", "bf16"] if worker_precision() == "bf16" else ["f32"]
 
 
 class OVLog(logging.Handler):
@@ -229,14 +267,21 @@ def child(mode: str, models_dir: Path, ir_cache: Path, steps: int, out: Path) ->
         from worker.pipelines import load_pipeline
 
         result["import_s"] = time.perf_counter() - started
+        result["precision"] = "f32"
         result["load_s"], pipe = timed(load_pipeline, info, "cpu", torch.float32)
     else:
         from worker import openvino as ovb
 
         handler = ov_log()
         result["import_s"] = time.perf_counter() - started
+        result["precision"] = precision = worker_precision()
         result["load_s"], pipe = timed(
-            ovb.load_openvino_pipeline, info, ir_cache, "CPU", cache=worker_cache()
+            ovb.load_openvino_pipeline,
+            info,
+            ir_cache,
+            "CPU",
+            precision=precision,
+            cache=worker_cache(),
         )
         result["conversions"] = ovb.conversion_count()
         result["convert_s"] = handler.convert_s
@@ -273,12 +318,15 @@ def first_jobs(models_dir: Path, ir_cache: Path, steps: int, tmp: Path) -> dict[
     return results
 
 
-def alternate(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
-    """`repeats` timed calls per backend, alternating, order flipped every round."""
+def rotate(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """`repeats` rounds of one timed call per backend; the order rotates every round, so
+    each backend runs first, second, ... equally often (whatever ran before it warms or
+    cools the caches and the cores)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for i in range(repeats):
-        for name in names if i % 2 == 0 else names[::-1]:
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
             dt, _ = timed(fns[name])
             times[name].append(dt)
             log(f"    {name} {dt:.2f}s")
@@ -293,32 +341,79 @@ def worker_cache() -> Any:
     return ModelCache(Settings().cache_ram_mb * 2**20, name="ram")
 
 
-def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -> dict:
+def compare(outputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each backend's output against torch f32's: PSNR, max abs difference, all finite."""
     import numpy as np
+
+    ref = outputs[BASELINE]
+    return {
+        name: {
+            "psnr_db": None if name == BASELINE else psnr(ref, out),  # inf: identical
+            "max_abs_diff": float(np.abs(np.asarray(ref) - np.asarray(out)).max()),
+            "finite": bool(np.isfinite(out).all()),
+        }
+        for name, out in outputs.items()
+    }
+
+
+def summarise(times: dict[str, list[float]], quality: dict[str, dict]) -> dict[str, Any]:
+    """Medians, ratios to torch f32, and the best torch and OpenVINO backends (>= 40 dB)."""
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ratio = {name: median[BASELINE] / m for name, m in median.items()}
+
+    def best(prefix: str) -> str | None:
+        fit = [
+            n
+            for n in median
+            if n.startswith(prefix) and (quality[n]["psnr_db"] or math.inf) >= MIN_PSNR_DB
+        ]
+        return min(fit, key=median.__getitem__) if fit else None
+
+    torch_best, ov_best = best("torch"), best("openvino")
+    return {
+        "median_s": median,
+        "ratio_vs_torch_f32": ratio,
+        "best": {
+            "torch": torch_best,
+            "openvino": ov_best,
+            "ratio": median[torch_best] / median[ov_best] if torch_best and ov_best else None,
+        },
+    }
+
+
+def steady_txt2img(models_dir: Path, ir_cache: Path, steps: int, repeats: int) -> dict:
     import torch
 
     from shared.modelstore import LocalModelStore
     from worker import openvino as ovb
-    from worker.pipelines import load_pipeline
+    from worker.pipelines import LoadedPipeline, load_pipeline
 
     info = LocalModelStore(models_dir).find(CHECKPOINT, "checkpoint")
-    pipes = {
-        "torch": load_pipeline(info, "cpu", torch.float32),
-        "openvino": ovb.load_openvino_pipeline(info, ir_cache, "CPU", cache=worker_cache()),
-    }
+    torch_pipe = load_pipeline(info, "cpu", torch.float32)
+    pipes: dict[str, Any] = {BASELINE: torch_pipe}
+    if "bf16" in precisions():  # the same weights, every job under autocast
+        pipes["torch bf16"] = LoadedPipeline(
+            torch_pipe.pipe, torch_pipe.scheduler_config, torch.bfloat16
+        )
+    for precision in precisions():
+        pipes[f"openvino {precision}"] = ovb.load_openvino_pipeline(
+            info, ir_cache, "CPU", precision=precision, cache=worker_cache()
+        )
     log("(1) txt2img warm-up")
     warm = {name: timed(render, pipe, steps) for name, pipe in pipes.items()}
-    diff = float(np.abs(warm["torch"][1] - warm["openvino"][1]).max())
-    log(f"(1) txt2img {repeats} runs per backend, alternating")
-    times = alternate({n: (lambda p=p: render(p, steps)) for n, p in pipes.items()}, repeats)
-    stats = ovb.openvino_stats(pipes["openvino"])
+    quality = compare({name: w[1] for name, w in warm.items()})
+    log(f"(1) txt2img {repeats} rounds, one job per backend each, rotating")
+    other = OtherLoad([os.getpid()])
+    times = rotate({n: (lambda p=p: render(p, steps)) for n, p in pipes.items()}, repeats)
+    stats = {n: ovb.openvino_stats(p) for n, p in pipes.items() if n.startswith("openvino")}
     del pipes
     return {
         "warmup_s": {name: w[0] for name, w in warm.items()},
         "times_s": times,
-        "median_s": {name: statistics.median(t) for name, t in times.items()},
-        "max_abs_diff": diff,
+        "quality": quality,
+        "other_load": other.stop(),
         "openvino_stats": stats,
+        **summarise(times, quality),
     }
 
 
@@ -331,12 +426,19 @@ def steady_upscale(models_dir: Path, ir_cache: Path, repeats: int) -> dict:
 
     info = LocalModelStore(models_dir).find(UPSCALER, "upscaler")
     torch_up = load_upscaler(info)
-    before = ovb.conversion_count()
-    convert_s, ov_up = timed(
-        ovb.openvino_upscaler, load_upscaler(info), ir_cache, "CPU", cache=worker_cache()
-    )
-    converted = ovb.conversion_count() - before
-    ups = {"torch": torch_up, "openvino": ov_up}
+    ups: dict[str, Any] = {BASELINE: torch_up}
+    convert: dict[str, dict[str, Any]] = {}
+    for precision in precisions():
+        before = ovb.conversion_count()
+        seconds, ups[f"openvino {precision}"] = timed(
+            ovb.openvino_upscaler,
+            load_upscaler(info),
+            ir_cache,
+            "CPU",
+            precision=precision,
+            cache=worker_cache(),
+        )
+        convert[precision] = {"s": seconds, "conversions": ovb.conversion_count() - before}
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:UPSCALE_IN, 0:UPSCALE_IN] / UPSCALE_IN
@@ -355,17 +457,19 @@ def steady_upscale(models_dir: Path, ir_cache: Path, repeats: int) -> dict:
     def run(name: str) -> None:
         results[name] = upscale(ups[name], image, out, out, tile=256)
 
-    log(f"(3) upscale {repeats} runs per backend, alternating")
-    times = alternate({n: (lambda n=n: run(n)) for n in ups}, repeats)
+    log(f"(3) upscale {repeats} rounds, rotating")
+    other = OtherLoad([os.getpid()])
+    times = rotate({n: (lambda n=n: run(n)) for n in ups}, repeats)
+    quality = compare(results)
     return {
         "family": torch_up.family,
-        "convert_and_load_s": convert_s,
-        "conversions": converted,
+        "convert_and_load": convert,
         "warmup_one_tile_s": warm,
         "times_s": times,
-        "median_s": {name: statistics.median(t) for name, t in times.items()},
-        "max_abs_diff": float(np.abs(results["torch"] - results["openvino"]).max()),
-        "output_shape": list(results["torch"].shape),
+        "quality": quality,
+        "other_load": other.stop(),
+        "output_shape": list(results[BASELINE].shape),
+        **summarise(times, quality),
     }
 
 
@@ -381,75 +485,105 @@ def ov_versions() -> dict[str, str]:
     return {**versions(), "openvino": openvino.__version__, "spandrel": spandrel.__version__}
 
 
+def bf16_line() -> str:
+    """What the CPU says about bf16: its flags, and OpenVINO's capabilities."""
+    import openvino
+
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        words = set()
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in words]
+    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return (
+        f"bf16      CPU flags: {' '.join(flags) or 'none'}; OpenVINO CPU capabilities: "
+        f"{', '.join(map(str, caps))}; an OpenVINO worker's default (auto): "
+        f"{worker_precision()}"
+    )
+
+
+def table(name: str, d: dict[str, Any]) -> list[str]:
+    """One row per backend: median, ratio to torch f32, PSNR and max |diff|, the runs."""
+    lines = [
+        f"{name:18}{'median s':>10}{'vs torch f32':>14}{'PSNR dB':>9}{'max |diff|':>12}   runs (s)"
+    ]
+    for backend, med in d["median_s"].items():
+        q = d["quality"][backend]
+        db = "ref" if backend == BASELINE else f"{q['psnr_db']:.1f}"
+        runs = ", ".join(f"{x:.2f}" for x in d["times_s"][backend])
+        lines.append(
+            f"  {backend:16}{med:10.2f}{d['ratio_vs_torch_f32'][backend]:13.2f}x{db:>9}"
+            f"{q['max_abs_diff']:12.2e}   {runs}" + ("" if q["finite"] else "   NOT FINITE")
+        )
+    best = d["best"]
+    if best["ratio"] is not None:
+        med = d["median_s"]
+        lines.append(
+            f"  best vs best (>= {MIN_PSNR_DB:.0f} dB): {best['openvino']} "
+            f"{med[best['openvino']]:.2f} s vs {best['torch']} {med[best['torch']]:.2f} s: "
+            f"{best['ratio']:.2f}x"
+        )
+    other = d["other_load"]
+    lines.append(
+        f"  other processes took {other['other_cpu_s']:.0f} cpu-s of {other['wall_s']:.0f} s "
+        f"({100 * other['other_share']:.0f}% of the cores) while this ran"
+    )
+    return lines
+
+
 def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     machine, vers = machine_info(), ov_versions()
     m, t, u, f = run["models"], run["txt2img"], run["upscale"], run["first"]
     load = run["loadavg"]
     size = "full SD1.5 configs" if args.full else "reduced width"
-
-    def ratio(d: dict[str, float]) -> float:
-        return d["torch"] / d["openvino"]
-
     lines = [
         "renderfarm OpenVINO vs torch CPU benchmark",
         machine_line(machine, ram=True)
         + "; 1-min load average "
         + ", ".join(f"{k} {v:.2f}" for k, v in load.items() if v is not None),
         versions_line(vers),
-        "backends  torch: load_pipeline / load_upscaler, CPU float32; openvino: "
-        "load_openvino_pipeline / openvino_upscaler, CPU f32",
+        bf16_line(),
         f"models    {CHECKPOINT} ({size}; random weights): {m['checkpoint_mib']:.0f} MiB "
         f"(UNet {m['unet_mib']:.0f}, VAE {m['vae_mib']:.0f}, text encoder "
         f"{m['text_encoder_mib']:.0f}); {UPSCALER}: ESRGAN x4, {m['esrgan_filters']} filters, "
         f"{m['esrgan_blocks']} RRDB blocks, {m['esrgan_mib']:.1f} MiB; built in "
         f"{m['build_s']:.0f} s",
         "",
-        f"(1) txt2img {SIZE}x{SIZE}, {args.steps} steps, Euler a, CFG 7, seed {SEED}: "
-        f"median of {args.repeats} per backend after one warm-up, alternating",
-        f"(3) upscale {UPSCALE_IN}x{UPSCALE_IN} -> {4 * UPSCALE_IN}x{4 * UPSCALE_IN} "
-        f"(tile 256, 3x3 tiles): median of {args.upscale_repeats}, alternating",
+        f"(1) txt2img {SIZE}x{SIZE}, {args.steps} steps, Euler a, CFG 7, seed {SEED}: median of "
+        f"{args.repeats} rounds after one warm-up, rotating; PSNR of the warm-up images",
+        *table("backend", t),
+        "    warm-up job s: "
+        + ", ".join(f"{n} {s:.2f}" for n, s in t["warmup_s"].items())
+        + " (compiles the shapes)",
         "",
-        f"{'job':30}{'torch s':>10}{'openvino s':>12}{'speedup':>9}{'max |diff|':>12}"
-        f"{'runs (torch / openvino)':>40}",
-    ]
-
-    def row(name: str, d: dict[str, Any]) -> str:
-        samples = " / ".join(
-            ",".join(f"{x:.1f}" for x in d["times_s"][b]) for b in ("torch", "openvino")
-        )
-        med = d["median_s"]
-        return (
-            f"{name:30}{med['torch']:10.2f}{med['openvino']:12.2f}{ratio(med):8.2f}x"
-            f"{d['max_abs_diff']:12.2e}{samples:>40}"
-        )
-
-    lines += [
-        row(f"txt2img {SIZE}px {args.steps} steps", t),
-        row(f"upscale {UPSCALE_IN}px x4", u),
-        f"    warm-up job: txt2img torch {t['warmup_s']['torch']:.2f} s, openvino "
-        f"{t['warmup_s']['openvino']:.2f} s; upscale one tile torch "
-        f"{u['warmup_one_tile_s']['torch']:.2f} s, openvino "
-        f"{u['warmup_one_tile_s']['openvino']:.2f} s (compiles the 256 px variant)",
-        f"    upscaler conversion to IR (first openvino_upscaler call, {u['conversions']} "
-        f"converted): {u['convert_and_load_s']:.2f} s",
-        "    max |diff|: images in [0, 1]; txt2img: the warm-up jobs' images",
+        f"(3) upscale {UPSCALE_IN}x{UPSCALE_IN} -> {4 * UPSCALE_IN}x{4 * UPSCALE_IN} "
+        f"(tile 256, 3x3 tiles): median of {args.upscale_repeats} rounds, rotating",
+        *table("backend", u),
+        "    warm-up one tile s: "
+        + ", ".join(f"{n} {s:.2f}" for n, s in u["warmup_one_tile_s"].items())
+        + "; conversion to IR (first openvino_upscaler call): "
+        + ", ".join(
+            f"{p} {c['s']:.2f} s ({c['conversions']} converted)"
+            for p, c in u["convert_and_load"].items()
+        ),
         "",
         "(2) first job (txt2img as in (1)), each in a fresh process; import time not counted",
-        f"{'case':36}{'import':>8}{'load':>8}{'convert':>9}{'compile':>9}{'1st job':>9}"
+        f"{'case':40}{'import':>8}{'load':>8}{'convert':>9}{'compile':>9}{'1st job':>9}"
         f"{'load+1st':>10}",
     ]
+    ov_precision = f["ov-warm"]["precision"]
     labels = {
-        "torch": "torch",
-        "ov-cold": "openvino, empty IR cache",
-        "ov-warm-ir": "openvino, IR cached, no CACHE_DIR",
-        "ov-warm": "openvino, IR + CACHE_DIR cached",
+        "torch": "torch f32",
+        "ov-cold": f"openvino {ov_precision}, empty IR cache",
+        "ov-warm-ir": f"openvino {ov_precision}, IR cached, no CACHE_DIR",
+        "ov-warm": f"openvino {ov_precision}, IR + CACHE_DIR cached",
     }
     for mode, label in labels.items():
         r = f[mode]
         conv = f"{r['convert_s']:9.1f}" if "convert_s" in r else f"{'-':>9}"
         comp = f"{r['compile_s']:9.1f}" if "compile_s" in r else f"{'-':>9}"
         lines.append(
-            f"{label:36}{r['import_s']:8.1f}{r['load_s']:8.1f}{conv}{comp}"
+            f"{label:40}{r['import_s']:8.1f}{r['load_s']:8.1f}{conv}{comp}"
             f"{r['first_job_s']:9.1f}{r['total_s']:10.1f}"
         )
     cold, warm_ir, warm = f["ov-cold"], f["ov-warm-ir"], f["ov-warm"]
@@ -465,12 +599,12 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     ]
     print("\n".join(lines), flush=True)
     return {
-        "machine": {**machine, "loadavg_1min": load},
+        "machine": {**machine, "loadavg_1min": load, "bf16": bf16_line()},
         "versions": vers,
         "config": config(args),
         "models": m,
-        "txt2img": t | {"speedup": ratio(t["median_s"])},
-        "upscale": u | {"speedup": ratio(u["median_s"])},
+        "txt2img": t,
+        "upscale": u,
         "first_job": f,
     }
 
@@ -487,10 +621,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="real sizes: SD1.5 configs (~4 GB) and ESRGAN 64 filters x 23 blocks (slow)",
     )
     p.add_argument("--steps", type=int, default=10, help="txt2img steps (default 10)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per backend (default 3)")
     p.add_argument(
-        "--upscale-repeats", type=int, default=2, help="timed upscales per backend (default 2)"
+        "--repeats", type=int, default=5, help="txt2img rounds, one job per backend (default 5)"
     )
+    p.add_argument("--upscale-repeats", type=int, default=3, help="upscale rounds (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the temp model store and IR cache")
     p.add_argument("--child", choices=CHILD_MODES, help=argparse.SUPPRESS)
     p.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)

@@ -90,11 +90,18 @@ class Settings(BaseSettings):
     # CPU threads torch may use in a worker (0: torch's default, every core). Set it to
     # cores / workers when several workers share a machine or a container CPU limit.
     torch_threads: int = 0
+    # CPU workers: "bf16" runs every diffusion job under torch.autocast (matmuls and
+    # convolutions in bfloat16; fast on AMX / AVX512-BF16 CPUs, emulated and slow elsewhere).
+    torch_cpu_precision: Literal["f32", "bf16"] = "f32"
 
     # OpenVINO workers: where converted IR and compiled blobs are cached (keep it on a
     # persistent volume), and the OpenVINO device (CPU, GPU for an Intel GPU).
     openvino_cache_dir: Path = Path("var/openvino-cache")
     openvino_device: str = "CPU"
+    # What OpenVINO computes in: "auto" is bf16 where the device reports BF16 among its
+    # optimization capabilities (AMX / AVX512-BF16 CPUs), else f32. A model part with
+    # constants beyond bf16's range (an old CLIP export's mask) compiles in f32 regardless.
+    openvino_precision: Literal["auto", "f32", "bf16"] = "auto"
 
     # Longest a single job may run: a job still rendering after this long fails (checked at
     # every step and tile). The broker's visibility timeout sits above it.

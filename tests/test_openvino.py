@@ -176,6 +176,23 @@ def test_each_job_gets_exactly_its_size(ov_pipe, cache):
     assert cache.bytes_in_use >= stats["compiled_bytes"] > 0
 
 
+def test_the_cfg_pair_runs_as_two_halves_with_the_same_result(sd15, ir_cache, ov_pipe):
+    """The UNet's batch of 2 (CFG) runs as two batch-1 requests on two streams: in f32 the
+    image is bit-identical to one batch-2 request."""
+    whole = ovb.load_openvino_pipeline(sd15, ir_cache, cache=ModelCache(2**32, name="whole"))
+    whole.pipe.unet.parts["unet"].split_batch = False
+    split_image, _ = render(ov_pipe, width=64, height=64)
+    whole_image, _ = render(whole, width=64, height=64)
+    assert np.array_equal(split_image, whole_image)
+
+    def requests(loaded: pipelines.LoadedPipeline) -> int:
+        unet = loaded.pipe.unet.parts["unet"]
+        return len(unet.cache.get(unet._key(unet.shapes()[0]), lambda: None).requests)
+
+    assert requests(ov_pipe) == (2 if len(os.sched_getaffinity(0)) >= 2 else 1)
+    assert requests(whole) == 1
+
+
 def test_compiled_variants_count_against_the_budget_and_go_with_their_model(
     first_load, sd15, ir_cache
 ):

@@ -39,17 +39,21 @@ class TorchBackend:
     variant = ""
     on_evict = None
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, precision: str = "f32") -> None:
         self.device = device
+        # What diffusion jobs compute in: f16 on CUDA (the weights' dtype), f32 or bf16
+        # (autocast) on the CPU. Upscalers run in their weights' dtype either way.
+        self.precision = precision
+        self.autocast = torch.bfloat16 if precision == "bf16" else None
 
     def load_checkpoint(self, model: ModelInfo, device: str, dtype: torch.dtype) -> Any:
-        return pipelines.load_pipeline(model, device, dtype)
+        return pipelines.load_pipeline(model, device, dtype, autocast=self.autocast)
 
     def load_upscaler(self, model: ModelInfo, device: str, dtype: torch.dtype) -> Any:
         return load_upscaler(model, device, dtype)
 
     def device_info(self) -> dict[str, Any]:
-        return torch_device_info(self.device)
+        return {**torch_device_info(self.device), "precision": self.precision}
 
 
 class OpenVINOBackend:
@@ -63,6 +67,8 @@ class OpenVINOBackend:
         self.ir_cache, self.ov_device = settings.openvino_cache_dir, settings.openvino_device
         try:
             self.device_name = ovb.device_name(self.ov_device)
+            # Resolved once: every model this worker loads computes in it (`fits_bf16` aside).
+            self.precision = ovb.resolve_precision(settings.openvino_precision, self.ov_device)
         except ValueError as exc:
             raise DeviceUnavailable(str(exc)) from None
         self.cache = cache
@@ -71,17 +77,26 @@ class OpenVINOBackend:
 
     def load_checkpoint(self, model: ModelInfo, device: str, dtype: torch.dtype) -> Any:
         return self._ov.load_openvino_pipeline(
-            model, self.ir_cache, self.ov_device, cache=self.cache
+            model, self.ir_cache, self.ov_device, precision=self.precision, cache=self.cache
         )
 
     def load_upscaler(self, model: ModelInfo, device: str, dtype: torch.dtype) -> Any:
         return self._ov.openvino_upscaler(
-            load_upscaler(model, device, dtype), self.ir_cache, self.ov_device, cache=self.cache
+            load_upscaler(model, device, dtype),
+            self.ir_cache,
+            self.ov_device,
+            precision=self.precision,
+            cache=self.cache,
         )
 
     def device_info(self) -> dict[str, Any]:
         # Host memory: OpenVINO's CPU device shares it, and an Intel GPU's is not reported.
-        return {**torch_device_info("cpu"), "device": self.variant, "device_name": self.device_name}
+        return {
+            **torch_device_info("cpu"),
+            "device": self.variant,
+            "device_name": self.device_name,
+            "precision": self.precision,
+        }
 
 
 def make_backend(
@@ -89,4 +104,6 @@ def make_backend(
 ) -> Backend:
     if hardware == Hardware.OPENVINO:
         return OpenVINOBackend(settings, cache)
-    return TorchBackend(device)
+    if device.startswith("cuda"):
+        return TorchBackend(device, "f16")  # pick_device: float16 weights on CUDA
+    return TorchBackend(device, settings.torch_cpu_precision)

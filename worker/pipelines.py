@@ -10,6 +10,7 @@ kinds never reloads weights, and a VAE override cannot outlive its job.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,16 +46,21 @@ class LoadedPipeline:
     pipe: DiffusionPipeline
     # The scheduler config the model shipped with: each job's sampler is built from it.
     scheduler_config: Any
+    # CPU bf16 (`torch_cpu_precision`): every job runs under `torch.autocast("cpu", this)`;
+    # the weights stay as loaded. None: no autocast.
+    autocast: torch.dtype | None = None
 
 
-def load_pipeline(model: ModelInfo, device: str, dtype: torch.dtype) -> LoadedPipeline:
+def load_pipeline(
+    model: ModelInfo, device: str, dtype: torch.dtype, autocast: torch.dtype | None = None
+) -> LoadedPipeline:
     """Load a checkpoint folder the same way for the demo models and a real model.
 
     diffusers picks the pipeline class (SD 1.5, SDXL, ...) from `model_index.json`.
     """
     pipe = DiffusionPipeline.from_pretrained(model.path, torch_dtype=dtype, local_files_only=True)
     pipe.to(device)
-    return LoadedPipeline(pipe, pipe.scheduler.config)
+    return LoadedPipeline(pipe, pipe.scheduler.config, autocast)
 
 
 def load_vae(model: ModelInfo, device: str, dtype: torch.dtype) -> AutoencoderKL:
@@ -129,6 +135,7 @@ def _run_batches(
     seeds: Sequence[int],
     call: dict[str, Any],
     per_image: Callable[[int], dict[str, Any]] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> list[Any]:
     """Run the pipeline batch_count times; returns one output per seed, in order."""
     results: list[Any] = []
@@ -144,15 +151,16 @@ def _run_batches(
         if per_image is not None:
             extra.update(per_image(b * size))
         n = len(batch_seeds)
-        out = pipe(
-            prompt=[spec.prompt] * n,
-            negative_prompt=[spec.negative_prompt] * n if spec.negative_prompt else None,
-            guidance_scale=spec.cfg_scale,
-            # One CPU generator per image: a seed gives the same image on any device.
-            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
-            callback_on_step_end=step_end,
-            **extra,
-        )
+        with torch.autocast("cpu", dtype=autocast) if autocast else nullcontext():
+            out = pipe(
+                prompt=[spec.prompt] * n,
+                negative_prompt=[spec.negative_prompt] * n if spec.negative_prompt else None,
+                guidance_scale=spec.cfg_scale,
+                # One CPU generator per image: a seed gives the same image on any device.
+                generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+                callback_on_step_end=step_end,
+                **extra,
+            )
         results.extend(out.images)
     return results
 
@@ -195,7 +203,7 @@ def txt2img(
         "txt2img",
     )
     first_pass = on_progress if hires is None else (lambda p: on_progress(p / 2))
-    outputs = _run_batches(pipe, spec, first_pass, seeds, call)
+    outputs = _run_batches(pipe, spec, first_pass, seeds, call, autocast=base.autocast)
     passes = [type(pipe).__name__]
     if hires is None:
         return np.stack(outputs), passes
@@ -239,7 +247,13 @@ def hires_pass(
     else:
         per_image = lambda i: {"image": inputs[i : i + spec.batch_size]}  # noqa: E731
     out = _run_batches(
-        pipe, spec, lambda p: on_progress(0.5 + p / 2), spec.image_seeds(), call, per_image
+        pipe,
+        spec,
+        lambda p: on_progress(0.5 + p / 2),
+        spec.image_seeds(),
+        call,
+        per_image,
+        autocast=base.autocast,
     )
     return out, type(pipe).__name__
 
@@ -266,7 +280,8 @@ def img2img(
         call.update(mask_image=mask.convert("L"), width=spec.width, height=spec.height)
     call = _with_control(call, _control_kwargs(spec, addons, spec.width, spec.height), task)
     call["image"] = [init] * spec.batch_size
-    result = np.stack(_run_batches(pipe, spec, on_progress, spec.image_seeds(), call))
+    seeds = spec.image_seeds()
+    result = np.stack(_run_batches(pipe, spec, on_progress, seeds, call, autocast=base.autocast))
     if mask is not None:
         # As SD-WebUI does: outside the (blurred) mask the init image is kept as it was.
         keep = 1.0 - images.to_float(call["mask_image"])[..., None]

@@ -22,6 +22,12 @@ kind reuses the same compiled components and never reloads or reconverts (seed b
   itself, a per-job add-on, stays a torch module).
 - Spandrel upscalers (ESRGAN, Real-ESRGAN compact, ...) convert the same way; tiles all have
   one shape, so each tile size is one compiled variant.
+- Precision: the IR holds float32 weights; each compile asks for f32 or bf16
+  (`INFERENCE_PRECISION_HINT`). A worker resolves `openvino_precision` once
+  (`resolve_precision`: "auto" is bf16 where the device reports BF16) and loads everything in
+  it, except an IR with constants beyond bf16's range (`fits_bf16`: a CLIP causal mask made
+  of float32's minimum, which bf16 would turn into -inf and then NaN) and upscaler families
+  spandrel marks unfit for bf16: those compile in f32.
 
 Stays on torch: the ControlNet add-on, a per-job VAE override, the scheduler, and AuraSR
 (its forward draws random noise, which a converted graph would draw differently).
@@ -37,7 +43,7 @@ Callers import from here: `from worker import openvino as ovb`.
 """
 
 from worker.openvino.convert import CONVERTER_VERSION, TEXT_ENCODERS, conversion_count
-from worker.openvino.ircache import compile_config, model_identity
+from worker.openvino.ircache import compile_config, fits_bf16, model_identity
 from worker.openvino.load import (
     SUPPORTED_PIPELINES,
     drop_variants,
@@ -58,6 +64,7 @@ from worker.openvino.variants import (
     OpenVINOOutputError,
     UnsupportedOnOpenVINO,
     device_name,
+    resolve_precision,
 )
 
 __all__ = [
@@ -76,9 +83,11 @@ __all__ = [
     "conversion_count",
     "device_name",
     "drop_variants",
+    "fits_bf16",
     "load_openvino_pipeline",
     "model_identity",
     "openvino_modules",
     "openvino_stats",
     "openvino_upscaler",
+    "resolve_precision",
 ]

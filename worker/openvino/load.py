@@ -24,7 +24,14 @@ from worker.openvino.convert import (
     _save_ir,
     _trace_convert,
 )
-from worker.openvino.ircache import _cached_ir, _slug, _versions, compile_config, model_identity
+from worker.openvino.ircache import (
+    _cached_ir,
+    _slug,
+    _versions,
+    compile_config,
+    fits_bf16,
+    model_identity,
+)
 from worker.openvino.modules import (
     OpenVINOAutoencoderKL,
     OpenVINOImageModel,
@@ -58,6 +65,16 @@ def _meta_skeleton(model_path: Path, name: str, library: str, class_name: str) -
     return module.eval()
 
 
+def _precision_for(xml: Path, precision: str) -> str:
+    """bf16 only where the IR holds no constant bf16 cannot represent: a CLIP whose causal
+    mask is float32's minimum (as older transformers exported it) would get -inf there, and
+    0 * -inf is NaN. Today's exports use SDPA's masks and have none (README)."""
+    if precision == "bf16" and not fits_bf16(xml):
+        log.info("%s runs in f32: it has constants beyond bf16's range", xml.parent.name)
+        return "f32"
+    return precision
+
+
 def load_openvino_pipeline(
     model: ModelInfo,
     ir_cache: Path,
@@ -84,16 +101,18 @@ def load_openvino_pipeline(
     identity = f"{_slug(model.name)}-{model_identity(Path(model.path))}"
     folder = _cached_ir(ir_cache, identity, lambda out: _convert_pipeline(model, out))
     meta = json.loads((folder / "meta.json").read_text())
-    config = compile_config(ir_cache, device, precision)
 
-    def part(stem: str, config: dict[str, str] = config) -> CompiledVariants:
-        return CompiledVariants(folder / f"{stem}.xml", device, config, cache)
+    def part(stem: str, split: bool = False) -> CompiledVariants:
+        xml = folder / f"{stem}.xml"
+        config = compile_config(ir_cache, device, _precision_for(xml, precision))
+        return CompiledVariants(xml, device, config, cache, split_batch=split)
 
     def skeleton(name: str) -> torch.nn.Module:
         return _meta_skeleton(Path(model.path), name, *index[name])
 
     converted: dict[str, OpenVINOModule] = {
-        "unet": OpenVINOUNet(skeleton("unet"), {"unet": part("unet")}, meta["unet"]),
+        # The UNet's batch is the CFG pair (or pairs): independent halves, run side by side.
+        "unet": OpenVINOUNet(skeleton("unet"), {"unet": part("unet", split=True)}, meta["unet"]),
         "vae": OpenVINOAutoencoderKL(
             skeleton("vae"),
             {"vae_encoder": part("vae_encoder"), "vae_decoder": part("vae_decoder")},
@@ -101,9 +120,7 @@ def load_openvino_pipeline(
     }
     for name in TEXT_ENCODERS:
         if name in meta:
-            # Always f32: CLIP's causal mask (float32's minimum) overflows to NaN in bf16, and
-            # a text encoder runs once per image, so lower precision gains nothing.
-            parts = {"text_encoder": part(name, compile_config(ir_cache, device, "f32"))}
+            parts = {"text_encoder": part(name)}
             converted[name] = OpenVINOTextEncoder(skeleton(name), parts, meta[name])
     # The rest (tokenizers, scheduler, safety checker, ...) loads as usual; `from_pipe` then
     # builds the pipeline with the wrappers, as every job's pipeline will be built.
@@ -135,10 +152,12 @@ def openvino_upscaler(
     precision: str = "f32",
     cache: ModelCache,
 ) -> Upscaler:
-    """The upscaler with its network compiled by OpenVINO; same interface, same results.
+    """The upscaler with its network compiled by OpenVINO; same interface, same results
+    (bf16: within rounding of the f32 result, see the README).
 
     Spandrel families only. Any other (AuraSR) is returned as it is, on torch, with a log line:
-    its forward draws random noise that a converted graph could not reproduce.
+    its forward draws random noise that a converted graph could not reproduce. A family that
+    spandrel marks as unfit for bfloat16 (`supports_bfloat16`) runs in f32 whatever is asked.
     """
     from spandrel import ImageModelDescriptor
 
@@ -146,6 +165,9 @@ def openvino_upscaler(
     if not isinstance(descriptor, ImageModelDescriptor):
         log.warning("%s upscaler stays on torch: only spandrel models convert", up.family)
         return up
+    if precision == "bf16" and not descriptor.supports_bfloat16:
+        log.info("%s upscaler runs in f32: spandrel marks it unfit for bf16", up.family)
+        precision = "f32"
     ir_cache = Path(ir_cache)
     network = up.model
     if up.dtype != torch.float32:
@@ -163,11 +185,9 @@ def openvino_upscaler(
         log.info("converted %s to OpenVINO IR in %.1fs", up.family, time.perf_counter() - started)
 
     folder = _cached_ir(ir_cache, identity, convert)
-    parts = {
-        "model": CompiledVariants(
-            folder / "model.xml", device, compile_config(ir_cache, device, precision), cache
-        )
-    }
+    xml = folder / "model.xml"
+    config = compile_config(ir_cache, device, _precision_for(xml, precision))
+    parts = {"model": CompiledVariants(xml, device, config, cache)}
     skeleton = copy.deepcopy(network).to("meta")
     compiled = OpenVINOImageModel(skeleton, parts, up.scale, descriptor.output_channels)
     # The same descriptor around the compiled network: its padding to the model's size
