@@ -46,7 +46,7 @@
     const c = row.cells;
     setText(c[0], w.name);
     setText(c[1], w.hardware);
-    c[2].replaceChildren(el("div", {}, w.device_name || "–"), el("small", { className: "muted" }, w.device || ""));
+    c[2].replaceChildren(el("div", {}, w.device_name || "–"), el("small", { className: "muted" }, [w.device, w.precision].filter(Boolean).join(" · ")));
     c[3].replaceChildren(el("div", {}, `${fmt.bytes(w.memory_used)} of ${fmt.bytes(w.memory_total)}`),
       el("small", { className: "muted" }, `process ${fmt.bytes(w.process_rss)}`));
     c[4].replaceChildren(...cacheCell(w));
