@@ -71,6 +71,7 @@ _FLOAT_FIELDS = (
 # (scheduler/census.py), and an event (scheduler/events.py). The per-owner keys are built
 # here from the record (one Redis, not a Cluster).
 _CELL_FIELDS = "'class_asked', 'worker_class', 'priority'"
+_CELL_FIELD_SET = ",class_asked,worker_class,priority,"
 _TRANSITION = (
     CENSUS_LUA
     + f"""
@@ -88,7 +89,12 @@ if allowed == '*' then
 elseif not string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true) then
   return 0
 end
-local cell_before = census_cell(current, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
+-- A census cell changes only with the status or a field it is made of, never with progress.
+local moves = current ~= target
+for i = 5, #ARGV, 2 do
+  if string.find({_CELL_FIELD_SET!r}, ',' .. ARGV[i] .. ',', 1, true) then moves = true end
+end
+local cell_before = moves and census_cell(current, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
 local function active(s) return s == 'dispatched' or s == 'running' end
 local holder_before = false  -- the worker an active job occupies: target, then worker
 if current ~= target and active(current) then
@@ -101,7 +107,7 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 -- The census cell follows the status, and a waiting job's priority (keeping its age).
-local cell_after = census_cell(target, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
+local cell_after = moves and census_cell(target, redis.call('HMGET', KEYS[1], {_CELL_FIELDS}))
 if cell_before ~= cell_after then
   local since = now
   if cell_before then
@@ -227,6 +233,15 @@ def _script_call(
     return keys_, args
 
 
+def _edge(to: JobStatus, allowed_from: tuple[JobStatus, ...]) -> str:
+    """The script's `allowed` argument for edges into `to`; an edge not in TRANSITIONS is a
+    programming error (ValueError)."""
+    illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
+    if illegal:
+        raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
+    return ",".join(allowed_from)
+
+
 # For a client with a connection of its own (an asyncio one: the dispatch benchmark's
 # simulated workers): the script, and the KEYS and ARGV of a `transition`.
 TRANSITION_SCRIPT = _TRANSITION
@@ -239,10 +254,7 @@ def transition_call(
     fence: int | None = None,
     **fields: Any,
 ) -> tuple[list[str], list[Any]]:
-    illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
-    if illegal:
-        raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
-    return _script_call(job_id, to, ",".join(allowed_from), fence, fields)
+    return _script_call(job_id, to, _edge(to, allowed_from), fence, fields)
 
 
 def decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -400,10 +412,7 @@ class JobRecords:
         refused.
 
         Asking for an edge that is not in TRANSITIONS is a programming error (ValueError)."""
-        illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
-        if illegal:
-            raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
-        return self._run(job_id, to, ",".join(allowed_from), fence, fields)
+        return self._run(job_id, to, _edge(to, allowed_from), fence, fields)
 
     def update(
         self, job_id: str, status: JobStatus, fence: Fence | None = None, **fields: Any
@@ -422,10 +431,7 @@ class JobRecords:
     ) -> None:
         """`transition`, queued on `pipe`: its answer (1 done, 0 refused) comes with the
         pipeline's, so a caller changes many records in one round trip."""
-        illegal = [s for s in allowed_from if to not in TRANSITIONS[s]]
-        if illegal:
-            raise ValueError(f"no transition {', '.join(illegal)} -> {to}")
-        self._run(job_id, to, ",".join(allowed_from), fence, fields, pipe)
+        self._run(job_id, to, _edge(to, allowed_from), fence, fields, pipe)
 
     def update_in(
         self,
