@@ -26,7 +26,7 @@ from dashboard import farm
 from dashboard.accounts import Role
 from dashboard.auth import require
 from scheduler.census import AFFINITY, ASKED, OUTCOMES, STAGES, Figures, demand, read_census
-from scheduler.fleet import is_draining, live_workers
+from scheduler.fleet import draining, live_workers
 from shared.vocabulary import Hardware, Priority
 
 metrics = Blueprint("metrics", __name__)
@@ -41,8 +41,12 @@ def worker_state(worker: dict[str, Any], draining: bool) -> str:
     return "busy" if worker.get("current_job") else "idle"
 
 
-def _gauge(name: str, doc: str, labels: list[str], values: dict[tuple, float]) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=labels)
+def _family(name: str, doc: str, labels: list[str], values: dict[tuple, float]) -> Metric:
+    """A gauge, or a counter when `name` ends in `_total` (prometheus-client adds it back)."""
+    if name.endswith("_total"):
+        family: Metric = CounterMetricFamily(name.removesuffix("_total"), doc, labels=labels)
+    else:
+        family = GaugeMetricFamily(name, doc, labels=labels)
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
     return family
@@ -58,19 +62,19 @@ class FarmCollector(Collector):
         figures = read_census(self.redis)
         yield from self._jobs(figures)
         yield from self._workers(live_workers(self.redis))
-        yield _gauge(
+        yield _family(
             "renderfarm_scheduler_leader_present",
             "1 when a scheduler holds the dispatcher lock",
             [],
             {(): float(figures.leader_present)},
         )
-        yield _gauge(
+        yield _family(
             "renderfarm_redis_used_memory_bytes",
             "Redis used_memory",
             [],
             {(): figures.redis_memory["used"]},
         )
-        yield _gauge(
+        yield _family(
             "renderfarm_redis_maxmemory_bytes",
             "Redis maxmemory (0: no limit)",
             [],
@@ -78,7 +82,7 @@ class FarmCollector(Collector):
         )
 
     def _jobs(self, f: Figures) -> Iterator[Metric]:
-        yield _gauge(
+        yield _family(
             "renderfarm_jobs_pending",
             "Jobs waiting for dispatch, by the class they asked for (auto: any) and priority",
             ["worker_class", "priority"],
@@ -89,40 +93,36 @@ class FarmCollector(Collector):
             ("running", "Jobs running on a worker of the class"),
         ):
             counts = f.dispatched if status == "dispatched" else f.running
-            yield _gauge(
+            yield _family(
                 f"renderfarm_jobs_{status}",
                 doc,
                 ["worker_class"],
                 {(hw.value,): counts[hw] for hw in Hardware},
             )
-        yield _gauge(
+        yield _family(
             "renderfarm_oldest_pending_job_age_seconds",
             "Seconds the oldest waiting job of the class has waited (0: none waits)",
             ["worker_class"],
             {(cls,): age for cls, age in f.oldest_pending_s.items()},
         )
-        finished = CounterMetricFamily(
-            "renderfarm_jobs_finished",
+        yield _family(
+            "renderfarm_jobs_finished_total",
             "Jobs finished, by outcome (lost: an attempt whose worker went away; requeued)",
-            labels=["outcome"],
+            ["outcome"],
+            {(outcome,): f.finished(outcome) for outcome in OUTCOMES},
         )
-        for outcome in OUTCOMES:
-            finished.add_metric([outcome], f.finished(outcome))
-        yield finished
-        dispatches = CounterMetricFamily(
-            "renderfarm_dispatches", "Jobs sent to a worker, by its class", labels=["worker_class"]
+        yield _family(
+            "renderfarm_dispatches_total",
+            "Jobs sent to a worker, by its class",
+            ["worker_class"],
+            {(hw.value,): f.dispatches(hw) for hw in Hardware},
         )
-        for hw in Hardware:
-            dispatches.add_metric([hw.value], f.dispatches(hw))
-        yield dispatches
-        affinity = CounterMetricFamily(
-            "renderfarm_dispatch_affinity",
+        yield _family(
+            "renderfarm_dispatch_affinity_total",
             "Dispatches to a worker already holding the job's model (hit) or not (miss)",
-            labels=["result"],
+            ["result"],
+            {(result,): f.affinity(result) for result in AFFINITY},
         )
-        for result in AFFINITY:
-            affinity.add_metric([result], f.affinity(result))
-        yield affinity
         duration = HistogramMetricFamily(
             "renderfarm_job_duration_seconds",
             "An attempt's run time, start to finish, by the class it ran on",
@@ -149,9 +149,10 @@ class FarmCollector(Collector):
             if isinstance(value, int | float):
                 per_worker.setdefault(metric, {})[labels] = value
 
+        off = draining(self.redis, [w["name"] for w in workers])  # one round trip
         for w in workers:
             name, hw = w["name"], w["hardware"]
-            state = worker_state(w, is_draining(self.redis, name))
+            state = worker_state(w, name in off)
             states[(hw, state)] = states.get((hw, state), 0) + 1
             cache = w.get("cache", {})
             tiers = [cache, *([cache["ram"]] if isinstance(cache.get("ram"), dict) else [])]
@@ -166,7 +167,7 @@ class FarmCollector(Collector):
             if str(w.get("device", "")).startswith("cuda"):
                 put("renderfarm_vram_used_bytes", (name, hw), w.get("memory_used"))
                 put("renderfarm_vram_total_bytes", (name, hw), w.get("memory_total"))
-        yield _gauge(
+        yield _family(
             "renderfarm_workers",
             "Live workers by class and state",
             ["worker_class", "state"],
@@ -185,13 +186,7 @@ class FarmCollector(Collector):
         for metric, doc in docs.items():
             cache_metric = metric.startswith("renderfarm_model_")
             labels = ["worker", "worker_class", *(["tier"] if cache_metric else [])]
-            if metric.endswith("_total"):
-                counter = CounterMetricFamily(metric.removesuffix("_total"), doc, labels=labels)
-                for label_values, value in per_worker.get(metric, {}).items():
-                    counter.add_metric(list(label_values), value)
-                yield counter
-            else:
-                yield _gauge(metric, doc, labels, per_worker.get(metric, {}))
+            yield _family(metric, doc, labels, per_worker.get(metric, {}))
 
 
 def init_metrics(app: Flask, redis: Redis) -> None:

@@ -28,5 +28,13 @@ def drain(redis: Redis, worker: str, draining: bool = True) -> None:
         redis.delete(keys.drain(worker))
 
 
+def draining(redis: Redis, workers: list[str]) -> frozenset[str]:
+    """Which of `workers` are draining, in one round trip (a page or scrape of the fleet)."""
+    if not workers:
+        return frozenset()
+    flags = redis.mget([keys.drain(n) for n in workers])
+    return frozenset(n for n, flag in zip(workers, flags, strict=True) if flag is not None)
+
+
 def is_draining(redis: Redis, worker: str) -> bool:
     return bool(redis.exists(keys.drain(worker)))

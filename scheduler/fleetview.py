@@ -23,6 +23,7 @@ from typing import Any
 
 from redis import Redis
 
+from scheduler.fleet import draining as draining_of
 from scheduler.timing import model_of
 from shared import keys
 from shared.jobspec import AnySpec
@@ -249,8 +250,7 @@ class FleetReader:
             busy_raw, active_raw, limits_raw, *draining_count = pipe.execute()
         draining: frozenset[str] = frozenset()
         if draining_count and draining_count[0]:
-            flags = self.redis.mget([keys.drain(n) for n in names])
-            draining = frozenset(n for n, f in zip(names, flags, strict=True) if f is not None)
+            draining = draining_of(self.redis, names)
         if self._changed or draining != self._draining:
             self._workers = {n: w for n, w in docs.items() if n not in draining}
             self._draining, self._changed = draining, False

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis import Redis
 
-from scheduler.fleet import is_draining, live_workers
+from scheduler.fleet import draining, live_workers
 from scheduler.pending import _RANK_SPAN
 from scheduler.timing import RenderTimes
 from shared import keys
@@ -83,7 +83,8 @@ class QueueView:
     def workers(self) -> Counter[str]:
         """Live workers that take jobs (not draining), per hardware class."""
         live = live_workers(self.redis)
-        return Counter(w["hardware"] for w in live if not is_draining(self.redis, w["name"]))
+        off = draining(self.redis, [w["name"] for w in live])
+        return Counter(w["hardware"] for w in live if w["name"] not in off)
 
     def _live(self, classes: Classes) -> list[str]:
         return sorted(c for c in classes if self.workers[c])
