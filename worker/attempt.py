@@ -45,13 +45,21 @@ class Attempt:
         """A phase that reports no progress but is not stuck (each bounded on its own); its
         time is added to `stage_s[stage]`."""
         self.waiting += 1
+        try:
+            with self.timed(stage):
+                yield
+        finally:
+            self.waiting -= 1
+            self.active()
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the block's time to `stage_s[stage]` (the job's stage histograms)."""
         began = time.monotonic()
         try:
             yield
         finally:
-            self.waiting -= 1
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.monotonic() - began
-            self.active()
 
     def stalled(self, stall_s: float) -> bool:
         return not self.waiting and time.monotonic() - self.last_active > stall_s

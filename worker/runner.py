@@ -108,14 +108,12 @@ class JobRunner:
                     self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
             self.progress(att, None)  # canceled, superseded, over the time limit: stop
 
-        began = time.monotonic()
+        # Fetching is part of the model_load stage; not `att.wait`: silence is not expected.
+        timed = att.timed("model_load") if att is not None else nullcontext()
         try:
-            stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
+            with timed:
+                stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
         finally:  # fetched, failed or canceled: the note goes before the job's outcome
-            if att is not None:  # fetching is part of the model_load stage (census)
-                att.stage_s["model_load"] = att.stage_s.get("model_load", 0.0) + (
-                    time.monotonic() - began
-                )
             if att is not None and shown["pct"] >= 0:
                 with suppress(RedisError):
                     self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
