@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from bench.common import (
+    api_token,
     config,
     loadavg,
     log,
@@ -91,14 +92,7 @@ def start_farm(tmp, args, procs: list) -> tuple[dict[str, str], str]:
 
 def member_token(redis_url: str) -> str:
     """A token of a member account, as an SD-WebUI client's user would have."""
-    from redis import Redis
-
-    from dashboard.accounts import Accounts, Role
-    from shared.config import Settings
-
-    accounts = Accounts(Redis.from_url(redis_url), Settings(redis_url=redis_url))
-    accounts.create("sd-bench", Role.MEMBER)
-    return accounts.create_token("sd-bench", label="benchmark")[1]
+    return api_token(redis_url, "sd-bench", "member")
 
 
 def run(args, url: str, token: str) -> dict[str, Any]:

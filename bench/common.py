@@ -233,15 +233,15 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def api_token(redis_url: str, name: str = "bench") -> str:
-    """A new API token of the admin account `name` in the farm's Redis (created if new):
-    the benchmarks call the API as a signed-in program would."""
+def api_token(redis_url: str, name: str = "bench", role: str = "admin") -> str:
+    """A new API token of the account `name` in the farm's Redis (created with `role` if
+    new): the benchmarks call the API as a signed-in program would."""
     from redis import Redis
 
-    from dashboard.accounts import Accounts, Role
+    from dashboard.accounts import Accounts
     from shared.config import Settings
 
     accounts = Accounts(Redis.from_url(redis_url), Settings(redis_url=redis_url))
     if accounts.get(name) is None:
-        accounts.create(name, Role.ADMIN)
+        accounts.create(name, role)
     return accounts.create_token(name, label="benchmark")[1]
