@@ -16,7 +16,8 @@
     (a) affinity: the farm's dispatcher (`renderfarm scheduler`), default settings;
     (b) plain: RENDERFARM_AFFINITY_WAIT_S=0 and a `Dispatcher` subclass (run by this module
         in a subprocess) whose `choose()` ignores what the workers hold and gives each job
-        to the next idle able worker in rotating order, as plain class-queue round-robin.
+        to the next idle able worker in rotating order, and no warm round (an idle worker
+        taking a later job whose model it holds), as plain class-queue round-robin.
     Every worker's RENDERFARM_CACHE_RAM_MB is set so its cache holds --capacity of the
     models (computed from the weights' bytes and the size-on-disk hint the worker passes
     to the cache). Jobs are posted with POST /api/v1/jobs (one keep-alive session); once
@@ -77,6 +78,7 @@ from shared.client import FarmClient
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_MODEL = "sched-warmup"
 OWNER = "bench"
+LOADED_S = 0.02  # a job's load_s at or above this: its model was loaded, not found cached
 
 
 STARTED = time.monotonic()
@@ -99,6 +101,7 @@ def plain_dispatcher_class():
         worker of the class gives (no worker is preferred for holding the model)."""
 
         _turn = 0
+        affinity_window = 0  # no warm round either
 
         def choose(self, rec: dict[str, Any], spec: Any, view: FleetView):
             able = sorted(
@@ -338,11 +341,32 @@ def stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def analyse(run: dict[str, Any], capacity: int) -> dict[str, Any]:
+def replay(
+    seq: list[int], capacity: int, policy: str, costs: list[float] | None = None
+) -> int:
+    """Loads of an offline replay of `seq` in a cache of `capacity` equal-sized models
+    (`costs`: each model's reload seconds, for the cost policy)."""
+    ones = [1] * (max(seq) + 1)
+    cost = None if costs is None else (lambda m, n: costs[m])
+    return simulate(seq, ones, ones, capacity, policy, cost)["loads"]
+
+
+def measured_load_s(jobs: list[dict[str, Any]], models: list[str]) -> list[float]:
+    """Each model's median load time over the jobs that loaded it (the cost policy's
+    reload cost); models never seen loading get the overall median."""
+    loading = [j for j in jobs if float(j.get("load_s") or 0) >= LOADED_S]
+    every = [float(j["load_s"]) for j in loading] or [1.0]
+    per = {
+        m: [float(j["load_s"]) for j in loading if j["spec"]["model"] == m] for m in models
+    }
+    return [statistics.median(per[m] or every) for m in models]
+
+
+def analyse(run: dict[str, Any], capacity: int, policy: str) -> dict[str, Any]:
     jobs = run["jobs"]
     models = sorted({j["spec"]["model"] for j in jobs} | {WARMUP_MODEL})
     index = {m: i for i, m in enumerate(models)}
-    sizes = [1] * len(models)
+    costs = measured_load_s(jobs, models)
     per_worker = []
     for w in sorted(run["workers"], key=lambda w: w["name"]):
         mine = sorted((j for j in jobs if j["worker"] == w["name"]), key=lambda j: j["started_at"])
@@ -360,9 +384,10 @@ def analyse(run: dict[str, Any], capacity: int) -> dict[str, Any]:
                 "high_water_bytes": cache["high_water_bytes"],
                 "budget_bytes": w["cache_budget"],
                 "held_at_end": [m["name"] for m in w["models"]],
-                # Replays of this worker's jobs in start order, after the preload.
-                "lru_replay_loads": simulate(seq, sizes, capacity, "lru")["loads"] - 1,
-                "belady_loads": simulate(seq, sizes, capacity, "belady")["loads"] - 1,
+                # Replays of this worker's jobs in start order, after the preload: in the
+                # worker's own eviction policy (a check), and Belady (the best possible).
+                "replay_loads": replay(seq, capacity, policy, costs) - 1,
+                "belady_loads": replay(seq, capacity, "belady") - 1,
             }
         )
     routing = classify_misses(jobs, capacity)
@@ -380,7 +405,7 @@ def analyse(run: dict[str, Any], capacity: int) -> dict[str, Any]:
         "loads": sum(w["loads"] for w in per_worker),
         "hits": sum(w["hits"] for w in per_worker),
         "evictions": sum(w["evictions"] for w in per_worker),
-        "lru_replay_loads": sum(w["lru_replay_loads"] for w in per_worker),
+        "replay_loads": sum(w["replay_loads"] for w in per_worker),
         **routing,
         "belady_given_assignment": sum(w["belady_loads"] for w in per_worker),
         "wait_dispatch_s": stats(wait_dispatch),
@@ -431,7 +456,7 @@ def classify_misses(jobs: list[dict[str, Any]], capacity: int) -> dict[str, int]
 def bounds(trace: list[str], workers: int, capacity: int) -> dict[str, Any]:
     models = sorted(set(trace))
     seq = [models.index(m) for m in trace]
-    pooled = simulate(seq, [1] * len(models), workers * capacity, "belady")["loads"]
+    pooled = replay(seq, workers * capacity, "belady")
     return {"compulsory": len(models), "pooled_belady_in_order": pooled}
 
 
@@ -499,7 +524,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         "routing   affinity: `renderfarm scheduler` (renderfarm.localfarm.start_scheduler), "
         f"RENDERFARM_AFFINITY_WAIT_S={args.affinity_wait_s:g}",
         "          plain: RENDERFARM_AFFINITY_WAIT_S=0 and a Dispatcher subclass whose choose() "
-        "takes the next idle able worker in rotating order",
+        "takes the next idle able worker in rotating order; no warm round",
         "",
     ]
     runs = r["runs"]
@@ -512,7 +537,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
     row("routing", [v["routing"] for v in runs])
     row("model loads (cache.loads)", [str(v["loads"]) for v in runs])
     row("  cache hits", [str(v["hits"]) for v in runs])
-    row("  LRU replay of each worker", [str(v["lru_replay_loads"]) for v in runs])
+    row(f"  {args.cache_policy} replay of each worker", [str(v["replay_loads"]) for v in runs])
     row("  Belady, same assignment", [str(v["belady_given_assignment"]) for v in runs])
     row("  misses, other worker held it", [str(v["misses_held_elsewhere"]) for v in runs])
     row("  misses, no worker held it", [str(v["misses_held_nowhere"]) for v in runs])
@@ -550,10 +575,10 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         )
     for v in runs:
         name = f"{arrival_name(v['arrival_rate'], short=True)}/{v['routing']}"
-        if v["lru_replay_loads"] != v["loads"]:
+        if v["replay_loads"] != v["loads"]:
             lines.append(
-                f"note: {name}: the workers counted {v['loads']} loads but an LRU replay of "
-                f"their jobs gives {v['lru_replay_loads']} (the budget did not hold exactly "
+                f"note: {name}: the workers counted {v['loads']} loads but a replay of "
+                f"their jobs gives {v['replay_loads']} (the budget did not hold exactly "
                 f"{args.capacity} models?)"
             )
         over = sum(w["over_budget_events"] for w in v["per_worker"])
@@ -605,6 +630,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=3.0,
         help="RENDERFARM_AFFINITY_WAIT_S of the affinity runs (default 3, the farm's)",
+    )
+    p.add_argument(
+        "--cache-policy",
+        choices=("cost", "lru"),
+        default="cost",
+        help="RENDERFARM_CACHE_POLICY of every worker (default cost, the farm's)",
     )
     p.add_argument(
         "--heartbeat-s", type=float, default=2.0, help="RENDERFARM_HEARTBEAT_S (default 2)"
@@ -665,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                 "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
                 "RENDERFARM_CACHE_RAM_MB": str(sizes["budget_mb"]),
                 "RENDERFARM_HEARTBEAT_S": str(args.heartbeat_s),
+                "RENDERFARM_CACHE_POLICY": args.cache_policy,
                 # torch uses every core per process by default; several workers on a small
                 # shared machine then oversubscribe it and renders slow down 10-100x.
                 "OMP_NUM_THREADS": str(args.torch_threads),
@@ -702,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                             "arrival": spec,
                             "arrival_rate": rate,
                             "routing": label,
-                            **analyse(result, args.capacity),
+                            **analyse(result, args.capacity, args.cache_policy),
                         }
                     )
                     log(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from scheduler.affinity import Affinity
 from scheduler.celery_app import RUN_JOB, make_celery
 from scheduler.fleetview import FleetReader, FleetView, Worker, can_run, holds
 from scheduler.pending import Candidate, PendingJobs
@@ -46,7 +48,8 @@ from shared.vocabulary import JobStatus
 __all__ = ["AFFINITY_WINDOW", "Dispatcher", "FleetView", "can_run", "holds"]
 
 log = logging.getLogger(__name__)
-AFFINITY_WINDOW = 4
+AFFINITY_WINDOW = 16  # the jobs of the best priority the warm round looks at
+MAX_OVERTAKEN = 16  # ... and how often one job may be overtaken there
 PER_OWNER = 20  # the jobs of each owner a round looks at (its best pending ones)
 READ_BATCH = 64  # records read in one round trip
 READ_PER_OWNER = 2  # of them, at most this many of one owner (most are skipped: served)
@@ -71,6 +74,7 @@ class _Job:
     rec: dict[str, Any] | None = None
     read: bool = False
     spec: AnySpec | None = None
+    overtaken: int = 0  # times the warm round let a later job go first
 
     @property
     def id(self) -> str:
@@ -106,6 +110,8 @@ class _Batch:
 
 
 class Dispatcher:
+    affinity_window = AFFINITY_WINDOW  # 0: no warm round (the benchmark's plain routing)
+
     def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
         self.redis = redis_client(settings)
@@ -122,6 +128,7 @@ class Dispatcher:
         self._next_reap = self._next_sweep = float("-inf")
         self._counts_checked = False
         self._known: dict[str, _Job] = {}  # the jobs in the owners' heads, last pass
+        self.affinity = Affinity(self.redis)  # the caches and costs beyond the heartbeats
 
     # -- the fleet --------------------------------------------------------------------------
 
@@ -162,11 +169,17 @@ class Dispatcher:
         warm_idle = view.first_idle_holder(groups, model)
         if warm_idle is not None:
             return warm_idle, ""
+        # Cold: the idle worker whose cache loses least would load it, unless a busy
+        # worker holding it is worth waiting for (scheduler/affinity.py).
+        index = view._index()
+        copies = {m: len(names) for m, names in index.holders.items()}
+        cold = view.cheapest_idle(groups, lambda w: self.affinity.regret(w, copies, index.largest))
         waited = time.time() - rec["eligible_at"]
-        if waited < self.settings.affinity_wait_s and view.busy_holder(groups, model):
-            return None, "waiting for a worker that holds the model"
-        # Cold start: the idle worker with the most free cache room loads it.
-        cold = view.roomiest_idle(groups)
+        if waited < self.settings.affinity_wait_s:
+            held = view.busy_holders(groups, model)
+            coming = view.busy_holders(groups, model, self.affinity.sent)
+            if self.affinity.worth_waiting(view, held, coming, cold, spec):
+                return None, "waiting for a worker that holds the model"
         if cold is None:
             return None, "waiting for a free worker"
         return cold, ""
@@ -186,6 +199,7 @@ class Dispatcher:
             self._next_sweep = now + self.sweep_every_s
         elif not view.has_idle():
             return 0
+        self.affinity.refresh(view)
         return _Pass(self, view, sweep).run()
 
     # -- writing decisions ------------------------------------------------------------------
@@ -223,6 +237,8 @@ class Dispatcher:
         for s, ok in zip(batch.sent, done, strict=True):
             if not ok:  # not pending at that attempt any more: what was read is stale
                 self._known.pop(s.job.id, None)
+        for s in went:
+            self.affinity.dispatched(s.worker, self._spec(s.job), s.warm)
         if went:
             self._send(went)
         batch.sent, batch.waiting, batch.stale = [], [], []
@@ -371,6 +387,7 @@ class _Pass:
 
     def _candidates(self) -> list[_Job]:
         jobs = [j for head in self.heads.values() for j in head]
+        self.d.affinity.waiting = Counter(model_of(j.spec) for j in jobs if j.spec is not None)
         served_at = self.served_at
         return sorted(jobs, key=lambda j: (j.rank, served_at[j.owner], j.cand.created_ms))
 
@@ -423,14 +440,18 @@ class _Pass:
             self.shrunk.add(job.owner)
 
     def _warm_round(self, cands: list[_Job], served: set[str]) -> None:
-        """Each idle worker first takes, among the next few jobs of the best priority, the
-        first whose model it already holds. Without this, a backlog makes every job take
-        whichever worker is free, and affinity stops saving loads. Bounded: a job can be
-        passed over only by the AFFINITY_WINDOW - 1 jobs behind it."""
+        """Each idle worker first takes, among the next AFFINITY_WINDOW jobs of the best
+        priority, the first whose model it already holds. Without this, a backlog makes
+        every job take whichever worker is free, and affinity stops saving loads. Bounded:
+        a job is overtaken at most MAX_OVERTAKEN times; then the window ends at it."""
         view = self.view
         if not cands or not view.has_idle():
             return
-        window = [c for c in cands[:AFFINITY_WINDOW] if c.rank == cands[0].rank]
+        window = [c for c in cands[: self.d.affinity_window] if c.rank == cands[0].rank]
+        for k, job in enumerate(window):
+            if job.overtaken >= MAX_OVERTAKEN:
+                window = window[: k + 1]
+                break
         models: dict[int, str] = {}
         for i, job in enumerate(window):
             rec = self._record(cands, i, served)
@@ -456,6 +477,8 @@ class _Pass:
                     and index.group_of[name] in view.able_groups(spec, rec.get("hardware"))
                     and name in index.holders.get(models[i], ())
                 ):
+                    for ahead in window[:i]:
+                        ahead.overtaken += 1
                     self._decide(job, worker, True, served)
                     break
 

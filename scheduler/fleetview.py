@@ -2,14 +2,16 @@
 
 Read for every pass in a fixed number of round trips, whatever the queue's length:
 - the heartbeats (`scheduler/fleet.py`), re-read at most every quarter heartbeat interval
-  (a heartbeat is itself that old) and parsed only when one changed;
+  (a heartbeat is itself that old) and parsed only when one changed; between those, the
+  heartbeats of workers whose model cache changed (`keys.fleet_changed`: they beat at
+  once), so routing by what a worker holds is never a whole interval late;
 - every pass: the busy workers and each owner's active jobs (counts the records' Lua step
   keeps, `keys.worker_jobs` and `keys.owner_jobs`), the running limits, and whether any
   worker is draining (one EXISTS over their drain keys).
 
 `FleetView` answers the dispatcher's questions from indexes instead of walking the
 workers: the workers grouped by what they can run (hardware, kinds, store), who holds which
-model, and the idle workers of each group, roomiest cache first.
+model, and the idle workers of each group, the one whose cache loses least first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import heapq
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from shared.jobspec import AnySpec
 from shared.vocabulary import AUTO
 
 Worker = dict[str, Any]
+CHANGED_PER_PASS = 1000  # changed heartbeats a pass re-reads at most (the rest: next pass)
 
 
 def can_run(worker: Worker, spec: AnySpec, allowed: list[str] | None = None) -> bool:
@@ -71,6 +75,7 @@ class FleetIndex:
     group_of: dict[str, int] = field(init=False)
     members: list[list[str]] = field(init=False)
     holders: dict[str, set[str]] = field(init=False)  # model name -> workers holding it
+    largest: int = field(init=False)  # the largest model's bytes in any cache
     room: dict[str, int] = field(init=False)  # free cache bytes
     _able: dict[tuple, tuple[int, ...]] = field(init=False, default_factory=dict)
 
@@ -78,6 +83,7 @@ class FleetIndex:
         self.names = list(self.workers)
         self.order = {name: i for i, name in enumerate(self.names)}
         self.groups, self.group_of, self.members, self.holders, self.room = [], {}, [], {}, {}
+        self.largest = 0
         seen: dict[tuple, int] = {}
         for name, w in self.workers.items():
             cap = _capability(w)
@@ -89,6 +95,7 @@ class FleetIndex:
             self.members[seen[cap]].append(name)
             for m in w.get("models", ()):
                 self.holders.setdefault(m["name"], set()).add(name)
+                self.largest = max(self.largest, m.get("size_bytes", 0))
             self.room[name] = w.get("cache_budget", 0) - w.get("cache_bytes", 0)
 
     def able(self, spec: AnySpec, allowed: list[str] | None) -> tuple[int, ...]:
@@ -118,7 +125,7 @@ class FleetView:
     limits: dict[str, int] = field(default_factory=dict)
     index: FleetIndex | None = None
     _idle: dict[str, None] | None = field(default=None, repr=False)  # name order
-    _heaps: list[list[tuple[int, int, str]]] | None = field(default=None, repr=False)
+    _heaps: list[list[tuple[float, int, int, str]]] | None = field(default=None, repr=False)
 
     def at_limit(self, owner: str) -> int | None:
         """The owner's running limit when it has reached it, else None."""
@@ -171,33 +178,49 @@ class FleetView:
             found = min(fitting, key=index.order.__getitem__, default=None)
         return None if found is None else self.workers[found]
 
-    def busy_holder(self, groups: tuple[int, ...], model: str) -> bool:
-        """Whether a busy worker of `groups` holds `model`."""
+    def busy_holders(
+        self, groups: tuple[int, ...], model: str, sent: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """The busy workers of `groups` that hold `model`; with `sent` (worker name -> the
+        job it was last sent, with a `model`), those just sent a job for it instead."""
         index = self._index()
-        return any(
-            name in self.busy and index.group_of[name] in groups
-            for name in index.holders.get(model, ())
-        )
+        if sent is None:
+            names = index.holders.get(model, set())
+        else:
+            names = {n for n, job in sent.items() if job.model == model}
+        found = [
+            n
+            for n in names
+            if n in self.busy and n in index.group_of and index.group_of[n] in groups
+        ]
+        return sorted(found, key=index.order.__getitem__)
 
-    def roomiest_idle(self, groups: tuple[int, ...]) -> Worker | None:
-        """The idle worker of `groups` with the most free cache room (the first in name
-        order among equals)."""
+    def cheapest_idle(
+        self, groups: tuple[int, ...], regret: Callable[[Worker], float]
+    ) -> Worker | None:
+        """The idle worker of `groups` whose cache loses least by loading a model
+        (`regret`, read once per worker per pass), then the one with most free cache room,
+        then the first in name order."""
         index = self._index()
         if self._heaps is None:
             idle = self._idle_names()
             self._heaps = []
             for members in index.members:
-                heap = [(-index.room[n], index.order[n], n) for n in members if n in idle]
+                heap = [
+                    (regret(self.workers[n]), -index.room[n], index.order[n], n)
+                    for n in members
+                    if n in idle
+                ]
                 heapq.heapify(heap)
                 self._heaps.append(heap)
-        best: tuple[int, int, str] | None = None
+        best: tuple[float, int, int, str] | None = None
         for g in groups:
             heap = self._heaps[g]
-            while heap and heap[0][2] in self.busy:
+            while heap and heap[0][3] in self.busy:
                 heapq.heappop(heap)  # taken since the heap was built
             if heap and (best is None or heap[0] < best):
                 best = heap[0]
-        return None if best is None else self.workers[best[2]]
+        return None if best is None else self.workers[best[3]]
 
 
 class FleetReader:
@@ -237,17 +260,34 @@ class FleetReader:
         self._raw, self._docs = raw, docs
         self._changed = True  # the views' workers are rebuilt with the drain flags
 
+    def _reread(self, changed: list[bytes]) -> None:
+        """The heartbeats of the workers whose cache changed since the last pass."""
+        names = sorted({n.decode() for n in changed})
+        if any(n not in self._docs for n in names):
+            self._read_heartbeats()  # a new worker: the whole fleet, in name order
+            return
+        beats = self.redis.mget([keys.worker(n) for n in names])
+        fresh = {n: b for n, b in zip(names, beats, strict=True) if b and b != self._raw[n]}
+        if fresh:
+            self._raw = {**self._raw, **fresh}
+            self._docs = {**self._docs, **{n: json.loads(b) for n, b in fresh.items()}}
+            self._changed = True
+
     def view(self) -> FleetView:
-        """The fleet for one pass, in two round trips."""
+        """The fleet for one pass, in two round trips (three after a cache changed)."""
         docs = self.live()
         names = list(docs)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.worker_jobs())
             pipe.hgetall(keys.owner_jobs())
             pipe.hgetall(keys.running_limits())
+            pipe.spop(keys.fleet_changed(), CHANGED_PER_PASS)
             if names:
                 pipe.exists(*[keys.drain(n) for n in names])
-            busy_raw, active_raw, limits_raw, *draining_count = pipe.execute()
+            busy_raw, active_raw, limits_raw, changed, *draining_count = pipe.execute()
+        if changed:
+            self._reread(changed)
+            docs = self._docs
         draining: frozenset[str] = frozenset()
         if draining_count and draining_count[0]:
             draining = draining_of(self.redis, names)

@@ -48,7 +48,7 @@ _STATUS_INDEX = keys.index("status", "")
 _OWNER_GALLERY = keys.gallery("") + ":"
 _RENDER_TIMES = keys.render_times("", "").removesuffix("|")
 _JSON_FIELDS = ("spec", "outputs", "seeds", "hardware", "history")
-_INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested")
+_INT_FIELDS = ("seq", "attempt", "attempts", "cancel_requested", "warm")
 _FLOAT_FIELDS = (
     "progress",
     "render_s",

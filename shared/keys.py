@@ -53,6 +53,12 @@ def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 
 
+def fleet_changed() -> str:
+    """Set of workers whose cache changed since the dispatcher last looked (it pops them and
+    re-reads just their heartbeats)."""
+    return f"{PREFIX}:fleet:changed"
+
+
 def workers_index() -> str:
     """Set of worker names that have beaten at some time (expired ones are pruned on read)."""
     return f"{PREFIX}:workers"

@@ -400,6 +400,12 @@ class ModelCache:
             }
 
     @property
+    def version(self) -> int:
+        """Changes whenever an entry comes or goes (loads, evictions, unloads)."""
+        c = self._counters
+        return c.loads + c.evictions + c.unloads
+
+    @property
     def bytes_in_use(self) -> int:
         return self._bytes_in_use
 

@@ -1,7 +1,10 @@
 """A worker's heartbeat: what it is, what it holds and what it is doing, every few seconds.
 
 A thread in the worker process writes one JSON document to Redis with a TTL of three
-intervals, so a worker that dies (or hangs without beating) ages out on its own.
+intervals, so a worker that dies (or hangs without beating) ages out on its own. It also
+beats as soon as its model cache changed (a load, an eviction), and says so in
+`keys.fleet_changed()`: the dispatcher routes by what each worker holds, and a view one
+interval old is many jobs old on a busy farm.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FAMILY_OF = {folder: family for family, folder in FOLDERS.items()}
+CHANGE_POLL_S = 0.05  # how often the thread looks whether the cache changed
 VERSIONS = ("renderfarm", "torch", "diffusers", "transformers", "openvino", "celery")
 
 
@@ -52,7 +56,8 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
-    def document(self) -> dict[str, Any]:
+    def document(self, list_store: bool = True) -> dict[str, Any]:
+        """The heartbeat; `list_store`: list the model store again (else the last list)."""
         runner = self.runner
         cache = runner.cache.stats()
         entries = cache["entries"]
@@ -74,6 +79,7 @@ class Heartbeat:
                     "size_bytes": e["size_bytes"],
                     "locks": e["locks"],
                     "tier": e["tier"],
+                    "cost_s": e["cost_s"],  # what loading it again would take
                 }
                 for e in entries
                 if Path(e["path"]).parent.name in FAMILY_OF
@@ -85,7 +91,7 @@ class Heartbeat:
             },
             # What this worker can run: the dispatcher routes `hardware: auto` jobs by it.
             "kinds": list(runner.kinds),
-            "store": self.store(),
+            "store": self.store() if list_store else self._store,
             "model_fetch": runner.fetcher.stats() if runner.fetcher else None,
             "draining": is_draining(self.redis, runner.name),
             "cache": {k: v for k, v in cache.items() if k != "entries"},
@@ -107,20 +113,35 @@ class Heartbeat:
             log.warning("could not list the model store %s", self.runner.store.location)
         return self._store
 
-    def beat(self) -> None:
-        self.runner.renew_lease()
+    def beat(self, cache_changed: bool = False, between: bool = False) -> None:
+        """Write the heartbeat; `cache_changed`: tell the dispatcher; `between`: an extra
+        beat between intervals (for the cache): the lease and the store list wait."""
+        if not between:
+            self.runner.renew_lease()
         ttl_ms = int(self.interval_s * 3 * 1000)
+        document = self.document(list_store=not between)
         with self.redis.pipeline() as pipe:
-            pipe.set(keys.worker(self.runner.name), json.dumps(self.document()), px=ttl_ms)
+            pipe.set(keys.worker(self.runner.name), json.dumps(document), px=ttl_ms)
             pipe.sadd(keys.workers_index(), self.runner.name)
+            if cache_changed:
+                pipe.sadd(keys.fleet_changed(), self.runner.name)
             pipe.execute()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        seen = self.runner.cache.version
+        due = time.monotonic() + self.interval_s
+        while not self._stop.wait(min(CHANGE_POLL_S, self.interval_s)):
+            version, now = self.runner.cache.version, time.monotonic()
+            if version == seen and now < due:
+                continue
             try:
-                self.beat()
+                self.beat(cache_changed=version != seen, between=now < due)
+                seen = version
+                if now >= due:
+                    due = now + self.interval_s
             except Exception:  # Redis away for a moment: beat again next interval
                 log.warning("heartbeat failed", exc_info=True)
+                due = now + self.interval_s
 
     def start(self) -> None:
         self.beat()

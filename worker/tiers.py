@@ -172,6 +172,11 @@ class TieredCache:
         """Free VRAM: every model no job holds moves to RAM. Returns how many moved."""
         return self.fast.clear()
 
+    @property
+    def version(self) -> int:
+        """Changes whenever an entry comes or goes in either tier."""
+        return self.fast.version + self.slow.version
+
     def stats(self) -> dict[str, Any]:
         """The VRAM tier's stats, RAM's under "ram", and the entries of both."""
         fast, slow = self.fast.stats(), self.slow.stats()

@@ -1,0 +1,175 @@
+"""Model affinity: what the dispatcher knows about the fleet's caches beyond the heartbeats,
+and what a cold load costs.
+
+The dispatcher routes a job to an idle worker holding its model when there is one. When
+there is not, it weighs, in seconds:
+- waiting for a busy worker that holds the model (or was just sent a job for it): its
+  expected free time — when the dispatcher sent its job plus that job's expected time (the
+  render median of its timing class on that hardware, plus its load if it was sent cold),
+  plus the jobs that already decided to wait for it (`reserve`);
+- against a cold load on an idle worker: the model's measured load time on that class
+  (cache entries report `cost_s` in heartbeats; remembered after the model left every
+  cache; a model never loaded there: the median load there), counted LOAD_WEIGHT times:
+  a load takes its own time now and, in a full cache, later reloads of what it evicts and
+  a second copy's room (`python -m bench.bench_scheduler`: 4 saved more loads than 2, and
+  waits stayed below plain routing's).
+The job waits for the holder if that is sooner, never longer than `affinity_wait_s` (a job
+for a cold model is never starved); with nothing measured yet it waits for a worker that
+holds the model (not one just sent it), up to that bound.
+
+Which idle worker loads a cold model: the one whose cache loses least (`regret`): none if
+it has room, else the value of its least valuable model — its demand (dispatches of it,
+halving every DEMAND_HALF_LIFE dispatches, plus the jobs waiting for it in the owners'
+heads) × its load cost, divided among the workers holding it (a second copy is cheap to
+lose).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+from scheduler.fleetview import FleetView, Worker
+from scheduler.timing import RenderTimes, model_of, timing_of
+from shared.jobspec import AnySpec
+
+LOAD_WEIGHT = 4.0
+DEMAND_HALF_LIFE = 50  # dispatches
+TIMES_REFRESH_S = 5.0  # render medians are re-read this often
+
+
+@dataclass
+class Sent:
+    """The job the dispatcher last sent a worker, while that worker is busy with it."""
+
+    model: str
+    at: float  # time.time() when sent
+    expected_s: float | None  # its expected time on the worker (None: nothing measured)
+
+
+class Affinity:
+    """Kept by the dispatcher across passes; `refresh` once per pass with the pass's view."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.sent: dict[str, Sent] = {}
+        self.load_s: dict[tuple[str, str], float] = {}  # (hardware, model) -> seconds
+        self.waiting: dict[str, int] = {}  # model -> jobs in the owners' heads (this pass)
+        self._demand: dict[str, tuple[float, int]] = {}  # model -> (count, at dispatch n)
+        self._dispatches = 0
+        self._times = RenderTimes(redis)
+        self._times_at = time.monotonic()
+        self._reserved: dict[str, float] = {}  # worker -> seconds promised to waiting jobs
+        self._learned_from: dict[str, Worker] | None = None
+        self._any_render: dict[str, float] = {}  # hardware -> the last render median seen
+
+    def refresh(self, view: FleetView) -> None:
+        """Forget what was sent to workers no longer busy; learn the caches' load costs."""
+        self.sent = {n: s for n, s in self.sent.items() if n in view.busy}
+        self._reserved = {}
+        if view.workers is not self._learned_from:  # the heartbeats changed
+            self._learned_from = view.workers
+            for worker in view.workers.values():
+                for m in worker.get("models", ()):
+                    if m.get("cost_s"):
+                        self.load_s[(worker["hardware"], m["name"])] = float(m["cost_s"])
+        if time.monotonic() - self._times_at >= TIMES_REFRESH_S:
+            self._times, self._times_at = RenderTimes(self.redis), time.monotonic()
+
+    # -- demand -------------------------------------------------------------------------
+
+    def demand(self, model: str) -> float:
+        count, at = self._demand.get(model, (0.0, 0))
+        decayed = count * 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
+        return decayed + self.waiting.get(model, 0)
+
+    def dispatched(self, worker: Worker, spec: AnySpec, warm: bool) -> None:
+        """`worker` was sent the job (`warm`: it holds the job's model)."""
+        model = model_of(spec)
+        self._dispatches += 1
+        count, at = self._demand.get(model, (0.0, 0))
+        count *= 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
+        self._demand[model] = (count + 1, self._dispatches)
+        self.sent[worker["name"]] = Sent(model, time.time(), self.expected_s(worker, spec, warm))
+
+    # -- time ---------------------------------------------------------------------------
+
+    def render_s(self, hardware: str, spec: AnySpec) -> float | None:
+        """The render median of the job's timing class on `hardware`; for a class with no
+        history yet, the last median seen on that hardware (a guess beats none)."""
+        median = self._times.median(hardware, timing_of(spec))
+        if median is None:
+            return self._any_render.get(hardware)
+        self._any_render[hardware] = median
+        return median
+
+    def load_cost(self, hardware: str, model: str) -> float | None:
+        """The model's measured load time on `hardware`; for one never loaded there, the
+        median of the loads measured there."""
+        found = self.load_s.get((hardware, model))
+        if found is not None:
+            return found
+        there = [s for (h, _), s in self.load_s.items() if h == hardware]
+        return statistics.median(there) if there else None
+
+    def expected_s(self, worker: Worker, spec: AnySpec, warm: bool) -> float | None:
+        render = self.render_s(worker["hardware"], spec)
+        if render is None:
+            return None
+        if warm:
+            return render
+        load = self.load_cost(worker["hardware"], model_of(spec))
+        return None if load is None else render + load
+
+    def free_in(self, name: str, now: float) -> float | None:
+        """Seconds until busy worker `name` can start another job (None: not known)."""
+        sent = self.sent.get(name)
+        if sent is None or sent.expected_s is None:
+            return None
+        return max(0.0, sent.at + sent.expected_s - now) + self._reserved.get(name, 0.0)
+
+    def reserve(self, name: str, seconds: float) -> None:
+        """A job decided to wait for `name`: the next one waits that much longer."""
+        self._reserved[name] = self._reserved.get(name, 0.0) + seconds
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def worth_waiting(
+        self,
+        view: FleetView,
+        held: list[str],
+        coming: list[str],
+        cold: Worker | None,
+        spec: AnySpec,
+    ) -> bool:
+        """Whether the job should wait for a busy worker that holds its model (`held`) or
+        was just sent a job for it (`coming`) rather than load it on `cold`."""
+        if cold is None:
+            return bool(held or coming)
+        now = time.time()
+        load = self.load_cost(cold["hardware"], model_of(spec))
+        known = sorted((w, n) for n in [*held, *coming] if (w := self.free_in(n, now)) is not None)
+        if not known or load is None:
+            return bool(held)  # nothing measured: wait for a holder, up to affinity_wait_s
+        soonest, name = known[0]
+        if soonest > LOAD_WEIGHT * load:
+            return False
+        self.reserve(name, self.render_s(view.workers[name]["hardware"], spec) or 0.0)
+        return True
+
+    def regret(self, worker: Worker, copies: dict[str, int], largest: int) -> float:
+        """What `worker` loses by loading a model: nothing if its cache has room for the
+        largest model seen, else the value of its least valuable unlocked model."""
+        room = worker.get("cache_budget", 0) - worker.get("cache_bytes", 0)
+        models = [m for m in worker.get("models", ()) if not m.get("locks")]
+        if room >= largest or not models:
+            return 0.0
+        return min(
+            self.demand(m["name"])
+            * (self.load_cost(worker["hardware"], m["name"]) or 1.0)
+            / max(1, copies.get(m["name"], 1))
+            for m in models
+        )
