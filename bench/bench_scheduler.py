@@ -341,9 +341,7 @@ def stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def replay(
-    seq: list[int], capacity: int, policy: str, costs: list[float] | None = None
-) -> int:
+def replay(seq: list[int], capacity: int, policy: str, costs: list[float] | None = None) -> int:
     """Loads of an offline replay of `seq` in a cache of `capacity` equal-sized models
     (`costs`: each model's reload seconds, for the cost policy)."""
     ones = [1] * (max(seq) + 1)
@@ -356,9 +354,7 @@ def measured_load_s(jobs: list[dict[str, Any]], models: list[str]) -> list[float
     reload cost); models never seen loading get the overall median."""
     loading = [j for j in jobs if float(j.get("load_s") or 0) >= LOADED_S]
     every = [float(j["load_s"]) for j in loading] or [1.0]
-    per = {
-        m: [float(j["load_s"]) for j in loading if j["spec"]["model"] == m] for m in models
-    }
+    per = {m: [float(j["load_s"]) for j in loading if j["spec"]["model"] == m] for m in models}
     return [statistics.median(per[m] or every) for m in models]
 
 
