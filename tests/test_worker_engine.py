@@ -1,5 +1,7 @@
 """The worker's engine in-process: what its cache holds across jobs (seed bugs 001, 003, 004)."""
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,28 @@ def gradient_key(engine) -> str:
     key = input_key(buf.getvalue())
     runner.storage.put(key, buf.getvalue(), "image/png")
     return key
+
+
+def test_a_cache_change_is_beaten_at_once_not_at_the_next_interval(engine):
+    """The dispatcher routes by what each worker holds: a load shows in the heartbeat (and
+    in `rf:fleet:changed`, which the dispatcher pops) without waiting an interval."""
+    from shared import keys
+    from worker.heartbeat import Heartbeat
+
+    scheduler, runner, run = engine
+    redis = Redis.from_url(scheduler.settings.redis_url)
+    heartbeat = Heartbeat(runner, redis, interval_s=600)
+    heartbeat.start()  # the first beat: nothing loaded yet
+    try:
+        assert json.loads(redis.get(keys.worker(runner.name)))["models"] == []
+        redis.delete(keys.fleet_changed())
+        run(**TINY)
+        deadline = time.monotonic() + 30  # far below the 600 s interval
+        while runner.name.encode() not in redis.smembers(keys.fleet_changed()):
+            assert time.monotonic() < deadline, "no beat after the load"
+            time.sleep(0.05)
+        beat = json.loads(redis.get(keys.worker(runner.name)))
+        held = {m["name"]: m for m in beat["models"]}
+        assert "demo-sd15" in held and held["demo-sd15"]["cost_s"] > 0
+    finally:
+        heartbeat.stop()
