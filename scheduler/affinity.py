@@ -17,17 +17,19 @@ The job waits for the holder if that is sooner, never longer than `affinity_wait
 for a cold model is never starved); with nothing measured yet it waits for a worker that
 holds the model (not one just sent it), up to that bound.
 
-Which idle worker loads a cold model: the one whose cache loses least (`regret`): none if
-it has room, else the value of its least valuable model — its demand (dispatches of it,
+Which idle worker loads a cold model: the one whose cache loses least (`victim`): nothing
+if it has room, else the value of its least valuable model — its demand (dispatches of it,
 halving every DEMAND_HALF_LIFE dispatches, plus the jobs waiting for it in the owners'
-heads) × its load cost, divided among the workers holding it (a second copy is cheap to
-lose).
+heads) × its load cost; nothing for a model another worker holds too. The dispatch names
+that model (the record's `evict`), and the worker's cache evicts it before any other: the
+fleet's choice, which the worker's own policy (what it alone has seen) cannot make.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from redis import Redis
@@ -48,6 +50,7 @@ class Sent:
     model: str
     at: float  # time.time() when sent
     expected_s: float | None  # its expected time on the worker (None: nothing measured)
+    evicts: str = ""  # the model its load was to evict first
 
 
 class Affinity:
@@ -86,14 +89,16 @@ class Affinity:
         decayed = count * 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
         return decayed + self.waiting.get(model, 0)
 
-    def dispatched(self, worker: Worker, spec: AnySpec, warm: bool) -> None:
-        """`worker` was sent the job (`warm`: it holds the job's model)."""
+    def dispatched(self, worker: Worker, spec: AnySpec, warm: bool, evicts: str = "") -> None:
+        """`worker` was sent the job (`warm`: it holds the job's model; `evicts`: the model
+        its load is to evict first)."""
         model = model_of(spec)
         self._dispatches += 1
         count, at = self._demand.get(model, (0.0, 0))
         count *= 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
         self._demand[model] = (count + 1, self._dispatches)
-        self.sent[worker["name"]] = Sent(model, time.time(), self.expected_s(worker, spec, warm))
+        expected = self.expected_s(worker, spec, warm)
+        self.sent[worker["name"]] = Sent(model, time.time(), expected, evicts)
 
     # -- time ---------------------------------------------------------------------------
 
@@ -160,16 +165,25 @@ class Affinity:
         self.reserve(name, self.render_s(view.workers[name]["hardware"], spec) or 0.0)
         return True
 
-    def regret(self, worker: Worker, copies: dict[str, int], largest: int) -> float:
-        """What `worker` loses by loading a model: nothing if its cache has room for the
-        largest model seen, else the value of its least valuable unlocked model."""
+    def victim(
+        self, worker: Worker, copies: dict[str, int], largest: int
+    ) -> tuple[float, Worker | None]:
+        """What `worker` loses by loading a model, and the cached model it would lose: none
+        if its cache has room for the largest model seen, else its least valuable unlocked
+        model (a model another worker also holds is worth nothing here: its jobs can wait
+        for that one)."""
         room = worker.get("cache_budget", 0) - worker.get("cache_bytes", 0)
         models = [m for m in worker.get("models", ()) if not m.get("locks")]
         if room >= largest or not models:
-            return 0.0
-        return min(
-            self.demand(m["name"])
-            * (self.load_cost(worker["hardware"], m["name"]) or 1.0)
-            / max(1, copies.get(m["name"], 1))
-            for m in models
-        )
+            return 0.0, None
+
+        # Copies another worker is about to evict (named in a dispatch) do not count.
+        going = Counter(s.evicts for n, s in self.sent.items() if n != worker["name"])
+
+        def value(m: Worker) -> float:
+            if copies.get(m["name"], 1) - going[m["name"]] > 1:
+                return 0.0
+            return self.demand(m["name"]) * (self.load_cost(worker["hardware"], m["name"]) or 1.0)
+
+        least = min(models, key=value)
+        return value(least), least

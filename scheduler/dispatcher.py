@@ -95,6 +95,7 @@ class _Sent:
     worker: Worker
     warm: bool
     at: float
+    evict: str = ""  # the model its load should evict first (`family:name`), if cold
 
 
 @dataclass
@@ -172,8 +173,9 @@ class Dispatcher:
         # Cold: the idle worker whose cache loses least would load it, unless a busy
         # worker holding it is worth waiting for (scheduler/affinity.py).
         index = view._index()
-        copies = {m: len(names) for m, names in index.holders.items()}
-        cold = view.cheapest_idle(groups, lambda w: self.affinity.regret(w, copies, index.largest))
+        cold = view.cheapest_idle(
+            groups, lambda w: self.affinity.victim(w, index.copies, index.largest)[0]
+        )
         waited = time.time() - rec["eligible_at"]
         if waited < self.settings.affinity_wait_s:
             held = view.busy_holders(groups, model)
@@ -187,8 +189,13 @@ class Dispatcher:
     def dispatch_one(self, rec: dict[str, Any], worker: Worker, warm: bool) -> bool:
         """Send the job to `worker` now (`warm`: it holds the job's model, an affinity hit)."""
         cand = Candidate(rec["id"], rec["owner"], rec["priority"].rank, 0, 0.0)
-        batch = _Batch(sent=[_Sent(_Job(cand, rec, True), worker, warm, time.time())])
-        return bool(self._flush(batch))
+        sent = _Sent(_Job(cand, rec, True), worker, warm, time.time())
+        self._noted(sent)
+        return bool(self._flush(_Batch(sent=[sent])))
+
+    def _noted(self, s: _Sent) -> None:
+        """Affinity learns of the decision at once: later ones in the pass see it."""
+        self.affinity.dispatched(s.worker, self._spec(s.job), s.warm, s.evict.partition(":")[2])
 
     def dispatch(self) -> int:
         """One pass: every job that can start now goes; returns how many."""
@@ -223,6 +230,7 @@ class Dispatcher:
                     target=s.worker["name"],
                     worker_class=s.worker["hardware"],  # the census counts it there
                     warm=int(s.warm),
+                    evict=s.evict,
                     dispatched_at=s.at,
                     waiting="",
                 )
@@ -237,8 +245,7 @@ class Dispatcher:
         for s, ok in zip(batch.sent, done, strict=True):
             if not ok:  # not pending at that attempt any more: what was read is stale
                 self._known.pop(s.job.id, None)
-        for s in went:
-            self.affinity.dispatched(s.worker, self._spec(s.job), s.warm)
+                self.affinity.sent.pop(s.worker["name"], None)
         if went:
             self._send(went)
         batch.sent, batch.waiting, batch.stale = [], [], []
@@ -424,7 +431,13 @@ class _Pass:
     # -- the rounds -------------------------------------------------------------------------
 
     def _decide(self, job: _Job, worker: Worker, warm: bool, served: set[str]) -> None:
-        self.batch.sent.append(_Sent(job, worker, warm, time.time()))
+        evict = ""
+        if not warm:  # name what its load should evict: what the fleet loses least by
+            index = self.view._index()
+            lost = self.d.affinity.victim(worker, index.copies, index.largest)[1]
+            evict = f"{lost['family']}:{lost['name']}" if lost else ""
+        self.batch.sent.append(_Sent(job, worker, warm, time.time(), evict))
+        self.d._noted(self.batch.sent[-1])
         self.view.occupy(worker["name"], job.owner)
         served.add(job.owner)
         self.served_at[job.owner] = self.batch.sent[-1].at

@@ -76,6 +76,7 @@ class FleetIndex:
     members: list[list[str]] = field(init=False)
     holders: dict[str, set[str]] = field(init=False)  # model name -> workers holding it
     largest: int = field(init=False)  # the largest model's bytes in any cache
+    copies: dict[str, int] = field(init=False)  # model name -> how many workers hold it
     room: dict[str, int] = field(init=False)  # free cache bytes
     _able: dict[tuple, tuple[int, ...]] = field(init=False, default_factory=dict)
 
@@ -97,6 +98,7 @@ class FleetIndex:
                 self.holders.setdefault(m["name"], set()).add(name)
                 self.largest = max(self.largest, m.get("size_bytes", 0))
             self.room[name] = w.get("cache_budget", 0) - w.get("cache_bytes", 0)
+        self.copies = {m: len(names) for m, names in self.holders.items()}
 
     def able(self, spec: AnySpec, allowed: list[str] | None) -> tuple[int, ...]:
         """The groups whose workers can run the job."""

@@ -137,6 +137,22 @@ def test_the_idle_worker_that_loads_a_cold_model_is_the_one_that_loses_least(fle
     cold = f.submit("demo-sd15")
     assert dispatcher.dispatch() == 1
     assert f.get(cold)["target"] == "w2", "w1 would have evicted the model in demand"
+    assert f.get(cold)["evict"] == "checkpoint:old-model"  # what w2's load should evict
+
+
+def test_a_second_copy_is_what_the_fleet_loses_least_by(fleet):
+    f, dispatcher = fleet
+    f.worker_up("w1", {"broken-model": 2.0})  # the only copy, in some demand
+    f.worker_up("w2", {"demo-sdxl": 2.0})  # in more demand, but w3 holds it too
+    f.worker_up("w3", {"demo-sdxl": 2.0})
+    for model, n in (("broken-model", 2), ("demo-sdxl", 6)):
+        for i in range(n):
+            job = f.submit(model, f"{model} {i}")
+            assert dispatcher.dispatch() == 1
+            f.finish(job)
+    cold = f.submit("demo-sd15")
+    assert dispatcher.dispatch() == 1
+    assert f.get(cold)["target"] == "w2" and f.get(cold)["evict"] == "checkpoint:demo-sdxl"
 
 
 def test_a_cache_change_is_routed_on_at_the_next_pass(fleet):

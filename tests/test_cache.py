@@ -248,6 +248,19 @@ def test_a_frequently_used_model_outlasts_a_recent_one_off_only_under_cost(polic
     assert cache.stats()["evictions"] == 1
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_model_the_dispatcher_names_is_evicted_first_whatever_the_policy(policy):
+    cache = ModelCache(2 * LIN, policy=policy)
+    for _ in range(5):
+        cache.get(key("popular-here"), linear, cost_s=1.0)  # either policy would keep it
+    cache.get(key("recent"), linear, cost_s=1.0)
+    # The fleet has another copy of popular-here, and nobody else has `recent`.
+    with cache.evicting_first({key("popular-here")}):
+        cache.get(key("next"), linear, cost_s=1.0)
+    assert set(cache.keys()) == {key("recent"), key("next")}
+    assert cache.stats()["evictions"] == 1
+
+
 def test_cost_evicts_a_big_model_quick_to_reload_before_a_small_slow_one():
     cache = ModelCache(6 * LIN, policy="cost")
     cache.get(key("small-slow"), linear, cost_s=2.0)  # the least recently used

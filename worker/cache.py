@@ -11,8 +11,9 @@ every upscaler family go through the same load, lock, evict and unload path (see
   after loading is measured again with `remeasure`.
 - Eviction: the policy (`worker.eviction`: `lru`, or `cost`, which weighs how often an entry
   is used, how long it takes to load again and its size) picks among entries no job holds
-  (`use`). If only locked entries are left, the cache goes over budget and counts it in
-  `over_budget_events`.
+  (`use`) — after the ones the dispatcher named for this job (`evicting_first`: it sent
+  the job here knowing what the fleet loses least by). If only locked entries are left, the
+  cache goes over budget and counts it in `over_budget_events`.
 - Loads: one at a time per key (a second caller waits and gets the same object), different
   keys in parallel; a failed load leaves nothing behind.
 - Dropped entries give their memory back (`memory.release_memory`) — provided nobody else
@@ -118,6 +119,7 @@ class ModelCache:
         self._storages: dict[StorageId, list[int]] = {}
         self._bytes_in_use = 0
         self._counters = _Counters()
+        self._evict_first: set[CacheKey] = set()
 
     # -- using models ------------------------------------------------------------------------
 
@@ -296,14 +298,25 @@ class ModelCache:
         self._drop(dropped)
         return len(dropped)
 
+    @contextmanager
+    def evicting_first(self, keys: set[CacheKey]) -> Iterator[None]:
+        """Within the block, room is made by evicting these entries before any other."""
+        with self._lock:
+            self._evict_first = set(keys)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._evict_first = set()
+
     def _evict(self, incoming: int, protect: CacheKey | None) -> list[_Entry]:
         """Under the lock: remove unlocked entries the policy picks until `incoming` more
         bytes fit in the budget. Returns them, to be dropped outside the lock."""
         evicted: list[_Entry] = []
         while self._bytes_in_use + incoming > self.budget_bytes:
-            victim = self.policy.victim(
-                k for k, e in self._entries.items() if not e.locks and k != protect
-            )
+            candidates = [k for k, e in self._entries.items() if not e.locks and k != protect]
+            named = [k for k in candidates if k in self._evict_first]
+            victim = named[0] if named else self.policy.victim(candidates)
             if victim is None:
                 break
             evicted.append(self._remove(victim, evicted=True))

@@ -28,7 +28,7 @@ from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, Img2ImgSpec, UpscaleSpec, load_spec, target_size
-from shared.modelstore import ModelInfo, open_model_store
+from shared.modelstore import FAMILIES, ModelInfo, open_model_store
 from shared.storage import ObjectNotFound, open_storage
 from shared.vocabulary import Hardware, JobKind, JobStatus
 from worker import faults, images, outputs, pipelines
@@ -84,6 +84,17 @@ class JobRunner:
             model = replace(model, path=self.fetcher.path_of(model.manifest))
         variant = self.backend.variant if family in ("checkpoint", "upscaler") else ""
         return model, CacheKey.of(model.path, str(self.dtype), self.device, variant)
+
+    def _evict_keys(self, named: str) -> set[CacheKey]:
+        """The cache key of the model the dispatcher would have this job's load evict
+        (`family:name`, or "" for none); none if this worker does not know it."""
+        family, _, name = named.partition(":")
+        if family not in FAMILIES or not name:
+            return set()
+        try:
+            return {self._key(family, name)[1]}
+        except JobFailed:
+            return set()
 
     def _fetch(self, stack: ExitStack, model: ModelInfo, report: bool = True) -> None:
         """Bring an object-store model onto this host's disk and keep it there until the
@@ -287,7 +298,8 @@ class JobRunner:
         if faults.kill_injected(record):
             os._exit(137)
         try:
-            self._run(self.current, load_spec(record["spec"]), started)
+            with self.cache.evicting_first(self._evict_keys(record.get("evict", ""))):
+                self._run(self.current, load_spec(record["spec"]), started)
         finally:
             self.current = None
             self.leases.release(job_id, attempt, self.name)

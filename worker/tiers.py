@@ -172,6 +172,15 @@ class TieredCache:
         """Free VRAM: every model no job holds moves to RAM. Returns how many moved."""
         return self.fast.clear()
 
+    @contextmanager
+    def evicting_first(self, keys: set[CacheKey]) -> Iterator[None]:
+        """Within the block, room is made in either tier by evicting these models first."""
+        with (
+            self.fast.evicting_first(keys),
+            self.slow.evicting_first({self._host(k) for k in keys}),
+        ):
+            yield
+
     @property
     def version(self) -> int:
         """Changes whenever an entry comes or goes in either tier."""
