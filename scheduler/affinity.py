@@ -9,7 +9,8 @@ there is not, it weighs, in seconds:
   plus the jobs that already decided to wait for it (`reserve`);
 - against a cold load on an idle worker: the model's measured load time on that class
   (cache entries report `cost_s` in heartbeats; remembered after the model left every
-  cache; a model never loaded there: the median load there), counted LOAD_WEIGHT times:
+  cache; a model never loaded there: the median load there) or, if more, how much longer
+  the jobs sent cold there took than those sent warm, counted LOAD_WEIGHT times:
   a load takes its own time now and, in a full cache, later reloads of what it evicts and
   a second copy's room (`python -m bench.bench_scheduler`: 4 saved more loads than 2, and
   waits stayed below plain routing's).
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from redis import Redis
@@ -41,6 +42,8 @@ from shared.jobspec import AnySpec
 LOAD_WEIGHT = 4.0
 DEMAND_HALF_LIFE = 50  # dispatches
 TIMES_REFRESH_S = 5.0  # render medians are re-read this often
+TOOK_KEPT = 50  # jobs' times kept per hardware class, warm and cold
+TOOK_MIN = 3  # ... and needed before they count
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Sent:
     """The job the dispatcher last sent a worker, while that worker is busy with it."""
 
     model: str
+    hardware: str
+    warm: bool
     at: float  # time.time() when sent
     expected_s: float | None  # its expected time on the worker (None: nothing measured)
     evicts: str = ""  # the model its load was to evict first
@@ -68,9 +73,17 @@ class Affinity:
         self._reserved: dict[str, float] = {}  # worker -> seconds promised to waiting jobs
         self._learned_from: dict[str, Worker] | None = None
         self._any_render: dict[str, float] = {}  # hardware -> the last render median seen
+        # (hardware, warm) -> how long the latest jobs sent there took, sent to free again.
+        self._took: dict[tuple[str, bool], deque[float]] = {}
 
     def refresh(self, view: FleetView) -> None:
-        """Forget what was sent to workers no longer busy; learn the caches' load costs."""
+        """Learn how long the jobs of workers free again took, and the caches' load costs;
+        forget what was sent to them."""
+        now = time.time()
+        for name, sent in self.sent.items():
+            if name not in view.busy:
+                took = self._took.setdefault((sent.hardware, sent.warm), deque(maxlen=TOOK_KEPT))
+                took.append(now - sent.at)
         self.sent = {n: s for n, s in self.sent.items() if n in view.busy}
         self._reserved = {}
         if view.workers is not self._learned_from:  # the heartbeats changed
@@ -98,7 +111,8 @@ class Affinity:
         count *= 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
         self._demand[model] = (count + 1, self._dispatches)
         expected = self.expected_s(worker, spec, warm)
-        self.sent[worker["name"]] = Sent(model, time.time(), expected, evicts)
+        hardware = worker["hardware"]
+        self.sent[worker["name"]] = Sent(model, hardware, warm, time.time(), expected, evicts)
 
     # -- time ---------------------------------------------------------------------------
 
@@ -112,13 +126,19 @@ class Affinity:
         return median
 
     def load_cost(self, hardware: str, model: str) -> float | None:
-        """The model's measured load time on `hardware`; for one never loaded there, the
-        median of the loads measured there."""
+        """What a cold start of the model costs on `hardware`: its load time as the caches
+        measured it (for one never loaded there, the median load there), or more if jobs
+        sent cold there took longer than warm ones by more (a fresh pipeline's first run
+        is slower too)."""
         found = self.load_s.get((hardware, model))
-        if found is not None:
-            return found
-        there = [s for (h, _), s in self.load_s.items() if h == hardware]
-        return statistics.median(there) if there else None
+        if found is None:
+            there = [s for (h, _), s in self.load_s.items() if h == hardware]
+            found = statistics.median(there) if there else None
+        cold, warm = self._took.get((hardware, False)), self._took.get((hardware, True))
+        if cold and warm and min(len(cold), len(warm)) >= TOOK_MIN:
+            penalty = statistics.median(cold) - statistics.median(warm)
+            found = penalty if found is None else max(found, penalty)
+        return found
 
     def expected_s(self, worker: Worker, spec: AnySpec, warm: bool) -> float | None:
         render = self.render_s(worker["hardware"], spec)
