@@ -27,9 +27,10 @@
     can do better); Belady on one pooled cache of workers x capacity in submission order
     (a bound for any routing that starts jobs in submission order); and per variant,
     Belady per worker on the jobs it actually got (the best any eviction policy could do
-    with that assignment). An LRU replay of each worker's jobs must give its real loads;
-    the same replay sorts every miss: another worker held the model at the time (the
-    routing could have hit) or none did.
+    with that assignment). A replay of each worker's jobs in its cache policy
+    (--cache-policy, with each model's measured load time) should give about its real
+    loads; an LRU replay of all of them sorts every miss: another worker held the model at
+    the time (the routing could have hit) or none did.
 Submission throughput is bench/bench_submit.py.
 
 Everything the benchmark starts (redis-server, dispatchers, workers, dashboards, temp
@@ -516,7 +517,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         "arrivals  "
         + " and ".join(arrival_name(rate, spec=spec) for spec, rate in r["rates"].items())
         + "; "
-        f"heartbeat {args.heartbeat_s:g} s (the dispatcher sees the caches through it)",
+        f"heartbeat {args.heartbeat_s:g} s, and one at every cache change (the dispatcher "
+        "sees the caches through them)",
         "routing   affinity: `renderfarm scheduler` (renderfarm.localfarm.start_scheduler), "
         f"RENDERFARM_AFFINITY_WAIT_S={args.affinity_wait_s:g}",
         "          plain: RENDERFARM_AFFINITY_WAIT_S=0 and a Dispatcher subclass whose choose() "
