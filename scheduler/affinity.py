@@ -63,7 +63,9 @@ class Affinity:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.sent: dict[str, Sent] = {}
+        self._sent: dict[str, Sent] = {}  # busy worker -> what it was sent
+        self._coming: dict[str, set[str]] = {}  # model -> the busy workers just sent it
+        self._evicting: Counter[str] = Counter()  # model -> the sent loads to evict it
         self.load_s: dict[tuple[str, str], float] = {}  # (hardware, model) -> seconds
         self.waiting: dict[str, int] = {}  # model -> jobs in the owners' heads (this pass)
         self._demand: dict[str, tuple[float, int]] = {}  # model -> (count, at dispatch n)
@@ -80,11 +82,11 @@ class Affinity:
         """Learn how long the jobs of workers free again took, and the caches' load costs;
         forget what was sent to them."""
         now = time.time()
-        for name, sent in self.sent.items():
+        for name, sent in list(self._sent.items()):
             if name not in view.busy:
                 took = self._took.setdefault((sent.hardware, sent.warm), deque(maxlen=TOOK_KEPT))
                 took.append(now - sent.at)
-        self.sent = {n: s for n, s in self.sent.items() if n in view.busy}
+                self.forget(name)
         self._reserved = {}
         if view.workers is not self._learned_from:  # the heartbeats changed
             self._learned_from = view.workers
@@ -111,8 +113,25 @@ class Affinity:
         count *= 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
         self._demand[model] = (count + 1, self._dispatches)
         expected = self.expected_s(worker, spec, warm)
-        hardware = worker["hardware"]
-        self.sent[worker["name"]] = Sent(model, hardware, warm, time.time(), expected, evicts)
+        name = worker["name"]
+        self.forget(name)
+        self._sent[name] = Sent(model, worker["hardware"], warm, time.time(), expected, evicts)
+        self._coming.setdefault(model, set()).add(name)
+        if evicts:
+            self._evicting[evicts] += 1
+
+    def forget(self, name: str) -> None:
+        """`name` is free again (or its dispatch did not happen)."""
+        sent = self._sent.pop(name, None)
+        if sent is None:
+            return
+        self._coming[sent.model].discard(name)
+        if sent.evicts:
+            self._evicting[sent.evicts] -= 1
+
+    def coming(self, model: str) -> set[str]:
+        """The busy workers just sent a job for `model`."""
+        return self._coming.get(model, set())
 
     # -- time ---------------------------------------------------------------------------
 
@@ -151,7 +170,7 @@ class Affinity:
 
     def free_in(self, name: str, now: float) -> float | None:
         """Seconds until busy worker `name` can start another job (None: not known)."""
-        sent = self.sent.get(name)
+        sent = self._sent.get(name)
         if sent is None or sent.expected_s is None:
             return None
         return max(0.0, sent.at + sent.expected_s - now) + self._reserved.get(name, 0.0)
@@ -197,11 +216,12 @@ class Affinity:
         if room >= largest or not models:
             return 0.0, None
 
-        # Copies another worker is about to evict (named in a dispatch) do not count.
-        going = Counter(s.evicts for n, s in self.sent.items() if n != worker["name"])
+        own = self._sent.get(worker["name"])
 
         def value(m: Worker) -> float:
-            if copies.get(m["name"], 1) - going[m["name"]] > 1:
+            # Copies another worker was just told to evict do not count.
+            going = self._evicting[m["name"]] - (own is not None and own.evicts == m["name"])
+            if copies.get(m["name"], 1) - going > 1:
                 return 0.0
             return self.demand(m["name"]) * (self.load_cost(worker["hardware"], m["name"]) or 1.0)
 

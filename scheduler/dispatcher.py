@@ -179,7 +179,7 @@ class Dispatcher:
         waited = time.time() - rec["eligible_at"]
         if waited < self.settings.affinity_wait_s:
             held = view.busy_holders(groups, model)
-            coming = view.busy_holders(groups, model, self.affinity.sent)
+            coming = view.busy_holders(groups, model, self.affinity.coming(model))
             if self.affinity.worth_waiting(view, held, coming, cold, spec):
                 return None, "waiting for a worker that holds the model"
         if cold is None:
@@ -245,7 +245,7 @@ class Dispatcher:
         for s, ok in zip(batch.sent, done, strict=True):
             if not ok:  # not pending at that attempt any more: what was read is stale
                 self._known.pop(s.job.id, None)
-                self.affinity.sent.pop(s.worker["name"], None)
+                self.affinity.forget(s.worker["name"])
         if went:
             self._send(went)
         batch.sent, batch.waiting, batch.stale = [], [], []

@@ -20,7 +20,7 @@ import heapq
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,15 +181,12 @@ class FleetView:
         return None if found is None else self.workers[found]
 
     def busy_holders(
-        self, groups: tuple[int, ...], model: str, sent: Mapping[str, Any] | None = None
+        self, groups: tuple[int, ...], model: str, among: set[str] | None = None
     ) -> list[str]:
-        """The busy workers of `groups` that hold `model`; with `sent` (worker name -> the
-        job it was last sent, with a `model`), those just sent a job for it instead."""
+        """The busy workers of `groups` that hold `model` (or, given `among`, those of
+        `among`: e.g. the workers just sent a job for it)."""
         index = self._index()
-        if sent is None:
-            names = index.holders.get(model, set())
-        else:
-            names = {n for n, job in sent.items() if job.model == model}
+        names = index.holders.get(model, set()) if among is None else among
         found = [
             n
             for n in names
