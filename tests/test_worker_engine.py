@@ -179,3 +179,28 @@ def test_a_cache_change_is_beaten_at_once_not_at_the_next_interval(engine):
         assert "demo-sd15" in held and held["demo-sd15"]["cost_s"] > 0
     finally:
         heartbeat.stop()
+
+
+def test_the_model_the_dispatch_names_is_the_one_its_load_evicts(engine, gradient_key):
+    """The dispatcher names what a cold job's load should evict (the record's `evict`: what
+    the fleet loses least by); the worker's cache evicts it before its own policy's pick."""
+    from shared import keys
+    from shared.jobspec import parse_spec
+    from worker.eviction import LeastRecentlyUsed
+
+    scheduler, runner, run = engine
+    runner.cache.policy = LeastRecentlyUsed()  # its pick is then known: the oldest
+    run(kind="upscale", image=gradient_key, upscaler="demo-esrgan-x4", scale=2)
+    run(**TINY)  # demo-sd15, the most recent
+    cache = runner.cache
+    cache.budget_bytes = cache.bytes_in_use + 50_000  # the next model needs room
+    spec = {"kind": "upscale", "image": gradient_key, "upscaler": "demo-aura-sr", "scale": 2}
+    record, _ = scheduler.submit(parse_spec(spec, scheduler.settings))
+    worker = {"name": runner.name, "hardware": runner.hardware}
+    dispatcher = Dispatcher(scheduler.settings, celery=scheduler.celery)
+    assert dispatcher.dispatch_one(record, worker, warm=False)
+    scheduler.redis.hset(keys.job(record["id"]), "evict", "checkpoint:demo-sd15")
+    runner.run(record["id"], record["attempt"] + 1)
+    assert scheduler.records.get(record["id"])["status"] == "succeeded"
+    held = {Path(e["path"]).stem for e in cache.stats()["entries"]}
+    assert held == {"demo-esrgan-x4", "demo-aura-sr"}, "LRU alone would have evicted esrgan"
