@@ -14,6 +14,8 @@ there is not, it weighs, in seconds:
   a load takes its own time now and, in a full cache, later reloads of what it evicts and
   a second copy's room (`python -m bench.bench_scheduler`: 4 saved more loads than 2, and
   waits stayed below plain routing's).
+(`Dispatcher` keeps the order: if a later job of the model would load it cold while an
+earlier one waits for the holder, the earlier one loads it.)
 The job waits for the holder if that is sooner, never longer than `affinity_wait_s` (a job
 for a cold model is never starved); with nothing measured yet it waits for a worker that
 holds the model (not one just sent it), up to that bound.
@@ -37,7 +39,7 @@ from redis import Redis
 
 from scheduler.fleetview import FleetView, Worker
 from scheduler.timing import RenderTimes, model_of, timing_of
-from shared.jobspec import AnySpec
+from shared.jobspec import AnySpec, UpscaleSpec
 
 LOAD_WEIGHT = 4.0
 DEMAND_HALF_LIFE = 50  # dispatches
@@ -74,7 +76,7 @@ class Affinity:
         self._times_at = time.monotonic()
         self._reserved: dict[str, float] = {}  # worker -> seconds promised to waiting jobs
         self._learned_from: dict[str, Worker] | None = None
-        self._any_render: dict[str, float] = {}  # hardware -> the last render median seen
+        self._step_s: dict[str, float] = {}  # hardware -> seconds per step per megapixel
         # (hardware, warm) -> how long the latest jobs sent there took, sent to free again.
         self._took: dict[tuple[str, bool], deque[float]] = {}
 
@@ -137,11 +139,15 @@ class Affinity:
 
     def render_s(self, hardware: str, spec: AnySpec) -> float | None:
         """The render median of the job's timing class on `hardware`; for a class with no
-        history yet, the last median seen on that hardware (a guess beats none)."""
+        history yet (another model, say), scaled from the last median seen there by steps
+        and pixels; an upscale without history: None."""
         median = self._times.median(hardware, timing_of(spec))
+        work = _work(spec)
         if median is None:
-            return self._any_render.get(hardware)
-        self._any_render[hardware] = median
+            rate = self._step_s.get(hardware)
+            return None if rate is None or work is None else rate * work
+        if work:
+            self._step_s[hardware] = median / work
         return median
 
     def load_cost(self, hardware: str, model: str) -> float | None:
@@ -227,3 +233,12 @@ class Affinity:
 
         least = min(models, key=value)
         return value(least), least
+
+
+def _work(spec: AnySpec) -> float | None:
+    """A diffusion job's steps x megapixels (what its render time scales with); None for an
+    upscale."""
+    if isinstance(spec, UpscaleSpec):
+        return None
+    width, height = spec.output_size()
+    return spec.steps * width * height / 1e6

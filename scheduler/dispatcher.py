@@ -50,6 +50,7 @@ __all__ = ["AFFINITY_WINDOW", "Dispatcher", "FleetView", "can_run", "holds"]
 log = logging.getLogger(__name__)
 AFFINITY_WINDOW = 16  # the jobs of the best priority the warm round looks at
 MAX_OVERTAKEN = 16  # ... and how often one job may be overtaken there
+WAITING_FOR_HOLDER = "waiting for a worker that holds the model"
 PER_OWNER = 20  # the jobs of each owner a round looks at (its best pending ones)
 READ_BATCH = 64  # records read in one round trip
 READ_PER_OWNER = 2  # of them, at most this many of one owner (most are skipped: served)
@@ -181,7 +182,7 @@ class Dispatcher:
             held = view.busy_holders(groups, model)
             coming = view.busy_holders(groups, model, self.affinity.coming(model))
             if self.affinity.worth_waiting(view, held, coming, cold, spec):
-                return None, "waiting for a worker that holds the model"
+                return None, WAITING_FOR_HOLDER
         if cold is None:
             return None, "waiting for a free worker"
         return cold, ""
@@ -497,6 +498,7 @@ class _Pass:
 
     def _round(self, cands: list[_Job], served: set[str]) -> None:
         held_back: int | None = None  # the best rank skipped for fairness this round
+        holding_on: dict[str, _Job] = {}  # model -> the first job waiting for its holder
         for i, job in enumerate(cands):
             if held_back is not None and job.rank > held_back:
                 break  # a lower priority never overtakes a job held back only for fairness
@@ -516,8 +518,26 @@ class _Pass:
             spec = self.d._spec(job)
             worker, why = self.d.choose(rec, spec, self.view)
             if worker is None:
+                if why == WAITING_FOR_HOLDER:
+                    holding_on.setdefault(model_of(spec), job)
                 if rec.get("waiting", "") != why:
                     self.batch.waiting.append((job.id, why))
                     rec["waiting"] = why
                 continue
-            self._decide(job, worker, holds(worker, spec), served)
+            warm = holds(worker, spec)
+            ahead = None if warm else holding_on.pop(model_of(spec), None)
+            if ahead is not None and self._fits(ahead, worker, served):
+                # An earlier job waits for a holder of this model while this one would load
+                # it cold (the holder's queue grew): the earlier one loads it instead.
+                self._decide(ahead, worker, False, served)
+                continue
+            self._decide(job, worker, warm, served)
+
+    def _fits(self, job: _Job, worker: Worker, served: set[str]) -> bool:
+        """Whether `job` (read and pending) may go to `worker` now."""
+        rec, view = job.rec, self.view
+        if rec is None or job.owner in served or view.at_limit(job.owner) is not None:
+            return False
+        index = view._index()
+        groups = view.able_groups(self.d._spec(job), rec.get("hardware"))
+        return index.group_of[worker["name"]] in groups

@@ -60,8 +60,8 @@ def fleet(redis_url, models_dir, tmp_path):
             spec = parse_spec({**SPEC, "model": model}, settings)
             redis.lpush(keys.render_times("cpu", timing_of(spec)), *[seconds] * 3)
 
-        def submit(self, model: str, prompt: str = "p") -> str:
-            spec = parse_spec({**SPEC, "model": model, "prompt": prompt}, settings)
+        def submit(self, model: str, prompt: str = "p", **more) -> str:
+            spec = parse_spec({**SPEC, "model": model, "prompt": prompt, **more}, settings)
             record, _ = control.submit(spec, "alice")
             return record["id"]
 
@@ -185,3 +185,33 @@ def test_the_warm_round_never_starves_a_cold_models_job(fleet):
     # MAX_OVERTAKEN of them: then the cold model's job had its turn.
     assert order[-1] == cold
     assert 1 <= len(order) - 1 <= MAX_OVERTAKEN
+
+
+def test_a_job_waiting_for_the_holder_is_not_overtaken_by_a_later_cold_start(fleet):
+    f, dispatcher = fleet
+    f.worker_up("w1", {"demo-sd15": 0.1})  # loading it takes 0.1 s
+    f.worker_up("w2", {}, full=False)
+    f.rendered("demo-sd15", 0.3)
+    first = f.submit("demo-sd15", "first")
+    assert dispatcher.dispatch() == 1 and f.get(first)["target"] == "w1"
+    second, third = f.submit("demo-sd15", "second"), f.submit("demo-sd15", "third")
+    # w1 is free in 0.3 s, within 4 x 0.1 s: the second job would wait for it, the third
+    # (behind it) not, so one of them loads on w2 — the one ahead.
+    assert dispatcher.dispatch() == 1
+    assert f.get(second)["target"] == "w2" and f.get(third)["status"] == "pending"
+
+
+def test_a_job_without_history_is_estimated_by_steps_and_pixels(fleet):
+    f, dispatcher = fleet
+    f.worker_up("w1", {"demo-sd15": 1.0})
+    f.worker_up("w2", {}, full=False)
+    f.rendered("demo-sd15", 0.2)  # history only for 64x64 and 2 steps...
+    small = f.submit("demo-sd15", "small")
+    assert dispatcher.dispatch() == 1
+    f.finish(small)  # ... and a job of that class seen by the dispatcher
+    big = {"width": 256, "height": 256, "steps": 40}  # 320x the work: about 64 s
+    first = f.submit("demo-sd15", "big", **big)
+    assert dispatcher.dispatch() == 1 and f.get(first)["target"] == "w1"
+    second = f.submit("demo-sd15", "big too", **big)
+    assert dispatcher.dispatch() == 1  # a 1 s load beats a 64 s wait
+    assert f.get(second)["target"] == "w2"
