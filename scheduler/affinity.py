@@ -102,18 +102,19 @@ class Affinity:
     # -- demand -------------------------------------------------------------------------
 
     def demand(self, model: str) -> float:
+        return self._dispatched(model) + self.waiting.get(model, 0)
+
+    def _dispatched(self, model: str) -> float:
+        """The model's dispatches so far, each halving every DEMAND_HALF_LIFE dispatches."""
         count, at = self._demand.get(model, (0.0, 0))
-        decayed = count * 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
-        return decayed + self.waiting.get(model, 0)
+        return count * 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
 
     def dispatched(self, worker: Worker, spec: AnySpec, warm: bool, evicts: str = "") -> None:
         """`worker` was sent the job (`warm`: it holds the job's model; `evicts`: the model
         its load is to evict first)."""
         model = model_of(spec)
         self._dispatches += 1
-        count, at = self._demand.get(model, (0.0, 0))
-        count *= 0.5 ** ((self._dispatches - at) / DEMAND_HALF_LIFE)
-        self._demand[model] = (count + 1, self._dispatches)
+        self._demand[model] = (self._dispatched(model) + 1, self._dispatches)
         expected = self.expected_s(worker, spec, warm)
         name = worker["name"]
         self.forget(name)

@@ -173,10 +173,7 @@ class Dispatcher:
             return warm_idle, ""
         # Cold: the idle worker whose cache loses least would load it, unless a busy
         # worker holding it is worth waiting for (scheduler/affinity.py).
-        index = view._index()
-        cold = view.cheapest_idle(
-            groups, lambda w: self.affinity.victim(w, index.copies, index.largest)[0]
-        )
+        cold = view.cheapest_idle(groups, lambda w: self._loss(view, w)[0])
         waited = time.time() - rec["eligible_at"]
         if waited < self.settings.affinity_wait_s:
             held = view.busy_holders(groups, model)
@@ -186,6 +183,11 @@ class Dispatcher:
         if cold is None:
             return None, "waiting for a free worker"
         return cold, ""
+
+    def _loss(self, view: FleetView, worker: Worker) -> tuple[float, Worker | None]:
+        """What `worker`'s cache loses by loading a model, and the model it loses."""
+        index = view._index()
+        return self.affinity.victim(worker, index.copies, index.largest)
 
     def dispatch_one(self, rec: dict[str, Any], worker: Worker, warm: bool) -> bool:
         """Send the job to `worker` now (`warm`: it holds the job's model, an affinity hit)."""
@@ -434,8 +436,7 @@ class _Pass:
     def _decide(self, job: _Job, worker: Worker, warm: bool, served: set[str]) -> None:
         evict = ""
         if not warm:  # name what its load should evict: what the fleet loses least by
-            index = self.view._index()
-            lost = self.d.affinity.victim(worker, index.copies, index.largest)[1]
+            lost = self.d._loss(self.view, worker)[1]
             evict = f"{lost['family']}:{lost['name']}" if lost else ""
         self.batch.sent.append(_Sent(job, worker, warm, time.time(), evict))
         self.d._noted(self.batch.sent[-1])
