@@ -52,7 +52,7 @@ import time
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bench import common
 from bench.bench_cache import simulate, zipf_trace
@@ -75,6 +75,7 @@ from bench.common import (
 )
 from renderfarm import localfarm
 from shared.client import FarmClient
+from worker.eviction import PolicyName
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_MODEL = "sched-warmup"
@@ -576,8 +577,13 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
         if v["replay_loads"] != v["loads"]:
             lines.append(
                 f"note: {name}: the workers counted {v['loads']} loads but a replay of "
-                f"their jobs gives {v['replay_loads']} (the budget did not hold exactly "
-                f"{args.capacity} models?)"
+                f"their jobs gives {v['replay_loads']} ("
+                + (
+                    "the replay's load times are per-model medians, not each load's"
+                    if args.cache_policy == "cost"
+                    else f"the budget did not hold exactly {args.capacity} models?"
+                )
+                + ")"
             )
         over = sum(w["over_budget_events"] for w in v["per_worker"])
         if over:
@@ -631,7 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cache-policy",
-        choices=("cost", "lru"),
+        choices=get_args(PolicyName),
         default="cost",
         help="RENDERFARM_CACHE_POLICY of every worker (default cost, the farm's)",
     )
