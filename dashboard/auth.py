@@ -1,4 +1,4 @@
-"""Sign-in for the dashboard and the API, on Flask-Login, Flask-WTF and Flask-Limiter.
+"""Sign-in for the dashboard and the API, on Flask-Login, Flask-WTF and `limits`.
 
 A request is from an account by one of:
 - a session cookie, set by the login page (`/login`); its user id carries the account's
@@ -35,8 +35,6 @@ from flask import (
     session,
     url_for,
 )
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from redis import Redis
@@ -100,21 +98,8 @@ def init_auth(app: Flask, accounts: Accounts, audit: Audit, settings: Settings) 
     manager.user_loader(_load_from_session)
     manager.request_loader(_load_from_header)
     manager.unauthorized_handler(_unauthenticated)
-    limiter = Limiter(
-        get_remote_address,
-        app=app,
-        # The farm's own connection pool (shared/config.py redis_client): the same
-        # timeouts, and behind Redis Sentinel it follows the master through a failover. The
-        # URI only picks limits' Redis storage; the pool decides where it connects.
-        storage_uri="redis://",
-        storage_options={
-            "connection_pool": accounts.redis.connection_pool,
-            "key_prefix": keys.ratelimit_prefix(),
-        },
-        strategy="moving-window",
-    )
     throttle = PasswordThrottle(
-        limiter, settings.password_attempts_per_address, settings.password_attempts_per_name
+        accounts.redis, settings.password_attempts_per_address, settings.password_attempts_per_name
     )
     app.extensions["renderfarm.auth"] = _Auth(accounts, audit, throttle, CSRFProtect(app))
     app.before_request(_csrf_for_ambient_credentials)

@@ -127,7 +127,7 @@ def secret_key() -> str:
 
 
 def ratelimit_prefix() -> str:
-    """Prefix of Flask-Limiter's counters (failed password checks per address and name)."""
+    """Prefix of the password throttle's counters (failed checks per address and name)."""
     return f"{PREFIX}:ratelimit"
 
 
