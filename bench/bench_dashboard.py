@@ -72,7 +72,7 @@ def populate(settings: Settings, n: int, accounts: int) -> dict[str, list[str]]:
             },
             settings,
         )
-        rec = jobs.enqueue(spec, owner, Priority.NORMAL)
+        rec = jobs.enqueue([spec], owner, Priority.NORMAL)[0]
         job_id = rec["id"]
         roll = rng.random()
         state = (

@@ -10,9 +10,9 @@ or --redis-url):
 1. The backlog: --pending jobs from --owners owners (txt2img specs parsed with
    `shared.jobspec.parse_spec`, models drawn Zipf-like from --models checkpoints; 10%
    high, 70% normal, 20% low priority; 80% `hardware: auto`, 15% cpu, 5% gpu), written in
-   pipelines with `JobRecords.create_in` and `PendingJobs.add_in` (what a submission
-   writes, without the model-store check). Every tenth owner has a running limit of 2
-   (`publish_running_limit`), another tenth may use the cpu class only. Redis's
+   pipelines with `JobRecords.create_in` (what a submission writes: the record and its
+   place in the owner's queue, without the model-store check). Every tenth owner has a
+   running limit of 2 (`publish_running_limit`), another tenth may use the cpu class only. Redis's
    `used_memory` before and after, over the jobs: memory per pending job.
 2. The fleet: `bench.dispatch_sim` in a process of its own: --workers simulated workers
    (a quarter GPU, the rest CPU; every model in every store, --cache-models held at a
@@ -118,7 +118,6 @@ class Backlog:
     """Writes pending jobs as submissions do: records, pending sets, running limits."""
 
     def __init__(self, redis, scenario: Scenario, models_dir: Path) -> None:
-        from scheduler.pending import PendingJobs
         from scheduler.quotas import publish_running_limit
         from scheduler.records import JobRecords
         from shared.config import Settings
@@ -127,7 +126,6 @@ class Backlog:
 
         self.redis = redis
         self.records = JobRecords(redis)
-        self.pending = PendingJobs(redis)
         self.rng = random.Random(scenario.seed)
         self.owners = owner_names(scenario.owners)
         settings = Settings(models_dir=models_dir)
@@ -164,10 +162,15 @@ class Backlog:
                 if cpu_only(owner):
                     hw, allowed = ("cpu" if hw == "gpu" else hw), (Hardware.CPU,)
                 job_id = uuid.uuid4().hex
-                fields = self.records.create_in(
-                    pipe, job_id, self.specs[(model, hw)], owner, priority, hardware=allowed
+                self.records.create_in(
+                    pipe,
+                    job_id,
+                    self.specs[(model, hw)],
+                    owner,
+                    priority,
+                    hardware=allowed,
+                    wake=False,
                 )
-                self.pending.add_in(pipe, job_id, owner, priority, fields["created_at"], wake=False)
                 if i % 500 == 499:
                     pipe.execute()
             pipe.execute()

@@ -65,13 +65,10 @@ class Batches:
         # Check everything first, so a bad spec anywhere, or a quota, queues nothing.
         children = [child for spec in specs for child in split(spec)]
         if quota is not None:
-            self.jobs.check_quota(owner, quota, specs, len(children))
+            self.jobs.check_hardware(owner, quota, specs)
         prepared = [self.jobs.prepare(child) for child in children]
         batch_id = uuid.uuid4().hex
-        jobs = [
-            self.jobs.enqueue(child, owner, priority, quota, submitted_by, batch=batch_id)
-            for child in prepared
-        ]
+        jobs = self.jobs.enqueue(prepared, owner, priority, quota, submitted_by, batch=batch_id)
         self.redis.hset(
             keys.batch(batch_id),
             mapping={

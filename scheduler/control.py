@@ -18,7 +18,7 @@ from PIL import Image
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
 from scheduler.quotas import Quota, QuotaExceeded, publish_running_limit
-from scheduler.records import JobRecords, as_record
+from scheduler.records import JobRecords, as_record, refused
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -141,8 +141,9 @@ class JobControl:
         if reason:
             raise SubmitError(field, f"{width}x{height} upscaled {reason}")
 
-    def check_quota(self, owner: str, quota: Quota, specs: list[AnySpec], new: int) -> None:
-        """Refuse (QuotaExceeded) `new` more jobs of `owner` over its quota."""
+    def check_hardware(self, owner: str, quota: Quota, specs: list[AnySpec]) -> None:
+        """Refuse (QuotaExceeded) specs for hardware classes `owner` may not use. (Its
+        `max_queued` is checked where the jobs are recorded, in the same step.)"""
         for spec in specs:
             if spec.hardware == AUTO and not quota.hardware:
                 raise QuotaExceeded("hardware", f"{owner} may not use any hardware class")
@@ -151,20 +152,6 @@ class JobControl:
                 raise QuotaExceeded(
                     "hardware", f"{owner} may not use {spec.hardware} workers (allowed: {allowed})"
                 )
-        queued = self.queued_count(owner)
-        if queued + new > quota.max_queued:
-            raise QuotaExceeded(
-                "max_queued",
-                f"{owner} has {queued} jobs queued; its limit is {quota.max_queued}",
-            )
-
-    def queued_count(self, owner: str) -> int:
-        """The owner's jobs waiting for dispatch or dispatched but not yet running."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.pending(owner))
-            pipe.hget(keys.dispatched_by_owner(), owner)  # kept by the census
-            pending, dispatched = pipe.execute()
-        return int(pending) + int(dispatched or 0)
 
     def submit(
         self,
@@ -188,13 +175,13 @@ class JobControl:
                 return self._existing(self.redis.get(idem).decode()), False
         try:
             if quota is not None:
-                self.check_quota(owner, quota, [spec], 1)
+                self.check_hardware(owner, quota, [spec])
             spec = self.prepare(spec)
+            return self.enqueue([spec], owner, priority, quota, submitted_by, [job_id])[0], True
         except Exception:
             if idempotency_key:
                 self.redis.delete(keys.idempotency(owner, idempotency_key))
             raise
-        return self.enqueue(spec, owner, priority, quota, submitted_by, job_id), True
 
     def prepare(self, spec: AnySpec) -> AnySpec:
         """Everything that can refuse a spec: its models, its inputs (stored), its output
@@ -204,28 +191,48 @@ class JobControl:
 
     def enqueue(
         self,
-        spec: AnySpec,
+        specs: list[AnySpec],
         owner: str,
         priority: Priority,
         quota: Quota | None = None,
         submitted_by: str = "",
-        job_id: str | None = None,
+        job_ids: list[str] | None = None,
         batch: str = "",
-    ) -> dict[str, Any]:
-        """Record a prepared spec's job (of `batch`, if given) and queue it for dispatch."""
-        job_id = job_id or new_job_id()
+    ) -> list[dict[str, Any]]:
+        """Record prepared specs' jobs (of `batch`, if given) and queue them for dispatch:
+        all or, over the quota's `max_queued` (QuotaExceeded), none."""
+        job_ids = job_ids or [new_job_id() for _ in specs]
         hardware = quota.hardware if quota is not None else tuple(Hardware)
-        # The record, its place in the owner's queue and the owner's running limit: one
-        # round trip, and the record is not read back.
-        with self.redis.pipeline() as pipe:
-            fields = self.records.create_in(
-                pipe, job_id, spec, owner, priority, submitted_by, hardware, batch
-            )
+        # The records, their places in the owner's queue and the owner's running limit in
+        # one round trip (a transaction when there are several), not read back.
+        with self.redis.pipeline(transaction=len(specs) > 1) as pipe:
+            records = [
+                self.records.create_in(
+                    pipe,
+                    job_id,
+                    spec,
+                    owner,
+                    priority,
+                    submitted_by,
+                    hardware,
+                    batch,
+                    # The first job is checked for the whole batch; each later one needs the
+                    # one before it (so it is all or nothing).
+                    max_queued=quota.max_queued if quota is not None and i == 0 else None,
+                    counting=len(specs) - i,
+                    after=job_ids[i - 1] if i else None,
+                )
+                for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
+            ]
             if quota is not None:
                 publish_running_limit(pipe, owner, quota.max_running)
-            self.pending.add_in(pipe, job_id, owner, priority, fields["created_at"])
-            pipe.execute()
-        return as_record(fields)
+            queued = refused(pipe.execute()[0])
+        if queued is not None:
+            raise QuotaExceeded(
+                "max_queued",
+                f"{owner} has {queued} jobs queued; its limit is {quota.max_queued}",  # type: ignore[union-attr]
+            )
+        return [as_record(fields) for fields in records]
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""

@@ -20,6 +20,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from scheduler.census import CENSUS_LUA
+from scheduler.pending import score as pending_score
 from scheduler.timing import HISTORY, model_of, timing_of
 from shared import keys
 from shared.jobspec import AnySpec
@@ -290,11 +291,45 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     return rec
 
 
+# KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
+# indexes, the events stream, the owner's pending set, the pending owners, the wake-up list,
+# the owners' dispatched counts (kept by the census), the hash of the sibling it comes after.
+# ARGV: job id, created at, owner, its pending score, wake ("1" or ""), max queued ("" = not
+# checked), jobs counted against it, "1" if the sibling must exist, the events' length, then
+# the record's field/value pairs. The quota check, the record, its indexes, its event and its
+# place in the owner's queue in one step: two submissions cannot both take the last place.
+_CREATE = f"""
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
+if ARGV[6] ~= '' then
+  local queued = redis.call('ZCARD', KEYS[9])
+  queued = queued + tonumber(redis.call('HGET', KEYS[12], ARGV[3]) or '0')
+  if queued + tonumber(ARGV[7]) > tonumber(ARGV[6]) then return queued end
+end
+local id, now, owner = ARGV[1], ARGV[2], ARGV[3]
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+for i = 2, 7 do redis.call('ZADD', KEYS[i], now, id) end
+redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*',
+  'job', id, 'status', '{S.PENDING}', 'progress', 0, 'owner', owner, 'seq', 1)
+redis.call('ZADD', KEYS[9], ARGV[4], id)
+redis.call('ZADD', KEYS[10], 'NX', 0, owner)  -- a new owner goes first
+if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[11], 1) end
+return 'created'
+"""
+CREATED = b"created"
+
+
+def refused(reply: Any) -> int | None:
+    """From `create_in`'s reply: None if the job was created, else the owner's queued count
+    (-1: the sibling before it was refused)."""
+    return None if reply == CREATED else int(reply)
+
+
 class JobRecords:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
         self._rebuild = redis.register_script(_REBUILD_ACTIVE)
+        self._create = redis.register_script(_CREATE)
 
     def create(
         self,
@@ -308,8 +343,8 @@ class JobRecords:
     ) -> dict[str, Any]:
         """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
         `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
-        it belongs to ("" = none)."""
-        with self.redis.pipeline() as pipe:
+        it belongs to ("" = none). The job is queued for dispatch in the same step."""
+        with self.redis.pipeline(transaction=False) as pipe:
             fields = self.create_in(
                 pipe, job_id, spec, owner, priority, submitted_by, hardware, batch
             )
@@ -326,9 +361,20 @@ class JobRecords:
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
         batch: str = "",
+        *,
+        max_queued: int | None = None,
+        counting: int = 1,
+        after: str | None = None,
+        wake: bool = True,
     ) -> dict[str, Any]:
-        """`create`, queued on `pipe` (many jobs, or a job and its place in the queue, in one
-        round trip); returns the fields it writes (`as_record` makes them a record)."""
+        """`create`, queued on `pipe` (many jobs in one round trip); returns the fields it
+        writes (`as_record` makes them a record). For this call `pipe.execute()` gives
+        `CREATED`, or what `refused` reads when the job was refused.
+
+        `max_queued`: refuse the job if the owner's queued jobs plus `counting` (this one and
+        the batch siblings after it) would exceed it; `after`: a sibling created before it in
+        the same transaction, which must exist (so a batch whose first job was refused
+        creates none); `wake`: wake the dispatcher (one wake-up serves many jobs)."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -355,22 +401,36 @@ class JobRecords:
             "batch": batch,
             "class_asked": spec.hardware,  # its census cell while it waits
         }
-        pipe.hset(keys.job(job_id), mapping=fields)
-        pipe.zadd(keys.jobs_index(), {job_id: now})
-        pipe.zadd(keys.census(S.PENDING, spec.hardware, priority), {job_id: now})
-        # The facets never change; the status index follows each transition.
-        for facet, value in (
-            ("owner", owner),
-            ("status", JobStatus.PENDING.view),
-            ("model", model),
-            ("hardware", spec.hardware),
-        ):
-            pipe.zadd(keys.index(facet, value), {job_id: now})
-        pipe.xadd(
-            keys.events(),
-            {"job": job_id, "status": S.PENDING, "progress": 0, "owner": owner, "seq": 1},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
+        self._create(
+            keys=[
+                keys.job(job_id),
+                keys.jobs_index(),
+                keys.census(S.PENDING, spec.hardware, priority),
+                # The facets never change; the status index follows each transition.
+                keys.index("owner", owner),
+                keys.index("status", JobStatus.PENDING.view),
+                keys.index("model", model),
+                keys.index("hardware", spec.hardware),
+                keys.events(),
+                keys.pending(owner),
+                keys.pending_owners(),
+                keys.wake(),
+                keys.dispatched_by_owner(),
+                keys.job(after or job_id),
+            ],
+            args=[
+                job_id,
+                repr(now),
+                owner,
+                pending_score(priority, now),
+                "1" if wake else "",
+                "" if max_queued is None else max_queued,
+                counting,
+                "1" if after else "",
+                EVENTS_MAXLEN,
+                *(x for name, value in fields.items() for x in (name, _encode(value))),
+            ],
+            client=pipe,
         )
         return fields
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -126,6 +128,38 @@ def test_quotas_queued_jobs_and_hardware_classes(farm):
         farm.client.drain(worker, draining=False)
     for job_id in held:  # undrained, the worker runs what the quota let in
         assert farm.wait(job_id)["status"] == "succeeded"
+
+
+def test_max_queued_holds_exactly_under_concurrent_submissions_and_batches(farm):
+    """The quota check and the record are one step: 16 clients racing for the last places
+    get exactly as many as the limit, and a batch that does not fit queues none of its
+    jobs, even with room for some."""
+    name = "racing-user"
+    accounts = ensure_account(farm.redis, name)
+    accounts.set_limits(name, max_queued=5, max_running=0)  # nothing leaves the queue
+    clients = [farm.as_account(name) for _ in range(16)]
+    spec = {**TINY, "prompt": "race"}
+    start = threading.Barrier(len(clients))
+
+    def race(client) -> list[int]:
+        start.wait()
+        return [client.request("POST", "/api/v1/jobs", json=spec).status_code for _ in range(2)]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        statuses = [s for answers in pool.map(race, clients) for s in answers]
+    assert sorted(set(statuses)) == [202, 429] and statuses.count(202) == 5, statuses
+    mine = farm.client.jobs(200, owner=name)
+    assert len(mine) == 5 and {j["status"] for j in mine} == {"queued"}
+    accounts.set_limits(name, max_queued=7)  # room for two
+    batch = clients[0].request("POST", "/api/v1/batches", json={"jobs": [spec] * 3})
+    assert batch.status_code == 429 and "has 5 jobs queued; its limit is 7" in batch.text
+    assert len(farm.client.jobs(200, owner=name)) == 5, "part of a refused batch was queued"
+    assert len(clients[0].submit_batch([spec, spec])["jobs"]) == 2
+    assert len(farm.client.jobs(200, owner=name)) == 7
+    for job in farm.client.jobs(200, owner=name):
+        farm.client.cancel(job["id"])
+    for client in clients:
+        client.close()
 
 
 def test_the_dispatcher_holds_an_owners_jobs_at_its_running_limit(farm):
