@@ -42,6 +42,13 @@ class FarmClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        # The environment's proxy settings and CA bundle, read once here rather than on
+        # every call (requests would: ~0.15 ms of a call's ~0.7 ms here). Not ~/.netrc:
+        # the token, or the caller's own Authorization header, is the credential.
+        env = self.session.merge_environment_settings(self.url, {}, None, None, None)
+        self.session.trust_env = False
+        self.session.proxies.update(env["proxies"])
+        self.session.verify = env["verify"]
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
 

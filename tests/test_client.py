@@ -7,6 +7,7 @@ import threading
 import uuid
 
 import pytest
+import requests
 from PIL import Image
 
 from shared import keys
@@ -155,3 +156,23 @@ def test_a_token_is_sent_as_a_bearer_header_on_every_request(farm, echo_url):
         assert resp.request.headers["Authorization"] == "Bearer s3cret"
     with farm.as_account("client-test", "viewer") as client:
         assert client.models()
+
+
+def test_the_environment_is_read_once_a_proxy_honoured_and_netrc_never_replaces_the_token(
+    echo_url, tmp_path, monkeypatch
+):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with FarmClient(echo_url, token="s3cret") as client:
+        assert client.request("GET", "/api/v1/jobs").json()["seen"] == "Bearer s3cret"
+    # A proxy from the environment carries the calls (the echo server plays the proxy).
+    monkeypatch.setenv("HTTP_PROXY", echo_url)
+    monkeypatch.setenv("NO_PROXY", "")
+    with FarmClient("http://farm.invalid:8000", token="s3cret") as client:
+        assert client.request("GET", "/api/v1/jobs").json()["seen"] == "Bearer s3cret"
+    monkeypatch.setenv("NO_PROXY", "farm.invalid")
+    unproxied = FarmClient("http://farm.invalid:8000", token="s3cret", timeout=5)
+    with unproxied, pytest.raises(requests.ConnectionError):
+        unproxied.request("GET", "/api/v1/jobs")
