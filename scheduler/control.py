@@ -17,8 +17,8 @@ from PIL import Image
 
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
-from scheduler.quotas import Quota, QuotaExceeded, publish_running_limit
-from scheduler.records import JobRecords, as_record, refused
+from scheduler.quotas import Quota, QuotaExceeded
+from scheduler.records import JobRecords, QueueFull, as_record, refused
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -200,39 +200,53 @@ class JobControl:
         batch: str = "",
     ) -> list[dict[str, Any]]:
         """Record prepared specs' jobs (of `batch`, if given) and queue them for dispatch:
-        all or, over the quota's `max_queued` (QuotaExceeded), none."""
+        all or, over the quota's `max_queued` (QuotaExceeded), none. The records are not
+        read back; the owner's running limit is published with them."""
         job_ids = job_ids or [new_job_id() for _ in specs]
         hardware = quota.hardware if quota is not None else tuple(Hardware)
-        # The records, their places in the owner's queue and the owner's running limit in
-        # one round trip (a transaction when there are several), not read back.
-        with self.redis.pipeline(transaction=len(specs) > 1) as pipe:
-            records = [
-                self.records.create_in(
-                    pipe,
-                    job_id,
-                    spec,
+        max_queued, max_running = (quota.max_queued, quota.max_running) if quota else (None, None)
+        try:
+            if len(specs) == 1:  # one round trip
+                record = self.records.create(
+                    job_ids[0],
+                    specs[0],
                     owner,
                     priority,
                     submitted_by,
                     hardware,
                     batch,
-                    # The first job is checked for the whole batch; each later one needs the
-                    # one before it (so it is all or nothing).
-                    max_queued=quota.max_queued if quota is not None and i == 0 else None,
-                    counting=len(specs) - i,
-                    after=job_ids[i - 1] if i else None,
+                    max_queued=max_queued,
+                    max_running=max_running,
                 )
-                for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
-            ]
-            if quota is not None:
-                publish_running_limit(pipe, owner, quota.max_running)
-            queued = refused(pipe.execute()[0])
-        if queued is not None:
+                return [record]
+            with self.redis.pipeline() as pipe:  # a transaction
+                created = [
+                    # The first job is checked for the whole batch; each later one needs
+                    # the one before it (so it is all or nothing).
+                    self.records.create_in(
+                        pipe,
+                        job_id,
+                        spec,
+                        owner,
+                        priority,
+                        submitted_by,
+                        hardware,
+                        batch,
+                        max_queued=max_queued if i == 0 else None,
+                        counting=len(specs) - i,
+                        after=job_ids[i - 1] if i else None,
+                        max_running=max_running if i == 0 else None,
+                    )
+                    for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
+                ]
+                queued = refused(pipe.execute()[0])
+            if queued is not None:
+                raise QueueFull(queued)
+            return [as_record(fields) for fields in created]
+        except QueueFull as exc:
             raise QuotaExceeded(
-                "max_queued",
-                f"{owner} has {queued} jobs queued; its limit is {quota.max_queued}",  # type: ignore[union-attr]
-            )
-        return [as_record(fields) for fields in records]
+                "max_queued", f"{owner} has {exc.queued} jobs queued; its limit is {max_queued}"
+            ) from None
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""

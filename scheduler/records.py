@@ -293,11 +293,12 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
 
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
 # indexes, the events stream, the owner's pending set, the pending owners, the wake-up list,
-# the owners' dispatched counts (kept by the census), the hash of the sibling it comes after.
-# ARGV: job id, created at, owner, its pending score, wake ("1" or ""), max queued ("" = not
-# checked), jobs counted against it, "1" if the sibling must exist, the events' length, then
-# the record's field/value pairs. The quota check, the record, its indexes, its event and its
-# place in the owner's queue in one step: two submissions cannot both take the last place.
+# the owners' dispatched counts (kept by the census), the hash of the sibling it comes after,
+# the owners' running limits. ARGV: job id, created at, owner, its pending score, wake ("1"
+# or ""), max queued ("" = not checked), jobs counted against it, "1" if the sibling must
+# exist, the events' length, the owner's running limit ("" = unchanged), then the record's
+# field/value pairs. The quota check, the record, its indexes, its event and its place in the
+# owner's queue in one step: two submissions cannot both take the last place.
 _CREATE = f"""
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
 if ARGV[6] ~= '' then
@@ -306,16 +307,25 @@ if ARGV[6] ~= '' then
   if queued + tonumber(ARGV[7]) > tonumber(ARGV[6]) then return queued end
 end
 local id, now, owner = ARGV[1], ARGV[2], ARGV[3]
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 for i = 2, 7 do redis.call('ZADD', KEYS[i], now, id) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*',
   'job', id, 'status', '{S.PENDING}', 'progress', 0, 'owner', owner, 'seq', 1)
 redis.call('ZADD', KEYS[9], ARGV[4], id)
 redis.call('ZADD', KEYS[10], 'NX', 0, owner)  -- a new owner goes first
 if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[11], 1) end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[14], owner, ARGV[10]) end
 return 'created'
 """
 CREATED = b"created"
+
+
+class QueueFull(Exception):
+    """A job refused by `max_queued`; `queued`: the owner's jobs already queued."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} jobs queued")
+        self.queued = queued
 
 
 def refused(reply: Any) -> int | None:
@@ -340,15 +350,31 @@ class JobRecords:
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
         batch: str = "",
+        *,
+        max_queued: int | None = None,
+        max_running: int | None = None,
     ) -> dict[str, Any]:
-        """`submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
-        `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
-        it belongs to ("" = none). The job is queued for dispatch in the same step."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            fields = self.create_in(
-                pipe, job_id, spec, owner, priority, submitted_by, hardware, batch
-            )
-            pipe.execute()
+        """Record a job and queue it for dispatch, in one round trip; the record, not read
+        back. `submitted_by`: the account that submitted on the owner's behalf ("" = the
+        owner); `hardware`: the classes the job may run on (the owner's quota); `batch`: the
+        batch it belongs to ("" = none); `max_queued`: refuse it (QueueFull) if the owner
+        has that many jobs queued; `max_running`: the owner's running limit, published with
+        it."""
+        fields, reply = self._create_call(
+            self.redis,
+            job_id,
+            spec,
+            owner,
+            priority,
+            submitted_by,
+            hardware,
+            batch,
+            max_queued=max_queued,
+            max_running=max_running,
+        )
+        queued = refused(reply)
+        if queued is not None:
+            raise QueueFull(queued)
         return as_record(fields)
 
     def create_in(
@@ -366,15 +392,51 @@ class JobRecords:
         counting: int = 1,
         after: str | None = None,
         wake: bool = True,
+        max_running: int | None = None,
     ) -> dict[str, Any]:
         """`create`, queued on `pipe` (many jobs in one round trip); returns the fields it
         writes (`as_record` makes them a record). For this call `pipe.execute()` gives
         `CREATED`, or what `refused` reads when the job was refused.
 
-        `max_queued`: refuse the job if the owner's queued jobs plus `counting` (this one and
-        the batch siblings after it) would exceed it; `after`: a sibling created before it in
-        the same transaction, which must exist (so a batch whose first job was refused
-        creates none); `wake`: wake the dispatcher (one wake-up serves many jobs)."""
+        `counting`: the jobs counted against `max_queued` (this one and the batch siblings
+        after it); `after`: a sibling created before it in the same transaction, which must
+        exist (so a batch whose first job was refused creates none); `wake`: wake the
+        dispatcher (one wake-up serves many jobs)."""
+        fields, _ = self._create_call(
+            pipe,
+            job_id,
+            spec,
+            owner,
+            priority,
+            submitted_by,
+            hardware,
+            batch,
+            max_queued=max_queued,
+            counting=counting,
+            after=after,
+            wake=wake,
+            max_running=max_running,
+        )
+        return fields
+
+    def _create_call(
+        self,
+        client: Redis | Pipeline,
+        job_id: str,
+        spec: AnySpec,
+        owner: str,
+        priority: Priority,
+        submitted_by: str,
+        hardware: tuple[Hardware, ...],
+        batch: str,
+        *,
+        max_queued: int | None = None,
+        counting: int = 1,
+        after: str | None = None,
+        wake: bool = True,
+        max_running: int | None = None,
+    ) -> tuple[dict[str, Any], Any]:
+        """The record's fields and the creation step's reply (on a pipeline, the pipeline)."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -401,7 +463,7 @@ class JobRecords:
             "batch": batch,
             "class_asked": spec.hardware,  # its census cell while it waits
         }
-        self._create(
+        reply = self._create(
             keys=[
                 keys.job(job_id),
                 keys.jobs_index(),
@@ -417,6 +479,7 @@ class JobRecords:
                 keys.wake(),
                 keys.dispatched_by_owner(),
                 keys.job(after or job_id),
+                keys.running_limits(),
             ],
             args=[
                 job_id,
@@ -428,11 +491,12 @@ class JobRecords:
                 counting,
                 "1" if after else "",
                 EVENTS_MAXLEN,
+                "" if max_running is None else max_running,
                 *(x for name, value in fields.items() for x in (name, _encode(value))),
             ],
-            client=pipe,
+            client=client,
         )
-        return fields
+        return fields, reply
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
