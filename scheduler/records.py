@@ -1,6 +1,8 @@
 """Job records in Redis: the source of truth for a job's status, progress and outputs.
 
-A record is a Redis hash. Every change goes through one Lua script that checks the
+A record is a Redis hash. It is created, with its indexes and its place in the owner's
+queue (and the owner's `max_queued` checked), by one Lua step (`create`, `create_in`).
+Every change goes through one Lua script that checks the
 allowed previous status and, for a worker's writes, the attempt it holds and that the
 attempt was dispatched to that worker (fencing: a stale attempt, or the same attempt
 dispatched twice across a Redis failover, can change nothing), keeps the active-status
