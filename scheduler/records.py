@@ -2,11 +2,10 @@
 
 A record is a Redis hash. It is created, with its indexes and its place in the owner's
 queue (and the owner's `max_queued` checked), by one Lua step (`create`, `create_in`).
-Every change goes through one Lua script that checks the
-allowed previous status and, for a worker's writes, the attempt it holds and that the
-attempt was dispatched to that worker (fencing: a stale attempt, or the same attempt
-dispatched twice across a Redis failover, can change nothing), keeps the active-status
-index sets, and bumps a monotonic `seq`.
+Every change goes through one Lua script that checks the allowed previous status and, for
+a worker's writes, the attempt it holds and that the attempt was dispatched to that worker
+(fencing: a stale attempt, or the same attempt dispatched twice across a Redis failover,
+can change nothing), keeps the active-status index sets, and bumps a monotonic `seq`.
 
 Statuses are `JobStatus` (shared/vocabulary.py); the edges a job may take between them
 are `TRANSITIONS` below, and `transition` refuses any other.
