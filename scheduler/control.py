@@ -18,7 +18,7 @@ from PIL import Image
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
 from scheduler.quotas import Quota, QuotaExceeded
-from scheduler.records import JobRecords, QueueFull, as_record, refused
+from scheduler.records import JobRecords, as_record, refused
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -205,48 +205,35 @@ class JobControl:
         job_ids = job_ids or [new_job_id() for _ in specs]
         hardware = quota.hardware if quota is not None else tuple(Hardware)
         max_queued, max_running = (quota.max_queued, quota.max_running) if quota else (None, None)
-        try:
-            if len(specs) == 1:  # one round trip
-                record = self.records.create(
-                    job_ids[0],
-                    specs[0],
+        one = len(specs) == 1
+        # One job: one EVALSHA (a pipeline holding a script would first send SCRIPT EXISTS).
+        # Several: a transaction, whose first job is checked for the whole batch and each
+        # later one needs the one before it (so it is all or nothing).
+        with self.redis.pipeline() as pipe:
+            made = [
+                self.records.create_in(
+                    self.redis if one else pipe,
+                    job_id,
+                    spec,
                     owner,
                     priority,
                     submitted_by,
                     hardware,
                     batch,
-                    max_queued=max_queued,
-                    max_running=max_running,
+                    max_queued=max_queued if i == 0 else None,
+                    counting=len(specs) - i,
+                    after=job_ids[i - 1] if i else None,
+                    max_running=max_running if i == 0 else None,
                 )
-                return [record]
-            with self.redis.pipeline() as pipe:  # a transaction
-                created = [
-                    # The first job is checked for the whole batch; each later one needs
-                    # the one before it (so it is all or nothing).
-                    self.records.create_in(
-                        pipe,
-                        job_id,
-                        spec,
-                        owner,
-                        priority,
-                        submitted_by,
-                        hardware,
-                        batch,
-                        max_queued=max_queued if i == 0 else None,
-                        counting=len(specs) - i,
-                        after=job_ids[i - 1] if i else None,
-                        max_running=max_running if i == 0 else None,
-                    )
-                    for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
-                ]
-                queued = refused(pipe.execute()[0])
-            if queued is not None:
-                raise QueueFull(queued)
-            return [as_record(fields) for fields in created]
-        except QueueFull as exc:
+                for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
+            ]
+            first = made[0][1] if one else pipe.execute()[0]
+        queued = refused(first)
+        if queued is not None:
             raise QuotaExceeded(
-                "max_queued", f"{owner} has {exc.queued} jobs queued; its limit is {max_queued}"
-            ) from None
+                "max_queued", f"{owner} has {queued} jobs queued; its limit is {max_queued}"
+            )
+        return [as_record(fields) for fields, _ in made]
 
     def _existing(self, job_id: str, wait_s: float = 5.0) -> dict[str, Any]:
         """The job an earlier request with the same key created (it may be a moment away)."""

@@ -1,7 +1,7 @@
 """Job records in Redis: the source of truth for a job's status, progress and outputs.
 
 A record is a Redis hash. It is created, with its indexes and its place in the owner's
-queue (and the owner's `max_queued` checked), by one Lua step (`create`, `create_in`).
+queue (and the owner's `max_queued` checked), by one Lua step (`create_in`).
 Every change goes through one Lua script that checks the allowed previous status and, for
 a worker's writes, the attempt it holds and that the attempt was dispatched to that worker
 (fencing: a stale attempt, or the same attempt dispatched twice across a Redis failover,
@@ -321,14 +321,6 @@ return 'created'
 CREATED = b"created"
 
 
-class QueueFull(Exception):
-    """A job refused by `max_queued`; `queued`: the owner's jobs already queued."""
-
-    def __init__(self, queued: int) -> None:
-        super().__init__(f"{queued} jobs queued")
-        self.queued = queued
-
-
 def refused(reply: Any) -> int | None:
     """From `create_in`'s reply: None if the job was created, else the owner's queued count
     (-1: the sibling before it was refused)."""
@@ -351,36 +343,16 @@ class JobRecords:
         submitted_by: str = "",
         hardware: tuple[Hardware, ...] = tuple(Hardware),
         batch: str = "",
-        *,
-        max_queued: int | None = None,
-        max_running: int | None = None,
     ) -> dict[str, Any]:
-        """Record a job and queue it for dispatch, in one round trip; the record, not read
-        back. `submitted_by`: the account that submitted on the owner's behalf ("" = the
-        owner); `hardware`: the classes the job may run on (the owner's quota); `batch`: the
-        batch it belongs to ("" = none); `max_queued`: refuse it (QueueFull) if the owner
-        has that many jobs queued; `max_running`: the owner's running limit, published with
-        it."""
-        fields, reply = self._create_call(
-            self.redis,
-            job_id,
-            spec,
-            owner,
-            priority,
-            submitted_by,
-            hardware,
-            batch,
-            max_queued=max_queued,
-            max_running=max_running,
+        """`create_in` on its own, in one round trip; the record, not read back."""
+        fields, _ = self.create_in(
+            self.redis, job_id, spec, owner, priority, submitted_by, hardware, batch
         )
-        queued = refused(reply)
-        if queued is not None:
-            raise QueueFull(queued)
         return as_record(fields)
 
     def create_in(
         self,
-        pipe: Pipeline,
+        client: Redis | Pipeline,
         job_id: str,
         spec: AnySpec,
         owner: str,
@@ -394,50 +366,19 @@ class JobRecords:
         after: str | None = None,
         wake: bool = True,
         max_running: int | None = None,
-    ) -> dict[str, Any]:
-        """`create`, queued on `pipe` (many jobs in one round trip); returns the fields it
-        writes (`as_record` makes them a record). For this call `pipe.execute()` gives
-        `CREATED`, or what `refused` reads when the job was refused.
-
-        `counting`: the jobs counted against `max_queued` (this one and the batch siblings
-        after it); `after`: a sibling created before it in the same transaction, which must
-        exist (so a batch whose first job was refused creates none); `wake`: wake the
-        dispatcher (one wake-up serves many jobs)."""
-        fields, _ = self._create_call(
-            pipe,
-            job_id,
-            spec,
-            owner,
-            priority,
-            submitted_by,
-            hardware,
-            batch,
-            max_queued=max_queued,
-            counting=counting,
-            after=after,
-            wake=wake,
-            max_running=max_running,
-        )
-        return fields
-
-    def _create_call(
-        self,
-        client: Redis | Pipeline,
-        job_id: str,
-        spec: AnySpec,
-        owner: str,
-        priority: Priority,
-        submitted_by: str,
-        hardware: tuple[Hardware, ...],
-        batch: str,
-        *,
-        max_queued: int | None = None,
-        counting: int = 1,
-        after: str | None = None,
-        wake: bool = True,
-        max_running: int | None = None,
     ) -> tuple[dict[str, Any], Any]:
-        """The record's fields and the creation step's reply (on a pipeline, the pipeline)."""
+        """Record a job and queue it for dispatch in one step, on `client` (a pipeline: many
+        jobs in one round trip). Returns the fields it writes (`as_record` makes them a
+        record) and the step's reply, `CREATED` or what `refused` reads when the job was
+        refused (on a pipeline the reply comes with `execute()`).
+
+        `submitted_by`: the account that submitted on the owner's behalf ("" = the owner);
+        `hardware`: the classes the job may run on (the owner's quota); `batch`: the batch
+        it belongs to ("" = none); `max_queued`: refuse the job if the owner's queued jobs
+        plus `counting` (this one and the batch siblings after it) would exceed it; `after`:
+        a sibling created before it in the same transaction, which must exist (so a batch
+        whose first job was refused creates none); `wake`: wake the dispatcher (one wake-up
+        serves many jobs); `max_running`: the owner's running limit, published with it."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
