@@ -27,6 +27,7 @@ from shared.vocabulary import Priority, StatusView
 api = Blueprint("api", __name__)
 MAX_BATCH_SPECS = 1000
 MAX_PER_PAGE = 200
+MAX_PAGE = 1_000_000  # 200 million jobs deep: past any farm, and Redis's offsets stay 64-bit
 
 
 class BadRequest(Exception):
@@ -302,8 +303,8 @@ def cancel_batch(batch_id: str):
 def _paging() -> tuple[int, int]:
     page = request.args.get("page", 1, type=int)
     per_page = request.args.get("per_page", 50, type=int)
-    if page < 1:
-        raise BadRequest(422, "page", "must be 1 or more")
+    if not 1 <= page <= MAX_PAGE:
+        raise BadRequest(422, "page", f"must be between 1 and {MAX_PAGE:,}")
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise BadRequest(422, "per_page", f"must be between 1 and {MAX_PER_PAGE}")
     return page, per_page

@@ -35,6 +35,11 @@ def test_filters_and_paging(farm):
         assert (
             farm.client.request("GET", "/api/v1/jobs", params={"per_page": 201}).status_code == 422
         )
+        # A page far past the end is empty; one past what Redis can count is refused, by name.
+        assert mine.find_jobs(owner="me", page=10**6)["jobs"] == []
+        for path in ("/api/v1/jobs", "/api/v1/gallery"):
+            deep = farm.client.request("GET", path, params={"page": 10**18})
+            assert deep.status_code == 422 and deep.json()["errors"][0]["field"] == "page", path
     finally:
         for job in held:
             farm.client.cancel(job["id"])
