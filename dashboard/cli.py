@@ -12,7 +12,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.server import serve
 
     settings = Settings()
-    serve(create_app(settings), args.host, args.port, settings)
+    serve(lambda: create_app(settings), args.host, args.port, settings)
     return 0
 
 

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     http_threads: int = 128
     http_connection_limit: int = 1000
     http_channel_timeout_s: int = 120
+    # Server processes on the one port, each with those threads and that connection limit
+    # (0: one per usable core, at most 4). Above 1, one more process watches them.
+    http_processes: int = Field(default=0, ge=0, le=64)
 
     # --- Operations (dashboard/metrics.py, scheduler/census.py) ---
     # For autoscaling (GET /api/v1/fleet/demand), jobs that leave the class to the dispatcher
