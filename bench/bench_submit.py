@@ -1,11 +1,14 @@
 """Submission throughput: `POST /api/v1/jobs` against raw Celery `send_task`, in one run.
 
-    .venv/bin/python -m bench.bench_submit [--n 500] [--rounds 3] [--clients 1,4] [--json PATH]
+    .venv/bin/python -m bench.bench_submit [--n 500] [--rounds 3] [--clients 1,4]
+                                           [--processes 1,2] [--json PATH]
 
 A redis-server on a free loopback port, the demo models in a temp store and the real
 dashboard (`renderfarm dashboard`, waitress) as a process; no dispatcher and no workers, so
-nothing runs the jobs. For each --clients count K, K threads each make --n calls per round,
-one keep-alive session each:
+nothing runs the jobs. For each --processes count P (`RENDERFARM_HTTP_PROCESSES`: the
+dashboard's server processes; one dashboard per count, every side measured again with it)
+and each --clients count K, K threads each make --n calls per round, one keep-alive session
+each:
   api     POST /api/v1/jobs as a member (a Bearer token: accounts, quotas and validation
           on): the dashboard parses and validates the spec, looks its model up in the store,
           checks the quota, writes the job record and adds it to the owner's pending set;
@@ -163,6 +166,7 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la) -> dict:
+    """`results`: by server processes, then by clients."""
     machine = machine_info()
     lines = [
         "Submission throughput (bench/bench_submit.py)",
@@ -170,17 +174,18 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
         f"load average {la[0]:.2f} at start, {la[1]:.2f} at end; {recorded} jobs recorded",
         f"{args.n} calls per client per round, {args.rounds} rounds, medians",
         "",
-        f"{'clients':>7} {'POST /api/v1/jobs':>18} {'JobControl.submit':>18} "
-        f"{'send_task':>10} {'GET /api/v1/me':>15} {'API/send_task':>14} "
-        f"{'floor/send_task':>16} {'Redis cmds api/celery':>22}",
+        f"{'server processes':>16} {'clients':>7} {'POST /api/v1/jobs':>18} "
+        f"{'JobControl.submit':>18} {'send_task':>10} {'GET /api/v1/me':>15} "
+        f"{'API/send_task':>14} {'floor/send_task':>16} {'Redis cmds api/celery':>22}",
     ]
-    for clients, r in results.items():
-        ps, cmds = r["per_s"], r["redis_commands_per_call"]
-        lines.append(
-            f"{clients:>7} {ps['api']:>16.0f}/s {ps['inproc']:>16.0f}/s {ps['celery']:>8.0f}/s "
-            f"{ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} {r['floor_vs_celery']:>16.0%} "
-            f"{cmds['api']:>14.1f} / {cmds['celery']:.1f}"
-        )
+    for processes, by_clients in results.items():
+        for clients, r in by_clients.items():
+            ps, cmds = r["per_s"], r["redis_commands_per_call"]
+            lines.append(
+                f"{processes:>16} {clients:>7} {ps['api']:>16.0f}/s {ps['inproc']:>16.0f}/s "
+                f"{ps['celery']:>8.0f}/s {ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} "
+                f"{r['floor_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
+            )
     print("\n".join(lines), flush=True)
     return {
         "machine": {**machine, "loadavg_start": la[0], "loadavg_end": la[1]},
@@ -194,11 +199,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=500, help="calls per client per round (500)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per side (3)")
     p.add_argument("--clients", default="1,4", help="comma-separated client counts (1,4)")
+    p.add_argument(
+        "--processes", default="1,2", help="comma-separated dashboard process counts (1,2)"
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = p.parse_args(argv)
     args.clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
-    if args.n < 1 or args.rounds < 1 or not args.clients or min(args.clients) < 1:
-        p.error("--n, --rounds and every --clients count must be at least 1")
+    args.processes = [int(c) for c in str(args.processes).split(",") if c.strip()]
+    counts = args.clients + args.processes
+    if args.n < 1 or args.rounds < 1 or not args.clients or not args.processes or min(counts) < 1:
+        p.error("--n, --rounds and every --clients and --processes count must be at least 1")
     return args
 
 
@@ -220,12 +230,22 @@ def main(argv: list[str] | None = None) -> int:
                 "RENDERFARM_MODELS_DIR": str(models_dir),
                 "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
             }
-            http = localfarm.free_port()
-            log_path = tmp / "dashboard.log"
-            dashboard = localfarm.start_dashboard("127.0.0.1", http, env, log=log_path)
-            results, recorded = measure(
-                f"http://127.0.0.1:{http}", redis_url, models_dir, tmp, args
-            )
+            results, recorded = {}, 0
+            for processes in args.processes:
+                http = localfarm.free_port()
+                dashboard = localfarm.start_dashboard(
+                    "127.0.0.1",
+                    http,
+                    {**env, "RENDERFARM_HTTP_PROCESSES": str(processes)},
+                    log=tmp / "dashboard.log",
+                )
+                log(f"dashboard with {processes} server process(es)")
+                results[str(processes)], jobs = measure(
+                    f"http://127.0.0.1:{http}", redis_url, models_dir, tmp, args
+                )
+                recorded += jobs
+                localfarm.stop(dashboard)
+                dashboard = None
             figures = report(args, results, recorded, (la_start, os.getloadavg()[0]))
             write_json(args.json, figures)
             return 0
