@@ -4,7 +4,8 @@ responsive: GET /api/v1/jobs latency during the load vs idle (the baseline, same
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.bench_sdapi [--calls 50] [--json out.json]
 
 It starts its own redis-server, scheduler, CPU worker(s) and dashboard (waitress, as
-`renderfarm dashboard` runs it) on loopback with the demo models, and stops them on exit.
+`renderfarm dashboard` runs it; RENDERFARM_HTTP_PROCESSES, if set, is passed on) on loopback
+with the demo models, and stops them on exit.
 Each call is POST /sdapi/v1/txt2img (demo-sd15, 64x64, --steps) held open until its job is
 done; a prober GETs /api/v1/jobs every --probe-ms meanwhile.
 """
@@ -36,7 +37,9 @@ from bench.common import (
     tail,
     write_json,
 )
+from dashboard.server import process_count
 from renderfarm import localfarm
+from shared.config import Settings
 
 
 def parse_args(argv: list[str] | None):
@@ -142,7 +145,9 @@ def report(args, figures: dict[str, Any], machine: dict[str, Any], load) -> dict
     idle, during = stats(figures["idle"]), stats(figures["during"])
     ratio = during["p50_ms"] / idle["p50_ms"]
     print(machine_line(machine, ram=True) + f", load average {load[0]} -> {load[1]}")
-    print(f"server    waitress, {args.calls} blocking POST /sdapi/v1/txt2img at once, "
+    processes = process_count(Settings())  # as the dashboard reads RENDERFARM_HTTP_PROCESSES
+    print(f"server    waitress x {processes} process(es), {args.calls} blocking POST "
+          f"/sdapi/v1/txt2img at once, "
           f"{args.workers} CPU worker(s), demo-sd15 64x64 {args.steps} steps")  # fmt: skip
     print(f"completed {len(done)}/{args.calls} with an image in {figures['wall_s']:.1f} s "
           f"({len(done) / figures['wall_s'] * 60:.0f} jobs/min)")  # fmt: skip
@@ -154,6 +159,7 @@ def report(args, figures: dict[str, Any], machine: dict[str, Any], load) -> dict
     print(f"ratio     /api/v1/jobs p50 under load / idle = {ratio:.2f}x")
     return {
         "config": config(args),
+        "http_processes": process_count(Settings()),
         "machine": machine,
         "loadavg": load,
         "completed": len(done),
