@@ -1,6 +1,7 @@
 """Every job kind through the real worker process, checked as a user would check the result."""
 
 import base64
+import hashlib
 import io
 import json
 
@@ -67,6 +68,31 @@ def test_img2img_starts_from_the_init_image(farm, gradient):
     assert light["spec"]["init_image"].startswith("inputs/")
     assert fetch(farm, light["spec"]["init_image"]).size == (80, 48)
     assert manifest(farm, light)["passes"] == ["StableDiffusionImg2ImgPipeline"]
+
+
+def test_an_input_png_is_stored_as_sent_and_a_jpeg_as_a_png_of_its_pixels(farm, gradient):
+    # Not PIL's default compression: an input decoded and encoded again would differ.
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    gradient.save(png, format="PNG", compress_level=1)
+    gradient.save(jpeg, format="JPEG", quality=90)
+    stored = {}
+    for name, raw in (("png", png.getvalue()), ("jpeg", jpeg.getvalue())):
+        image = base64.b64encode(raw).decode()
+        # No GPU worker: the job waits, and is canceled once its input is looked at.
+        spec = {**TINY, "kind": "img2img", "prompt": "p", "init_image": image, "hardware": "gpu"}
+        resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
+        assert resp.status_code == 202, resp.text
+        farm.client.cancel(resp.json()["id"])
+        key = resp.json()["spec"]["init_image"]
+        body = s3_client(farm.env).get_object(Bucket=BUCKET, Key=f"farm/{key}")["Body"].read()
+        stored[name] = key, body
+    key, body = stored["png"]
+    assert body == png.getvalue()
+    assert key == f"inputs/{hashlib.sha256(png.getvalue()).hexdigest()}.png"
+    key, body = stored["jpeg"]
+    as_stored, as_sent = Image.open(io.BytesIO(body)), Image.open(io.BytesIO(jpeg.getvalue()))
+    assert as_stored.format == "PNG"
+    assert np.array_equal(np.asarray(as_stored), np.asarray(as_sent))
 
 
 @pytest.mark.parametrize("mode", ["just_resize", "crop_and_resize", "resize_and_fill"])
