@@ -67,6 +67,23 @@ def member_token(redis_url: str) -> str:
     return token
 
 
+def input_png(side: int) -> str:
+    """A `side`-pixel square PNG, base64: a gradient with noise, about as large as a photo's
+    (580 KiB at 512)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side]
+    rgb = np.stack([x * 255 / side, y * 255 / side, (x + y) % 256], -1)
+    rgb = rgb + np.random.default_rng(0).normal(0, 12, rgb.shape)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def in_threads(clients: int, call: Any, n: int) -> float:
     """Seconds for `clients` threads to make `n` calls each (`call(i)` builds thread i's)."""
     fns = [call(i) for i in range(clients)]
@@ -132,7 +149,26 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
         sessions.append(client)
         return client.me
 
+    image = input_png(args.image_side) if args.image_side else ""
+    image_spec = {**SPEC, "kind": "img2img", "init_image": image}
+
+    def api_image(_: int):
+        client = FarmClient(url, token)
+        sessions.append(client)
+        return lambda: client.submit(image_spec)
+
+    def send_image(_: int):
+        def call() -> None:
+            job_id = uuid.uuid4().hex
+            celery.send_task(RUN_JOB, args=[job_id, 1, image], queue="bench", task_id=job_id)
+
+        return call
+
     sides = {"api": api, "inproc": inproc, "celery": send, "floor": floor}
+    calls = dict.fromkeys(sides, args.n)
+    if image:
+        sides |= {"api_image": api_image, "celery_image": send_image}
+        calls |= dict.fromkeys(("api_image", "celery_image"), max(1, args.n // 10))
     results: dict[str, Any] = {}
     for clients in args.clients:
         for side in sides.values():  # connections, imports, first requests: not counted
@@ -142,11 +178,13 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
         for r in range(args.rounds):
             for name in list(sides) if r % 2 == 0 else list(reversed(sides)):
                 redis.config_resetstat()
-                seconds = in_threads(clients, sides[name], args.n)
+                seconds = in_threads(clients, sides[name], calls[name])
                 stats = redis.info("commandstats")
-                calls = sum(v["calls"] for k, v in stats.items() if "config" not in k)
-                commands[name] = calls / (clients * args.n)
-                rates[name].append(clients * args.n / seconds)
+                made = sum(v["calls"] for k, v in stats.items() if "config" not in k)
+                commands[name] = made / (clients * calls[name])
+                rates[name].append(clients * calls[name] / seconds)
+                # Nothing consumes the baseline's queue: images in it would fill Redis.
+                redis.delete(*redis.scan_iter(match="bench*"), "bench")
         per_s = {k: statistics.median(v) for k, v in rates.items()}
         results[str(clients)] = {
             "per_s": per_s,
@@ -156,6 +194,8 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
             "inproc_vs_celery": per_s["inproc"] / per_s["celery"],
             "floor_vs_celery": per_s["floor"] / per_s["celery"],
         }
+        if image:
+            results[str(clients)]["image_vs_celery"] = per_s["api_image"] / per_s["celery_image"]
         log(f"{clients} client(s): " + ", ".join(f"{k} {v:.0f}/s" for k, v in per_s.items()))
     recorded = int(redis.zcard("rf:jobs"))
     for client in sessions:
@@ -186,6 +226,21 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
                 f"{ps['celery']:>8.0f}/s {ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} "
                 f"{r['floor_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
             )
+    if args.image_side:
+        lines += [
+            "",
+            f"img2img with a {args.image_side}x{args.image_side} PNG input "
+            f"({max(1, args.n // 10)} calls per client per round)",
+            f"{'server processes':>16} {'clients':>7} {'POST /api/v1/jobs':>18} "
+            f"{'send_task + image':>18} {'API/send_task':>14}",
+        ]
+        for processes, by_clients in results.items():
+            for clients, r in by_clients.items():
+                ps = r["per_s"]
+                lines.append(
+                    f"{processes:>16} {clients:>7} {ps['api_image']:>16.0f}/s "
+                    f"{ps['celery_image']:>16.0f}/s {r['image_vs_celery']:>14.0%}"
+                )
     print("\n".join(lines), flush=True)
     return {
         "machine": {**machine, "loadavg_start": la[0], "loadavg_end": la[1]},
@@ -201,6 +256,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,4", help="comma-separated client counts (1,4)")
     p.add_argument(
         "--processes", default="1,2", help="comma-separated dashboard process counts (1,2)"
+    )
+    p.add_argument(
+        "--image-side",
+        type=int,
+        default=512,
+        help="img2img sides: a PNG this many pixels square (512; 0: none)",
     )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = p.parse_args(argv)
