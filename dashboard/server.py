@@ -9,7 +9,7 @@ progress is never closed by it: the bound on a blocking call is the app's own
 
 Processes: Python runs one thread of a process at a time, so one process is bounded by a
 core. With `http_processes` above 1 the command binds the port once and forks that many
-server processes, which accept on the same socket (the kernel spreads the connections); each
+server processes, which accept on the same sockets (the kernel spreads the connections); each
 builds its own app, hence its own Redis and storage pools. Everything they share is in
 Redis (sign-in cookies are signed with the key kept there, throttles, options, the queue),
 so any process answers any request, as replicas behind a load balancer do. The first process
@@ -47,29 +47,29 @@ def process_count(settings: Settings) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_PROCESSES))
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The server's socket, bound now: a port already taken fails here, before any fork."""
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    return socket.create_server(address, family=family, backlog=2048)
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, one per address `host` resolves to (as waitress binds them),
+    bound now: a port already taken fails here, before any fork."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = dict.fromkeys((family, address) for family, _, _, _, address in found)
+    return [socket.create_server(a, family=f, backlog=2048) for f, a in addresses]
 
 
 def serve(make_app: Callable[[], Flask], host: str, port: int, settings: Settings) -> None:
     """Serve the app `make_app` builds on host:port until stopped (SIGTERM, Ctrl-C)."""
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" noise
-    sock = listen(host, port)
+    sockets = listen(host, port)
     processes = process_count(settings)
     if processes == 1:
-        _serve(make_app(), sock, settings)
+        _serve(make_app(), sockets, settings)
     else:
-        _supervise(make_app, sock, settings, processes)
+        _supervise(make_app, sockets, settings, processes)
 
 
-def _serve(app: Flask, sock: socket.socket, settings: Settings) -> None:
+def _serve(app: Flask, sockets: list[socket.socket], settings: Settings) -> None:
     waitress_serve(
         app,
-        sockets=[sock],
+        sockets=sockets,
         threads=settings.http_threads,
         connection_limit=settings.http_connection_limit,
         channel_timeout=settings.http_channel_timeout_s,
@@ -79,7 +79,7 @@ def _serve(app: Flask, sock: socket.socket, settings: Settings) -> None:
 
 
 def _server_process(
-    make_app: Callable[[], Flask], sock: socket.socket, settings: Settings, ready: Event
+    make_app: Callable[[], Flask], sockets: list[socket.socket], settings: Settings, ready: Event
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C reaches all)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -87,7 +87,7 @@ def _server_process(
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     app = make_app()
     ready.set()
-    _serve(app, sock, settings)
+    _serve(app, sockets, settings)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -98,16 +98,18 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _supervise(
-    make_app: Callable[[], Flask], sock: socket.socket, settings: Settings, processes: int
+    make_app: Callable[[], Flask], sockets: list[socket.socket], settings: Settings, processes: int
 ) -> None:
-    # fork: the children inherit the bound socket; this process holds no thread or pool yet.
+    # fork: the children inherit the bound sockets; this process holds no thread or pool yet.
     context = multiprocessing.get_context("fork")
     started: dict[BaseProcess, Event] = {}  # each process, and whether its app was built
 
     def start() -> None:
         ready = context.Event()
         proc = context.Process(
-            target=_server_process, args=(make_app, sock, settings, ready), name="renderfarm-http"
+            target=_server_process,
+            args=(make_app, sockets, settings, ready),
+            name="renderfarm-http",
         )
         proc.start()
         started[proc] = ready
