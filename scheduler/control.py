@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from celery import Celery
-from PIL import Image
+from PIL import Image, ImageOps
 
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
@@ -73,6 +73,19 @@ def priority_of(value: object) -> Priority:
         raise SubmitError("priority", f"must be one of {', '.join(Priority)}") from None
 
 
+PNG_MODES = ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")
+
+
+def stored_pixels(image: Image.Image) -> Image.Image:
+    """What an input that is not a PNG is stored as: upright (a photo's EXIF orientation
+    applied now, since the PNG will not carry it) and in a mode a PNG holds (a CMYK JPEG or
+    a 32-bit or float image as RGB)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode not in PNG_MODES:
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    return image
+
+
 class JobControl:
     def __init__(
         self,
@@ -101,7 +114,7 @@ class JobControl:
     def stash_inputs(self, spec: AnySpec) -> AnySpec:
         """Store every base64 input image (content-addressed, as PNG: a PNG byte for byte as
         sent, since decoding and encoding it again costs 30 ms at 512x512 and 150 ms at
-        1024x1024; a JPEG or WebP converted); the spec keeps the key.
+        1024x1024; any other format converted, see `stored_pixels`); the spec keeps the key.
 
         An upscale's output size depends on its image: it is checked here, against
         `max_output_pixels`, before anything is stored."""
@@ -124,10 +137,13 @@ class JobControl:
                 continue
             raw = decode_image(value)
             with Image.open(io.BytesIO(raw)) as im:
-                sizes[path] = im.size
-                if im.format != "PNG":  # a PNG, verified as the spec was parsed, stays as sent
+                if im.format == "PNG":  # verified as the spec was parsed: stored as sent
+                    sizes[path] = im.size
+                else:
+                    upright = stored_pixels(im)
+                    sizes[path] = upright.size
                     buf = io.BytesIO()
-                    im.save(buf, format="PNG")
+                    upright.save(buf, format="PNG")
                     raw = buf.getvalue()
             pngs[path] = raw
             holder[last] = input_key(raw)

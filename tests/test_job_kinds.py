@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tests.conftest import BUCKET, s3_client
 
@@ -70,29 +70,47 @@ def test_img2img_starts_from_the_init_image(farm, gradient):
     assert manifest(farm, light)["passes"] == ["StableDiffusionImg2ImgPipeline"]
 
 
+def stored_input(farm, raw: bytes) -> tuple[str, bytes]:
+    """Submit an img2img job with `raw` as its init image; the key the farm stored it under,
+    and the stored bytes. No GPU worker: the job waits, and is canceled at once."""
+    image = base64.b64encode(raw).decode()
+    spec = {**TINY, "kind": "img2img", "prompt": "p", "init_image": image, "hardware": "gpu"}
+    resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
+    assert resp.status_code == 202, resp.text
+    farm.client.cancel(resp.json()["id"])
+    key = resp.json()["spec"]["init_image"]
+    return key, s3_client(farm.env).get_object(Bucket=BUCKET, Key=f"farm/{key}")["Body"].read()
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
 def test_an_input_png_is_stored_as_sent_and_a_jpeg_as_a_png_of_its_pixels(farm, gradient):
     # Not PIL's default compression: an input decoded and encoded again would differ.
-    png, jpeg = io.BytesIO(), io.BytesIO()
-    gradient.save(png, format="PNG", compress_level=1)
-    gradient.save(jpeg, format="JPEG", quality=90)
-    stored = {}
-    for name, raw in (("png", png.getvalue()), ("jpeg", jpeg.getvalue())):
-        image = base64.b64encode(raw).decode()
-        # No GPU worker: the job waits, and is canceled once its input is looked at.
-        spec = {**TINY, "kind": "img2img", "prompt": "p", "init_image": image, "hardware": "gpu"}
-        resp = farm.client.request("POST", "/api/v1/jobs", json=spec)
-        assert resp.status_code == 202, resp.text
-        farm.client.cancel(resp.json()["id"])
-        key = resp.json()["spec"]["init_image"]
-        body = s3_client(farm.env).get_object(Bucket=BUCKET, Key=f"farm/{key}")["Body"].read()
-        stored[name] = key, body
-    key, body = stored["png"]
-    assert body == png.getvalue()
-    assert key == f"inputs/{hashlib.sha256(png.getvalue()).hexdigest()}.png"
-    key, body = stored["jpeg"]
-    as_stored, as_sent = Image.open(io.BytesIO(body)), Image.open(io.BytesIO(jpeg.getvalue()))
+    png = encoded(gradient, "PNG", compress_level=1)
+    key, body = stored_input(farm, png)
+    assert body == png and key == f"inputs/{hashlib.sha256(png).hexdigest()}.png"
+    jpeg = encoded(gradient, "JPEG", quality=90)
+    as_stored = Image.open(io.BytesIO(stored_input(farm, jpeg)[1]))
     assert as_stored.format == "PNG"
-    assert np.array_equal(np.asarray(as_stored), np.asarray(as_sent))
+    assert np.array_equal(np.asarray(as_stored), np.asarray(Image.open(io.BytesIO(jpeg))))
+
+
+def test_a_photo_is_stored_upright_and_a_cmyk_or_float_image_as_rgb(farm, gradient):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; shown rotated 90 degrees
+    rotated = encoded(gradient, "JPEG", quality=90, exif=exif.tobytes())
+    cmyk = encoded(gradient.convert("CMYK"), "JPEG", quality=90)
+    grey = encoded(gradient.convert("F"), "TIFF")  # 32-bit float: no PNG holds it
+    for name, raw in (("rotated", rotated), ("cmyk", cmyk), ("float", grey)):
+        stored = Image.open(io.BytesIO(stored_input(farm, raw)[1]))
+        sent = ImageOps.exif_transpose(Image.open(io.BytesIO(raw))).convert("RGB")
+        assert (stored.format, stored.mode) == ("PNG", "RGB"), name
+        assert np.array_equal(np.asarray(stored), np.asarray(sent)), name
+    assert Image.open(io.BytesIO(stored_input(farm, rotated)[1])).size == (48, 80)
 
 
 @pytest.mark.parametrize("mode", ["just_resize", "crop_and_resize", "resize_and_fill"])
