@@ -45,6 +45,9 @@ KIND_TAGS = tuple(JobKind)
 HardwareChoice = Literal[tuple(h.value for h in Hardware) + (AUTO,)]  # type: ignore[valid-type]
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
 def decode_image(value: str, max_pixels: int | None = None) -> bytes:
     """Base64 (or a data URL) → the bytes of a PNG/JPEG/WebP image; ValueError if it is not one,
     or has more than `max_pixels` (read from its header: a decompression bomb is never decoded).
@@ -59,7 +62,9 @@ def decode_image(value: str, max_pixels: int | None = None) -> bytes:
     if len(raw) > MAX_IMAGE_BYTES:
         raise ValueError(f"image is larger than {MAX_IMAGE_BYTES >> 20} MiB")
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        # Only these: Pillow would hand an EPS to Ghostscript, and read dozens of formats
+        # nobody sends a diffusion model.
+        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
             width, height = im.size
             if max_pixels is None or width * height <= max_pixels:
                 im.verify()
