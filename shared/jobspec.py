@@ -68,6 +68,9 @@ def decode_image(value: str, max_pixels: int | None = None) -> bytes:
             width, height = im.size
             if max_pixels is None or width * height <= max_pixels:
                 im.verify()
+    except Image.DecompressionBombError:  # more pixels than Pillow opens at all (~179 MP)
+        limit = f"the farm's {max_pixels / 1e6:.1f} MP" if max_pixels else "the"
+        raise ValueError(f"has more pixels than {limit} limit for input images") from None
     except Exception:
         raise ValueError("is not a readable image (PNG, JPEG or WebP)") from None
     if max_pixels is not None and width * height > max_pixels:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest  # noqa: F401
 import requests
 import webuiapi
-from PIL import Image
+from PIL import Image, ImageOps
 
+from tests.conftest import BUCKET, s3_client
 from tests.signin import ensure_account
 
 PASSWORD = "sdapi-password-1"
@@ -265,6 +268,58 @@ def test_errors_in_sd_webui_shapes(farm, api):
         "Sampler: DPM++ 2M Karras"
         in Image.open(io.BytesIO(base64.b64decode(ok.json()["images"][0]))).info["parameters"]
     )
+
+
+def huge_png(side: int) -> bytes:
+    """A valid all-black greyscale PNG of side x side pixels, a few hundred KiB: compressed row
+    by row, so the test never holds the pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    deflate, row = zlib.compressobj(9), bytes(side + 1)  # filter byte 0, then the pixels
+    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_a_mask_to_invert_larger_than_any_input_is_refused_for_its_size(farm, api):
+    """196 MP: the inverted mask is made here, so it is checked against the farm's input
+    limit first (it was decoded unchecked, and Pillow's own bomb guard said "not readable")."""
+    body = {
+        **TINY, "prompt": "x", "init_images": [png_b64()], "inpainting_mask_invert": 1,
+        "mask": base64.b64encode(huge_png(14_000)).decode(),
+    }  # fmt: skip
+    resp = requests.post(
+        f"{farm.url}/sdapi/v1/img2img", json=body, auth=("sd-alice", PASSWORD), timeout=60
+    )
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"][0]
+    assert detail["loc"] == ["body", "mask"] and "MP limit for input images" in detail["msg"]
+
+
+def test_an_inverted_mask_is_stored_upright_like_its_init_image(farm, api):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown rotated 90 degrees
+    mask, buf = Image.new("L", (80, 48), 0), io.BytesIO()
+    mask.paste(255, (0, 0, 20, 48))
+    mask.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    body = {
+        **TINY, "prompt": "an upright mask", "init_images": [png_b64((48, 80))],
+        "mask": base64.b64encode(buf.getvalue()).decode(), "inpainting_mask_invert": 1,
+    }  # fmt: skip
+    resp = requests.post(
+        f"{farm.url}/sdapi/v1/img2img", json=body, auth=("sd-alice", PASSWORD), timeout=120
+    )
+    assert resp.status_code == 200, resp.text
+    job = next(j for j in farm.client.jobs(limit=20) if j["spec"]["prompt"] == "an upright mask")
+    key = f"farm/{job['spec']['mask']}"
+    stored = s3_client(farm.env).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    sent = ImageOps.invert(ImageOps.exif_transpose(Image.open(buf)).convert("L"))
+    assert Image.open(io.BytesIO(stored)).size == (48, 80)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), np.asarray(sent))
 
 
 def test_generation_jobs_are_ordinary_jobs_of_the_caller(farm, api):

@@ -343,13 +343,15 @@ def txt2img(body: dict[str, Any], options: dict[str, Any], settings: Settings) -
     return spec
 
 
-def _inverted(mask: str, field: str) -> str:
+def _inverted(mask: str, field: str, settings: Settings) -> str:
+    """The mask, white for black, as a base64 PNG: upright, as the init image will be stored.
+    Refused before it is decoded if it has more pixels than any input may have."""
     try:
-        raw = decode_image(mask)
+        raw = decode_image(mask, settings.max_input_pixels)
     except ValueError as exc:
         raise invalid(field, str(exc)) from None
     with Image.open(io.BytesIO(raw)) as im:
-        out = ImageOps.invert(im.convert("L"))
+        out = ImageOps.invert(ImageOps.exif_transpose(im).convert("L"))
     buf = io.BytesIO()
     out.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
@@ -376,7 +378,7 @@ def img2img(body: dict[str, Any], options: dict[str, Any], settings: Settings) -
     if f.raw("mask"):
         mask = image_value(f.raw("mask"), "mask")
         if f.int("inpainting_mask_invert", 0) == 1:
-            mask = _inverted(mask, "mask")
+            mask = _inverted(mask, "mask", settings)
         spec["mask"] = mask
         spec["mask_blur"] = f.int("mask_blur", 4)
     return spec
