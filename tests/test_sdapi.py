@@ -145,6 +145,20 @@ def test_extra_single_and_batch_images(api):
     assert [im.size for im in batch.images] == [(48, 40), (48, 40)]
 
 
+def test_a_resized_photo_comes_back_upright(farm, api):
+    exif, buf = Image.Exif(), io.BytesIO()
+    exif[0x0112] = 6  # Orientation: shown rotated 90 degrees
+    Image.new("RGB", (40, 24), (10, 200, 10)).save(buf, format="JPEG", exif=exif.tobytes())
+    body = {"image": base64.b64encode(buf.getvalue()).decode(), "upscaler_1": "Lanczos",
+            "upscaling_resize": 2}  # fmt: skip
+    resp = requests.post(
+        f"{farm.url}/sdapi/v1/extra-single-image", json=body, auth=("sd-alice", PASSWORD),
+        timeout=60,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).size == (48, 80)
+
+
 def test_png_info_round_trip(api):
     made = api.txt2img(prompt="a cat on a mat", negative_prompt="dog", seed=77, **TINY)
     read = api.png_info(made.image)

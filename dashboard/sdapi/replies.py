@@ -10,7 +10,7 @@ import re
 import time
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dashboard import farm
 from dashboard.sdapi import catalogue
@@ -132,8 +132,10 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 def resize(raw: bytes, resizer: str, scale: float | None, size: tuple[int, int] | None) -> bytes:
-    """SD-WebUI's plain extras resizers: "None" leaves the image as it is."""
+    """SD-WebUI's plain extras resizers: "None" leaves the image as it is (upright: a photo's
+    EXIF orientation applied, as for an upscaler's input)."""
     with Image.open(io.BytesIO(raw)) as im:
+        im = ImageOps.exif_transpose(im)
         im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
         if resizer != "None":
             target = size or (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
