@@ -118,6 +118,7 @@ def _supervise(
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    log.info("%d HTTP processes (RENDERFARM_HTTP_PROCESSES), each:", processes)
     try:
         for _ in range(processes):
             start()
