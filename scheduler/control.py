@@ -77,9 +77,8 @@ PNG_MODES = ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")
 
 
 def stored_pixels(image: Image.Image) -> Image.Image:
-    """What an input that is not a PNG is stored as: upright (a photo's EXIF orientation
-    applied now, since the PNG will not carry it) and in a mode a PNG holds (a CMYK JPEG or
-    a 32-bit or float image as RGB)."""
+    """What a JPEG or WebP input is stored as: upright (a photo's EXIF orientation applied
+    now, since the PNG will not carry it) and in a mode a PNG holds (a CMYK JPEG as RGB)."""
     image = ImageOps.exif_transpose(image)
     if image.mode not in PNG_MODES:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
@@ -114,7 +113,7 @@ class JobControl:
     def stash_inputs(self, spec: AnySpec) -> AnySpec:
         """Store every base64 input image (content-addressed, as PNG: a PNG byte for byte as
         sent, since decoding and encoding it again costs 30 ms at 512x512 and 150 ms at
-        1024x1024; any other format converted, see `stored_pixels`); the spec keeps the key.
+        1024x1024; a JPEG or WebP converted, see `stored_pixels`); the spec keeps the key.
 
         An upscale's output size depends on its image: it is checked here, against
         `max_output_pixels`, before anything is stored."""
