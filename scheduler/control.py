@@ -119,7 +119,7 @@ class JobControl:
         `max_output_pixels`, before anything is stored."""
         data = spec.model_dump()
         sizes: dict[tuple[str, ...], tuple[int, int]] = {}
-        pngs: dict[tuple[str, ...], bytes] = {}
+        pngs: dict[str, bytes] = {}  # by key: each stored once, its hash taken once
         for path in spec.image_fields():
             *parents, last = path
             holder: Any = data
@@ -144,12 +144,12 @@ class JobControl:
                     buf = io.BytesIO()
                     upright.save(buf, format="PNG")
                     raw = buf.getvalue()
-            pngs[path] = raw
             holder[last] = input_key(raw)
+            pngs[holder[last]] = raw
         if isinstance(spec, UpscaleSpec):
             self.check_upscale_size(spec, *sizes[("image",)])
-        for png in pngs.values():
-            self.storage.put(input_key(png), png, "image/png")
+        for key, png in pngs.items():
+            self.storage.put(key, png, "image/png")
         return parse_spec(data, self.settings)
 
     def check_upscale_size(self, spec: UpscaleSpec, width: int, height: int) -> None:
