@@ -159,7 +159,7 @@ def report(args, figures: dict[str, Any], machine: dict[str, Any], load) -> dict
     print(f"ratio     /api/v1/jobs p50 under load / idle = {ratio:.2f}x")
     return {
         "config": config(args),
-        "http_processes": process_count(Settings()),
+        "http_processes": processes,
         "machine": machine,
         "loadavg": load,
         "completed": len(done),

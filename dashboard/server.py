@@ -38,6 +38,7 @@ from shared.config import Settings
 
 log = logging.getLogger("renderfarm.server")
 MAX_AUTO_PROCESSES = 4
+BACKLOG = 2048  # connections the kernel holds for the processes to accept
 
 
 def process_count(settings: Settings) -> int:
@@ -52,7 +53,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
     bound now: a port already taken fails here, before any fork."""
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     addresses = dict.fromkeys((family, address) for family, _, _, _, address in found)
-    return [socket.create_server(a, family=f, backlog=2048) for f, a in addresses]
+    return [socket.create_server(a, family=f, backlog=BACKLOG) for f, a in addresses]
 
 
 def serve(make_app: Callable[[], Flask], host: str, port: int, settings: Settings) -> None:
@@ -73,7 +74,7 @@ def _serve(app: Flask, sockets: list[socket.socket], settings: Settings) -> None
         threads=settings.http_threads,
         connection_limit=settings.http_connection_limit,
         channel_timeout=settings.http_channel_timeout_s,
-        backlog=2048,
+        backlog=BACKLOG,
         ident="renderfarm",
     )
 

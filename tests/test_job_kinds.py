@@ -14,10 +14,14 @@ from tests.conftest import BUCKET, s3_client
 TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 4, "seed": 11}
 
 
-def png_b64(image: Image.Image) -> str:
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def png_b64(image: Image.Image) -> str:
+    return base64.b64encode(encoded(image, "PNG")).decode()
 
 
 def pixels(farm, job: dict, index: int = 0) -> np.ndarray:
@@ -80,12 +84,6 @@ def stored_input(farm, raw: bytes) -> tuple[str, bytes]:
     farm.client.cancel(resp.json()["id"])
     key = resp.json()["spec"]["init_image"]
     return key, s3_client(farm.env).get_object(Bucket=BUCKET, Key=f"farm/{key}")["Body"].read()
-
-
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **options)
-    return buf.getvalue()
 
 
 def test_an_input_png_is_stored_as_sent_and_a_jpeg_as_a_png_of_its_pixels(farm, gradient):
