@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from dashboard import farm, thumbnails
 from dashboard.accounts import Account, Role
-from dashboard.auth import audit_event, current_account, require
+from dashboard.auth import audit_entry, audit_event, current_account, require
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, SubmitError, priority_of
 from scheduler.fleet import drain, live_workers
@@ -183,9 +183,8 @@ def submit_job():
         request.headers.get("Idempotency-Key"),
         quota=farm.accounts().limits(owner),
         submitted_by=submitted_by,
+        audit=audit_entry("job.submit", detail=f"owner {owner.name}" if submitted_by else ""),
     )
-    if created:
-        audit_event("job.submit", record["id"], f"owner {owner.name}" if submitted_by else "")
     location = url_for("api.get_job", job_id=record["id"])
     return (
         jsonify(job_view(record, standing=False)),
@@ -267,9 +266,13 @@ def submit_batch():
     owner, submitted_by, priority = _submission(body)
     specs = _batch_specs(body)
     batch = Batches(farm.jobs()).submit(
-        specs, owner.name, priority, farm.accounts().limits(owner), submitted_by
+        specs,
+        owner.name,
+        priority,
+        farm.accounts().limits(owner),
+        submitted_by,
+        audit=audit_entry("batch.submit"),
     )
-    audit_event("batch.submit", batch["id"], f"{len(batch['jobs'])} jobs")
     return jsonify(batch_view(batch)), 202
 
 

@@ -14,6 +14,29 @@ from shared import keys
 _FIELDS = ("time", "actor", "action", "target", "source", "token_id", "detail")
 
 
+def entry(
+    actor: str,
+    action: str,
+    target: str = "",
+    *,
+    source: str = "",
+    token_id: str | None = None,
+    detail: str = "",
+) -> dict[str, str]:
+    """An entry's fields, stamped now. `Audit.record` appends one; a job's submission hands
+    its entry to the step that records the job (`JobControl.submit(audit=...)`), so the two
+    are written together or not at all."""
+    return {
+        "time": repr(time.time()),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "source": source,
+        "token_id": token_id or "",
+        "detail": detail,
+    }
+
+
 class Audit:
     def __init__(self, redis: Redis, max_entries: int):
         self.redis = redis
@@ -32,17 +55,14 @@ class Audit:
         """Append an entry (e.g. actor "alice", action "account.disable", target "bob",
         source "10.0.0.5"); returns its stream id. Old entries go once the cap is passed
         (trimmed approximately, so a few more than `max_entries` may remain)."""
-        entry = {
-            "time": repr(time.time()),
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "source": source,
-            "token_id": token_id or "",
-            "detail": detail,
-        }
+        return self.append(
+            entry(actor, action, target, source=source, token_id=token_id, detail=detail)
+        )
+
+    def append(self, fields: dict[str, str]) -> str:
+        """Append an entry made by `entry`; returns its stream id."""
         entry_id = self.redis.xadd(
-            keys.audit_log(), entry, maxlen=self.max_entries, approximate=True
+            keys.audit_log(), fields, maxlen=self.max_entries, approximate=True
         )
         return entry_id.decode()
 

@@ -40,7 +40,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from redis import Redis
 
 from dashboard.accounts import Account, Accounts, Role
-from dashboard.audit import Audit
+from dashboard.audit import Audit, entry
 from dashboard.throttle import PasswordThrottle, Throttled
 from dashboard.tokens import looks_like_token
 from shared import keys
@@ -138,10 +138,11 @@ def current_token_id() -> str | None:
     return current_user.token_id if current_user.is_authenticated else None
 
 
-def audit_event(action: str, target: str = "", detail: str = "") -> None:
-    """Record an action of this request's account in the audit log."""
+def audit_entry(action: str, target: str = "", detail: str = "") -> dict[str, str]:
+    """The audit log entry of an action of this request's account, for the step that makes
+    the change to write with it (a job's submission)."""
     account = current_account()
-    _state().audit.record(
+    return entry(
         account.name if account else "anonymous",
         action,
         target,
@@ -149,6 +150,11 @@ def audit_event(action: str, target: str = "", detail: str = "") -> None:
         token_id=current_token_id(),
         detail=detail,
     )
+
+
+def audit_event(action: str, target: str = "", detail: str = "") -> None:
+    """Record an action of this request's account in the audit log."""
+    _state().audit.append(audit_entry(action, target, detail))
 
 
 # -- the login pages ----------------------------------------------------------------------

@@ -61,14 +61,22 @@ class Batches:
         priority: Priority,
         quota: Quota | None = None,
         submitted_by: str = "",
+        audit: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """Queue every job of `specs` (each split by its batch_count) as one batch, or none;
+        `audit`: the submission's audit log entry, its target set to the batch and its
+        detail to the number of jobs, written with them."""
         # Check everything first, so a bad spec anywhere, or a quota, queues nothing.
         children = [child for spec in specs for child in split(spec)]
         if quota is not None:
             self.jobs.check_hardware(owner, quota, specs)
         prepared = [self.jobs.prepare(child) for child in children]
         batch_id = uuid.uuid4().hex
-        jobs = self.jobs.enqueue(prepared, owner, priority, quota, submitted_by, batch=batch_id)
+        if audit is not None:
+            audit = {**audit, "target": batch_id, "detail": f"{len(children)} jobs"}
+        jobs = self.jobs.enqueue(
+            prepared, owner, priority, quota, submitted_by, batch=batch_id, audit=audit
+        )
         self.redis.hset(
             keys.batch(batch_id),
             mapping={

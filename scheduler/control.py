@@ -181,12 +181,14 @@ class JobControl:
         idempotency_key: str | None = None,
         quota: Quota | None = None,
         submitted_by: str = "",
+        audit: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Record the job and queue it for dispatch; returns (record, created).
 
         With an idempotency key, a retried request gets the job the first one created.
         With a quota, a job over it is refused (QuotaExceeded) and nothing is recorded;
-        `submitted_by` is the account submitting on the owner's behalf.
+        `submitted_by` is the account submitting on the owner's behalf; `audit`: the audit
+        log entry of the submission, its target set to the job and written with it.
         """
         job_id = new_job_id()
         if idempotency_key:
@@ -197,7 +199,10 @@ class JobControl:
             if quota is not None:
                 self.check_hardware(owner, quota, [spec])
             spec = self.prepare(spec)
-            return self.enqueue([spec], owner, priority, quota, submitted_by, [job_id])[0], True
+            if audit is not None:
+                audit = {**audit, "target": job_id}
+            made = self.enqueue([spec], owner, priority, quota, submitted_by, [job_id], audit=audit)
+            return made[0], True
         except Exception:
             if idempotency_key:
                 self.redis.delete(keys.idempotency(owner, idempotency_key))
@@ -218,10 +223,12 @@ class JobControl:
         submitted_by: str = "",
         job_ids: list[str] | None = None,
         batch: str = "",
+        audit: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Record prepared specs' jobs (of `batch`, if given) and queue them for dispatch:
         all or, over the quota's `max_queued` (QuotaExceeded), none. The records are not
-        read back; the owner's running limit is published with them."""
+        read back; the owner's running limit and the audit entry, if given, are written
+        with them."""
         job_ids = job_ids or [new_job_id() for _ in specs]
         hardware = quota.hardware if quota is not None else tuple(Hardware)
         max_queued, max_running = (quota.max_queued, quota.max_running) if quota else (None, None)
@@ -244,6 +251,8 @@ class JobControl:
                     counting=len(specs) - i,
                     after=job_ids[i - 1] if i else None,
                     max_running=max_running if i == 0 else None,
+                    audit=audit if i == 0 else None,  # the first job stands for the batch
+                    audit_max=self.settings.audit_max_entries,
                 )
                 for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
             ]

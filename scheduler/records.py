@@ -295,11 +295,13 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
 # indexes, the events stream, the owner's pending set, the pending owners, the wake-up list,
 # the owners' dispatched counts (kept by the census), the hash of the sibling it comes after,
-# the owners' running limits. ARGV: job id, created at, owner, its pending score, wake ("1"
-# or ""), max queued ("" = not checked), jobs counted against it, "1" if the sibling must
-# exist, the events' length, the owner's running limit ("" = unchanged), then the record's
-# field/value pairs. The quota check, the record, its indexes, its event and its place in the
-# owner's queue in one step: two submissions cannot both take the last place.
+# the owners' running limits, the audit log. ARGV: job id, created at, owner, its pending
+# score, wake ("1" or ""), max queued ("" = not checked), jobs counted against it, "1" if the
+# sibling must exist, the events' length, the owner's running limit ("" = unchanged), the
+# audit log's length ("" = no entry), how many audit values follow (n), the audit entry's n
+# field/value values, then the record's field/value pairs. The quota check, the record, its
+# indexes, its event, its place in the owner's queue and its audit entry in one step: two
+# submissions cannot both take the last place, and no job is recorded without its entry.
 _CREATE = f"""
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
 if ARGV[6] ~= '' then
@@ -307,8 +309,8 @@ if ARGV[6] ~= '' then
   queued = queued + tonumber(redis.call('HGET', KEYS[12], ARGV[3]) or '0')
   if queued + tonumber(ARGV[7]) > tonumber(ARGV[6]) then return queued end
 end
-local id, now, owner = ARGV[1], ARGV[2], ARGV[3]
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+local id, now, owner, audited = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[12])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13 + audited))
 for i = 2, 7 do redis.call('ZADD', KEYS[i], now, id) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*',
   'job', id, 'status', '{S.PENDING}', 'progress', 0, 'owner', owner, 'seq', 1)
@@ -316,6 +318,9 @@ redis.call('ZADD', KEYS[9], ARGV[4], id)
 redis.call('ZADD', KEYS[10], 'NX', 0, owner)  -- a new owner goes first
 if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[11], 1) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[14], owner, ARGV[10]) end
+if ARGV[11] ~= '' then
+  redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[11], '*', unpack(ARGV, 13, 12 + audited))
+end
 return 'created'
 """
 CREATED = b"created"
@@ -366,6 +371,8 @@ class JobRecords:
         after: str | None = None,
         wake: bool = True,
         max_running: int | None = None,
+        audit: dict[str, str] | None = None,
+        audit_max: int = 0,
     ) -> tuple[dict[str, Any], Any]:
         """Record a job and queue it for dispatch in one step, on `client` (a pipeline: many
         jobs in one round trip). Returns the fields it writes (`as_record` makes them a
@@ -378,7 +385,9 @@ class JobRecords:
         plus `counting` (this one and the batch siblings after it) would exceed it; `after`:
         a sibling created before it in the same transaction, which must exist (so a batch
         whose first job was refused creates none); `wake`: wake the dispatcher (one wake-up
-        serves many jobs); `max_running`: the owner's running limit, published with it."""
+        serves many jobs); `max_running`: the owner's running limit, published with it;
+        `audit`: an audit log entry's fields (`dashboard.audit.entry`), appended with the job
+        (the log capped at about `audit_max` entries), never without it."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -422,6 +431,7 @@ class JobRecords:
                 keys.dispatched_by_owner(),
                 keys.job(after or job_id),
                 keys.running_limits(),
+                keys.audit_log(),
             ],
             args=[
                 job_id,
@@ -434,6 +444,9 @@ class JobRecords:
                 "1" if after else "",
                 EVENTS_MAXLEN,
                 "" if max_running is None else max_running,
+                "" if audit is None else audit_max,
+                2 * len(audit or ()),
+                *(x for pair in (audit or {}).items() for x in pair),
                 *(x for name, value in fields.items() for x in (name, _encode(value))),
             ],
             client=client,

@@ -162,6 +162,7 @@ def test_the_owner_is_the_caller_unless_an_operator_submits_for_someone(farm):
     audit = farm.client.request("GET", "/api/v1/audit", params={"target": theirs["id"]}).json()
     assert [e["actor"] for e in audit["entries"]] == ["mo-member", "mo-operator"]
     assert [e["action"] for e in audit["entries"]] == ["job.cancel", "job.submit"]
+    assert audit["entries"][1]["detail"] == "owner mo-member"  # submitted on its behalf
 
 
 def test_basic_with_password_and_with_token(farm):

@@ -154,8 +154,17 @@ def test_max_queued_holds_exactly_under_concurrent_submissions_and_batches(farm)
     batch = clients[0].request("POST", "/api/v1/batches", json={"jobs": [spec] * 3})
     assert batch.status_code == 429 and "has 5 jobs queued; its limit is 7" in batch.text
     assert len(farm.client.jobs(200, owner=name)) == 5, "part of a refused batch was queued"
-    assert len(clients[0].submit_batch([spec, spec])["jobs"]) == 2
+    made = clients[0].submit_batch([spec, spec])
+    assert len(made["jobs"]) == 2
     assert len(farm.client.jobs(200, owner=name)) == 7
+    # The audit log has each submission that was queued, written with it, and no other.
+    audit = farm.client.request("GET", "/api/v1/audit", params={"actor": name, "limit": 100})
+    entries = audit.json()["entries"]
+    jobs = [e for e in entries if e["action"] == "job.submit"]
+    assert sorted(e["target"] for e in jobs) == sorted(j["id"] for j in mine)
+    [batched] = [e for e in entries if e["action"] == "batch.submit"]
+    assert (batched["target"], batched["detail"]) == (made["id"], "2 jobs")
+    assert len(entries) == 6 and all(e["token_id"] and e["source"] for e in entries)
     for job in farm.client.jobs(200, owner=name):
         farm.client.cancel(job["id"])
     for client in clients:

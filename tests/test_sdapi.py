@@ -341,6 +341,9 @@ def test_generation_jobs_are_ordinary_jobs_of_the_caller(farm, api):
     jobs = farm.client.jobs(limit=20)
     mine = [j for j in jobs if j["spec"].get("prompt") == "visible in the dashboard"]
     assert mine and mine[0]["owner"] == "sd-alice" and mine[0]["status"] == "succeeded"
+    audit = farm.client.request("GET", "/api/v1/audit", params={"target": mine[0]["id"]})
+    [entry] = audit.json()["entries"]
+    assert (entry["actor"], entry["action"], entry["detail"]) == ("sd-alice", "job.submit", "sdapi")
 
 
 def _b64_png(size: tuple[int, int] = (16, 16)) -> str:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from dashboard import farm
 from dashboard.accounts import Account, Role
 from dashboard.api import json_body
-from dashboard.auth import audit_event, current_account, require
+from dashboard.auth import audit_entry, audit_event, current_account, require
 from dashboard.sdapi import catalogue, mapping, replies
 from dashboard.sdapi.errors import Failure, add_handlers, invalid, rename_field, validation_errors
 from dashboard.sdapi.state import CallerOptions, cancel_unfinished, progress
@@ -51,11 +51,14 @@ def _submit(spec: dict[str, Any], rename: dict[str, str]) -> dict[str, Any]:
         raise validation_errors(exc, rename) from None
     try:
         record, _ = farm.jobs().submit(
-            parsed, me.name, Priority.NORMAL, quota=farm.accounts().limits(me)
+            parsed,
+            me.name,
+            Priority.NORMAL,
+            quota=farm.accounts().limits(me),
+            audit=audit_entry("job.submit", detail="sdapi"),
         )
     except SubmitError as exc:
         raise invalid(rename_field(exc.field, rename), exc.reason) from None
-    audit_event("job.submit", record["id"], "sdapi")
     return record
 
 
