@@ -94,8 +94,7 @@ class Batches:
             return None
         batch = {k.decode(): v.decode() for k, v in raw.items()}
         ids = json.loads(batch["children"])
-        children = [self.jobs.records.get(i) for i in ids]
-        children = [c for c in children if c is not None]
+        children = self.jobs.records.get_many(ids)  # one round trip, not one per job
         status, progress = aggregate(children)
         return {
             "id": batch_id,
