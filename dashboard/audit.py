@@ -6,6 +6,7 @@ An entry names the token a change was made with by its id, never by its secret.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis import Redis
 
@@ -42,25 +43,14 @@ class Audit:
         self.redis = redis
         self.max_entries = max_entries
 
-    def record(
-        self,
-        actor: str,
-        action: str,
-        target: str = "",
-        *,
-        source: str = "",
-        token_id: str | None = None,
-        detail: str = "",
-    ) -> str:
-        """Append an entry (e.g. actor "alice", action "account.disable", target "bob",
-        source "10.0.0.5"); returns its stream id. Old entries go once the cap is passed
-        (trimmed approximately, so a few more than `max_entries` may remain)."""
-        return self.append(
-            entry(actor, action, target, source=source, token_id=token_id, detail=detail)
-        )
+    def record(self, *args: Any, **kwargs: Any) -> str:
+        """Append `entry(*args, **kwargs)` (e.g. actor "alice", action "account.disable",
+        target "bob", source "10.0.0.5"); returns its stream id."""
+        return self.append(entry(*args, **kwargs))
 
     def append(self, fields: dict[str, str]) -> str:
-        """Append an entry made by `entry`; returns its stream id."""
+        """Append an entry made by `entry`; returns its stream id. Old entries go once the
+        cap is passed (trimmed approximately, so a few more than `max_entries` may remain)."""
         entry_id = self.redis.xadd(
             keys.audit_log(), fields, maxlen=self.max_entries, approximate=True
         )
