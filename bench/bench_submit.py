@@ -17,7 +17,10 @@ each:
           (serialise, LPUSH to Redis, a task-sent event): the baseline, what a plain Celery
           producer pays;
   floor   GET /api/v1/me with the same token: the HTTP stack's own ceiling (requests,
-          waitress, Flask, the token check, a JSON reply) with no job work at all.
+          waitress, Flask, the token check, a JSON reply) with no job work at all;
+  empty   the same POST (FarmClient.submit) to a Flask app that only parses the body and
+          answers 202 with an id, served like the dashboard (`dashboard.server.serve`, the
+          same process count): the HTTP stack with nothing of the farm in it.
 Sides alternate order per round; the figure is the median round. Also printed: Redis
 commands per call (INFO commandstats) for each side. The queue grows by every job posted, so
 a submission whose cost grew with the queue would show in the later rounds.
@@ -28,12 +31,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 from bench.common import (
     api_token,
@@ -104,7 +109,40 @@ def in_threads(clients: int, call: Any, n: int) -> float:
     return time.perf_counter() - began
 
 
-def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argparse.Namespace):
+def empty_app() -> Any:
+    """A Flask app with the dashboard's route for a submission, doing none of its work."""
+    from flask import Flask, jsonify, request
+
+    app = Flask("empty")
+
+    @app.post("/api/v1/jobs")
+    def accept():
+        request.get_json()
+        return jsonify(id=uuid.uuid4().hex, status="queued"), 202
+
+    app.add_url_rule("/healthz", "healthz", lambda: "ok")
+    return app
+
+
+def serve_empty(port: int, processes: int) -> None:
+    from dashboard.server import serve
+    from shared.config import Settings
+
+    serve(empty_app, "127.0.0.1", port, Settings(http_processes=processes))
+
+
+def start_empty(port: int, processes: int, log: Path) -> subprocess.Popen:
+    code = f"from bench.bench_submit import serve_empty; serve_empty({port}, {processes})"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/healthz"
+    localfarm.wait_for(lambda: urlopen(url, timeout=1).status == 200, 30, "empty app", proc)
+    return proc
+
+
+def measure(
+    url: str, empty_url: str, redis_url: str, models_dir: Path, tmp: Path, args: argparse.Namespace
+):
     from redis import Redis
 
     from scheduler.celery_app import RUN_JOB, make_celery
@@ -149,6 +187,11 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
         sessions.append(client)
         return client.me
 
+    def empty(_: int):
+        client = FarmClient(empty_url, token)
+        sessions.append(client)
+        return lambda: client.submit(SPEC)
+
     image = input_png(args.image_side) if args.image_side else ""
     image_spec = {**SPEC, "kind": "img2img", "init_image": image}
 
@@ -164,7 +207,7 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
 
         return call
 
-    sides = {"api": api, "inproc": inproc, "celery": send, "floor": floor}
+    sides = {"api": api, "inproc": inproc, "celery": send, "floor": floor, "empty": empty}
     calls = dict.fromkeys(sides, args.n)
     if image:
         sides |= {"api_image": api_image, "celery_image": send_image}
@@ -193,6 +236,7 @@ def measure(url: str, redis_url: str, models_dir: Path, tmp: Path, args: argpars
             "api_vs_celery": per_s["api"] / per_s["celery"],
             "inproc_vs_celery": per_s["inproc"] / per_s["celery"],
             "floor_vs_celery": per_s["floor"] / per_s["celery"],
+            "empty_vs_celery": per_s["empty"] / per_s["celery"],
         }
         if image:
             results[str(clients)]["image_vs_celery"] = per_s["api_image"] / per_s["celery_image"]
@@ -216,7 +260,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
         "",
         f"{'server processes':>16} {'clients':>7} {'POST /api/v1/jobs':>18} "
         f"{'JobControl.submit':>18} {'send_task':>10} {'GET /api/v1/me':>15} "
-        f"{'API/send_task':>14} {'floor/send_task':>16} {'Redis cmds api/celery':>22}",
+        f"{'API/send_task':>14} {'floor/send_task':>16} {'empty app':>10} "
+        f"{'empty/send_task':>16} {'Redis cmds api/celery':>22}",
     ]
     for processes, by_clients in results.items():
         for clients, r in by_clients.items():
@@ -224,7 +269,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
             lines.append(
                 f"{processes:>16} {clients:>7} {ps['api']:>16.0f}/s {ps['inproc']:>16.0f}/s "
                 f"{ps['celery']:>8.0f}/s {ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} "
-                f"{r['floor_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
+                f"{r['floor_vs_celery']:>16.0%} {ps['empty']:>8.0f}/s "
+                f"{r['empty_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
             )
     if args.image_side:
         lines += [
@@ -278,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.demo_models import write_demo_models
 
     with run_dir("renderfarm-bench-submit-", False) as tmp:
-        redis_proc = dashboard = None
+        redis_proc = dashboard = empty = None
         try:
             la_start = os.getloadavg()[0]
             models_dir = tmp / "models"
@@ -293,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             results, recorded = {}, 0
             for processes in args.processes:
+                empty_port = localfarm.free_port()
+                empty = start_empty(empty_port, processes, tmp / "empty.log")
                 http = localfarm.free_port()
                 dashboard = localfarm.start_dashboard(
                     "127.0.0.1",
@@ -302,11 +350,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 log(f"dashboard with {processes} server process(es)")
                 results[str(processes)], jobs = measure(
-                    f"http://127.0.0.1:{http}", redis_url, models_dir, tmp, args
+                    f"http://127.0.0.1:{http}",
+                    f"http://127.0.0.1:{empty_port}",
+                    redis_url,
+                    models_dir,
+                    tmp,
+                    args,
                 )
                 recorded += jobs
-                localfarm.stop(dashboard)
-                dashboard = None
+                localfarm.stop(dashboard, empty)
+                dashboard = empty = None
             figures = report(args, results, recorded, (la_start, os.getloadavg()[0]))
             write_json(args.json, figures)
             return 0
@@ -317,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             with sigint_ignored():
-                localfarm.stop(dashboard, redis_proc)
+                localfarm.stop(dashboard, empty, redis_proc)
 
 
 if __name__ == "__main__":
