@@ -268,15 +268,17 @@ def _encode(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
 
-def as_record(fields: dict[str, Any]) -> dict[str, Any]:
+def as_record(fields: dict[str, str]) -> dict[str, Any]:
     """The record `create_in`'s fields make, decoded like `get`'s (without reading it back)."""
-    return _decode({k.encode(): _encode(v).encode() for k, v in fields.items()})  # type: ignore[return-value]
+    return _parse(dict(fields))
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    rec: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    return _parse({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+
+
+def _parse(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's fields as stored (strings) made its values, in place."""
     for name in _JSON_FIELDS:
         if name in rec:
             rec[name] = json.loads(rec[name])
@@ -373,7 +375,7 @@ class JobRecords:
         max_running: int | None = None,
         audit: dict[str, str] | None = None,
         audit_max: int = 0,
-    ) -> tuple[dict[str, Any], Any]:
+    ) -> tuple[dict[str, str], Any]:
         """Record a job and queue it for dispatch in one step, on `client` (a pipeline: many
         jobs in one round trip). Returns the fields it writes (`as_record` makes them a
         record) and the step's reply, `CREATED` or what `refused` reads when the job was
@@ -414,6 +416,7 @@ class JobRecords:
             "batch": batch,
             "class_asked": spec.hardware,  # its census cell while it waits
         }
+        stored = {name: _encode(value) for name, value in fields.items()}
         reply = self._create(
             keys=[
                 keys.job(job_id),
@@ -447,11 +450,11 @@ class JobRecords:
                 "" if audit is None else audit_max,
                 2 * len(audit or ()),
                 *(x for pair in (audit or {}).items() for x in pair),
-                *(x for name, value in fields.items() for x in (name, _encode(value))),
+                *(x for pair in stored.items() for x in pair),
             ],
             client=client,
         )
-        return fields, reply
+        return stored, reply
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
