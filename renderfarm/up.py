@@ -74,7 +74,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         # Redis (if we started it) goes last: the others need it to shut down cleanly.
-        localfarm.stop(*procs[1:] if redis_proc else procs)
+        others = procs[1:] if redis_proc else procs
+        try:
+            localfarm.stop(*others)
+        except KeyboardInterrupt:  # asked again: stop waiting for them (a job in progress)
+            print("stopping now", flush=True)
+            for proc in others:
+                proc.kill()
+                proc.wait()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Redis saves, however impatient we are
+            signal.signal(sig, signal.SIG_IGN)
         localfarm.stop(redis_proc)
 
 

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -11,9 +12,14 @@ import requests
 from PIL import Image
 
 from renderfarm import localfarm
+from shared.client import FarmClient
+
+LONG = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 150}
 
 
-def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_path):
+def start_up(models_dir, tmp_path, **popen) -> tuple[subprocess.Popen, dict, int, list[str]]:
+    """`renderfarm up` in tmp_path on free ports, once it says it is up: the process, its
+    environment, the dashboard's port and what it printed."""
     redis_port, port = localfarm.free_port(), localfarm.free_port()
     env = {
         **os.environ,
@@ -28,15 +34,19 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **popen,
     )
+    said = []
+    for line in up.stdout:
+        said.append(line)
+        if "renderfarm is up" in line:
+            return up, env, port, said
+    raise AssertionError(f"up exited with {up.wait()}: {''.join(said)}")
+
+
+def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_path):
+    up, env, port, said = start_up(models_dir, tmp_path)
     try:
-        said = []
-        for line in up.stdout:
-            said.append(line)
-            if "renderfarm is up" in line:
-                break
-        else:
-            raise AssertionError(f"up exited with {up.wait()}: {''.join(said)}")
         # A local admin on first start: its password shown once, its token in a private file.
         assert any("local admin account: name admin, password " in line for line in said)
         token_file = tmp_path / "var" / "renderfarm.token"
@@ -89,3 +99,41 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
     assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: the first lets the worker
+    finish its job, a second stops waiting for it. Everything ends, without a traceback, and
+    the job interrupted is not failed: the next `up` runs it to the end."""
+    up, env, port, _ = start_up(models_dir, tmp_path, start_new_session=True)
+    token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
+    try:
+        with FarmClient(f"http://127.0.0.1:{port}", token) as client:
+            job = client.submit({**LONG, "prompt": "a long render"})
+            assert client.wait(job["id"], 120, until={"running"})["status"] == "running"
+        children = psutil.Process(up.pid).children(recursive=True)
+        os.killpg(up.pid, signal.SIGINT)
+        for line in up.stdout:  # the worker is letting its job finish
+            if "stopping renderfarm" in line:
+                break
+        time.sleep(0.5)
+        os.killpg(up.pid, signal.SIGINT)
+        rest, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    assert up.returncode == 0, rest
+    assert "stopping now" in rest and "Traceback" not in rest, rest
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)
+    assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
+
+    again, _, port, _ = start_up(models_dir, tmp_path)  # the same var/: Redis's data, the token
+    try:
+        with FarmClient(f"http://127.0.0.1:{port}", token) as client:
+            done = client.wait(job["id"], 180)
+        assert (done["status"], done["error"]) == ("succeeded", None), done
+        assert done["attempts"] == 2  # the interrupted attempt, then the one that finished
+    finally:
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=60) == 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from celery import Celery
+from celery.worker import state as celery_state
 from PIL import Image
 from redis.exceptions import RedisError
 
@@ -336,6 +337,12 @@ class JobRunner:
             log.warning("job %s attempt %s lost its lease; stopping", att.job_id, att.attempt)
             return
         except Exception as exc:
+            if celery_state.should_terminate:
+                # A cold shutdown (Ctrl-C twice, SIGQUIT) broke into the job: Celery's solo
+                # pool raises its NotImplementedError here. Not the job's fault: its lease
+                # goes with this attempt and the reaper queues it again.
+                log.warning("job %s interrupted by the worker's shutdown", att.job_id)
+                return
             # Our own errors (JobFailed, OutputError, UpscaleError, the OpenVINO backend's)
             # are RuntimeErrors whose message is the reason; show it plainly.
             known = RuntimeError | ValueError
