@@ -53,7 +53,15 @@ def listen(host: str, port: int) -> list[socket.socket]:
     bound now: a port already taken fails here, before any fork."""
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     addresses = dict.fromkeys((family, address) for family, _, _, _, address in found)
-    return [socket.create_server(a, family=f, backlog=BACKLOG) for f, a in addresses]
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sockets.append(socket.create_server(address, family=family, backlog=BACKLOG))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)}") from None
+    return sockets
 
 
 def serve(make_app: Callable[[], Flask], host: str, port: int, settings: Settings) -> None:

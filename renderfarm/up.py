@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from dashboard.accounts import Accounts
 from dashboard.accounts_cli import ensure_local_admin
+from dashboard.server import listen
 from renderfarm import localfarm
 from shared.config import Settings, redis_client
 from shared.sentinel import is_sentinel_url, without_password
@@ -30,6 +31,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     # from a shell that ignores SIGINT for background jobs (Python then leaves it ignored).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
+    # Before anything starts: a second `up` would otherwise join the first one's Redis and
+    # take its dashboard's answer for its own.
+    try:
+        for sock in listen(args.host, args.port):
+            sock.close()
+    except SystemExit as exc:
+        raise SystemExit(f"{exc.code} (is a farm already up? --port picks another)") from None
     procs: list = []
     redis_proc = None
     try:

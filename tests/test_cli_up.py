@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,3 +138,27 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
     finally:
         again.send_signal(signal.SIGINT)
         assert again.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("command", ["up", "dashboard"])
+def test_a_taken_port_is_refused_before_anything_starts(command, tmp_path):
+    """A second `up` on the same port would join the first farm's Redis and take its
+    dashboard's answers for its own: it stops at once, naming the port, and starts nothing."""
+    redis_url = f"redis://127.0.0.1:{localfarm.free_port()}/0"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "renderfarm", command, "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "RENDERFARM_REDIS_URL": redis_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+    if command == "up":
+        assert "is a farm already up? --port picks another" in out.stderr
+        assert not (tmp_path / "var").exists(), "it started something"
+        assert not localfarm.redis_alive(redis_url)
