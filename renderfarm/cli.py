@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:  # a refused request: the API's answer, not a traceback
         print(f"renderfarm {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it (a worker still starting)
+        return 130
 
 
 if __name__ == "__main__":

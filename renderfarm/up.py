@@ -78,7 +78,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("a farm process exited; stopping the rest", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping renderfarm")
+        print("\nstopping renderfarm", flush=True)
         return 0
     finally:
         # Redis (if we started it) goes last: the others need it to shut down cleanly.

@@ -117,6 +117,7 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
         for line in up.stdout:  # the worker is letting its job finish
             if "stopping renderfarm" in line:
                 break
+        assert up.poll() is None, "up did not wait for the worker's job"
         time.sleep(0.5)
         os.killpg(up.pid, signal.SIGINT)
         rest, _ = up.communicate(timeout=60)
@@ -162,3 +163,24 @@ def test_a_taken_port_is_refused_before_anything_starts(command, tmp_path):
         assert "is a farm already up? --port picks another" in out.stderr
         assert not (tmp_path / "var").exists(), "it started something"
         assert not localfarm.redis_alive(redis_url)
+
+
+def test_ctrl_c_ends_any_command_without_a_traceback(tmp_path):
+    """Here the scheduler, retrying a Redis that is not there, as a worker still importing
+    torch would be: interrupted, it exits 130 and prints no traceback."""
+    env = {**os.environ, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{localfarm.free_port()}/0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "renderfarm", "scheduler"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "Redis unavailable; retrying" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, rest
+    assert "KeyboardInterrupt" not in rest.split("Redis unavailable; retrying")[-1], rest
