@@ -43,6 +43,7 @@ from scheduler.timing import model_of  # the model whose presence makes a worker
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, load_spec
+from shared.outage import Outage
 from shared.vocabulary import JobStatus
 
 __all__ = ["AFFINITY_WINDOW", "Dispatcher", "FleetView", "can_run", "holds"]
@@ -319,6 +320,7 @@ class Dispatcher:
 
     def run_forever(self, poll_s: float = 0.25) -> None:
         name = f"dispatcher-{time.time_ns()}"
+        outage = Outage(log, "Redis unavailable; retrying", "the dispatcher reaches Redis again")
         while True:
             try:
                 # One dispatcher per farm: hold the lock, or stand by for it.
@@ -332,9 +334,10 @@ class Dispatcher:
                     self.dispatch()
                 if self.redis.brpop([keys.wake()], timeout=poll_s):
                     self.redis.delete(keys.wake())  # one pass serves every wake-up so far
-            except (RedisError, OperationalError):  # OperationalError: Celery's send
+                outage.over()
+            except (RedisError, OperationalError) as exc:  # OperationalError: Celery's send
                 self.leading = False
-                log.warning("Redis unavailable; retrying", exc_info=True)
+                outage.failed(exc)
                 time.sleep(1)
 
 

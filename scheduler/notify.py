@@ -24,6 +24,7 @@ from scheduler.events import JobEvents
 from scheduler.records import JobRecords
 from shared import keys
 from shared.config import Settings
+from shared.outage import Outage
 from shared.vocabulary import JobStatus
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,19 @@ class Notifier:
         return False
 
     def run_forever(self) -> None:
+        outage = Outage(
+            log, "Redis unavailable; the notifier retries", "the notifier reaches Redis again"
+        )
         while not self.stopped.is_set():
             try:
                 if not self._holds_lock():
+                    outage.over()
                     self.stopped.wait(1)
                     continue
                 self.step(block_s=2)
-            except RedisError:
-                log.warning("Redis unavailable; the notifier retries", exc_info=True)
+                outage.over()
+            except RedisError as exc:
+                outage.failed(exc)
                 self.stopped.wait(1)
 
     def step(self, block_s: float) -> int:

@@ -165,10 +165,12 @@ def test_a_taken_port_is_refused_before_anything_starts(command, tmp_path):
         assert not localfarm.redis_alive(redis_url)
 
 
-def test_ctrl_c_ends_any_command_without_a_traceback(tmp_path):
-    """Here the scheduler, retrying a Redis that is not there, as a worker still importing
-    torch would be: interrupted, it exits 130 and prints no traceback."""
-    env = {**os.environ, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{localfarm.free_port()}/0"}
+def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_traceback(tmp_path):
+    """The scheduler with its Redis not there yet: the first failure with its traceback,
+    then a line per retry, and the outage's end once Redis is up; interrupted (as a worker
+    still importing torch would be), it exits 130 and prints no traceback."""
+    port = localfarm.free_port()
+    env = {**os.environ, "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "renderfarm", "scheduler"],
         cwd=tmp_path,
@@ -177,10 +179,26 @@ def test_ctrl_c_ends_any_command_without_a_traceback(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    for line in proc.stdout:
-        if "Redis unavailable; retrying" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=30)
+    redis = None
+    try:
+        said, retries = [], []  # the lines, and where the dispatcher's retries are among them
+        for line in proc.stdout:
+            said.append(line)
+            if "Redis unavailable; retrying (for " in line:
+                retries.append(len(said))
+                if len(retries) == 2:
+                    break
+        first = "".join(said[: retries[0]])
+        assert "WARNING Redis unavailable; retrying\n" in first and "Traceback" in first
+        later = said[retries[0] :]  # seconds of retries, the notifier's too: no traceback
+        assert not any("Traceback" in x for x in later), "".join(said)
+        redis = localfarm.start_redis(port, tmp_path / "redis")
+        for line in proc.stdout:
+            if "the dispatcher reaches Redis again after" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        localfarm.stop(proc, redis)
     assert proc.returncode == 130, rest
-    assert "KeyboardInterrupt" not in rest.split("Redis unavailable; retrying")[-1], rest
+    assert "Traceback" not in rest, rest

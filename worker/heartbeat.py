@@ -25,6 +25,7 @@ from redis import Redis
 from scheduler.fleet import is_draining
 from shared import keys
 from shared.modelstore import FAMILIES, FOLDERS
+from shared.outage import Outage
 
 if TYPE_CHECKING:
     from worker.runner import JobRunner
@@ -128,6 +129,7 @@ class Heartbeat:
             pipe.execute()
 
     def _loop(self) -> None:
+        outage = Outage(log, "heartbeat failed; beating again next interval", "heartbeats again")
         seen = self.runner.cache.version
         due = time.monotonic() + self.interval_s
         while not self._stop.wait(min(CHANGE_POLL_S, self.interval_s)):
@@ -139,8 +141,9 @@ class Heartbeat:
                 seen = version
                 if now >= due:
                     due = now + self.interval_s
-            except Exception:  # Redis away for a moment: beat again next interval
-                log.warning("heartbeat failed", exc_info=True)
+                outage.over()
+            except Exception as exc:  # Redis away for a moment: beat again next interval
+                outage.failed(exc)
                 due = now + self.interval_s
 
     def start(self) -> None:
