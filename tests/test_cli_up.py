@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -180,6 +181,8 @@ def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_tracebac
         text=True,
     )
     redis = None
+    guard = threading.Timer(120, proc.kill)  # a line that never comes ends the reading
+    guard.start()
     try:
         said, retries = [], []  # the lines, and where the dispatcher's retries are among them
         for line in proc.stdout:
@@ -199,6 +202,7 @@ def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_tracebac
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
+        guard.cancel()
         localfarm.stop(proc, redis)
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest, rest
