@@ -7,11 +7,16 @@ import logging
 import os
 import sys
 
+import redis
+import requests
+
 from dashboard import accounts_cli
 from dashboard import cli as dashboard_cli
 from renderfarm import jobs_cli, models_cli, up
 from scheduler import cli as scheduler_cli
 from shared.client import ApiError
+from shared.config import Settings
+from shared.sentinel import without_password
 from worker import cli as worker_cli
 
 
@@ -41,6 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ApiError as exc:  # a refused request: the API's answer, not a traceback
         print(f"renderfarm {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except requests.ConnectionError:  # the client commands: no dashboard answering
+        api = getattr(args, "api", "")
+        print(
+            f"renderfarm {args.command}: cannot reach the farm at {api} (is it up? --api)",
+            file=sys.stderr,
+        )
+        return 1
+    except redis.ConnectionError:  # the commands that read Redis itself
+        url = without_password(Settings().redis_url)
+        print(
+            f"renderfarm {args.command}: cannot reach Redis at {url} (RENDERFARM_REDIS_URL)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:  # Ctrl-C before a command handles it (a worker still starting)
         return 130

@@ -206,3 +206,41 @@ def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_tracebac
         localfarm.stop(proc, redis)
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest, rest
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
+            ["submit", "a lighthouse"],
+            "cannot reach the farm at http://127.0.0.1:{api} (is it up? --api)",
+        ),
+        (
+            ["cancel", "some-job"],
+            "cannot reach the farm at http://127.0.0.1:{api} (is it up? --api)",
+        ),
+        (["workers"], "cannot reach Redis at redis://127.0.0.1:{redis}/0 (RENDERFARM_REDIS_URL)"),
+        (
+            ["users", "list"],
+            "cannot reach Redis at redis://127.0.0.1:{redis}/0 (RENDERFARM_REDIS_URL)",
+        ),
+    ],
+)
+def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path):
+    api, redis_port = localfarm.free_port(), localfarm.free_port()
+    client = ["--api", f"http://127.0.0.1:{api}"] if command[0] in ("submit", "cancel") else []
+    out = subprocess.run(
+        [sys.executable, "-m", "renderfarm", *command, *client],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "RENDERFARM_TOKEN": "rf_not-checked-before-the-connection",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
