@@ -19,6 +19,18 @@ from shared.client import FarmClient
 LONG = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 150}
 
 
+def renderfarm(cwd, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`renderfarm ARGS` as a real process in `cwd`, its environment `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "renderfarm", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_up(models_dir, tmp_path, **popen) -> tuple[subprocess.Popen, dict, int, list[str]]:
     """`renderfarm up` in tmp_path on free ports, once it says it is up: the process, its
     environment, the dashboard's port and what it printed."""
@@ -62,30 +74,23 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         }
 
         # Submit through the CLI client, as a script would.
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "renderfarm",
-                "submit",
-                "a quiet harbour",
-                "--api",
-                f"http://127.0.0.1:{port}",
-                "--width",
-                "64",
-                "--height",
-                "64",
-                "--steps",
-                "3",
-                "--seed",
-                "5",
-                "--out",
-                str(tmp_path / "got"),
-            ],
-            cwd=tmp_path,  # beside `up`: the token file it wrote signs the client in
-            env=env,
-            capture_output=True,
-            text=True,
+        out = renderfarm(
+            tmp_path,  # beside `up`: the token file it wrote signs the client in
+            env,
+            "submit",
+            "a quiet harbour",
+            "--api",
+            f"http://127.0.0.1:{port}",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path / "got"),
             timeout=120,
         )
         assert out.returncode == 0, out.stdout + out.stderr
@@ -149,14 +154,8 @@ def test_a_taken_port_is_refused_before_anything_starts(command, tmp_path):
     redis_url = f"redis://127.0.0.1:{localfarm.free_port()}/0"
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        out = subprocess.run(
-            [sys.executable, "-m", "renderfarm", command, "--port", str(port)],
-            cwd=tmp_path,
-            env={**os.environ, "RENDERFARM_REDIS_URL": redis_url},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        env = {**os.environ, "RENDERFARM_REDIS_URL": redis_url}
+        out = renderfarm(tmp_path, env, command, "--port", str(port))
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr
@@ -229,18 +228,12 @@ def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_tracebac
 def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path):
     api, redis_port = localfarm.free_port(), localfarm.free_port()
     client = ["--api", f"http://127.0.0.1:{api}"] if command[0] in ("submit", "cancel") else []
-    out = subprocess.run(
-        [sys.executable, "-m", "renderfarm", *command, *client],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "RENDERFARM_TOKEN": "rf_not-checked-before-the-connection",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {
+        **os.environ,
+        "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "RENDERFARM_TOKEN": "rf_not-checked-before-the-connection",
+    }
+    out = renderfarm(tmp_path, env, *command, *client, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
