@@ -88,12 +88,12 @@ class Notifier:
         )
         while not self.stopped.is_set():
             try:
-                if not self._holds_lock():
-                    outage.over()
+                leading = self._holds_lock()
+                outage.over()  # Redis answered
+                if not leading:
                     self.stopped.wait(1)
                     continue
                 self.step(block_s=2)
-                outage.over()
             except RedisError as exc:
                 outage.failed(exc)
                 self.stopped.wait(1)
