@@ -161,9 +161,13 @@ def measure(
     redis = Redis.from_url(redis_url)
     sessions: list[FarmClient] = []
 
+    def session(at: str) -> FarmClient:
+        """A keep-alive session for one client thread, closed at the end."""
+        sessions.append(FarmClient(at, token))
+        return sessions[-1]
+
     def api(_: int):
-        client = FarmClient(url, token)
-        sessions.append(client)
+        client = session(url)
         return lambda: client.submit(SPEC)
 
     def inproc(_: int):
@@ -183,21 +187,18 @@ def measure(
         return call
 
     def floor(_: int):
-        client = FarmClient(url, token)
-        sessions.append(client)
+        client = session(url)
         return client.me
 
     def empty(_: int):
-        client = FarmClient(empty_url, token)
-        sessions.append(client)
+        client = session(empty_url)
         return lambda: client.submit(SPEC)
 
     image = input_png(args.image_side) if args.image_side else ""
     image_spec = {**SPEC, "kind": "img2img", "init_image": image}
 
     def api_image(_: int):
-        client = FarmClient(url, token)
-        sessions.append(client)
+        client = session(url)
         return lambda: client.submit(image_spec)
 
     def send_image(_: int):
