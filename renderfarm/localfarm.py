@@ -89,7 +89,7 @@ def start_redis(port: int, data_dir: Path, replica_of: int | None = None) -> sub
         # still need Redis to shut down cleanly; whoever started it stops it last.
         start_new_session=True,
     )
-    wait_for(lambda: redis_alive(f"redis://127.0.0.1:{port}/0"), 10, "redis-server", proc)
+    _ready(proc, lambda: redis_alive(f"redis://127.0.0.1:{port}/0"), 10, "redis-server")
     return proc
 
 
@@ -144,8 +144,18 @@ def start_dashboard(
 ) -> subprocess.Popen:
     proc = _renderfarm("dashboard", "--host", host, "--port", str(port), env=env, log=log)
     url = f"http://{host}:{port}/healthz"
-    wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, 30, "dashboard", proc)
+    _ready(proc, lambda: urllib.request.urlopen(url, timeout=1).status == 200, 30, "dashboard")
     return proc
+
+
+def _ready(proc: subprocess.Popen, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a process just started to answer; one that does not in time is stopped, so
+    no caller is left with a process it never got."""
+    try:
+        wait_for(check, timeout, what, proc)
+    except BaseException:
+        stop(proc)
+        raise
 
 
 def stop(*procs: subprocess.Popen | None, timeout: float = 10) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,6 +13,7 @@ from dashboard.accounts import Accounts
 from dashboard.accounts_cli import ensure_local_admin
 from dashboard.server import listen
 from renderfarm import localfarm
+from renderfarm.supervisor import Supervisor
 from shared.config import Settings, redis_client
 from shared.sentinel import is_sentinel_url, without_password
 from shared.vocabulary import Hardware
@@ -38,8 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             sock.close()
     except SystemExit as exc:
         raise SystemExit(f"{exc.code} (is a farm already up? --port picks another)") from None
-    procs: list = []
-    redis_proc = None
+    farm = Supervisor()
+    redis = None  # the Redis this `up` started, if it started one
     try:
         if not localfarm.redis_alive(settings):
             url = urlparse(settings.redis_url)
@@ -50,9 +51,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 )
             if url.hostname not in ("127.0.0.1", "localhost"):
                 raise SystemExit(f"cannot reach Redis at {without_password(settings.redis_url)}")
-            print(f"starting redis-server on 127.0.0.1:{url.port or 6379} (appendonly yes)")
-            redis_proc = localfarm.start_redis(url.port or 6379, Path("var/redis").resolve())
-            procs.append(redis_proc)
+            port, data = url.port or 6379, Path("var/redis").resolve()
+            print(f"starting redis-server on 127.0.0.1:{port} (appendonly yes)")
+            farm.add("redis-server", lambda: localfarm.start_redis(port, data))
+            redis = farm.children[0]
         password = ensure_local_admin(
             Accounts(redis_client(settings), settings), settings.token_file
         )
@@ -64,25 +66,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         written = write_demo_models(settings.models_dir)
         print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
-        procs.append(localfarm.start_scheduler(env))
+        farm.add("the scheduler", lambda: localfarm.start_scheduler(env))
         for hardware in args.workers:
-            procs.append(localfarm.start_worker(hardware, env))
-        procs.append(localfarm.start_dashboard(args.host, args.port, env))
+            farm.add(f"the {hardware} worker", partial(localfarm.start_worker, hardware, env))
+        farm.add("the dashboard", lambda: localfarm.start_dashboard(args.host, args.port, env))
         print(
             f"\nrenderfarm is up: http://{args.host}:{args.port}/  "
             f"(storage {settings.storage_url}) — Ctrl-C stops it\n",
             flush=True,
         )
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        print("a farm process exited; stopping the rest", file=sys.stderr)
+        print(farm.watch(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping renderfarm", flush=True)
         return 0
     finally:
         # Redis (if we started it) goes last: the others need it to shut down cleanly.
-        others = procs[1:] if redis_proc else procs
+        others = [c.proc for c in farm.children if c is not redis and c.proc is not None]
         try:
             localfarm.stop(*others)
         except KeyboardInterrupt:  # asked again: stop waiting for them (a job in progress)
@@ -92,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 proc.wait()
         for sig in (signal.SIGINT, signal.SIGTERM):  # Redis saves, however impatient we are
             signal.signal(sig, signal.SIG_IGN)
-        localfarm.stop(redis_proc)
+        localfarm.stop(redis.proc if redis else None)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

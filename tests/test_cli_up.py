@@ -147,6 +147,87 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
         assert again.wait(timeout=60) == 0
 
 
+def _workers(up: subprocess.Popen) -> list[psutil.Process]:
+    """`up`'s live worker processes."""
+    found = []
+    for child in psutil.Process(up.pid).children(recursive=True):
+        try:
+            if "worker" in child.cmdline():
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie not yet reaped
+            pass
+    return found
+
+
+def _next_worker(up: subprocess.Popen, seen: set[int], timeout: float = 60) -> psutil.Process:
+    """A worker process of `up`'s not in `seen` (started again), once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and up.poll() is None:
+        fresh = [w for w in _workers(up) if w.pid not in seen]
+        if fresh:
+            return fresh[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no new worker (up: {up.poll()})")
+
+
+def test_a_worker_killed_mid_job_is_started_again_and_its_job_finishes(models_dir, tmp_path):
+    """The kernel's OOM killer takes the worker in the middle of a job: `up` starts it again,
+    says so, the rest of the farm carries on, and the job runs to the end on its next attempt."""
+    up, env, port, _ = start_up(models_dir, tmp_path)
+    token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
+    try:
+        with FarmClient(f"http://127.0.0.1:{port}", token) as client:
+            job = client.submit({**LONG, "prompt": "a render cut short"})
+            assert client.wait(job["id"], 120, until={"running"})["status"] == "running"
+            (first,) = _workers(up)
+            first.kill()
+            for line in up.stdout:
+                if "the cpu worker exited (killed by SIGKILL); starting it again" in line:
+                    break
+            threading.Thread(target=up.stdout.read, daemon=True).start()  # the pipe never fills
+            again = _next_worker(up, {first.pid})
+            done = client.wait(job["id"], 180)
+        assert (done["status"], done["error"]) == ("succeeded", None), done
+        assert done["attempts"] == 2
+        lost = done["attempts_history"][0]
+        assert lost["outcome"] == "requeued" and "lost its worker" in lost["error"], lost
+        assert done["worker"] == f"cpu-{again.pid}@{socket.gethostname()}"
+        assert up.poll() is None, "the farm stopped"
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+
+
+def test_a_worker_that_keeps_exiting_at_start_stops_the_farm(models_dir, tmp_path):
+    """A process that dies each time soon after it starts is not started forever: after three
+    such exits `up` stops everything and names it."""
+    up, env, _, _ = start_up(models_dir, tmp_path)
+    children = psutil.Process(up.pid).children(recursive=True)
+    seen: set[int] = set()
+    try:
+        # Three exits within 30 s of a start; more if this machine took long to come up.
+        while up.poll() is None and len(seen) < 6:
+            try:
+                worker = _next_worker(up, seen)
+            except AssertionError:
+                break  # up gave up meanwhile
+            seen.add(worker.pid)
+            worker.kill()
+        rest, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 1, rest
+    assert rest.count("the cpu worker exited (killed by SIGKILL); starting it again") >= 2, rest
+    assert (
+        "the cpu worker exited 3 times within 30 s of starting (killed by SIGKILL); "
+        "stopping the farm" in rest
+    ), rest
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)
+    assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
+
+
 @pytest.mark.parametrize("command", ["up", "dashboard"])
 def test_a_taken_port_is_refused_before_anything_starts(command, tmp_path):
     """A second `up` on the same port would join the first farm's Redis and take its
