@@ -15,16 +15,26 @@ from shared.config import Settings
 from shared.vocabulary import AUTO, JobKind, JobStatus, Priority
 
 DEFAULT_API = "http://127.0.0.1:8000"
+API_HELP = f"the farm (default: RENDERFARM_API_URL, else var/renderfarm.api, else {DEFAULT_API})"
 
 
 def _client(args: argparse.Namespace) -> FarmClient:
-    """The API at --api, as RENDERFARM_TOKEN's account, else the token file's (`up` writes
-    one for its local admin)."""
+    """The API at --api (else RENDERFARM_API_URL, else the address file's), as
+    RENDERFARM_TOKEN's account, else the token file's (`up` writes both for its local admin)."""
     settings = Settings()
     token = settings.token.get_secret_value() if settings.token else None
     if token is None and settings.token_file.is_file():
         token = settings.token_file.read_text().strip()
+    args.api = args.api or api_url(settings)
     return FarmClient(args.api, token)
+
+
+def api_url(settings: Settings) -> str:
+    if settings.api_url:
+        return settings.api_url
+    if settings.api_file.is_file():
+        return settings.api_file.read_text().strip()
+    return DEFAULT_API
 
 
 def _image(path: Path) -> str:
@@ -126,7 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("target", metavar="WORKER" if name == "drain" else "JOB_ID")
-        p.add_argument("--api", default=DEFAULT_API)
+        p.add_argument("--api", help=API_HELP)
         if name == "priority":
             p.add_argument("priority", choices=list(Priority))
         if name == "drain":
@@ -144,7 +154,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="upscale: the image to upscale")
     p.add_argument("--upscaler", help="upscale: an upscaler model from the store")
     p.add_argument("--scale", type=float, help="upscale: by this factor (else --width/--height)")
-    p.add_argument("--api", default=DEFAULT_API)
+    p.add_argument("--api", help=API_HELP)
     p.add_argument("--model", default="demo-sd15")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=20)

@@ -70,9 +70,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         for hardware in args.workers:
             farm.add(f"the {hardware} worker", partial(localfarm.start_worker, hardware, env))
         farm.add("the dashboard", lambda: localfarm.start_dashboard(args.host, args.port, env))
+        api = f"http://{args.host}:{args.port}"
+        settings.api_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.api_file.write_text(api + "\n")
         print(
-            f"\nrenderfarm is up: http://{args.host}:{args.port}/  "
-            f"(storage {settings.storage_url}) — Ctrl-C stops it\n",
+            f"\nrenderfarm is up: {api}/  (storage {settings.storage_url}) — Ctrl-C stops it\n",
             flush=True,
         )
         print(farm.watch(), file=sys.stderr)

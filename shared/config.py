@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # else with the one in `token_file` (written by `renderfarm up` for its local admin).
     token: SecretStr | None = None
     token_file: Path = Path("var/renderfarm.token")
+    # ...and talk to the farm at this address (their --api), else at the one in `api_file`
+    # (written by `renderfarm up` once its dashboard answers), else at http://127.0.0.1:8000.
+    api_url: str | None = None
+    api_file: Path = Path("var/renderfarm.api")
     # Send the session cookie only over HTTPS (set it when the dashboard is behind TLS).
     secure_cookies: bool = False
     # A browser session ends after this long without a request.

@@ -65,6 +65,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         assert any("local admin account: name admin, password " in line for line in said)
         token_file = tmp_path / "var" / "renderfarm.token"
         assert token_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "var" / "renderfarm.api").read_text() == f"http://127.0.0.1:{port}\n"
         children = psutil.Process(up.pid).children(recursive=True)
         assert {"redis-server", "worker", "dashboard"} <= {
             word
@@ -78,9 +79,7 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
             tmp_path,  # beside `up`: the token file it wrote signs the client in
             env,
             "submit",
-            "a quiet harbour",
-            "--api",
-            f"http://127.0.0.1:{port}",
+            "a quiet harbour",  # no --api: the address `up` wrote beside the token
             "--width",
             "64",
             "--height",
