@@ -83,6 +83,13 @@ class UnknownAccount(LookupError):
         super().__init__(f"no account {name!r}")
 
 
+class LastAdmin(ValueError):
+    """The change would leave the farm with no enabled admin to manage it."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name} is the only enabled admin: make another account admin first")
+
+
 def validate_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
         raise ValueError(
@@ -125,12 +132,26 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
-# KEYS: account hash; ARGV: '1' to bump the epoch, then field/value pairs. 0 if no account
-# (so an update never creates a partial one).
-_UPDATE = """
+# KEYS: account hash, accounts index; ARGV: '1' to bump the epoch, '1' if the change ends
+# the account's standing as an admin (a demotion, disabling), then field/value pairs.
+# 0 if no account (so an update never creates a partial one); -1, and nothing changed, if
+# it would leave the farm without an enabled admin (checked here, so two admins demoting
+# each other at once cannot both go).
+_UPDATE = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local function admin(key)
+  return redis.call('HGET', key, 'role') == 'admin' and redis.call('HGET', key, 'disabled') ~= '1'
+end
+if ARGV[2] == '1' and admin(KEYS[1]) then
+  local another = false
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local key = '{keys.account("")}' .. name
+    if key ~= KEYS[1] and admin(key) then another = true break end
+  end
+  if not another then return -1 end
+end
 if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'epoch', 1) end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 return 1
 """
 # A rehash after a login must not undo a password change made meanwhile.
@@ -209,7 +230,9 @@ class Accounts:
         return self.redis.scard(keys.accounts_index())
 
     def set_role(self, name: str, role: Role | str) -> Account:
-        self._update(name, role=str(parse_role(role)))
+        """Refused (LastAdmin) if it would leave no enabled admin."""
+        role = parse_role(role)
+        self._update(name, demotes=role != Role.ADMIN, role=str(role))
         return self._get(name)
 
     def set_password(self, name: str, password: str) -> Account:
@@ -223,9 +246,10 @@ class Accounts:
         """Disable the account: its browser sessions end (epoch bump) and its tokens are
         revoked, both effective on the next request.
 
-        Its jobs are left alone here: `disable_and_cancel` cancels them too.
+        Its jobs are left alone here: `disable_and_cancel` cancels them too. Refused
+        (LastAdmin) for the only enabled admin.
         """
-        self._update(name, bump_epoch=True, disabled="1")
+        self._update(name, bump_epoch=True, demotes=True, disabled="1")
         self.tokens.revoke_all(name)
         return self._get(name)
 
@@ -364,7 +388,13 @@ class Accounts:
             raise UnknownAccount(name)
         return account
 
-    def _update(self, name: str, bump_epoch: bool = False, **fields: str) -> None:
-        args = ["1" if bump_epoch else "0", *(x for pair in fields.items() for x in pair)]
-        if not self._update_script(keys=[keys.account(name)], args=args):
+    def _update(
+        self, name: str, bump_epoch: bool = False, demotes: bool = False, **fields: str
+    ) -> None:
+        flags = ["1" if bump_epoch else "0", "1" if demotes else "0"]
+        args = [*flags, *(x for pair in fields.items() for x in pair)]
+        done = self._update_script(keys=[keys.account(name), keys.accounts_index()], args=args)
+        if done == -1:
+            raise LastAdmin(name)
+        if not done:
             raise UnknownAccount(name)

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from dashboard import farm
-from dashboard.accounts import Role, UnknownAccount, parse_role
+from dashboard.accounts import Role, UnknownAccount, parse_role, validate_password
 from dashboard.api import BadRequest, json_body
 from dashboard.auth import audit_event, current_account, require
 
@@ -91,6 +91,8 @@ def create_account():
     name = _field(body, "name", str, required=True)
     role = _valid("role", lambda: parse_role(_field(body, "role", str, required=True)))
     password = _field(body, "password", str)
+    if password is not None:
+        _valid("password", lambda: validate_password(password))
     account = _valid("name", lambda: farm.accounts().create(name, role, password))
     audit_event("account.create", account.name, f"role {account.role}")
     return jsonify(account.as_dict()), 201
@@ -101,17 +103,17 @@ def create_account():
 def update_account(name: str):
     """{"role"?, "disabled"?, "password"?}; disabling cancels the account's unfinished jobs."""
     body, accounts = json_body(), farm.accounts()
-    if accounts.get(name) is None:
+    if (before := accounts.get(name)) is None:
         raise UnknownAccount(name)
     if (role := _field(body, "role", str)) is not None:
-        _valid("role", lambda: accounts.set_role(name, role))
-        audit_event("account.role", name, f"role {role}")
+        after = _valid("role", lambda: accounts.set_role(name, role))
+        audit_event("account.role", name, f"{before.role} -> {after.role}")  # as the CLI's
     if (password := _field(body, "password", str)) is not None:
         _valid("password", lambda: accounts.set_password(name, password))
         audit_event("account.password", name)
     disabled = _field(body, "disabled", bool)
     if disabled:
-        _, canceled = accounts.disable_and_cancel(name, farm.jobs())
+        _, canceled = _valid("disabled", lambda: accounts.disable_and_cancel(name, farm.jobs()))
         audit_event("account.disable", name, f"{canceled} jobs canceled")
     elif disabled is False:
         accounts.enable(name)

@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,13 +16,15 @@ import pytest
 from argon2 import PasswordHasher
 from redis import Redis
 
-from dashboard.accounts import Accounts, Role, UnknownAccount
+from dashboard.accounts import Accounts, LastAdmin, Role, UnknownAccount
 from dashboard.accounts_cli import ensure_local_admin
+from dashboard.app import create_app
 from dashboard.audit import Audit
 from dashboard.tokens import digest
 from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
+from tests.conftest import settings_on_db
 
 # Cheap argon2 parameters: the tests check behaviour, not cost.
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -215,6 +218,82 @@ def test_a_new_password_ends_the_sessions(accounts):
     assert accounts.check_password("alice", "another good password") is not None
     assert accounts.account_for_session("alice") is None
     assert accounts.account_for_session("alice:x") is None
+
+
+def test_the_last_enabled_admin_can_be_neither_demoted_nor_disabled(accounts):
+    accounts.create("root", "admin", PASSWORD)
+    accounts.create("ops", "admin")
+    accounts.disable("ops")  # a disabled admin manages nothing: it does not count
+    for change in (lambda: accounts.set_role("root", "member"), lambda: accounts.disable("root")):
+        with pytest.raises(LastAdmin, match="root is the only enabled admin"):
+            change()
+    root = accounts.get("root")
+    assert (root.role, root.disabled) == (Role.ADMIN, False)
+    assert accounts.check_password("root", PASSWORD) is not None, "its sessions went on"
+
+    accounts.enable("ops")
+    assert accounts.set_role("root", "member").role is Role.MEMBER
+    with pytest.raises(LastAdmin):
+        accounts.disable("ops")
+    assert accounts.set_role("ops", "admin").role is Role.ADMIN  # no demotion: allowed
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one(accounts, redis):
+    def demote(name: str, start: threading.Barrier, refused: list[str]) -> None:
+        mine = Accounts(Redis(connection_pool=redis.connection_pool), Settings())
+        start.wait()
+        try:
+            mine.set_role(name, "member")
+        except LastAdmin:
+            refused.append(name)
+
+    for _ in range(20):
+        redis.flushdb()
+        accounts.create("a", "admin")
+        accounts.create("b", "admin")
+        start, refused = threading.Barrier(2), []
+        threads = [threading.Thread(target=demote, args=(n, start, refused)) for n in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(refused) == 1, refused
+        assert [x.name for x in accounts.all() if x.role is Role.ADMIN] == refused
+
+
+def test_the_api_refuses_to_remove_the_last_admin_naming_the_field(
+    redis, redis_url, models_dir, tmp_path
+):
+    settings = settings_on_db(redis_url, 9, models_dir, tmp_path)  # the `redis` fixture's db
+    client = create_app(settings).test_client()
+    accounts = Accounts(redis, settings, hasher=FAST)
+    accounts.create("root", "admin")
+    secret = accounts.create_token("root")[1]
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+
+    for body, field in (({"role": "member"}, "role"), ({"disabled": True}, "disabled")):
+        resp = client.post("/api/v1/accounts/root", json=body)
+        assert resp.status_code == 422, resp.get_json()
+        [error] = resp.get_json()["errors"]
+        assert error["field"] == field and "only enabled admin" in error["reason"], error
+    assert client.get("/api/v1/me").get_json()["role"] == "admin"
+
+    short = client.post(
+        "/api/v1/accounts", json={"name": "carol", "role": "admin", "password": "x"}
+    )
+    assert short.status_code == 422
+    assert [e["field"] for e in short.get_json()["errors"]] == ["password"]
+    assert accounts.get("carol") is None
+    assert (
+        client.post("/api/v1/accounts", json={"name": "carol", "role": "admin"}).status_code == 201
+    )
+    assert client.post("/api/v1/accounts/root", json={"role": "member"}).status_code == 200
+    entry = Audit(redis, 1000).recent(1)[0]
+    assert (entry["action"], entry["target"], entry["detail"]) == (
+        "account.role",
+        "root",
+        "admin -> member",
+    )
 
 
 def test_limits_come_from_the_role_unless_the_account_overrides_them(redis):
