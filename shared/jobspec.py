@@ -372,7 +372,9 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             loc = loc[1:]
         if err["type"] == "union_tag_invalid":
             loc = ["kind"]
-        out.append({"field": ".".join(loc) or "body", "reason": err["msg"]})
+        # Our validators' own words, without pydantic's "Value error, " before them.
+        reason = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        out.append({"field": ".".join(loc) or "body", "reason": reason})
     return out
 
 
