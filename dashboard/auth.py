@@ -97,7 +97,7 @@ def init_auth(app: Flask, accounts: Accounts, audit: Audit, settings: Settings) 
     manager = LoginManager(app)
     manager.user_loader(_load_from_session)
     manager.request_loader(_load_from_header)
-    manager.unauthorized_handler(_unauthenticated)
+    manager.unauthorized_handler(unauthenticated)
     throttle = PasswordThrottle(
         accounts.redis, settings.password_attempts_per_address, settings.password_attempts_per_name
     )
@@ -111,7 +111,8 @@ def require(role: Role) -> Callable:
     """Decorate a view: only accounts of `role` or above get in.
 
     No or bad credentials: 401 JSON with a Basic challenge (a browser asking for a page is
-    sent to /login instead); too low a role: 403 JSON saying which role is needed.
+    sent to /login instead); too low a role: 403 JSON saying which role is needed (to a
+    browser asking for a page, Forbidden with that reason: the dashboard's page says it).
     """
 
     def decorate(view: Callable) -> Callable:
@@ -119,9 +120,12 @@ def require(role: Role) -> Callable:
         def guarded(*args, **kwargs):
             account = current_account()
             if account is None:
-                return _unauthenticated()
+                return unauthenticated()
             if not account.role.allows(role):
-                return jsonify(error=f"needs role {role}; you are {account.role}"), 403
+                reason = f"needs role {role}; you are {account.role}"
+                if wants_page():
+                    abort(403, reason)
+                return jsonify(error=reason), 403
             return view(*args, **kwargs)
 
         return guarded
@@ -287,7 +291,15 @@ def _wants_html() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
-def _unauthenticated():
+def wants_page() -> bool:
+    """A browser asking for one of the dashboard's pages (not an API address)."""
+    api = request.path.startswith(("/api/", "/sdapi/", "/metrics"))
+    return request.method == "GET" and not api and _wants_html()
+
+
+def unauthenticated():
+    """The answer to a request with no account: a browser's page request goes to /login,
+    anything else is 401 with a Basic challenge."""
     if request.method == "GET" and _wants_html() and "Authorization" not in request.headers:
         return redirect(url_for("login.login_page", next=request.full_path.rstrip("?")))
     if "Authorization" in request.headers:

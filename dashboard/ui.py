@@ -7,11 +7,12 @@ do (the nav's Submit and Admin, action buttons), but the API decides.
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from dashboard import farm
 from dashboard.accounts import Role
-from dashboard.auth import current_account, require
+from dashboard.auth import current_account, require, unauthenticated, wants_page
 from shared.samplers import SAMPLERS
 from shared.vocabulary import Hardware, Priority
 
@@ -50,6 +51,21 @@ def _page(template: str, page: str, status: int = 200, **context):
         **context,
     )
     return body, status, HEADERS
+
+
+@ui.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    """An unknown address or a refused page: to a signed-in browser, a page in the layout
+    saying so; to anyone else, JSON like the API's other errors."""
+    if not wants_page():
+        return jsonify(error=exc.description or exc.name), exc.code
+    if current_account() is None:
+        return unauthenticated()  # sign in, then see
+    if exc.code == 404:
+        return _page("missing.html", "", 404, what=f"page {request.path}")
+    if exc.code == 403:
+        return _page("forbidden.html", "", 403, reason=exc.description)
+    return exc
 
 
 @ui.get("/")

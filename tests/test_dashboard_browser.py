@@ -157,3 +157,24 @@ def test_the_pages_show_workers_and_cancel_a_waiting_job(farm, page):
     row.locator("button.cancel").click()
     row.locator("td.status", has_text="canceled").wait_for()
     assert farm.job(row.get_attribute("data-job-id"))["status"] == "canceled"
+
+
+def test_a_page_too_high_or_unknown_is_a_page_saying_so(farm, page):
+    """A member who follows a link to the admin page, or mistypes an address, sees the
+    dashboard (its nav, its sign-out) with the reason, not a bare JSON or Flask error; the
+    API still answers JSON."""
+    answer = page.goto(farm.url + "/admin")
+    assert answer.status == 403
+    assert page.title() == "Not allowed · renderfarm"
+    assert "needs role admin; you are member" in page.locator("main").inner_text()
+    assert page.locator("#whoami").inner_text() == "artist (member)"
+
+    answer = page.goto(farm.url + "/no-such-page")
+    assert answer.status == 404
+    assert page.title() == "Not found · renderfarm"
+    assert "There is no page /no-such-page" in page.locator("main").inner_text()
+    page.click("main a[href='/']")
+    page.wait_for_selector("#jobs")
+
+    unknown = page.request.get(farm.url + "/api/v1/no-such-route")
+    assert unknown.status == 404 and "not found" in unknown.json()["error"]
