@@ -26,6 +26,7 @@ NAV = [
     ("/workers", "workers", "Workers", Role.VIEWER),
     ("/models", "models", "Models", Role.VIEWER),
     ("/admin", "admin", "Admin", Role.ADMIN),
+    ("/account", "account", "Account", Role.VIEWER),
 ]
 # Every asset is served from this site: nothing from elsewhere, no inline script, no framing.
 HEADERS = {
@@ -110,3 +111,9 @@ def models():
 @require(Role.ADMIN)
 def admin():
     return _page("admin.html", "admin")
+
+
+@ui.get("/account")
+@require(Role.VIEWER)
+def account():
+    return _page("account.html", "account")

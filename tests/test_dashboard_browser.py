@@ -4,6 +4,7 @@ image, refused input beside its field, a viewer's pages."""
 import shutil
 
 import pytest
+import requests
 
 from renderfarm import localfarm
 from tests.signin import ensure_account
@@ -178,3 +179,39 @@ def test_a_page_too_high_or_unknown_is_a_page_saying_so(farm, page):
 
     unknown = page.request.get(farm.url + "/api/v1/no-such-route")
     assert unknown.status == 404 and "not found" in unknown.json()["error"]
+
+
+def test_a_member_manages_its_own_tokens_and_webhook_on_the_account_page(farm, browser):
+    member = sign_in(farm, browser, "token-keeper", "member")
+    member.click("nav a[href='/account']")
+    member.wait_for_url("**/account")
+    assert member.locator("#me-role").inner_text() == "member"
+    member.locator("#me-hardware", has_text="cpu").wait_for()
+    member.locator("#token-rows", has_text="no tokens").wait_for()
+
+    member.fill("#new-token input[name=label]", "my script")
+    member.click("#new-token button[type=submit]")
+    secret = member.locator("#token-secret")
+    secret.wait_for()
+    token = secret.inner_text()
+    row = member.locator("#token-rows tr", has_text="my script")
+    row.wait_for()
+    me = requests.get(farm.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json()["name"] == "token-keeper"
+    member.reload()
+    assert member.locator("#new-token-secret").is_hidden()  # shown once
+    assert token not in member.content()
+
+    row.locator("button.revoke").click()
+    member.locator("#token-rows", has_text="no tokens").wait_for()
+    gone = requests.get(farm.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert gone.status_code == 401
+
+    member.fill("#webhook input[name=webhook_url]", "ftp://example.invalid/hook")
+    member.click("#webhook button[type=submit]")
+    member.locator("#webhook-message.error", has_text="webhook_url").wait_for()
+
+    viewer = sign_in(farm, browser, "token-looker", "viewer")
+    viewer.goto(farm.url + "/account")
+    viewer.locator("#tokens-card", has_text="for members and above").wait_for()
+    assert viewer.locator("#new-token").count() == 0 and viewer.locator("#webhook").count() == 0

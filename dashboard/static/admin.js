@@ -1,10 +1,11 @@
-// Accounts, roles, tokens (a new one shown once) and the audit log, for admins.
+// Accounts, roles, anyone's tokens (static/tokens.js) and the audit log, for admins.
 "use strict";
 
 (() => {
   const { api, el, fmt } = RF;
   const ROLES = ["viewer", "member", "operator", "admin"];
   const tokenAccount = document.getElementById("token-account");
+  const tokens = tokenCard({ account: () => tokenAccount.value || RF.me.account, changed: () => loadAudit() });
 
   function fail(r) { RF.flash(r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`, "error"); }
 
@@ -45,21 +46,6 @@
     tokenAccount.value = list.some((a) => a.name === current) ? current : RF.me.account;
   }
 
-  async function loadTokens() {
-    const name = tokenAccount.value || RF.me.account;
-    const r = await api(`/tokens?account=${encodeURIComponent(name)}`);
-    if (!r.ok) return fail(r);
-    const rows = (r.body.tokens || []).map((t) => el("tr", { dataset: { token: t.id } },
-      el("td", {}, el("code", {}, t.id)), el("td", {}, t.label || "–"), el("td", {}, fmt.date(t.created_at)),
-      el("td", {}, fmt.date(t.last_used)), el("td", {}, t.expires_at ? fmt.date(t.expires_at) : "never"),
-      el("td", {}, el("button", { type: "button", className: "small revoke", textContent: "Revoke", on: { click: async () => {
-        const d = await api(`/tokens/${encodeURIComponent(t.id)}?account=${encodeURIComponent(name)}`, { method: "DELETE" });
-        if (!d.ok) fail(d);
-        loadTokens(); loadAudit();
-      } } }))));
-    document.getElementById("token-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 6, className: "muted" }, "no tokens"))]));
-  }
-
   async function loadAudit() {
     const r = await api("/audit?limit=100");
     if (!r.ok) return;
@@ -82,19 +68,8 @@
     await loadAccounts(); loadAudit();
   });
 
-  document.getElementById("new-token").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const f = event.target.elements;
-    const body = { label: f.label.value || undefined, expires_days: f.expires_days.value ? Number(f.expires_days.value) : undefined };
-    const r = await api(`/tokens?account=${encodeURIComponent(tokenAccount.value)}`, { method: "POST", body });
-    if (!r.ok) return fail(r);
-    document.getElementById("token-secret").textContent = r.body.token;
-    document.getElementById("new-token-secret").hidden = false;
-    event.target.reset();
-    loadTokens(); loadAudit();
-  });
-  tokenAccount.addEventListener("change", () => { document.getElementById("new-token-secret").hidden = true; loadTokens(); });
+  tokenAccount.addEventListener("change", () => { tokens.hideSecret(); tokens.load(); });
 
-  loadAccounts().then(loadTokens);
+  loadAccounts().then(tokens.load);
   loadAudit();
 })();
