@@ -7,7 +7,7 @@ do (the nav's Submit and Admin, action buttons), but the API decides.
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, redirect, render_template, url_for
 
 from dashboard import farm
 from dashboard.accounts import Role
@@ -94,3 +94,9 @@ def models():
 @require(Role.ADMIN)
 def admin():
     return _page("admin.html", "admin")
+
+
+@ui.get("/favicon.ico")
+def favicon():
+    """Open to anyone: browsers ask for it on the pages that name no icon (sign in, API docs)."""
+    return redirect(url_for("static", filename="favicon.svg"))
