@@ -7,7 +7,7 @@ do (the nav's Submit and Admin, action buttons), but the API decides.
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from dashboard import farm
@@ -117,3 +117,9 @@ def admin():
 @require(Role.VIEWER)
 def account():
     return _page("account.html", "account")
+
+
+@ui.get("/favicon.ico")
+def favicon():
+    """Open to anyone: browsers ask for it on the pages that name no icon (sign in, API docs)."""
+    return redirect(url_for("static", filename="favicon.svg"))
