@@ -24,6 +24,7 @@ PAGES = {
     "workers": ("/workers", "#worker-rows tr"),
     "models": ("/models", "#families table"),
     "admin": ("/admin", "#token-rows button.revoke"),
+    "account": ("/account", "#me-hardware:not(:empty)"),
     "api docs": ("/api/v1/docs", "#ops .op"),
 }
 
