@@ -8,6 +8,11 @@ const RF = (() => {
   const me = document.body.dataset; // account, role, maySubmit, steersAny
   const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
+  // A job id as people read it. Ids start with the nanosecond clock, so jobs submitted a
+  // few seconds apart share their first digits; the random tail tells them apart. Links
+  // and title attributes keep the full id. (templates/job.html uses the same rule.)
+  const shortId = (id) => String(id).slice(-8);
+
   async function api(path, { method = "GET", body, signal } = {}) {
     const headers = {};
     if (method !== "GET") headers["X-CSRFToken"] = csrf;
@@ -169,7 +174,7 @@ const RF = (() => {
     if (before === undefined || before === job.status || job.owner !== me.account) return;
     if (job.status !== "succeeded" && job.status !== "failed") return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
-    const note = new Notification(`Job ${id.slice(0, 8)} ${job.status}`, {
+    const note = new Notification(`Job ${shortId(id)} ${job.status}`, {
       body: job.spec ? spec.prompt(job) : "", tag: id,
     });
     note.onclick = () => { window.focus(); window.location.assign(`/jobs/${id}`); };
@@ -219,5 +224,5 @@ const RF = (() => {
     history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, FINAL };
 })();

@@ -53,7 +53,7 @@
       items.push(["Queue position", `#${job.queue_position}`]);
     }
     if (job.status === "queued" && job.eta_s !== undefined) items.push(["ETA", fmt.eta(job.eta_s)]);
-    if (job.batch) items.push(["Batch", job.batch.slice(0, 8)]);
+    if (job.batch) items.push(["Batch", el("code", { title: job.batch }, RF.shortId(job.batch))]);
     if (job.manifest) items.push(["Manifest", job.manifest_url ? el("a", { href: job.manifest_url }, "manifest.json") : job.manifest]);
     dl.replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
@@ -106,7 +106,7 @@
     box.replaceChildren(...job.outputs.map((out) => el("figure", {},
       el("a", { href: out.url }, el("img", { src: out.url, alt: `output ${out.index}`, className: "full" })),
       el("figcaption", {}, `image ${out.index} · seed ${(job.seeds || [])[out.index] ?? "–"} · `,
-        el("a", { href: out.url, download: `${job.id.slice(0, 8)}-${out.index}.png`, className: "download" }, "download")))));
+        el("a", { href: out.url, download: `${job.id}-${out.index}.png`, className: "download" }, "download")))));
   }
 
   function progress() {

@@ -64,7 +64,7 @@
   // -- rows ----------------------------------------------------------------------------
   function newRow(job) {
     const row = el("tr", { dataset: { jobId: job.id } });
-    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link" }, el("code", {}, job.id.slice(0, 8)));
+    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id }, el("code", {}, RF.shortId(job.id)));
     row.append(
       el("td", { className: "id" }, link),
       el("td", { className: "owner" }),
@@ -139,7 +139,7 @@
     if (!row) {
       row = el("tr", { className: "batch-row", dataset: { batch: id } },
         el("td", { colSpan: 11 },
-          el("span", { className: "batch-title" }, "Batch ", el("code", {}, id.slice(0, 8))),
+          el("span", { className: "batch-title" }, "Batch ", el("code", { title: id }, RF.shortId(id))),
           el("progress", { max: 1, value: 0 }),
           el("span", { className: "batch-summary muted" })));
       batchRows.set(id, row);
