@@ -61,3 +61,19 @@ def test_submitted_links_of_two_jobs_differ(farm, page):
     assert shown[0] != shown[1]
     for job_id in ids:
         farm.wait(job_id)
+
+
+def test_a_refused_submission_after_an_accepted_one_does_not_look_accepted(farm, page):
+    open_submit(farm, page)
+    page.select_option("#model-select", "demo-sd15")
+    page.fill("textarea[name=prompt]", "accepted, then refused")
+    for name, value in (("width", "64"), ("height", "64"), ("steps", "1")):
+        page.fill(f"input[name={name}]", value)
+    job_id = submit_form(page)
+    assert page.locator("#submitted", has_text="Submitted").is_visible()
+    page.fill("input[name=width]", "100000")
+    page.click("#job-form button[type=submit]")
+    page.locator(".field-error[data-for=width]").wait_for()
+    assert page.locator("#submitted").inner_text() == ""
+    assert page.input_value("input[name=width]") == "100000"  # the form keeps what was typed
+    farm.wait(job_id)

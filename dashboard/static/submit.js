@@ -210,6 +210,8 @@
     return null;
   }
   function showErrors(errors, fallback) {
+    // A refused submission must not look accepted: the notes of earlier ones go.
+    document.getElementById("submitted").replaceChildren();
     const general = document.getElementById("form-errors");
     for (const error of errors) {
       const field = String(error.field || "").replace(/^spec\./, "");
