@@ -4,6 +4,8 @@ accepted, queue standings that follow the events, Back through the queue's pages
 each job was submitted, a canceled job that is not shown as an error, a reused inpainting
 job's images."""
 
+import re
+
 import pytest
 
 from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
@@ -20,6 +22,26 @@ def page(farm, browser):  # noqa: F811
 
 def row(page, job_id: str):
     return page.locator(f"#job-rows tr[data-job-id='{job_id}']")
+
+
+def stop_the_clock(page) -> None:
+    """From now on the page's timers (its polls among them) run only when the test moves
+    its clock on: whatever changes on the page then came from the events stream."""
+    page.clock.pause_at(page.evaluate("Date.now() / 1000") + 1)  # seconds
+
+
+def shows_standing(page, farm, job_id: str) -> None:
+    """Wait until the job's row shows the queue position the API gives it now."""
+    position = farm.job(job_id)["queue_position"]
+    row(page, job_id).locator("td.queue", has_text=re.compile(rf"^#{position}\b")).wait_for()
+
+
+def waiting_for_a_gpu(farm, owner: str, n: int) -> list[str]:
+    """`n` jobs of `owner` that wait (the farm has no GPU worker), oldest first."""
+    return [
+        farm.submit(owner=owner, prompt=f"waits {i}", hardware="gpu", **TINY)["id"]
+        for i in range(n)
+    ]
 
 
 def test_jobs_submitted_together_have_different_short_ids(farm, page):
@@ -77,3 +99,45 @@ def test_a_refused_submission_after_an_accepted_one_does_not_look_accepted(farm,
     assert page.locator("#submitted").inner_text() == ""
     assert page.input_value("input[name=width]") == "100000"  # the form keeps what was typed
     farm.wait(job_id)
+
+
+def test_the_standing_of_waiting_jobs_follows_the_events(farm, browser):  # noqa: F811
+    page = sign_in(farm, browser, "ux-standing", "member")
+    first, second, third = waiting_for_a_gpu(farm, "ux-standing", 3)
+    try:
+        page.clock.install()
+        page.goto(farm.url + "/?scope=me")
+        for job_id in (first, second, third):
+            shows_standing(page, farm, job_id)
+        stop_the_clock(page)
+        farm.client.cancel(first)  # a job ahead leaves
+        row(page, first).locator("td.status", has_text="canceled").wait_for()
+        shows_standing(page, farm, second)
+        shows_standing(page, farm, third)
+        page.clock.run_for(1000)
+        farm.client.set_priority(third, "high")  # a job moves ahead
+        assert farm.job(third)["queue_position"] < farm.job(second)["queue_position"]
+        shows_standing(page, farm, third)
+        shows_standing(page, farm, second)
+    finally:
+        for job_id in (first, second, third):
+            if farm.job(job_id)["status"] == "queued":
+                farm.client.cancel(job_id)
+        page.context.close()
+
+
+def test_a_waiting_job_without_a_reason_from_the_server_still_says_it_waits(farm, page):
+    # The dispatcher writes its reason only on each owner's first 20 jobs in line
+    # (scheduler/dispatcher.py PER_OWNER): the 22nd has none (the API's `waiting: null`).
+    jobs = waiting_for_a_gpu(farm, "ux-member", 22)
+    try:
+        last = jobs[-1]
+        page.goto(farm.url + "/?scope=me&status=queued")
+        row(page, jobs[0]).locator("small.waiting", has_text="compatible worker").wait_for()
+        assert farm.job(last)["waiting"] is None
+        assert row(page, last).locator("small.waiting").inner_text() == "waiting its turn"
+        page.goto(farm.url + f"/jobs/{last}")
+        page.locator("#job-waiting", has_text="waiting its turn").wait_for()
+    finally:
+        for job_id in jobs:
+            farm.client.cancel(job_id)

@@ -111,6 +111,15 @@ const RF = (() => {
     },
   };
 
+  // Why a queued job waits, as the server says; it gives a reason only for each owner's
+  // first jobs in line (README, Scheduling: the reasons on waiting jobs), and none yet for a
+  // job a pass has not looked at: those wait their turn.
+  function waitingText(job) {
+    if (job.status !== "queued") return "";
+    if (job.waiting) return job.waiting;
+    return job.state === "dispatched" ? "sent to a worker, starting" : "waiting its turn";
+  }
+
   const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
 
   // The cancel / retry / priority controls this account may use on `job`.
@@ -224,5 +233,5 @@ const RF = (() => {
     history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, FINAL };
 })();

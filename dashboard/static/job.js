@@ -125,8 +125,8 @@
     setText(document.getElementById("job-kind"), spec.kind(job));
     progress();
     const waiting = document.getElementById("job-waiting");
-    setText(waiting, job.waiting || "");
-    waiting.hidden = !(job.status === "queued" && job.waiting);
+    setText(waiting, RF.waitingText(job));
+    waiting.hidden = job.status !== "queued";
     const error = document.getElementById("job-error");
     setText(error, job.error || "");
     error.hidden = !job.error;

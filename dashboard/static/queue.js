@@ -12,6 +12,7 @@
   let page = 1;
   let total = 0;
   let generation = 0;
+  let lastRefresh = -Infinity;
 
   // -- filters (in the address, so a filtered queue can be bookmarked) -------------------
   const FILTERS = ["scope", "status", "owner", "model", "hardware", "q"];
@@ -45,6 +46,7 @@
   }
 
   async function refresh() {
+    lastRefresh = Date.now();
     const mine = ++generation;
     const f = filters();
     const { ok, body: answer } = await api(`/jobs?${params(f)}`);
@@ -111,8 +113,8 @@
     setText(status.querySelector(".status-text"), job.status);
     updateProgress(row, job);
     const waiting = status.querySelector(".waiting");
-    setText(waiting, job.status === "queued" ? job.waiting || "" : "");
-    waiting.hidden = !(job.status === "queued" && job.waiting);
+    setText(waiting, RF.waitingText(job));
+    waiting.hidden = job.status !== "queued";
     let where = "";
     if (job.status === "queued") {
       const parts = [];
@@ -215,22 +217,35 @@
 
   let pending = null;
   let typing = null;
-  // At most one refresh per 300 ms however many events ask (a throttle, not a debounce: a
-  // running job's progress events must not keep pushing its first appearance back).
+  // At most one refresh per 300 ms however many events ask: at once if none ran in the last
+  // 300 ms, else one when they have passed (a throttle, not a debounce: a steady stream of
+  // events must not keep pushing the update back).
   const refreshSoon = () => {
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refresh(); }, 300);
+    const wait = lastRefresh + 300 - Date.now();
+    if (wait <= 0) { refresh(); return; }
+    pending = setTimeout(() => { pending = null; refresh(); }, wait);
   };
 
+  const lastStatus = new Map(); // job id -> the status of its latest event (unfinished jobs)
   function onEvent(event) {
     const entry = rows.get(event.job);
-    if (!entry) { if (page === 1) refreshSoon(); return; } // a new job: where it goes is the server's order
-    if (event.status !== entry.job.status) { fetchOne(event.job); return; }
-    if (event.progress !== undefined) {
-      entry.job = { ...entry.job, progress: event.progress };
-      updateProgress(entry.row, entry.job);
-      if (entry.job.batch) updateBatch(entry.job.batch);
+    const before = lastStatus.has(event.job) ? lastStatus.get(event.job) : entry && entry.job.status;
+    if (RF.FINAL.has(event.status)) lastStatus.delete(event.job);
+    else lastStatus.set(event.job, event.status);
+    if (event.status === "running" && before === "running") { // progress: moves no one's standing
+      if (entry && event.progress !== undefined) {
+        entry.job = { ...entry.job, progress: event.progress };
+        updateProgress(entry.row, entry.job);
+        if (entry.job.batch) updateBatch(entry.job.batch);
+      }
+      return;
     }
+    // Anything else (a start, a finish, a cancel, a retry, a priority change, a new job) may
+    // move every waiting job's position, ETA and reason, and a new job's place is the
+    // server's order: the page is read again.
+    const waitingShown = [...rows.values()].some((e) => e.job.status === "queued");
+    if (entry || waitingShown || page === 1) refreshSoon();
   }
 
   function changed() {
