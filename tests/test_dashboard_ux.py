@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.signin import ensure_account
 from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -141,3 +142,56 @@ def test_a_waiting_job_without_a_reason_from_the_server_still_says_it_waits(farm
     finally:
         for job_id in jobs:
             farm.client.cancel(job_id)
+
+
+def test_back_and_forward_walk_the_queue_pages_and_filters(farm, page):
+    ensure_account(farm.redis, "ux-pager")
+    batch = farm.client.submit_batch(
+        spec={**TINY, "prompt": "one of many", "hardware": "gpu", "batch_count": 26},
+        owner="ux-pager",
+    )
+    try:
+        page.goto(farm.url + "/workers")
+        page.goto(farm.url + "/?owner=ux-pager")
+        info = page.locator("#page-info")
+        info.filter(has_text="page 1 of 2").wait_for()
+        page.click("#next")
+        info.filter(has_text="page 2 of 2").wait_for()
+        assert "page=2" in page.url
+        page.go_back()
+        info.filter(has_text="page 1 of 2").wait_for()
+        assert page.url == farm.url + "/?owner=ux-pager"  # still the queue, page 1
+        page.go_forward()
+        info.filter(has_text="page 2 of 2").wait_for()
+        page.go_back()
+        info.filter(has_text="page 1 of 2").wait_for()
+        page.select_option("#filters select[name=status]", "running")
+        page.locator("#empty").wait_for()
+        page.go_back()  # the filter is undone
+        info.filter(has_text="page 1 of 2").wait_for()
+        assert page.input_value("#filters select[name=status]") == ""
+        page.go_back()
+        page.wait_for_url("**/workers")
+    finally:
+        farm.client.cancel_batch(batch["id"])
+
+
+def test_the_login_page_of_a_signed_in_account_goes_on_to_the_page_asked_for(farm, page):
+    page.goto(farm.url + "/login?next=/workers")
+    page.wait_for_url(farm.url + "/workers")
+    page.locator("#worker-rows").wait_for(state="attached")
+    page.goto(farm.url + "/login")
+    page.wait_for_url(farm.url + "/")
+    page.locator("#job-rows").wait_for(state="attached")
+
+
+def test_a_wrong_password_keeps_the_name_but_not_the_password(farm, browser):  # noqa: F811
+    stranger = browser.new_context().new_page()
+    stranger.goto(farm.url + "/login")
+    stranger.fill("input[name=name]", "ux-member")
+    stranger.fill("input[name=password]", "not the password")
+    stranger.click("button[type=submit]")
+    stranger.locator(".error", has_text="Wrong name or password").wait_for()
+    assert stranger.input_value("input[name=name]") == "ux-member"
+    assert stranger.input_value("input[name=password]") == ""
+    stranger.context.close()

@@ -224,13 +224,18 @@ const RF = (() => {
     state(false);
   }
 
-  // The query string as an object, and back (bookmarkable filters).
+  // The query string as an object, and back (bookmarkable filters). A user's step (a page,
+  // a filter) is a new history entry, so Back undoes it (the page handles popstate);
+  // `push: false` rewrites the current entry instead (the next keystrokes of one search).
   function query() { return Object.fromEntries(new URLSearchParams(location.search)); }
-  function setQuery(values) {
+  function setQuery(values, { push = true } = {}) {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(values)) if (v !== "" && v !== undefined && v !== null) params.set(k, v);
     const search = params.toString();
-    history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
+    const url = location.pathname + (search ? `?${search}` : "");
+    if (url === location.pathname + location.search) return;
+    if (push) history.pushState(null, "", url);
+    else history.replaceState(null, "", url);
   }
 
   return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, FINAL };

@@ -16,9 +16,13 @@
 
   // -- filters (in the address, so a filtered queue can be bookmarked) -------------------
   const FILTERS = ["scope", "status", "owner", "model", "hardware", "q"];
-  const initial = RF.query();
-  for (const name of FILTERS) if (initial[name] && form.elements[name]) form.elements[name].value = initial[name];
-  page = Math.max(1, Number(initial.page) || 1);
+  function fromAddress() {
+    const q = RF.query();
+    for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = q[name] || "";
+    page = Math.max(1, Number(q.page) || 1);
+    return q;
+  }
+  const initial = fromAddress();
 
   function filters() {
     const f = {};
@@ -250,9 +254,10 @@
 
   function changed() {
     page = 1;
-    RF.setQuery({ ...filters(), page: "" });
+    // One history entry per change; the keystrokes of one search share it.
+    RF.setQuery({ ...filters(), page: "" }, { push: !typing });
     clearTimeout(typing);
-    typing = setTimeout(refresh, 250);
+    typing = setTimeout(() => { typing = null; refresh(); }, 250);
   }
   form.addEventListener("input", changed);
   form.addEventListener("reset", () => setTimeout(changed));
@@ -260,6 +265,7 @@
   const go = (delta) => { page += delta; RF.setQuery({ ...filters(), page: page > 1 ? page : "" }); refresh(); };
   document.getElementById("prev").addEventListener("click", () => go(-1));
   document.getElementById("next").addEventListener("click", () => go(1));
+  window.addEventListener("popstate", () => { fromAddress(); refresh(); }); // Back, Forward
 
   api("/models").then(({ body: answer }) => {
     const select = document.getElementById("filter-model");
