@@ -195,3 +195,21 @@ def test_a_wrong_password_keeps_the_name_but_not_the_password(farm, browser):  #
     assert stranger.input_value("input[name=name]") == "ux-member"
     assert stranger.input_value("input[name=password]") == ""
     stranger.context.close()
+
+
+def test_the_queue_says_when_each_job_was_submitted_and_keeps_it_current(farm, browser):  # noqa: F811
+    page = sign_in(farm, browser, "ux-clock", "member")
+    [job_id] = waiting_for_a_gpu(farm, "ux-clock", 1)
+    try:
+        page.clock.install()
+        page.goto(farm.url + "/?scope=me")
+        header = page.locator("#jobs thead th").all_inner_texts()
+        assert "SUBMITTED" in [h.upper() for h in header]
+        cell = row(page, job_id).locator("td.submitted")
+        cell.filter(has_text=re.compile(r"^(just now|\d+ s ago)$")).wait_for()
+        assert cell.get_attribute("title").startswith("submitted ")  # the exact time
+        page.clock.fast_forward("05:00")
+        cell.filter(has_text="5 min ago").wait_for()
+    finally:
+        farm.client.cancel(job_id)
+        page.context.close()

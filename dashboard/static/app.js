@@ -78,6 +78,17 @@ const RF = (() => {
       if (!t) return "–";
       return `${fmt.duration(Math.max(0, Date.now() / 1000 - t))} ago`;
     },
+    // "just now", "40 s ago", "3 min ago", "5 h ago", "2 days ago": read at a glance (the
+    // exact time belongs in a title attribute: fmt.time).
+    since(t) {
+      if (!t) return "–";
+      const s = Math.max(0, Date.now() / 1000 - t);
+      if (s < 10) return "just now";
+      if (s < 60) return `${Math.floor(s)} s ago`;
+      if (s < 5400) return `${Math.floor(s / 60)} min ago`;
+      if (s < 172800) return `${Math.floor(s / 3600)} h ago`;
+      return `${Math.floor(s / 86400)} days ago`;
+    },
     time(t) {
       if (!t) return "–";
       const d = new Date(t * 1000);

@@ -73,6 +73,7 @@
     const link = el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id }, el("code", {}, RF.shortId(job.id)));
     row.append(
       el("td", { className: "id" }, link),
+      el("td", { className: "submitted nowrap" }),
       el("td", { className: "owner" }),
       el("td", { className: "kind" }),
       el("td", { className: "model" }),
@@ -106,13 +107,14 @@
     row.dataset.status = job.status;
     row.className = `job status-row-${job.status}${job.batch ? " in-batch" : ""}`;
     const cells = row.cells;
+    updateTime(entry);
     const owner = job.submitted_by && job.submitted_by !== job.owner ? `${job.owner} (by ${job.submitted_by})` : job.owner;
-    setText(cells[1], owner);
-    setText(cells[2], spec.kind(job));
-    setText(cells[3], spec.model(job));
-    setText(cells[4], spec.size(job));
-    setText(cells[5], job.worker ? `${job.spec.hardware} · ${job.worker}` : job.spec.hardware);
-    const status = cells[6];
+    setText(cells[2], owner);
+    setText(cells[3], spec.kind(job));
+    setText(cells[4], spec.model(job));
+    setText(cells[5], spec.size(job));
+    setText(cells[6], job.worker ? `${job.spec.hardware} · ${job.worker}` : job.spec.hardware);
+    const status = cells[7];
     status.className = `status status-${job.status}`;
     setText(status.querySelector(".status-text"), job.status);
     updateProgress(row, job);
@@ -126,25 +128,35 @@
       if (job.eta_s !== undefined) parts.push(fmt.eta(job.eta_s));
       where = parts.join(" · ");
     }
-    setText(cells[7], where);
-    setText(cells[8], job.attempts);
-    setText(cells[9].querySelector(".prompt-text"), spec.prompt(job));
-    cells[9].title = spec.prompt(job);
-    const error = cells[9].querySelector(".error");
+    setText(cells[8], where);
+    setText(cells[9], job.attempts);
+    setText(cells[10].querySelector(".prompt-text"), spec.prompt(job));
+    cells[10].title = spec.prompt(job);
+    const error = cells[10].querySelector(".error");
     setText(error, job.error || "");
     error.hidden = !job.error;
     const key = `${job.status}/${job.priority}`;
     if (entry.key !== key) {
       entry.key = key;
-      cells[10].replaceChildren(RF.actions(job, () => fetchOne(job.id)));
+      cells[11].replaceChildren(RF.actions(job, () => fetchOne(job.id)));
     }
   }
+
+  // When it was submitted, relative ("3 min ago"), the exact times in its title; kept
+  // current by a timer as well as by every update of the row.
+  function updateTime({ row, job }) {
+    const cell = row.cells[1];
+    setText(cell, fmt.since(job.created_at));
+    const title = `submitted ${fmt.time(job.created_at)}${job.finished_at ? `, finished ${fmt.time(job.finished_at)}` : ""}`;
+    if (cell.title !== title) cell.title = title;
+  }
+  setInterval(() => { for (const entry of rows.values()) updateTime(entry); }, 10000);
 
   function batchRow(id) {
     let row = batchRows.get(id);
     if (!row) {
       row = el("tr", { className: "batch-row", dataset: { batch: id } },
-        el("td", { colSpan: 11 },
+        el("td", { colSpan: 12 },
           el("span", { className: "batch-title" }, "Batch ", el("code", { title: id }, RF.shortId(id))),
           el("progress", { max: 1, value: 0 }),
           el("span", { className: "batch-summary muted" })));
