@@ -213,3 +213,36 @@ def test_the_queue_says_when_each_job_was_submitted_and_keeps_it_current(farm, b
     finally:
         farm.client.cancel(job_id)
         page.context.close()
+
+
+COLOUR = "el => getComputedStyle(el).color"
+ERROR_COLOUR = (
+    "() => { const probe = document.createElement('span'); probe.className = 'error';"
+    " document.body.append(probe); const c = getComputedStyle(probe).color; probe.remove();"
+    " return c; }"
+)
+
+
+def test_a_canceled_job_is_not_shown_as_an_error_a_failed_one_is(farm, page):
+    [canceled] = waiting_for_a_gpu(farm, "ux-member", 1)
+    farm.client.cancel(canceled)
+    failed = farm.submit(owner="ux-member", prompt="fails", **{**TINY, "model": "broken-model"})
+    assert farm.wait(failed["id"])["status"] == "failed"
+    page.goto(farm.url + "/?scope=me")
+    red = page.evaluate(ERROR_COLOUR)
+    for job_id, status in ((canceled, "canceled"), (failed["id"], "failed")):
+        row(page, job_id).locator("td.status", has_text=status).wait_for()
+    canceled_row, failed_row = row(page, canceled), row(page, failed["id"])
+    assert canceled_row.locator("td.prompt small").inner_text() == "canceled"
+    assert canceled_row.locator("td.status").evaluate(COLOUR) != red
+    assert canceled_row.locator("td.prompt small").evaluate(COLOUR) != red
+    assert failed_row.locator("td.status").evaluate(COLOUR) == red
+    assert failed_row.locator("td.prompt small").evaluate(COLOUR) == red
+    page.goto(farm.url + f"/jobs/{canceled}")
+    message = page.locator("#job-error", has_text="canceled")
+    message.wait_for()
+    assert message.evaluate(COLOUR) != red
+    page.goto(farm.url + f"/jobs/{failed['id']}")
+    message = page.locator("#job-error", has_text="could not load")
+    message.wait_for()
+    assert message.evaluate(COLOUR) == red

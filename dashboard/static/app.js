@@ -131,6 +131,10 @@ const RF = (() => {
     return job.state === "dispatched" ? "sent to a worker, starting" : "waiting its turn";
   }
 
+  // The class of a finished job's message (`error`): a failure's in the error colour, a
+  // cancellation's neutral (someone chose it; nothing went wrong).
+  const messageClass = (outcome) => (outcome === "canceled" ? "muted block" : "error");
+
   const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
 
   // The cancel / retry / priority controls this account may use on `job`.
@@ -249,5 +253,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, messageClass, FINAL };
 })();

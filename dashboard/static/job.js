@@ -82,7 +82,7 @@
     tbody.replaceChildren(...history.map((a) => el("tr", { className: `outcome-${a.outcome}` },
       el("td", {}, a.attempt), el("td", {}, a.worker || "–"), el("td", {}, fmt.time(a.started_at)),
       el("td", {}, fmt.time(a.finished_at)),
-      el("td", {}, a.outcome || "running", a.error ? el("small", { className: "error" }, a.error) : null))));
+      el("td", {}, a.outcome || "running", a.error ? el("small", { className: RF.messageClass(a.outcome) }, a.error) : null))));
   }
 
   function specTable() {
@@ -130,6 +130,7 @@
     const error = document.getElementById("job-error");
     setText(error, job.error || "");
     error.hidden = !job.error;
+    error.className = RF.messageClass(job.status);
     const key = `${job.status}/${job.priority}`;
     if (key !== actionsKey) {
       actionsKey = key;

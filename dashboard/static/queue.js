@@ -132,9 +132,10 @@
     setText(cells[9], job.attempts);
     setText(cells[10].querySelector(".prompt-text"), spec.prompt(job));
     cells[10].title = spec.prompt(job);
-    const error = cells[10].querySelector(".error");
+    const error = cells[10].querySelector("small");
     setText(error, job.error || "");
     error.hidden = !job.error;
+    error.className = RF.messageClass(job.status);
     const key = `${job.status}/${job.priority}`;
     if (entry.key !== key) {
       entry.key = key;
