@@ -4,9 +4,12 @@ accepted, queue standings that follow the events, Back through the queue's pages
 each job was submitted, a canceled job that is not shown as an error, a reused inpainting
 job's images."""
 
+import base64
+import io
 import re
 
 import pytest
+from PIL import Image
 
 from tests.signin import ensure_account
 from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
@@ -246,3 +249,34 @@ def test_a_canceled_job_is_not_shown_as_an_error_a_failed_one_is(farm, page):
     message = page.locator("#job-error", has_text="could not load")
     message.wait_for()
     assert message.evaluate(COLOUR) == red
+
+
+def data_url(colour) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_reusing_an_inpainting_job_says_it_reuses_its_image_and_mask(farm, page):
+    job = farm.submit(
+        owner="ux-member",
+        kind="img2img",
+        prompt="repaint the middle",
+        init_image=data_url((200, 80, 40)),
+        mask=data_url((255, 255, 255)),
+        hardware="gpu",
+        **TINY,
+    )
+    try:
+        spec = farm.job(job["id"])["spec"]
+        page.goto(farm.url + f"/submit?from={job['id']}")
+        page.locator("#reused").wait_for()
+        assert page.is_checked("input[name=kind][value=inpaint]")
+        init = page.locator(".reused-image[data-for=init_image]")
+        mask = page.locator(".reused-image[data-for=mask]")
+        init.wait_for()
+        mask.wait_for()
+        assert spec["init_image"] in init.inner_text()
+        assert "and its mask" in mask.inner_text() and spec["mask"] in mask.inner_text()
+    finally:
+        farm.client.cancel(job["id"])
