@@ -168,6 +168,8 @@ def audit_event(action: str, target: str = "", detail: str = "") -> None:
 def login_page():
     next_url = _safe_next(request.values.get("next"))
     if request.method == "GET":
+        if current_account() is not None:  # already signed in: on to where it was going
+            return redirect(next_url or "/")
         return _page(next_url)
     try:
         _state().csrf.protect()

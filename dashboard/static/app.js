@@ -8,6 +8,11 @@ const RF = (() => {
   const me = document.body.dataset; // account, role, maySubmit, steersAny
   const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
+  // A job id as people read it. Ids start with the nanosecond clock, so jobs submitted a
+  // few seconds apart share their first digits; the random tail tells them apart. Links
+  // and title attributes keep the full id. (templates/job.html uses the same rule.)
+  const shortId = (id) => String(id).slice(-8);
+
   async function api(path, { method = "GET", body, signal } = {}) {
     const headers = {};
     if (method !== "GET") headers["X-CSRFToken"] = csrf;
@@ -73,6 +78,17 @@ const RF = (() => {
       if (!t) return "–";
       return `${fmt.duration(Math.max(0, Date.now() / 1000 - t))} ago`;
     },
+    // "just now", "40 s ago", "3 min ago", "5 h ago", "2 days ago": read at a glance (the
+    // exact time belongs in a title attribute: fmt.time).
+    since(t) {
+      if (!t) return "–";
+      const s = Math.max(0, Date.now() / 1000 - t);
+      if (s < 10) return "just now";
+      if (s < 60) return `${Math.floor(s)} s ago`;
+      if (s < 5400) return `${Math.floor(s / 60)} min ago`;
+      if (s < 172800) return `${Math.floor(s / 3600)} h ago`;
+      return `${Math.floor(s / 86400)} days ago`;
+    },
     time(t) {
       if (!t) return "–";
       const d = new Date(t * 1000);
@@ -105,6 +121,19 @@ const RF = (() => {
       return s.kind === "upscale" ? `upscale with ${s.upscaler}` : s.prompt || "";
     },
   };
+
+  // Why a queued job waits, as the server says; it gives a reason only for each owner's
+  // first jobs in line (README, Scheduling: the reasons on waiting jobs), and none yet for a
+  // job a pass has not looked at: those wait their turn.
+  function waitingText(job) {
+    if (job.status !== "queued") return "";
+    if (job.waiting) return job.waiting;
+    return job.state === "dispatched" ? "sent to a worker, starting" : "waiting its turn";
+  }
+
+  // The class of a finished job's message (`error`): a failure's in the error colour, a
+  // cancellation's neutral (someone chose it; nothing went wrong).
+  const messageClass = (outcome) => (outcome === "canceled" ? "muted block" : "error");
 
   const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
 
@@ -169,7 +198,7 @@ const RF = (() => {
     if (before === undefined || before === job.status || job.owner !== me.account) return;
     if (job.status !== "succeeded" && job.status !== "failed") return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
-    const note = new Notification(`Job ${id.slice(0, 8)} ${job.status}`, {
+    const note = new Notification(`Job ${shortId(id)} ${job.status}`, {
       body: job.spec ? spec.prompt(job) : "", tag: id,
     });
     note.onclick = () => { window.focus(); window.location.assign(`/jobs/${id}`); };
@@ -210,14 +239,19 @@ const RF = (() => {
     state(false);
   }
 
-  // The query string as an object, and back (bookmarkable filters).
+  // The query string as an object, and back (bookmarkable filters). A user's step (a page,
+  // a filter) is a new history entry, so Back undoes it (the page handles popstate);
+  // `push: false` rewrites the current entry instead (the next keystrokes of one search).
   function query() { return Object.fromEntries(new URLSearchParams(location.search)); }
-  function setQuery(values) {
+  function setQuery(values, { push = true } = {}) {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(values)) if (v !== "" && v !== undefined && v !== null) params.set(k, v);
     const search = params.toString();
-    history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
+    const url = location.pathname + (search ? `?${search}` : "");
+    if (url === location.pathname + location.search) return;
+    if (push) history.pushState(null, "", url);
+    else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, messageClass, FINAL };
 })();

@@ -6,10 +6,14 @@
   const form = document.getElementById("gallery-filters");
   const grid = document.getElementById("grid");
   const PER_PAGE = 48;
-  const initial = RF.query();
-  let page = Math.max(1, Number(initial.page) || 1);
+  let page = 1;
   let shown = "";
-  if (initial.scope) form.elements.scope.value = initial.scope;
+  function fromAddress() {
+    const q = RF.query();
+    page = Math.max(1, Number(q.page) || 1);
+    form.elements.scope.value = q.scope || "";
+  }
+  fromAddress();
 
   function tile(item) {
     const title = `${item.owner} · ${item.prompt || ""}`;
@@ -44,6 +48,7 @@
   form.addEventListener("change", () => go(1));
   document.getElementById("prev").addEventListener("click", () => go(page - 1));
   document.getElementById("next").addEventListener("click", () => go(page + 1));
+  window.addEventListener("popstate", () => { fromAddress(); load(); }); // Back, Forward
   load();
   setInterval(load, 5000);
 })();

@@ -53,7 +53,7 @@
       items.push(["Queue position", `#${job.queue_position}`]);
     }
     if (job.status === "queued" && job.eta_s !== undefined) items.push(["ETA", fmt.eta(job.eta_s)]);
-    if (job.batch) items.push(["Batch", job.batch.slice(0, 8)]);
+    if (job.batch) items.push(["Batch", el("code", { title: job.batch }, RF.shortId(job.batch))]);
     if (job.manifest) items.push(["Manifest", job.manifest_url ? el("a", { href: job.manifest_url }, "manifest.json") : job.manifest]);
     dl.replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
@@ -82,7 +82,7 @@
     tbody.replaceChildren(...history.map((a) => el("tr", { className: `outcome-${a.outcome}` },
       el("td", {}, a.attempt), el("td", {}, a.worker || "–"), el("td", {}, fmt.time(a.started_at)),
       el("td", {}, fmt.time(a.finished_at)),
-      el("td", {}, a.outcome || "running", a.error ? el("small", { className: "error" }, a.error) : null))));
+      el("td", {}, a.outcome || "running", a.error ? el("small", { className: RF.messageClass(a.outcome) }, a.error) : null))));
   }
 
   function specTable() {
@@ -106,7 +106,7 @@
     box.replaceChildren(...job.outputs.map((out) => el("figure", {},
       el("a", { href: out.url }, el("img", { src: out.url, alt: `output ${out.index}`, className: "full" })),
       el("figcaption", {}, `image ${out.index} · seed ${(job.seeds || [])[out.index] ?? "–"} · `,
-        el("a", { href: out.url, download: `${job.id.slice(0, 8)}-${out.index}.png`, className: "download" }, "download")))));
+        el("a", { href: out.url, download: `${job.id}-${out.index}.png`, className: "download" }, "download")))));
   }
 
   function progress() {
@@ -125,11 +125,12 @@
     setText(document.getElementById("job-kind"), spec.kind(job));
     progress();
     const waiting = document.getElementById("job-waiting");
-    setText(waiting, job.waiting || "");
-    waiting.hidden = !(job.status === "queued" && job.waiting);
+    setText(waiting, RF.waitingText(job));
+    waiting.hidden = job.status !== "queued";
     const error = document.getElementById("job-error");
     setText(error, job.error || "");
     error.hidden = !job.error;
+    error.className = RF.messageClass(job.status);
     const key = `${job.status}/${job.priority}`;
     if (key !== actionsKey) {
       actionsKey = key;

@@ -12,12 +12,17 @@
   let page = 1;
   let total = 0;
   let generation = 0;
+  let lastRefresh = -Infinity;
 
   // -- filters (in the address, so a filtered queue can be bookmarked) -------------------
   const FILTERS = ["scope", "status", "owner", "model", "hardware", "q"];
-  const initial = RF.query();
-  for (const name of FILTERS) if (initial[name] && form.elements[name]) form.elements[name].value = initial[name];
-  page = Math.max(1, Number(initial.page) || 1);
+  function fromAddress() {
+    const q = RF.query();
+    for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = q[name] || "";
+    page = Math.max(1, Number(q.page) || 1);
+    return q;
+  }
+  const initial = fromAddress();
 
   function filters() {
     const f = {};
@@ -45,6 +50,7 @@
   }
 
   async function refresh() {
+    lastRefresh = Date.now();
     const mine = ++generation;
     const f = filters();
     const { ok, body: answer } = await api(`/jobs?${params(f)}`);
@@ -64,9 +70,10 @@
   // -- rows ----------------------------------------------------------------------------
   function newRow(job) {
     const row = el("tr", { dataset: { jobId: job.id } });
-    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link" }, el("code", {}, job.id.slice(0, 8)));
+    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id }, el("code", {}, RF.shortId(job.id)));
     row.append(
       el("td", { className: "id" }, link),
+      el("td", { className: "submitted nowrap" }),
       el("td", { className: "owner" }),
       el("td", { className: "kind" }),
       el("td", { className: "model" }),
@@ -100,19 +107,20 @@
     row.dataset.status = job.status;
     row.className = `job status-row-${job.status}${job.batch ? " in-batch" : ""}`;
     const cells = row.cells;
+    updateTime(entry);
     const owner = job.submitted_by && job.submitted_by !== job.owner ? `${job.owner} (by ${job.submitted_by})` : job.owner;
-    setText(cells[1], owner);
-    setText(cells[2], spec.kind(job));
-    setText(cells[3], spec.model(job));
-    setText(cells[4], spec.size(job));
-    setText(cells[5], job.worker ? `${job.spec.hardware} · ${job.worker}` : job.spec.hardware);
-    const status = cells[6];
+    setText(cells[2], owner);
+    setText(cells[3], spec.kind(job));
+    setText(cells[4], spec.model(job));
+    setText(cells[5], spec.size(job));
+    setText(cells[6], job.worker ? `${job.spec.hardware} · ${job.worker}` : job.spec.hardware);
+    const status = cells[7];
     status.className = `status status-${job.status}`;
     setText(status.querySelector(".status-text"), job.status);
     updateProgress(row, job);
     const waiting = status.querySelector(".waiting");
-    setText(waiting, job.status === "queued" ? job.waiting || "" : "");
-    waiting.hidden = !(job.status === "queued" && job.waiting);
+    setText(waiting, RF.waitingText(job));
+    waiting.hidden = job.status !== "queued";
     let where = "";
     if (job.status === "queued") {
       const parts = [];
@@ -120,26 +128,37 @@
       if (job.eta_s !== undefined) parts.push(fmt.eta(job.eta_s));
       where = parts.join(" · ");
     }
-    setText(cells[7], where);
-    setText(cells[8], job.attempts);
-    setText(cells[9].querySelector(".prompt-text"), spec.prompt(job));
-    cells[9].title = spec.prompt(job);
-    const error = cells[9].querySelector(".error");
+    setText(cells[8], where);
+    setText(cells[9], job.attempts);
+    setText(cells[10].querySelector(".prompt-text"), spec.prompt(job));
+    cells[10].title = spec.prompt(job);
+    const error = cells[10].querySelector("small");
     setText(error, job.error || "");
     error.hidden = !job.error;
+    error.className = RF.messageClass(job.status);
     const key = `${job.status}/${job.priority}`;
     if (entry.key !== key) {
       entry.key = key;
-      cells[10].replaceChildren(RF.actions(job, () => fetchOne(job.id)));
+      cells[11].replaceChildren(RF.actions(job, () => fetchOne(job.id)));
     }
   }
+
+  // When it was submitted, relative ("3 min ago"), the exact times in its title; kept
+  // current by a timer as well as by every update of the row.
+  function updateTime({ row, job }) {
+    const cell = row.cells[1];
+    setText(cell, fmt.since(job.created_at));
+    const title = `submitted ${fmt.time(job.created_at)}${job.finished_at ? `, finished ${fmt.time(job.finished_at)}` : ""}`;
+    if (cell.title !== title) cell.title = title;
+  }
+  setInterval(() => { for (const entry of rows.values()) updateTime(entry); }, 10000);
 
   function batchRow(id) {
     let row = batchRows.get(id);
     if (!row) {
       row = el("tr", { className: "batch-row", dataset: { batch: id } },
-        el("td", { colSpan: 11 },
-          el("span", { className: "batch-title" }, "Batch ", el("code", {}, id.slice(0, 8))),
+        el("td", { colSpan: 12 },
+          el("span", { className: "batch-title" }, "Batch ", el("code", { title: id }, RF.shortId(id))),
           el("progress", { max: 1, value: 0 }),
           el("span", { className: "batch-summary muted" })));
       batchRows.set(id, row);
@@ -215,29 +234,43 @@
 
   let pending = null;
   let typing = null;
-  // At most one refresh per 300 ms however many events ask (a throttle, not a debounce: a
-  // running job's progress events must not keep pushing its first appearance back).
+  // At most one refresh per 300 ms however many events ask: at once if none ran in the last
+  // 300 ms, else one when they have passed (a throttle, not a debounce: a steady stream of
+  // events must not keep pushing the update back).
   const refreshSoon = () => {
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refresh(); }, 300);
+    const wait = lastRefresh + 300 - Date.now();
+    if (wait <= 0) { refresh(); return; }
+    pending = setTimeout(() => { pending = null; refresh(); }, wait);
   };
 
+  const lastStatus = new Map(); // job id -> the status of its latest event (unfinished jobs)
   function onEvent(event) {
     const entry = rows.get(event.job);
-    if (!entry) { if (page === 1) refreshSoon(); return; } // a new job: where it goes is the server's order
-    if (event.status !== entry.job.status) { fetchOne(event.job); return; }
-    if (event.progress !== undefined) {
-      entry.job = { ...entry.job, progress: event.progress };
-      updateProgress(entry.row, entry.job);
-      if (entry.job.batch) updateBatch(entry.job.batch);
+    const before = lastStatus.has(event.job) ? lastStatus.get(event.job) : entry && entry.job.status;
+    if (RF.FINAL.has(event.status)) lastStatus.delete(event.job);
+    else lastStatus.set(event.job, event.status);
+    if (event.status === "running" && before === "running") { // progress: moves no one's standing
+      if (entry && event.progress !== undefined) {
+        entry.job = { ...entry.job, progress: event.progress };
+        updateProgress(entry.row, entry.job);
+        if (entry.job.batch) updateBatch(entry.job.batch);
+      }
+      return;
     }
+    // Anything else (a start, a finish, a cancel, a retry, a priority change, a new job) may
+    // move every waiting job's position, ETA and reason, and a new job's place is the
+    // server's order: the page is read again.
+    const waitingShown = [...rows.values()].some((e) => e.job.status === "queued");
+    if (entry || waitingShown || page === 1) refreshSoon();
   }
 
   function changed() {
     page = 1;
-    RF.setQuery({ ...filters(), page: "" });
+    // One history entry per change; the keystrokes of one search share it.
+    RF.setQuery({ ...filters(), page: "" }, { push: !typing });
     clearTimeout(typing);
-    typing = setTimeout(refresh, 250);
+    typing = setTimeout(() => { typing = null; refresh(); }, 250);
   }
   form.addEventListener("input", changed);
   form.addEventListener("reset", () => setTimeout(changed));
@@ -245,6 +278,7 @@
   const go = (delta) => { page += delta; RF.setQuery({ ...filters(), page: page > 1 ? page : "" }); refresh(); };
   document.getElementById("prev").addEventListener("click", () => go(-1));
   document.getElementById("next").addEventListener("click", () => go(1));
+  window.addEventListener("popstate", () => { fromAddress(); refresh(); }); // Back, Forward
 
   api("/models").then(({ body: answer }) => {
     const select = document.getElementById("filter-model");

@@ -210,6 +210,8 @@
     return null;
   }
   function showErrors(errors, fallback) {
+    // A refused submission must not look accepted: the notes of earlier ones go.
+    document.getElementById("submitted").replaceChildren();
     const general = document.getElementById("form-errors");
     for (const error of errors) {
       const field = String(error.field || "").replace(/^spec\./, "");
@@ -259,7 +261,7 @@
     }
     const jobs = asBatch ? body.jobs : [body];
     const note = el("p", { className: "ok" }, asBatch ? `Batch of ${jobs.length} jobs submitted: ` : "Submitted ",
-      ...jobs.flatMap((job, i) => [i ? ", " : "", el("a", { href: `/jobs/${job.id}`, className: "job-link", dataset: { jobId: job.id } }, job.id.slice(0, 8))]),
+      ...jobs.flatMap((job, i) => [i ? ", " : "", el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id, dataset: { jobId: job.id } }, RF.shortId(job.id))]),
       " · ", el("a", { href: "/?scope=me" }, "my queue"));
     const box = document.getElementById("submitted");
     box.prepend(note);
@@ -284,7 +286,7 @@
         set(f.up_width, s.width); set(f.up_height, s.height);
         form.querySelector("input[name=upscale_by][value=size]").checked = true;
       }
-      images.image = s.image; reusedNote("image", `using the image of job ${id.slice(0, 8)} (${s.image})`);
+      images.image = s.image; reusedNote("image", `using the image of job ${RF.shortId(id)} (${s.image})`);
     } else {
       for (const key of ["prompt", "negative_prompt", "model", "sampler", "steps", "cfg_scale", "width", "height", "seed", "batch_size", "batch_count"]) set(f[key], s[key]);
       set(f.vae, s.vae || "");
@@ -296,7 +298,7 @@
       if (s.init_image) {
         images.init_image = s.init_image;
         set(f.denoising_strength, s.denoising_strength); set(f.resize_mode, s.resize_mode);
-        reusedNote("init_image", `using the init image of job ${id.slice(0, 8)} (${s.init_image})`);
+        reusedNote("init_image", `using the init image of job ${RF.shortId(id)} (${s.init_image})`);
       }
       if (s.mask) { images.mask = s.mask; set(f.mask_blur, s.mask_blur); reusedNote("mask", `and its mask (${s.mask})`); }
       for (const unit of s.controlnet || []) addUnit(unit);
@@ -304,7 +306,7 @@
     set(f.hardware, s.hardware);
     if (job.priority) set(f.priority, job.priority);
     const note = document.getElementById("reused");
-    note.replaceChildren("Settings of job ", el("a", { href: `/jobs/${id}` }, id.slice(0, 8)));
+    note.replaceChildren("Settings of job ", el("a", { href: `/jobs/${id}`, title: id }, RF.shortId(id)));
     note.hidden = false;
     showKind();
   }

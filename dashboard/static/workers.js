@@ -16,7 +16,7 @@
   function nowCell(w) {
     if (!w.current_job) return ["idle"];
     const job = jobs.get(w.current_job);
-    const link = el("a", { href: `/jobs/${w.current_job}` }, el("code", {}, w.current_job.slice(0, 8)));
+    const link = el("a", { href: `/jobs/${w.current_job}`, title: w.current_job }, el("code", {}, RF.shortId(w.current_job)));
     if (!job) return [link];
     return [link, " ", el("progress", { max: 1, value: job.progress || 0 }), ` ${fmt.percent(job.progress)}`,
       el("small", { className: "muted block" }, RF.spec.prompt(job))];

@@ -1,0 +1,282 @@
+"""What a person notices on the dashboard's pages, in a real headless Chromium against a
+real farm: jobs told apart by their short ids, a refused submission that does not look
+accepted, queue standings that follow the events, Back through the queue's pages, when
+each job was submitted, a canceled job that is not shown as an error, a reused inpainting
+job's images."""
+
+import base64
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from tests.signin import ensure_account
+from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 1}
+
+
+@pytest.fixture(scope="module")
+def page(farm, browser):  # noqa: F811
+    return sign_in(farm, browser, "ux-member", "member")
+
+
+def row(page, job_id: str):
+    return page.locator(f"#job-rows tr[data-job-id='{job_id}']")
+
+
+def stop_the_clock(page) -> None:
+    """From now on the page's timers (its polls among them) run only when the test moves
+    its clock on: whatever changes on the page then came from the events stream."""
+    page.clock.pause_at(page.evaluate("Date.now() / 1000") + 1)  # seconds
+
+
+def shows_standing(page, farm, job_id: str) -> None:
+    """Wait until the job's row shows the queue position the API gives it now."""
+    position = farm.job(job_id)["queue_position"]
+    row(page, job_id).locator("td.queue", has_text=re.compile(rf"^#{position}\b")).wait_for()
+
+
+def waiting_for_a_gpu(farm, owner: str, n: int) -> list[str]:
+    """`n` jobs of `owner` that wait (the farm has no GPU worker), oldest first."""
+    return [
+        farm.submit(owner=owner, prompt=f"waits {i}", hardware="gpu", **TINY)["id"]
+        for i in range(n)
+    ]
+
+
+def test_jobs_submitted_together_have_different_short_ids(farm, page):
+    first = farm.submit(owner="ux-member", prompt="twin one", **TINY)
+    second = farm.submit(owner="ux-member", prompt="twin two", **TINY)
+    assert first["id"][:8] == second["id"][:8]  # the clock's digits: what used to be shown
+    page.goto(farm.url + "/?scope=me")
+    links = [row(page, job["id"]).locator("a.job-link") for job in (first, second)]
+    shown = []
+    for link in links:
+        link.wait_for()
+        shown.append(link.inner_text())
+    assert shown[0] != shown[1]
+    assert [link.get_attribute("title") for link in links] == [first["id"], second["id"]]
+
+    titles, headings = [], []
+    for job in (first, second):
+        farm.wait(job["id"])
+        page.goto(farm.url + f"/jobs/{job['id']}")
+        download = page.locator("#images a.download")
+        download.wait_for()
+        assert job["id"] in download.get_attribute("download")
+        titles.append(page.title())
+        headings.append(page.locator("h2 code").inner_text())
+    assert titles[0] != titles[1] and headings[0] != headings[1]
+    assert headings == shown  # the same short form on every page
+
+
+def test_submitted_links_of_two_jobs_differ(farm, page):
+    shown, ids = [], []
+    for prompt in ("submitted one", "submitted two"):
+        open_submit(farm, page)
+        page.select_option("#model-select", "demo-sd15")
+        page.fill("textarea[name=prompt]", prompt)
+        for name, value in (("width", "64"), ("height", "64"), ("steps", "1")):
+            page.fill(f"input[name={name}]", value)
+        ids.append(submit_form(page))
+        shown.append(page.locator("#submitted a.job-link").first.inner_text())
+    assert shown[0] != shown[1]
+    for job_id in ids:
+        farm.wait(job_id)
+
+
+def test_a_refused_submission_after_an_accepted_one_does_not_look_accepted(farm, page):
+    open_submit(farm, page)
+    page.select_option("#model-select", "demo-sd15")
+    page.fill("textarea[name=prompt]", "accepted, then refused")
+    for name, value in (("width", "64"), ("height", "64"), ("steps", "1")):
+        page.fill(f"input[name={name}]", value)
+    job_id = submit_form(page)
+    assert page.locator("#submitted", has_text="Submitted").is_visible()
+    page.fill("input[name=width]", "100000")
+    page.click("#job-form button[type=submit]")
+    page.locator(".field-error[data-for=width]").wait_for()
+    assert page.locator("#submitted").inner_text() == ""
+    assert page.input_value("input[name=width]") == "100000"  # the form keeps what was typed
+    farm.wait(job_id)
+
+
+def test_the_standing_of_waiting_jobs_follows_the_events(farm, browser):  # noqa: F811
+    page = sign_in(farm, browser, "ux-standing", "member")
+    first, second, third = waiting_for_a_gpu(farm, "ux-standing", 3)
+    try:
+        page.clock.install()
+        page.goto(farm.url + "/?scope=me")
+        for job_id in (first, second, third):
+            shows_standing(page, farm, job_id)
+        stop_the_clock(page)
+        farm.client.cancel(first)  # a job ahead leaves
+        row(page, first).locator("td.status", has_text="canceled").wait_for()
+        shows_standing(page, farm, second)
+        shows_standing(page, farm, third)
+        page.clock.run_for(1000)
+        farm.client.set_priority(third, "high")  # a job moves ahead
+        assert farm.job(third)["queue_position"] < farm.job(second)["queue_position"]
+        shows_standing(page, farm, third)
+        shows_standing(page, farm, second)
+    finally:
+        for job_id in (first, second, third):
+            if farm.job(job_id)["status"] == "queued":
+                farm.client.cancel(job_id)
+        page.context.close()
+
+
+def test_a_waiting_job_without_a_reason_from_the_server_still_says_it_waits(farm, page):
+    # The dispatcher writes its reason only on each owner's first 20 jobs in line
+    # (scheduler/dispatcher.py PER_OWNER): the 22nd has none (the API's `waiting: null`).
+    jobs = waiting_for_a_gpu(farm, "ux-member", 22)
+    try:
+        last = jobs[-1]
+        page.goto(farm.url + "/?scope=me&status=queued")
+        row(page, jobs[0]).locator("small.waiting", has_text="compatible worker").wait_for()
+        assert farm.job(last)["waiting"] is None
+        assert row(page, last).locator("small.waiting").inner_text() == "waiting its turn"
+        page.goto(farm.url + f"/jobs/{last}")
+        page.locator("#job-waiting", has_text="waiting its turn").wait_for()
+    finally:
+        for job_id in jobs:
+            farm.client.cancel(job_id)
+
+
+def test_back_and_forward_walk_the_queue_pages_and_filters(farm, page):
+    ensure_account(farm.redis, "ux-pager")
+    batch = farm.client.submit_batch(
+        spec={**TINY, "prompt": "one of many", "hardware": "gpu", "batch_count": 26},
+        owner="ux-pager",
+    )
+    try:
+        page.goto(farm.url + "/workers")
+        page.goto(farm.url + "/?owner=ux-pager")
+        info = page.locator("#page-info")
+        info.filter(has_text="page 1 of 2").wait_for()
+        page.click("#next")
+        info.filter(has_text="page 2 of 2").wait_for()
+        assert "page=2" in page.url
+        page.go_back()
+        info.filter(has_text="page 1 of 2").wait_for()
+        assert page.url == farm.url + "/?owner=ux-pager"  # still the queue, page 1
+        page.go_forward()
+        info.filter(has_text="page 2 of 2").wait_for()
+        page.go_back()
+        info.filter(has_text="page 1 of 2").wait_for()
+        page.select_option("#filters select[name=status]", "running")
+        page.locator("#empty").wait_for()
+        page.go_back()  # the filter is undone
+        info.filter(has_text="page 1 of 2").wait_for()
+        assert page.input_value("#filters select[name=status]") == ""
+        page.go_back()
+        page.wait_for_url("**/workers")
+    finally:
+        farm.client.cancel_batch(batch["id"])
+
+
+def test_the_login_page_of_a_signed_in_account_goes_on_to_the_page_asked_for(farm, page):
+    page.goto(farm.url + "/login?next=/workers")
+    page.wait_for_url(farm.url + "/workers")
+    page.locator("#worker-rows").wait_for(state="attached")
+    page.goto(farm.url + "/login")
+    page.wait_for_url(farm.url + "/")
+    page.locator("#job-rows").wait_for(state="attached")
+
+
+def test_a_wrong_password_keeps_the_name_but_not_the_password(farm, browser):  # noqa: F811
+    stranger = browser.new_context().new_page()
+    stranger.goto(farm.url + "/login")
+    stranger.fill("input[name=name]", "ux-member")
+    stranger.fill("input[name=password]", "not the password")
+    stranger.click("button[type=submit]")
+    stranger.locator(".error", has_text="Wrong name or password").wait_for()
+    assert stranger.input_value("input[name=name]") == "ux-member"
+    assert stranger.input_value("input[name=password]") == ""
+    stranger.context.close()
+
+
+def test_the_queue_says_when_each_job_was_submitted_and_keeps_it_current(farm, browser):  # noqa: F811
+    page = sign_in(farm, browser, "ux-clock", "member")
+    [job_id] = waiting_for_a_gpu(farm, "ux-clock", 1)
+    try:
+        page.clock.install()
+        page.goto(farm.url + "/?scope=me")
+        header = page.locator("#jobs thead th").all_inner_texts()
+        assert "SUBMITTED" in [h.upper() for h in header]
+        cell = row(page, job_id).locator("td.submitted")
+        cell.filter(has_text=re.compile(r"^(just now|\d+ s ago)$")).wait_for()
+        assert cell.get_attribute("title").startswith("submitted ")  # the exact time
+        page.clock.fast_forward("05:00")
+        cell.filter(has_text="5 min ago").wait_for()
+    finally:
+        farm.client.cancel(job_id)
+        page.context.close()
+
+
+COLOUR = "el => getComputedStyle(el).color"
+ERROR_COLOUR = (
+    "() => { const probe = document.createElement('span'); probe.className = 'error';"
+    " document.body.append(probe); const c = getComputedStyle(probe).color; probe.remove();"
+    " return c; }"
+)
+
+
+def test_a_canceled_job_is_not_shown_as_an_error_a_failed_one_is(farm, page):
+    [canceled] = waiting_for_a_gpu(farm, "ux-member", 1)
+    farm.client.cancel(canceled)
+    failed = farm.submit(owner="ux-member", prompt="fails", **{**TINY, "model": "broken-model"})
+    assert farm.wait(failed["id"])["status"] == "failed"
+    page.goto(farm.url + "/?scope=me")
+    red = page.evaluate(ERROR_COLOUR)
+    for job_id, status in ((canceled, "canceled"), (failed["id"], "failed")):
+        row(page, job_id).locator("td.status", has_text=status).wait_for()
+    canceled_row, failed_row = row(page, canceled), row(page, failed["id"])
+    assert canceled_row.locator("td.prompt small").inner_text() == "canceled"
+    assert canceled_row.locator("td.status").evaluate(COLOUR) != red
+    assert canceled_row.locator("td.prompt small").evaluate(COLOUR) != red
+    assert failed_row.locator("td.status").evaluate(COLOUR) == red
+    assert failed_row.locator("td.prompt small").evaluate(COLOUR) == red
+    page.goto(farm.url + f"/jobs/{canceled}")
+    message = page.locator("#job-error", has_text="canceled")
+    message.wait_for()
+    assert message.evaluate(COLOUR) != red
+    page.goto(farm.url + f"/jobs/{failed['id']}")
+    message = page.locator("#job-error", has_text="could not load")
+    message.wait_for()
+    assert message.evaluate(COLOUR) == red
+
+
+def data_url(colour) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_reusing_an_inpainting_job_says_it_reuses_its_image_and_mask(farm, page):
+    job = farm.submit(
+        owner="ux-member",
+        kind="img2img",
+        prompt="repaint the middle",
+        init_image=data_url((200, 80, 40)),
+        mask=data_url((255, 255, 255)),
+        hardware="gpu",
+        **TINY,
+    )
+    try:
+        spec = farm.job(job["id"])["spec"]
+        page.goto(farm.url + f"/submit?from={job['id']}")
+        page.locator("#reused").wait_for()
+        assert page.is_checked("input[name=kind][value=inpaint]")
+        init = page.locator(".reused-image[data-for=init_image]")
+        mask = page.locator(".reused-image[data-for=mask]")
+        init.wait_for()
+        mask.wait_for()
+        assert spec["init_image"] in init.inner_text()
+        assert "and its mask" in mask.inner_text() and spec["mask"] in mask.inner_text()
+    finally:
+        farm.client.cancel(job["id"])
