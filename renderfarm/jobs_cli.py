@@ -86,7 +86,7 @@ class ProgressBar:
     def __init__(self, job_id: str) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=100, desc=job_id[:8], unit="%", file=sys.stderr,
+        self.bar = tqdm(total=100, desc=job_id[-8:], unit="%", file=sys.stderr,
                         bar_format="{desc} {bar} {n:.0f}% {postfix}")  # fmt: skip
 
     def __call__(self, job: dict[str, Any]) -> None:
