@@ -44,6 +44,7 @@ GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
         ({"height": 4096}, "height", "between 64 and 2048"),
         ({"steps": 0}, "steps", "greater than or equal to 1"),
         ({"steps": 1000}, "steps", "at most 150"),
+        ({"hires": {"steps": 100000}}, "hires.steps", "at most 150"),
         ({"prompt": None}, "prompt", "valid string"),
         ({"batch_size": "many"}, "batch_size", "valid integer"),
     ],
@@ -77,3 +78,26 @@ def test_the_app_validates_against_the_settings_it_was_created_with(
     assert resp.status_code == 422
     assert "between 64 and 128" in resp.get_json()["errors"][0]["reason"]
     assert not job_keys(redis)
+
+
+SDAPI = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "msg"),
+    [
+        ({"steps": 151}, ["steps"], "at most 150"),
+        (
+            {"enable_hr": True, "hr_second_pass_steps": 100000},
+            ["hr_second_pass_steps"],
+            "at most 150",
+        ),
+        ({"enable_hr": True, "hr_second_pass_steps": 151}, ["hr_second_pass_steps"], "at most 150"),
+    ],
+)
+def test_sdapi_bad_field(client, change, loc, msg):
+    """SD-WebUI's 422: the request's own field named, nothing queued."""
+    resp = client.post("/sdapi/v1/txt2img", json={**SDAPI, **change})
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    [detail] = resp.get_json()["detail"]
+    assert detail["loc"] == ["body", *loc] and msg in detail["msg"], detail
