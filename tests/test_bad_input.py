@@ -93,6 +93,14 @@ SDAPI = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
             "at most 150",
         ),
         ({"enable_hr": True, "hr_second_pass_steps": 151}, ["hr_second_pass_steps"], "at most 150"),
+        ({"steps": "--5"}, ["steps"], "not a valid integer"),
+        ({"steps": "²"}, ["steps"], "not a valid integer"),
+        ({"seed": "9" * 5000}, ["seed"], "not a valid integer"),
+        ({"seed": 9**80}, ["seed"], "out of range"),
+        ({"cfg_scale": "inf"}, ["cfg_scale"], "finite"),
+        ({"enable_hr": True, "hr_resize_x": 128, "width": 0}, ["width"], "between 64"),
+        ({"enable_hr": True, "hr_resize_y": 128, "height": 0}, ["height"], "between 64"),
+        ({"enable_hr": True, "hr_resize_x": -128}, ["hr_resize_x"], "0 (use hr_scale)"),
     ],
 )
 def test_sdapi_bad_field(client, change, loc, msg):

@@ -9,7 +9,10 @@ would change the picture — is a 422 naming it, never silently dropped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,10 @@ EXTRAS_RENAME = {
     "height": "upscaling_resize_h",
 }
 RESIZE_MODES = {0: "just_resize", 1: "crop_and_resize", 2: "resize_and_fill"}
+# An integer as a string: ASCII digits only (str.isdigit() takes "²"), short enough for int().
+INTEGER = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+# No field the farm reads needs more; bigger numbers are refused before any arithmetic.
+LARGEST_INT = 2**63 - 1
 SAME = ("", "use same checkpoint", "use same sampler", "use same scheduler")
 NO_MODULE = ("", "none")
 
@@ -60,12 +67,13 @@ class Fields:
         v = self.body.get(name)
         if v is None:
             return default
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            return int(v)
+        integral = isinstance(v, float) and v.is_integer()
+        if integral or (isinstance(v, str) and INTEGER.fullmatch(v.strip())):
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             raise invalid(self.prefix + name, "value is not a valid integer", "type_error.integer")
+        if not -LARGEST_INT <= v <= LARGEST_INT:
+            raise invalid(self.prefix + name, "integer out of range", "value_error.number")
         return v
 
     def float(self, name: str, default: float) -> float:
@@ -73,12 +81,14 @@ class Fields:
         if v is None:
             return default
         if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                v = float(v)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise invalid(self.prefix + name, "value is not a valid number", "type_error.float")
+        if isinstance(v, int) and not -LARGEST_INT <= v <= LARGEST_INT:
+            raise invalid(self.prefix + name, "number out of range", "value_error.number")
+        if not math.isfinite(v):
+            raise invalid(self.prefix + name, "must be a finite number", "value_error.number")
         return float(v)
 
     def str(self, name: str, default: str) -> str:
@@ -316,7 +326,11 @@ def _hires(f: Fields, width: int, height: int, settings: Settings) -> dict[str, 
         upscaler = found
     scale = f.float("hr_scale", 2.0)
     x, y = f.int("hr_resize_x", 0), f.int("hr_resize_y", 0)
-    if x or y:
+    for field, value in (("hr_resize_x", x), ("hr_resize_y", y)):
+        if value < 0:
+            raise invalid(field, "must be 0 (use hr_scale) or a size in pixels")
+    # A base size below 1 is left to the spec's validator, which names width or height.
+    if (x or y) and min(width, height) > 0:
         scale = x / width if x else y / height
         want = (x or round(width * scale), y or round(height * scale))
         if hires_size(width, height, scale) != want:
