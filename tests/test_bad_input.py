@@ -45,6 +45,7 @@ GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
         ({"steps": 0}, "steps", "greater than or equal to 1"),
         ({"steps": 1000}, "steps", "at most 150"),
         ({"hires": {"steps": 100000}}, "hires.steps", "at most 150"),
+        ({"steps": 2.5}, "steps", "fractional part"),  # only SD-WebUI fields truncate
         ({"prompt": None}, "prompt", "valid string"),
         ({"batch_size": "many"}, "batch_size", "valid integer"),
     ],

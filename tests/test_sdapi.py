@@ -245,7 +245,7 @@ def test_errors_in_sd_webui_shapes(farm, api):
         ({"prompt": "x", "scheduler": "exponential"}, ["body", "scheduler"]),
         ({"prompt": "x", "restore_faces": True}, ["body", "restore_faces"]),
         ({"prompt": "x", "width": 63}, ["body", "width"]),
-        ({"prompt": "x", "steps": 2.5}, ["body", "steps"]),
+        ({"prompt": "x", "steps": "2.5"}, ["body", "steps"]),
         ({"prompt": "x", "script_name": "x/y/z plot"}, ["body", "script_name"]),
         (
             {"prompt": "x", "alwayson_scripts": {"ADetailer": {"args": [True, {}]}}},

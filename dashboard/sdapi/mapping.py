@@ -67,8 +67,9 @@ class Fields:
         v = self.body.get(name)
         if v is None:
             return default
-        integral = isinstance(v, float) and v.is_integer()
-        if integral or (isinstance(v, str) and INTEGER.fullmatch(v.strip())):
+        # A float is truncated, as SD-WebUI's pydantic v1 does (AIYA sends steps / 2).
+        finite = isinstance(v, float) and math.isfinite(v)
+        if finite or (isinstance(v, str) and INTEGER.fullmatch(v.strip())):
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             raise invalid(self.prefix + name, "value is not a valid integer", "type_error.integer")
@@ -139,10 +140,12 @@ def image_value(value: Any, field: str) -> str:
 
 def _unhonourable(f: Fields, hires: bool) -> None:
     """Fields that would change the picture in ways the farm cannot render."""
+    # The farm has no prompt styles, and SD-WebUI ignores a style name it does not know
+    # (AIYA sends its default, "None"): only the field's type is checked.
+    f.list("styles")
     checks: list[tuple[str, bool, str]] = [
         ("restore_faces", f.bool("restore_faces", False), "face restoration is not available"),
         ("tiling", f.bool("tiling", False), "tiling is not available"),
-        ("styles", bool(f.list("styles")), "prompt styles are not available"),
         (
             "subseed_strength",
             f.float("subseed_strength", 0.0) > 0,
@@ -353,7 +356,10 @@ def txt2img(body: dict[str, Any], options: dict[str, Any], settings: Settings) -
     hires = f.bool("enable_hr", False)
     spec = {"kind": JobKind.TXT2IMG, **diffusion(f, options, settings, hires)}
     if hires:
-        spec["hires"] = _hires(f, spec["width"], spec["height"], settings)
+        size = (spec["width"], spec["height"])
+        spec["hires"] = _hires(f, *size, settings)
+        if hires_size(*size, spec["hires"]["scale"]) == size:
+            del spec["hires"]  # a second pass at the same size: SD-WebUI skips it too
     return spec
 
 
