@@ -102,6 +102,16 @@ SDAPI = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
         ({"enable_hr": True, "hr_resize_x": 128, "width": 0}, ["width"], "between 64"),
         ({"enable_hr": True, "hr_resize_y": 128, "height": 0}, ["height"], "between 64"),
         ({"enable_hr": True, "hr_resize_x": -128}, ["hr_resize_x"], "0 (use hr_scale)"),
+        (
+            {"override_settings": {"CLIP_stop_at_last_layers": "two"}},
+            ["override_settings", "CLIP_stop_at_last_layers"],
+            "not a valid integer",
+        ),
+        (
+            {"override_settings": {"CLIP_stop_at_last_layers": 2}},
+            ["override_settings", "CLIP_stop_at_last_layers"],
+            "only 1",
+        ),
     ],
 )
 def test_sdapi_bad_field(client, change, loc, msg):
@@ -110,3 +120,14 @@ def test_sdapi_bad_field(client, change, loc, msg):
     assert resp.status_code == 422, resp.get_data(as_text=True)
     [detail] = resp.get_json()["detail"]
     assert detail["loc"] == ["body", *loc] and msg in detail["msg"], detail
+
+
+def test_sdapi_options_refuse_a_clip_skip_no_generation_could_honour(client):
+    """Refused where it is set, not in every txt2img after (it answered 200, then 422s)."""
+    resp = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    [detail] = resp.get_json()["detail"]
+    assert detail["loc"] == ["body", "CLIP_stop_at_last_layers"] and "only 1" in detail["msg"]
+    assert client.get("/sdapi/v1/options").get_json()["CLIP_stop_at_last_layers"] == 1
+    echoed = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1.0})
+    assert echoed.status_code == 200 and echoed.get_json() == {"updated": []}

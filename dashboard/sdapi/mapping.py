@@ -213,12 +213,18 @@ def choices(f: Fields, options: dict[str, Any], settings: Settings) -> Choices:
     if not known:
         where = "override_settings." if "sd_vae" in override else ""
         raise invalid(where + "sd_vae", f"unknown VAE {vae_value!r}")
-    clip = override.get("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers", 1))
-    clip_skip = Fields({"v": clip}).int("v", 1)
-    if clip_skip > 1:
-        where = "override_settings." if "CLIP_stop_at_last_layers" in override else ""
-        raise invalid(where + "CLIP_stop_at_last_layers", "CLIP skip is not available (only 1)")
-    return Choices(model.name, vae, clip_skip)
+    where = "override_settings." if "CLIP_stop_at_last_layers" in override else ""
+    clip = override.get("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers"))
+    return Choices(model.name, vae, clip_skip(clip, where + "CLIP_stop_at_last_layers"))
+
+
+def clip_skip(value: Any, field: str) -> int:
+    """CLIP skip (`CLIP_stop_at_last_layers`, null = 1): the farm's pipelines use the text
+    encoder's last layer only. The one check for POST /options and for every generation."""
+    n = Fields({field: value}).int(field, 1)
+    if n != 1:
+        raise invalid(field, "CLIP skip is not available (only 1)")
+    return n
 
 
 def sampler(f: Fields) -> str:
