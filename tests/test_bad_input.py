@@ -131,3 +131,30 @@ def test_sdapi_options_refuse_a_clip_skip_no_generation_could_honour(client):
     assert client.get("/sdapi/v1/options").get_json()["CLIP_stop_at_last_layers"] == 1
     echoed = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1.0})
     assert echoed.status_code == 200 and echoed.get_json() == {"updated": []}
+
+
+def sdapi_error(resp, status: int, words: str) -> None:
+    """What webuiapi and the bots read from an error: SD-WebUI's keys, the reason in them."""
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert {"error", "detail", "body", "errors"} <= body.keys(), body
+    assert words in body["detail"] and words in body["errors"]
+
+
+def test_sdapi_app_level_errors_in_sd_webui_shape(redis_url, models_dir, tmp_path):
+    """The body limit's 413 and the password throttle's 429 (was {"error": ...} only)."""
+    base = settings_on_db(redis_url, 5, models_dir, tmp_path)
+    settings = base.model_copy(
+        update={"max_request_mb": 1, "password_attempts_per_name": "2/minute"}
+    )
+    redis = Redis.from_url(settings.redis_url)
+    app = create_app(settings)
+    client = signed_in(app, redis)
+    big = {"prompt": "x" * (2 << 20)}
+    sdapi_error(client.post("/sdapi/v1/txt2img", json=big), 413, "RENDERFARM_MAX_REQUEST_MB")
+    guesser = app.test_client()
+    for _ in range(3):
+        resp = guesser.get("/sdapi/v1/progress", auth=("throttled-name", "wrong"))
+    sdapi_error(resp, 429, "too many failed password attempts")
+    assert resp.headers["Retry-After"]
+    assert not job_keys(redis)
