@@ -1,6 +1,10 @@
 """Bad input gets a 4xx naming the field and the reason, and nothing is queued or recorded."""
 
+import base64
+import io
+
 import pytest
+from PIL import Image
 from redis import Redis
 
 from dashboard.app import create_app
@@ -158,3 +162,28 @@ def test_sdapi_app_level_errors_in_sd_webui_shape(redis_url, models_dir, tmp_pat
     sdapi_error(resp, 429, "too many failed password attempts")
     assert resp.headers["Retry-After"]
     assert not job_keys(redis)
+
+
+def png_b64(size: tuple[int, int] = (64, 64)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 90, 90)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_sdapi_names_the_controlnet_unit_the_client_sent(client):
+    """The second unit is the bad one, under the key as the client spelled it (the
+    disabled first unit was dropped before the index was mapped back: args.0)."""
+    units = [{"enabled": False}, {"enabled": True, "model": "nope", "image": png_b64()}]
+    body = {**SDAPI, "alwayson_scripts": {"controlnet": {"args": units}}}
+    resp = client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    [detail] = resp.get_json()["detail"]
+    assert detail["loc"] == ["body", "alwayson_scripts", "controlnet", "args", 1, "model"]
+    assert "unknown controlnet 'nope'" in detail["msg"]
+
+
+def test_sdapi_extras_name_the_side_that_is_zero(client):
+    body = {"image": png_b64(), "resize_mode": 1, "upscaling_resize_w": 128}
+    resp = client.post("/sdapi/v1/extra-single-image", json={**body, "upscaling_resize_h": 0})
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    assert resp.get_json()["detail"][0]["loc"] == ["body", "upscaling_resize_h"]

@@ -244,8 +244,10 @@ def sampler(f: Fields) -> str:
     return found
 
 
-def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
-    units: list[dict[str, Any]] = []
+def _enabled_units(f: Fields) -> list[tuple[str, dict[str, Any]]]:
+    """The enabled ControlNet units, each with its path in the request as the client
+    wrote it ("alwayson_scripts.controlnet.args.1."): disabled units are left out."""
+    units = []
     for script, value in f.dict("alwayson_scripts").items():
         args = value.get("args", []) if isinstance(value, dict) else value
         if str(script).lower() != "controlnet":
@@ -259,33 +261,47 @@ def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
             at = f"alwayson_scripts.{script}.args.{i}."
             if not isinstance(unit, dict):
                 raise invalid(at.rstrip("."), "a ControlNet unit must be an object")
-            u = Fields(unit, at)
-            if not u.bool("enabled", False):
-                continue
-            if u.str("module", "none").lower() not in NO_MODULE:
-                raise invalid(
-                    at + "module",
-                    "preprocessors are not available: "
-                    "send a ready control image with module 'none'",
-                )
-            image = unit.get("image") or unit.get("input_image")
-            if isinstance(image, dict):
-                image = image.get("image")
-            if u.raw("mask") or u.raw("mask_image"):
-                raise invalid(at + "mask", "ControlNet masks are not available")
-            model = u.str("model", "")
-            if not model or model.lower() == "none":
-                raise invalid(at + "model", "an enabled unit needs a model")
-            end = u.float("guidance_end", u.float("guidance", 1.0))
-            units.append(
-                {
-                    "model": catalogue.plain_name(model),
-                    "image": image_value(image, at + "image"),
-                    "conditioning_scale": u.float("weight", 1.0),
-                    "guidance_start": u.float("guidance_start", 0.0),
-                    "guidance_end": end,
-                }
+            if Fields(unit, at).bool("enabled", False):
+                units.append((at, unit))
+    return units
+
+
+def renames(body: dict[str, Any]) -> dict[str, str]:
+    """RENAME for this request: our `controlnet.N` is the request's Nth enabled unit."""
+    paths = [at.rstrip(".") for at, _ in _enabled_units(Fields(body))]
+    units = {f"controlnet.{n}": path for n, path in enumerate(paths)}
+    if paths:  # the list itself, under the script's key as the client wrote it
+        units["controlnet"] = paths[0].rsplit(".", 1)[0]
+    return {**units, **RENAME}  # these first: rename_field takes the first match
+
+
+def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
+    units: list[dict[str, Any]] = []
+    for at, unit in _enabled_units(f):
+        u = Fields(unit, at)
+        if u.str("module", "none").lower() not in NO_MODULE:
+            raise invalid(
+                at + "module",
+                "preprocessors are not available: send a ready control image with module 'none'",
             )
+        image = unit.get("image") or unit.get("input_image")
+        if isinstance(image, dict):
+            image = image.get("image")
+        if u.raw("mask") or u.raw("mask_image"):
+            raise invalid(at + "mask", "ControlNet masks are not available")
+        model = u.str("model", "")
+        if not model or model.lower() == "none":
+            raise invalid(at + "model", "an enabled unit needs a model")
+        end = u.float("guidance_end", u.float("guidance", 1.0))
+        units.append(
+            {
+                "model": catalogue.plain_name(model),
+                "image": image_value(image, at + "image"),
+                "conditioning_scale": u.float("weight", 1.0),
+                "guidance_start": u.float("guidance_start", 0.0),
+                "guidance_end": end,
+            }
+        )
     return units
 
 
@@ -443,8 +459,9 @@ def extras(body: dict[str, Any], image: str, settings: Settings) -> Extras:
             raise invalid("upscaling_resize", "must be above 0 and at most 16")
     else:
         size = (f.int("upscaling_resize_w", 512), f.int("upscaling_resize_h", 512))
-        if min(size) < 1:
-            raise invalid("upscaling_resize_w", "must be at least 1")
+        for field, side in zip(("upscaling_resize_w", "upscaling_resize_h"), size, strict=True):
+            if side < 1:
+                raise invalid(field, "must be at least 1")
     name = f.str("upscaler_1", "None")
     if name in catalogue.RESIZERS:
         return Extras(None, name, scale, size)

@@ -107,7 +107,7 @@ def _pngs(record: dict[str, Any]) -> list[bytes]:
 
 
 def _generation(spec: dict[str, Any], body: dict[str, Any]):
-    record = _finish([_submit(spec, mapping.RENAME)])[0]
+    record = _finish([_submit(spec, mapping.renames(body))])[0]
     pngs = _pngs(record)
     infotexts = [replies.png_text(png).get("parameters", "") for png in pngs]
     send = mapping.Fields(body).bool("send_images", True)
