@@ -109,6 +109,17 @@ def test_hires_fix_renders_the_scaled_size(api):
     )
     assert result.image.size == (96, 96)
     assert "Hires upscale: 1.5" in result.image.info["parameters"]
+    # SD-WebUI's spelling, and what a client copies back from it is accepted in any case.
+    assert "Hires upscaler: Latent," in result.image.info["parameters"]
+    lower = api.txt2img(
+        prompt="a castle", seed=5, enable_hr=True, hr_scale=1.5, hr_upscaler="latent", **TINY
+    )
+    assert lower.image.size == (96, 96)
+    model = api.txt2img(
+        prompt="a castle", seed=5, enable_hr=True, hr_scale=1.5, hr_upscaler="DEMO-ESRGAN-X4",
+        **TINY,
+    )  # fmt: skip
+    assert "Hires upscaler: demo-esrgan-x4," in model.image.info["parameters"]
     sized = api.txt2img(prompt="a castle", seed=5, enable_hr=True, hr_resize_x=128, **TINY)
     assert sized.image.size == (128, 128)
 

@@ -114,8 +114,17 @@ def upscalers(settings: Settings) -> list[dict[str, Any]]:
 
 
 def find_upscaler(value: str, settings: Settings) -> str | None:
-    info = farm.models().find(plain_name(value), "upscaler")
-    return info.name if info else None
+    """An upscaler model's name, the case of the name as the client wrote it aside."""
+    name = plain_name(value)
+    if info := farm.models().find(name, "upscaler"):
+        return info.name
+    matches = [n for n in farm.models().names("upscaler") if n.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def named(value: str, names: tuple[str, ...]) -> str | None:
+    """One of `names` (a latent mode, a resizer), whatever the case the client wrote."""
+    return next((n for n in names if n.lower() == value.strip().lower()), None)
 
 
 def base_samplers() -> list[str]:

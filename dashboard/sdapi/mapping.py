@@ -330,7 +330,7 @@ def diffusion(
 
 def _hires(f: Fields, width: int, height: int, settings: Settings) -> dict[str, Any]:
     name = f.str("hr_upscaler", "Latent")
-    if name in catalogue.LATENT_MODES:
+    if catalogue.named(name, catalogue.LATENT_MODES):
         upscaler = "latent"
     else:
         found = catalogue.find_upscaler(name, settings)
@@ -463,8 +463,8 @@ def extras(body: dict[str, Any], image: str, settings: Settings) -> Extras:
             if side < 1:
                 raise invalid(field, "must be at least 1")
     name = f.str("upscaler_1", "None")
-    if name in catalogue.RESIZERS:
-        return Extras(None, name, scale, size)
+    if resizer := catalogue.named(name, catalogue.RESIZERS):
+        return Extras(None, resizer, scale, size)
     found = catalogue.find_upscaler(name, settings)
     if found is None:
         known = ", ".join(u["name"] for u in catalogue.upscalers(settings))
