@@ -246,6 +246,13 @@ def test_lists(api):
     api.refresh_checkpoints()
 
 
+def test_sampler_aliases_as_sd_webui_accepts_them(api):
+    euler_a = next(s for s in api.get_samplers() if s["name"] == "Euler a")
+    assert "k_euler_a" in euler_a["aliases"]
+    result = api.txt2img(prompt="an alias", seed=3, sampler_name="k_euler_a", **TINY)
+    assert "Sampler: Euler a," in result.image.info["parameters"]
+
+
 def test_errors_in_sd_webui_shapes(farm, api):
     base = f"{farm.url}/sdapi/v1"
     auth = ("sd-alice", PASSWORD)
