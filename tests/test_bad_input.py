@@ -187,3 +187,9 @@ def test_sdapi_extras_name_the_side_that_is_zero(client):
     resp = client.post("/sdapi/v1/extra-single-image", json={**body, "upscaling_resize_h": 0})
     assert resp.status_code == 422, resp.get_data(as_text=True)
     assert resp.get_json()["detail"][0]["loc"] == ["body", "upscaling_resize_h"]
+
+
+def test_sdapi_interrogate_says_it_is_not_available(client):
+    """A clear 501 in SD-WebUI's shape (was a bare 404: "is the server an SD-WebUI?")."""
+    resp = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "clip"})
+    sdapi_error(resp, 501, "interrogate is not available")

@@ -219,6 +219,17 @@ def png_info():
     return jsonify(info=text, items=texts, parameters=replies.parse_infotext(text) if text else {})
 
 
+@sdapi.post("/interrogate")
+@require(Role.VIEWER)
+def interrogate():
+    # SD-WebUI captions an image with CLIP or DeepBooru; the farm has neither model.
+    raise Failure(
+        501,
+        "NotImplemented",
+        "interrogate is not available on the farm: it has no captioning models (clip, deepbooru)",
+    )
+
+
 # -- per-caller state ------------------------------------------------------------------
 
 
