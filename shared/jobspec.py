@@ -151,6 +151,13 @@ def _check_dimension(v: int, info: ValidationInfo) -> int:
     return v
 
 
+def _check_steps(v: int | None, info: ValidationInfo) -> int | None:
+    """Denoising steps (of either pass: a hires fix's too) within the farm's limit."""
+    if v is not None and (settings := farm_limits(info)) and v > settings.max_steps:
+        raise ValueError(f"must be at most {settings.max_steps}")
+    return v
+
+
 class ControlNetUnit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -180,6 +187,8 @@ class HiresFix(BaseModel):
     steps: int | None = Field(default=None, ge=1)  # None: the same as the first pass
     denoising_strength: float = Field(default=0.55, gt=0.0, le=1.0)
 
+    _steps = field_validator("steps")(_check_steps)
+
 
 class DiffusionSpec(_Spec):
     model: str = Field(min_length=1, max_length=200)
@@ -200,12 +209,7 @@ class DiffusionSpec(_Spec):
 
     _dims = field_validator("width", "height")(_check_dimension)
 
-    @field_validator("steps")
-    @classmethod
-    def _steps_bounded(cls, v: int, info: ValidationInfo) -> int:
-        if (settings := farm_limits(info)) and v > settings.max_steps:
-            raise ValueError(f"must be at most {settings.max_steps}")
-        return v
+    _steps = field_validator("steps")(_check_steps)
 
     @field_validator("batch_size")
     @classmethod

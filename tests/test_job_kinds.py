@@ -154,7 +154,7 @@ def test_hires_fix_pass_two_is_img2img_on_pass_one(farm):
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
     ]
-    assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: latent" in out.text["parameters"]
+    assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent" in out.text["parameters"]
     # The final image depends on pass 1: change only pass 1 (its steps) and it changes.
     other = run(farm, prompt="hires", hires=hires, **{**TINY, "steps": 6})
     assert np.abs(pixels(farm, job) - pixels(farm, other)).mean() > 0.01

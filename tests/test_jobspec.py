@@ -52,6 +52,13 @@ def test_bad_field_is_named_with_reason(field, value, reason):
     assert reason in errors[field]
 
 
+def test_a_hires_second_pass_is_bounded_in_steps_like_the_first():
+    assert "at most 150" in errors_for(hires={"steps": 151})["hires.steps"]
+    assert (
+        parse_spec({"model": "m", "prompt": "p", "hires": {"steps": 150}}, FARM).hires.steps == 150
+    )
+
+
 def test_missing_prompt_and_model_are_named():
     with pytest.raises(ValidationError) as info:
         parse_spec({}, FARM)

@@ -109,6 +109,17 @@ def test_hires_fix_renders_the_scaled_size(api):
     )
     assert result.image.size == (96, 96)
     assert "Hires upscale: 1.5" in result.image.info["parameters"]
+    # SD-WebUI's spelling, and what a client copies back from it is accepted in any case.
+    assert "Hires upscaler: Latent," in result.image.info["parameters"]
+    lower = api.txt2img(
+        prompt="a castle", seed=5, enable_hr=True, hr_scale=1.5, hr_upscaler="latent", **TINY
+    )
+    assert lower.image.size == (96, 96)
+    model = api.txt2img(
+        prompt="a castle", seed=5, enable_hr=True, hr_scale=1.5, hr_upscaler="DEMO-ESRGAN-X4",
+        **TINY,
+    )  # fmt: skip
+    assert "Hires upscaler: demo-esrgan-x4," in model.image.info["parameters"]
     sized = api.txt2img(prompt="a castle", seed=5, enable_hr=True, hr_resize_x=128, **TINY)
     assert sized.image.size == (128, 128)
 
@@ -235,6 +246,13 @@ def test_lists(api):
     api.refresh_checkpoints()
 
 
+def test_sampler_aliases_as_sd_webui_accepts_them(api):
+    euler_a = next(s for s in api.get_samplers() if s["name"] == "Euler a")
+    assert "k_euler_a" in euler_a["aliases"]
+    result = api.txt2img(prompt="an alias", seed=3, sampler_name="k_euler_a", **TINY)
+    assert "Sampler: Euler a," in result.image.info["parameters"]
+
+
 def test_errors_in_sd_webui_shapes(farm, api):
     base = f"{farm.url}/sdapi/v1"
     auth = ("sd-alice", PASSWORD)
@@ -245,7 +263,7 @@ def test_errors_in_sd_webui_shapes(farm, api):
         ({"prompt": "x", "scheduler": "exponential"}, ["body", "scheduler"]),
         ({"prompt": "x", "restore_faces": True}, ["body", "restore_faces"]),
         ({"prompt": "x", "width": 63}, ["body", "width"]),
-        ({"prompt": "x", "steps": 2.5}, ["body", "steps"]),
+        ({"prompt": "x", "steps": "2.5"}, ["body", "steps"]),
         ({"prompt": "x", "script_name": "x/y/z plot"}, ["body", "script_name"]),
         (
             {"prompt": "x", "alwayson_scripts": {"ADetailer": {"args": [True, {}]}}},

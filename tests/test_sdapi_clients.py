@@ -147,3 +147,25 @@ def test_aiya_discord_bot_generate_png_info_and_upscale(farm):
     )
     assert up.status_code == 200, up.text
     assert decode(up.json()["image"]).size == (192, 192)
+
+
+def test_aiya_default_style_same_size_hires_and_half_steps_are_accepted(farm):
+    """AIYA's request as core/stablecog.py builds it with its defaults: style "None",
+    hires at scale 1, a second pass of int(steps) / 2 steps, CLIP skip in override_settings.
+    SD-WebUI ignores an unknown style, skips a second pass at the same size and truncates
+    the float; so does the farm."""
+    name, password = account(farm, "aiya-defaults")
+    url, steps = f"{farm.url}/sdapi/v1", 3
+    payload = {
+        "prompt": "a castle", "negative_prompt": "", "steps": steps, "width": 64, "height": 64,
+        "cfg_scale": 7.0, "sampler_index": "Euler a", "seed": 77, "seed_resize_from_h": 0,
+        "seed_resize_from_w": 0, "denoising_strength": 0.5, "n_iter": 1,
+        "styles": ["None"], "enable_hr": True, "hr_upscaler": "Latent", "hr_scale": 1,
+        "hr_second_pass_steps": int(steps) / 2,
+        "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": "demo-sd15"},
+    }  # fmt: skip
+    res = requests.post(f"{url}/txt2img", json=payload, auth=(name, password), timeout=120)
+    assert res.status_code == 200, res.text
+    image = decode(res.json()["images"][0])
+    assert image.size == (64, 64)
+    assert "Steps: 3" in image.info["parameters"] and "Seed: 77" in image.info["parameters"]

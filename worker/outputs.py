@@ -49,11 +49,13 @@ def _diffusion_parameters(spec: DiffusionSpec, seed: int, size: tuple[int, int])
         if spec.mask:
             params.append(f"Mask blur: {spec.mask_blur}")
     if isinstance(spec, Txt2ImgSpec) and spec.hires:
+        # SD-WebUI's name for a latent upscale (clients send it back as hr_upscaler).
+        upscaler = "Latent" if spec.hires.upscaler == "latent" else spec.hires.upscaler
         params += [
             f"Denoising strength: {spec.hires.denoising_strength:g}",
             f"Hires upscale: {spec.hires.scale:g}",
             f"Hires steps: {spec.hires.steps or spec.steps}",
-            f"Hires upscaler: {spec.hires.upscaler}",
+            f"Hires upscaler: {upscaler}",
             f"Hires resize: {size[0]}x{size[1]}",
         ]
     for i, unit in enumerate(spec.controlnet):

@@ -114,8 +114,17 @@ def upscalers(settings: Settings) -> list[dict[str, Any]]:
 
 
 def find_upscaler(value: str, settings: Settings) -> str | None:
-    info = farm.models().find(plain_name(value), "upscaler")
-    return info.name if info else None
+    """An upscaler model's name, the case of the name as the client wrote it aside."""
+    name = plain_name(value)
+    if info := farm.models().find(name, "upscaler"):
+        return info.name
+    matches = [n for n in farm.models().names("upscaler") if n.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def named(value: str, names: tuple[str, ...]) -> str | None:
+    """One of `names` (a latent mode, a resizer), whatever the case the client wrote."""
+    return next((n for n in names if n.lower() == value.strip().lower()), None)
 
 
 def base_samplers() -> list[str]:
@@ -127,7 +136,7 @@ def samplers() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "aliases": [],
+            "aliases": ALIASES.get(name, []),
             "options": {"scheduler": "karras"} if name + KARRAS in SAMPLERS else {},
         }
         for name in base_samplers()
@@ -147,12 +156,37 @@ def schedulers() -> list[dict[str, Any]]:
     ]
 
 
-_BY_LOWER = {name.lower(): name for name in SAMPLERS}
+# SD-WebUI's sampler aliases (modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py;
+# the "_ka" ones are its legacy Karras samplers), for the samplers the farm has.
+ALIASES = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "LMS": ["k_lms"],
+    "LMS Karras": ["k_lms_ka"],
+    "Heun": ["k_heun"],
+    "DPM2": ["k_dpm_2"],
+    "DPM2 Karras": ["k_dpm_2_ka"],
+    "DPM2 a": ["k_dpm_2_a"],
+    "DPM2 a Karras": ["k_dpm_2_a_ka"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ 2M Karras": ["k_dpmpp_2m_ka"],
+    "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "DPM++ 2M SDE Karras": ["k_dpmpp_2m_sde_ka"],
+    "DPM++ SDE": ["k_dpmpp_sde"],
+    "DPM++ SDE Karras": ["k_dpmpp_sde_ka"],
+    "DDIM": ["ddim"],
+    "PLMS": ["plms"],
+    "UniPC": ["unipc"],
+}
+_BY_LOWER = {
+    **{alias: name for name, aliases in ALIASES.items() for alias in aliases},
+    **{name.lower(): name for name in SAMPLERS},
+}
 
 
 def sampler_for(name: str, scheduler: str) -> tuple[str | None, str | None]:
     """(our sampler name, None) or (None, the field at fault): "DPM++ 2M" + "karras" and the
-    legacy "DPM++ 2M Karras" both → "DPM++ 2M Karras"."""
+    legacy "DPM++ 2M Karras" both → "DPM++ 2M Karras"; SD-WebUI's aliases ("k_euler_a") too."""
     found = _BY_LOWER.get(name.strip().lower())
     if found is None:
         return None, "sampler_name"

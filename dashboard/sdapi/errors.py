@@ -12,10 +12,21 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from dashboard.api import BadRequest
 from scheduler.control import ConflictError, SubmitError
 from scheduler.quotas import QuotaExceeded
+
+# Statuses the app answers itself, named as SD-WebUI's exception classes would be.
+ERROR_KINDS = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
+}
 
 
 class Invalid(Exception):
@@ -102,14 +113,18 @@ def add_handlers(sdapi: Blueprint) -> None:
         return failure(exc.status, exc.kind, exc.detail)
 
     @sdapi.after_request
-    def _auth_errors_in_sdapi_shape(resp: Response) -> Response:
-        # require() answers {"error": text}; SD-WebUI clients look for "detail".
-        if resp.status_code in (401, 403) and resp.is_json:
-            body = resp.get_json(silent=True) or {}
-            if "detail" not in body:
-                text = str(body.get("error", "not allowed"))
-                kind = "Unauthorized" if resp.status_code == 401 else "Forbidden"
-                resp.set_data(jsonify(error_body(kind, text)).get_data())
+    def _errors_in_sdapi_shape(resp: Response) -> Response:
+        # The app's own answers ({"error": text}: require()'s 401 and 403, the password
+        # throttle's 429, the body limit's 413) get SD-WebUI's shape: clients read "detail".
+        # Headers (WWW-Authenticate, Retry-After) stay.
+        if resp.status_code >= 400:
+            body = resp.get_json(silent=True) if resp.is_json else None
+            if not isinstance(body, dict) or "detail" not in body:
+                text = body.get("error") if isinstance(body, dict) else None
+                kind = ERROR_KINDS.get(resp.status_code, "HTTPException")
+                reply = error_body(kind, str(text or HTTP_STATUS_CODES.get(resp.status_code, "")))
+                resp.set_data(jsonify(reply).get_data())
+                resp.mimetype = "application/json"
         return resp
 
 

@@ -9,7 +9,10 @@ would change the picture — is a 422 naming it, never silently dropped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,10 @@ EXTRAS_RENAME = {
     "height": "upscaling_resize_h",
 }
 RESIZE_MODES = {0: "just_resize", 1: "crop_and_resize", 2: "resize_and_fill"}
+# An integer as a string: ASCII digits only (str.isdigit() takes "²"), short enough for int().
+INTEGER = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+# No field the farm reads needs more; bigger numbers are refused before any arithmetic.
+LARGEST_INT = 2**63 - 1
 SAME = ("", "use same checkpoint", "use same sampler", "use same scheduler")
 NO_MODULE = ("", "none")
 
@@ -60,12 +67,14 @@ class Fields:
         v = self.body.get(name)
         if v is None:
             return default
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            return int(v)
+        # A float is truncated, as SD-WebUI's pydantic v1 does (AIYA sends steps / 2).
+        finite = isinstance(v, float) and math.isfinite(v)
+        if finite or (isinstance(v, str) and INTEGER.fullmatch(v.strip())):
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             raise invalid(self.prefix + name, "value is not a valid integer", "type_error.integer")
+        if not -LARGEST_INT <= v <= LARGEST_INT:
+            raise invalid(self.prefix + name, "integer out of range", "value_error.number")
         return v
 
     def float(self, name: str, default: float) -> float:
@@ -73,12 +82,14 @@ class Fields:
         if v is None:
             return default
         if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                v = float(v)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise invalid(self.prefix + name, "value is not a valid number", "type_error.float")
+        if isinstance(v, int) and not -LARGEST_INT <= v <= LARGEST_INT:
+            raise invalid(self.prefix + name, "number out of range", "value_error.number")
+        if not math.isfinite(v):
+            raise invalid(self.prefix + name, "must be a finite number", "value_error.number")
         return float(v)
 
     def str(self, name: str, default: str) -> str:
@@ -129,10 +140,12 @@ def image_value(value: Any, field: str) -> str:
 
 def _unhonourable(f: Fields, hires: bool) -> None:
     """Fields that would change the picture in ways the farm cannot render."""
+    # The farm has no prompt styles, and SD-WebUI ignores a style name it does not know
+    # (AIYA sends its default, "None"): only the field's type is checked.
+    f.list("styles")
     checks: list[tuple[str, bool, str]] = [
         ("restore_faces", f.bool("restore_faces", False), "face restoration is not available"),
         ("tiling", f.bool("tiling", False), "tiling is not available"),
-        ("styles", bool(f.list("styles")), "prompt styles are not available"),
         (
             "subseed_strength",
             f.float("subseed_strength", 0.0) > 0,
@@ -200,12 +213,18 @@ def choices(f: Fields, options: dict[str, Any], settings: Settings) -> Choices:
     if not known:
         where = "override_settings." if "sd_vae" in override else ""
         raise invalid(where + "sd_vae", f"unknown VAE {vae_value!r}")
-    clip = override.get("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers", 1))
-    clip_skip = Fields({"v": clip}).int("v", 1)
-    if clip_skip > 1:
-        where = "override_settings." if "CLIP_stop_at_last_layers" in override else ""
-        raise invalid(where + "CLIP_stop_at_last_layers", "CLIP skip is not available (only 1)")
-    return Choices(model.name, vae, clip_skip)
+    where = "override_settings." if "CLIP_stop_at_last_layers" in override else ""
+    clip = override.get("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers"))
+    return Choices(model.name, vae, clip_skip(clip, where + "CLIP_stop_at_last_layers"))
+
+
+def clip_skip(value: Any, field: str) -> int:
+    """CLIP skip (`CLIP_stop_at_last_layers`, null = 1): the farm's pipelines use the text
+    encoder's last layer only. The one check for POST /options and for every generation."""
+    n = Fields({field: value}).int(field, 1)
+    if n != 1:
+        raise invalid(field, "CLIP skip is not available (only 1)")
+    return n
 
 
 def sampler(f: Fields) -> str:
@@ -225,8 +244,10 @@ def sampler(f: Fields) -> str:
     return found
 
 
-def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
-    units: list[dict[str, Any]] = []
+def _enabled_units(f: Fields) -> list[tuple[str, dict[str, Any]]]:
+    """The enabled ControlNet units, each with its path in the request as the client
+    wrote it ("alwayson_scripts.controlnet.args.1."): disabled units are left out."""
+    units = []
     for script, value in f.dict("alwayson_scripts").items():
         args = value.get("args", []) if isinstance(value, dict) else value
         if str(script).lower() != "controlnet":
@@ -240,33 +261,47 @@ def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
             at = f"alwayson_scripts.{script}.args.{i}."
             if not isinstance(unit, dict):
                 raise invalid(at.rstrip("."), "a ControlNet unit must be an object")
-            u = Fields(unit, at)
-            if not u.bool("enabled", False):
-                continue
-            if u.str("module", "none").lower() not in NO_MODULE:
-                raise invalid(
-                    at + "module",
-                    "preprocessors are not available: "
-                    "send a ready control image with module 'none'",
-                )
-            image = unit.get("image") or unit.get("input_image")
-            if isinstance(image, dict):
-                image = image.get("image")
-            if u.raw("mask") or u.raw("mask_image"):
-                raise invalid(at + "mask", "ControlNet masks are not available")
-            model = u.str("model", "")
-            if not model or model.lower() == "none":
-                raise invalid(at + "model", "an enabled unit needs a model")
-            end = u.float("guidance_end", u.float("guidance", 1.0))
-            units.append(
-                {
-                    "model": catalogue.plain_name(model),
-                    "image": image_value(image, at + "image"),
-                    "conditioning_scale": u.float("weight", 1.0),
-                    "guidance_start": u.float("guidance_start", 0.0),
-                    "guidance_end": end,
-                }
+            if Fields(unit, at).bool("enabled", False):
+                units.append((at, unit))
+    return units
+
+
+def renames(body: dict[str, Any]) -> dict[str, str]:
+    """RENAME for this request: our `controlnet.N` is the request's Nth enabled unit."""
+    paths = [at.rstrip(".") for at, _ in _enabled_units(Fields(body))]
+    units = {f"controlnet.{n}": path for n, path in enumerate(paths)}
+    if paths:  # the list itself, under the script's key as the client wrote it
+        units["controlnet"] = paths[0].rsplit(".", 1)[0]
+    return {**units, **RENAME}  # these first: rename_field takes the first match
+
+
+def controlnet_units(f: Fields, settings: Settings) -> list[dict[str, Any]]:
+    units: list[dict[str, Any]] = []
+    for at, unit in _enabled_units(f):
+        u = Fields(unit, at)
+        if u.str("module", "none").lower() not in NO_MODULE:
+            raise invalid(
+                at + "module",
+                "preprocessors are not available: send a ready control image with module 'none'",
             )
+        image = unit.get("image") or unit.get("input_image")
+        if isinstance(image, dict):
+            image = image.get("image")
+        if u.raw("mask") or u.raw("mask_image"):
+            raise invalid(at + "mask", "ControlNet masks are not available")
+        model = u.str("model", "")
+        if not model or model.lower() == "none":
+            raise invalid(at + "model", "an enabled unit needs a model")
+        end = u.float("guidance_end", u.float("guidance", 1.0))
+        units.append(
+            {
+                "model": catalogue.plain_name(model),
+                "image": image_value(image, at + "image"),
+                "conditioning_scale": u.float("weight", 1.0),
+                "guidance_start": u.float("guidance_start", 0.0),
+                "guidance_end": end,
+            }
+        )
     return units
 
 
@@ -295,7 +330,7 @@ def diffusion(
 
 def _hires(f: Fields, width: int, height: int, settings: Settings) -> dict[str, Any]:
     name = f.str("hr_upscaler", "Latent")
-    if name in catalogue.LATENT_MODES:
+    if catalogue.named(name, catalogue.LATENT_MODES):
         upscaler = "latent"
     else:
         found = catalogue.find_upscaler(name, settings)
@@ -316,7 +351,11 @@ def _hires(f: Fields, width: int, height: int, settings: Settings) -> dict[str, 
         upscaler = found
     scale = f.float("hr_scale", 2.0)
     x, y = f.int("hr_resize_x", 0), f.int("hr_resize_y", 0)
-    if x or y:
+    for field, value in (("hr_resize_x", x), ("hr_resize_y", y)):
+        if value < 0:
+            raise invalid(field, "must be 0 (use hr_scale) or a size in pixels")
+    # A base size below 1 is left to the spec's validator, which names width or height.
+    if (x or y) and min(width, height) > 0:
         scale = x / width if x else y / height
         want = (x or round(width * scale), y or round(height * scale))
         if hires_size(width, height, scale) != want:
@@ -339,7 +378,10 @@ def txt2img(body: dict[str, Any], options: dict[str, Any], settings: Settings) -
     hires = f.bool("enable_hr", False)
     spec = {"kind": JobKind.TXT2IMG, **diffusion(f, options, settings, hires)}
     if hires:
-        spec["hires"] = _hires(f, spec["width"], spec["height"], settings)
+        size = (spec["width"], spec["height"])
+        spec["hires"] = _hires(f, *size, settings)
+        if hires_size(*size, spec["hires"]["scale"]) == size:
+            del spec["hires"]  # a second pass at the same size: SD-WebUI skips it too
     return spec
 
 
@@ -417,11 +459,12 @@ def extras(body: dict[str, Any], image: str, settings: Settings) -> Extras:
             raise invalid("upscaling_resize", "must be above 0 and at most 16")
     else:
         size = (f.int("upscaling_resize_w", 512), f.int("upscaling_resize_h", 512))
-        if min(size) < 1:
-            raise invalid("upscaling_resize_w", "must be at least 1")
+        for field, side in zip(("upscaling_resize_w", "upscaling_resize_h"), size, strict=True):
+            if side < 1:
+                raise invalid(field, "must be at least 1")
     name = f.str("upscaler_1", "None")
-    if name in catalogue.RESIZERS:
-        return Extras(None, name, scale, size)
+    if resizer := catalogue.named(name, catalogue.RESIZERS):
+        return Extras(None, resizer, scale, size)
     found = catalogue.find_upscaler(name, settings)
     if found is None:
         known = ", ".join(u["name"] for u in catalogue.upscalers(settings))

@@ -55,7 +55,7 @@ def info(record: dict[str, Any], infotexts: list[str], settings: Settings) -> st
         size = hires_size(spec["width"], spec["height"], hires["scale"])
         extra = {
             "Hires upscale": hires["scale"],
-            "Hires upscaler": hires["upscaler"],
+            "Hires upscaler": "Latent" if hires["upscaler"] == "latent" else hires["upscaler"],
             "Hires resize": f"{size[0]}x{size[1]}",
         }
     created = time.localtime(float(record["created_at"]))

@@ -107,7 +107,7 @@ def _pngs(record: dict[str, Any]) -> list[bytes]:
 
 
 def _generation(spec: dict[str, Any], body: dict[str, Any]):
-    record = _finish([_submit(spec, mapping.RENAME)])[0]
+    record = _finish([_submit(spec, mapping.renames(body))])[0]
     pngs = _pngs(record)
     infotexts = [replies.png_text(png).get("parameters", "") for png in pngs]
     send = mapping.Fields(body).bool("send_images", True)
@@ -217,6 +217,17 @@ def png_info():
     texts = replies.png_text(raw)
     text = texts.pop("parameters", "")
     return jsonify(info=text, items=texts, parameters=replies.parse_infotext(text) if text else {})
+
+
+@sdapi.post("/interrogate")
+@require(Role.VIEWER)
+def interrogate():
+    # SD-WebUI captions an image with CLIP or DeepBooru; the farm has neither model.
+    raise Failure(
+        501,
+        "NotImplemented",
+        "interrogate is not available on the farm: it has no captioning models (clip, deepbooru)",
+    )
 
 
 # -- per-caller state ------------------------------------------------------------------

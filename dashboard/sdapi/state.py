@@ -13,13 +13,13 @@ from typing import Any
 
 from dashboard.sdapi import catalogue
 from dashboard.sdapi.errors import invalid
+from dashboard.sdapi.mapping import clip_skip
 from scheduler.control import ConflictError, JobControl
 from shared import keys
 from shared.config import Settings
 from shared.vocabulary import ACTIVE, JobStatus
 
 SAMPLES_FORMATS = ("png",)
-CLIP_SKIP_MAX = 12
 
 
 def default_options(settings: Settings) -> dict[str, Any]:
@@ -79,11 +79,7 @@ def check_option(name: str, value: Any, settings: Settings) -> Any:
             raise invalid(name, f"unknown VAE {value!r}; see GET /sdapi/v1/sd-vae")
         return vae or "Automatic"
     if name == "CLIP_stop_at_last_layers":
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= CLIP_SKIP_MAX:
-            raise invalid(name, f"must be an integer from 1 to {CLIP_SKIP_MAX}")
-        return value
+        return clip_skip(value, name)  # what a generation could honour, or a 422
     if name == "samples_format":
         if str(value).lower() not in SAMPLES_FORMATS:
             raise invalid(name, "the farm writes PNG images only")
