@@ -182,6 +182,11 @@ def scratch(token: str) -> str:
     return f"{PREFIX}:scratch:{token}"
 
 
+def sdapi_calls(name: str) -> str:
+    """Set of the job ids the account's SD-WebUI calls are waiting for (progress, interrupt)."""
+    return f"{PREFIX}:sdapi-calls:{name}"
+
+
 def sdapi_options(name: str) -> str:
     """Hash of an account's SD-WebUI options (`/sdapi/v1/options`), values as JSON."""
     return f"{PREFIX}:sdapi-options:{name}"

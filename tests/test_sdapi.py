@@ -203,8 +203,15 @@ def _long_job(api, outcome: dict) -> None:
 
 
 def test_progress_while_a_job_runs_then_interrupt_returns_the_call(farm):
+    """Interrupt stops what the caller's SD-WebUI calls wait for, and only that: its REST
+    jobs (an overnight batch, say) are no business of SillyTavern's interrupt, sent when a
+    browser tab closes; nor are they in its progress."""
     api = client(farm, "sd-carol")
     other = client(farm, "sd-dave")
+    overnight = farm.as_account("sd-carol").submit(
+        {"model": "demo-sd15", "prompt": "for later", "width": 64, "height": 64,
+         "steps": 2, "hardware": "gpu"}  # no gpu worker here: it stays queued
+    )  # fmt: skip
     outcome: dict = {}
     worker = threading.Thread(target=_long_job, args=(api, outcome))
     worker.start()
@@ -228,6 +235,8 @@ def test_progress_while_a_job_runs_then_interrupt_returns_the_call(farm):
     assert "result" not in outcome
     assert outcome["error"][0] == 409 and "canceled" in outcome["error"][1]
     api.util_wait_for_ready(check_interval=0.2)
+    assert farm.job(overnight["id"])["status"] == "queued", "interrupt reached a REST job"
+    farm.client.cancel(overnight["id"])
 
 
 def test_lists(api):

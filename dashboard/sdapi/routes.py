@@ -19,7 +19,13 @@ from dashboard.api import json_body
 from dashboard.auth import audit_entry, audit_event, current_account, require
 from dashboard.sdapi import catalogue, mapping, replies
 from dashboard.sdapi.errors import Failure, add_handlers, invalid, rename_field, validation_errors
-from dashboard.sdapi.state import CallerOptions, cancel_unfinished, progress
+from dashboard.sdapi.state import (
+    CallerOptions,
+    cancel_unfinished,
+    progress,
+    track_calls,
+    untrack_calls,
+)
 from scheduler.control import ConflictError, SubmitError
 from scheduler.events import JobEvents
 from shared.jobspec import decode_image, output_size_error, parse_spec
@@ -59,6 +65,7 @@ def _submit(spec: dict[str, Any], rename: dict[str, str]) -> dict[str, Any]:
         )
     except SubmitError as exc:
         raise invalid(rename_field(exc.field, rename), exc.reason) from None
+    track_calls(farm.jobs(), me.name, [record["id"]], farm.settings().sdapi_wait_s)
     return record
 
 
@@ -73,12 +80,21 @@ def _submit_all(jobs: list[tuple[dict[str, Any], dict[str, str]]]) -> list[dict[
         for record in records:
             with contextlib.suppress(ConflictError, KeyError):  # already final
                 farm.jobs().cancel(record["id"])
+        if records:
+            untrack_calls(farm.jobs(), _me().name, [r["id"] for r in records])
         raise
     return records
 
 
 def _finish(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Block until every job is final; all succeeded, or an error and none of the results."""
+    try:
+        return _wait_all(records)
+    finally:
+        untrack_calls(farm.jobs(), _me().name, [r["id"] for r in records])
+
+
+def _wait_all(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     jobs, events = farm.jobs(), JobEvents(farm.jobs().redis)
     deadline = time.monotonic() + farm.settings().sdapi_wait_s
     done = []

@@ -1,7 +1,8 @@
 """Per-caller state: SD-WebUI keeps one global state; many people share this farm.
 
-Options are each account's own (a Redis hash); progress is the caller's running job, read
-from its record; interrupt and skip cancel the caller's jobs, never anyone else's.
+Options are each account's own (a Redis hash); progress is the running job of the caller's
+SD-WebUI calls, read from its record; interrupt and skip cancel the jobs those calls wait
+for, never another job of the caller's, nor anyone else's.
 """
 
 from __future__ import annotations
@@ -89,17 +90,29 @@ def check_option(name: str, value: Any, settings: Settings) -> Any:
     raise invalid(name, "this option cannot be changed on the farm")
 
 
-def caller_jobs(jobs: JobControl, owner: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """(the owner's jobs waiting for dispatch, its dispatched and running jobs)."""
-    ids = [i for status in ACTIVE for i in jobs.records.ids_in(status)]
+def track_calls(jobs: JobControl, owner: str, job_ids: list[str], ttl_s: float) -> None:
+    """The caller's SD-WebUI call now waits for `job_ids` (forgotten after `ttl_s`, should the
+    call's process die)."""
+    key = keys.sdapi_calls(owner)
     with jobs.redis.pipeline() as pipe:
-        pipe.zrange(keys.pending(owner), 0, -1)
-        for job_id in ids:
-            pipe.hget(keys.job(job_id), "owner")
-        pending, *owners = pipe.execute()
-    mine = [i for i, o in zip(ids, owners, strict=True) if o == owner.encode()]
-    records = [r for i in mine if (r := jobs.records.get(i)) and not r["status"].final]
-    return [p.decode() for p in pending], records
+        pipe.sadd(key, *job_ids)
+        pipe.expire(key, int(ttl_s) + 60)
+        pipe.execute()
+
+
+def untrack_calls(jobs: JobControl, owner: str, job_ids: list[str]) -> None:
+    jobs.redis.srem(keys.sdapi_calls(owner), *job_ids)
+
+
+def caller_jobs(jobs: JobControl, owner: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the caller's jobs its SD-WebUI calls wait for that wait for dispatch, those
+    dispatched or running). Only those: its jobs from the REST API and the dashboard (an
+    overnight batch) are none of SD-WebUI's progress or interrupt."""
+    ids = sorted(i.decode() for i in jobs.redis.smembers(keys.sdapi_calls(owner)))
+    records = [r for r in jobs.records.get_many(ids) if not r["status"].final]
+    active = [r for r in records if r["status"] in ACTIVE]
+    pending = [r["id"] for r in records if r["status"] not in ACTIVE]
+    return pending, active
 
 
 def progress(jobs: JobControl, owner: str) -> dict[str, Any]:
@@ -137,8 +150,9 @@ def progress(jobs: JobControl, owner: str) -> dict[str, Any]:
 
 
 def cancel_unfinished(jobs: JobControl, owner: str) -> list[str]:
-    """Cancel the caller's running and queued jobs: its blocked calls then return. (SD-WebUI
-    runs one job at a time, so its interrupt stops everything the caller is waiting for.)"""
+    """Cancel the jobs the caller's SD-WebUI calls wait for: those calls then return.
+    (SD-WebUI runs one job at a time, so its interrupt stops everything the caller is
+    waiting for; the caller's other jobs go on.)"""
     pending, active = caller_jobs(jobs, owner)
     canceled = []
     for job_id in [r["id"] for r in active] + pending:
