@@ -80,8 +80,7 @@ def _submit_all(jobs: list[tuple[dict[str, Any], dict[str, str]]]) -> list[dict[
         for record in records:
             with contextlib.suppress(ConflictError, KeyError):  # already final
                 farm.jobs().cancel(record["id"])
-        if records:
-            untrack_calls(farm.jobs(), _me().name, [r["id"] for r in records])
+        untrack_calls(farm.jobs(), _me().name, [r["id"] for r in records])
         raise
     return records
 

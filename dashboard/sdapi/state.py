@@ -101,7 +101,8 @@ def track_calls(jobs: JobControl, owner: str, job_ids: list[str], ttl_s: float) 
 
 
 def untrack_calls(jobs: JobControl, owner: str, job_ids: list[str]) -> None:
-    jobs.redis.srem(keys.sdapi_calls(owner), *job_ids)
+    if job_ids:  # an extras call that only resizes queues none
+        jobs.redis.srem(keys.sdapi_calls(owner), *job_ids)
 
 
 def caller_jobs(jobs: JobControl, owner: str) -> tuple[list[str], list[dict[str, Any]]]:
