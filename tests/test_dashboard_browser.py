@@ -57,6 +57,8 @@ def test_the_login_page_refuses_a_wrong_password_and_a_viewer_sees_no_form(farm,
     page.fill("input[name=password]", "not the password")
     page.click("button[type=submit]")
     page.locator(".error", has_text="Wrong name or password").wait_for()
+    assert page.input_value("input[name=name]") == "looker"  # kept; the password never
+    assert page.input_value("input[name=password]") == ""
     viewer = sign_in(farm, browser, "looker", "viewer")
     assert viewer.locator("#whoami").inner_text() == "looker (viewer)"
     assert viewer.locator("#job-form").count() == 0  # the server leaves it out

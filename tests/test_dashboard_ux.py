@@ -188,18 +188,6 @@ def test_the_login_page_of_a_signed_in_account_goes_on_to_the_page_asked_for(far
     page.locator("#job-rows").wait_for(state="attached")
 
 
-def test_a_wrong_password_keeps_the_name_but_not_the_password(farm, browser):  # noqa: F811
-    stranger = browser.new_context().new_page()
-    stranger.goto(farm.url + "/login")
-    stranger.fill("input[name=name]", "ux-member")
-    stranger.fill("input[name=password]", "not the password")
-    stranger.click("button[type=submit]")
-    stranger.locator(".error", has_text="Wrong name or password").wait_for()
-    assert stranger.input_value("input[name=name]") == "ux-member"
-    assert stranger.input_value("input[name=password]") == ""
-    stranger.context.close()
-
-
 def test_the_queue_says_when_each_job_was_submitted_and_keeps_it_current(farm, browser):  # noqa: F811
     page = sign_in(farm, browser, "ux-clock", "member")
     [job_id] = waiting_for_a_gpu(farm, "ux-clock", 1)
