@@ -31,7 +31,7 @@ from shared.jobspec import (
     parse_spec,
     target_size,
 )
-from shared.modelstore import ModelStore, open_model_store
+from shared.modelstore import ModelStore, cross_attention_label, open_model_store
 from shared.storage import ObjectNotFound, Storage, open_storage
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
@@ -106,9 +106,24 @@ class JobControl:
     # -- submission ---------------------------------------------------------------------------
 
     def check_models(self, spec: AnySpec) -> None:
+        """Every model is in the store, and every ControlNet fits the checkpoint (one for
+        SD 1.x on an SDXL checkpoint would only fail on the worker, a matrix shape error)."""
+        found = []
         for field, family, name in spec.required_models():
-            if self.models.find(name, family) is None:
+            info = self.models.find(name, family)
+            if info is None:
                 raise SubmitError(field, f"unknown {family} {name!r}; see GET /api/v1/models")
+            found.append((field, info))
+        widths = [i.cross_attention for _, i in found if i.family == "checkpoint"]
+        checkpoint = widths[0] if widths else None
+        for field, info in found:
+            width = info.cross_attention
+            if info.family == "controlnet" and width and checkpoint and width != checkpoint:
+                raise SubmitError(
+                    field,
+                    f"controlnet {info.name!r} is for {cross_attention_label(width)} "
+                    f"checkpoints; {spec.model!r} is {cross_attention_label(checkpoint)}",
+                )
 
     def stash_inputs(self, spec: AnySpec) -> AnySpec:
         """Store every base64 input image (content-addressed, as PNG: a PNG byte for byte as

@@ -72,6 +72,7 @@ class Manifest:
     kind: str
     files: tuple[ModelFile, ...]
     pushed_at: float = 0.0
+    cross_attention: int | None = None  # read from the files on push (ModelInfo's)
 
     @property
     def size_bytes(self) -> int:
@@ -102,6 +103,7 @@ class Manifest:
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             "size_bytes": self.size_bytes,
             "pushed_at": self.pushed_at,
+            **({"cross_attention": self.cross_attention} if self.cross_attention else {}),
         }
 
     def to_json(self) -> bytes:
@@ -145,7 +147,11 @@ class Manifest:
             files.append(ModelFile(path, size, sha))
         if len({f.path for f in files}) != len(files):
             raise bad("files", "names a path twice")
-        manifest = cls(name, family, kind, tuple(files), float(doc.get("pushed_at") or 0.0))
+        width = doc.get("cross_attention")
+        if width is not None and (not isinstance(width, int) or isinstance(width, bool)):
+            raise bad("cross_attention", f"must be an integer: {width!r}")
+        pushed_at = float(doc.get("pushed_at") or 0.0)
+        manifest = cls(name, family, kind, tuple(files), pushed_at, width)
         if manifest.single_file:
             suffixes = tuple(name + s for s in UPSCALER_SUFFIXES)
             if family != "upscaler" or len(files) != 1 or files[0].path not in suffixes:

@@ -68,6 +68,9 @@ class ModelInfo:
     source: str = ""
     # Object-store models: what a worker fetches (files, sizes, SHA-256).
     manifest: Manifest | None = None
+    # Checkpoints and ControlNets: the width of the text embeddings the UNet attends to; a
+    # ControlNet fits only checkpoints of its own (None: not known, nothing checked).
+    cross_attention: int | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -99,6 +102,24 @@ def _class_name(config: Path) -> str | None:
         return json.loads(config.read_text()).get("_class_name") or "unknown"
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def read_cross_attention(family: str, path: Path) -> int | None:
+    """`cross_attention_dim` of a checkpoint's UNet or of a ControlNet, from its config."""
+    configs = {"checkpoint": path / "unet" / "config.json", "controlnet": path / "config.json"}
+    if family not in configs:
+        return None
+    try:
+        value = json.loads(configs[family].read_text()).get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def cross_attention_label(width: int) -> str:
+    """A cross-attention width as people name the model generation it belongs to."""
+    names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+    return f"{names[width]} ({width})" if width in names else f"cross-attention width {width}"
 
 
 def read_kind(family: str, path: Path) -> str | None:
@@ -139,7 +160,15 @@ def _read(family: str, path: Path) -> ModelInfo | None:
     kind = read_kind(family, path)
     if kind is None:
         return None
-    return ModelInfo(entry_name(path), family, path, kind, _bytes(path), source=str(path))
+    return ModelInfo(
+        entry_name(path),
+        family,
+        path,
+        kind,
+        _bytes(path),
+        source=str(path),
+        cross_attention=read_cross_attention(family, path),
+    )
 
 
 class ModelStore(ABC):

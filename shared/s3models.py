@@ -37,6 +37,7 @@ from shared.modelstore import (
     NotAModel,
     entry_name,
     model_files,
+    read_cross_attention,
     valid_name,
 )
 from shared.storage import parse_s3_url, s3_client
@@ -89,6 +90,7 @@ class S3ModelStore(ModelStore):
             manifest.size_bytes,
             source=f"s3://{self.bucket}/{key}",
             manifest=manifest,
+            cross_attention=manifest.cross_attention,
         )
 
     def _read_manifest(self, key: str) -> tuple[str, Manifest] | None:
@@ -224,7 +226,8 @@ class S3ModelStore(ModelStore):
             sha = sha256_file(file)
             entries.append(ModelFile(relative, file.stat().st_size, sha))
             sources[sha] = file
-        manifest = Manifest(name, family, kind, tuple(entries), pushed_at=time.time())
+        width = read_cross_attention(family, path)
+        manifest = Manifest(name, family, kind, tuple(entries), time.time(), width)
         uploaded = 0
         for entry in entries:
             if entry.sha256 not in sources:

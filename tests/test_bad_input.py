@@ -193,3 +193,29 @@ def test_sdapi_interrogate_says_it_is_not_available(client):
     """A clear 501 in SD-WebUI's shape (was a bare 404: "is the server an SD-WebUI?")."""
     resp = client.post("/sdapi/v1/interrogate", json={"image": png_b64(), "model": "clip"})
     sdapi_error(resp, 501, "interrogate is not available")
+
+
+def test_a_controlnet_for_another_checkpoint_generation_is_refused_naming_the_unit(client):
+    """An SD 1.x ControlNet on an SDXL checkpoint would only fail on the worker (a matrix
+    shape error, after its wait in the queue); both APIs refuse it at once, naming the unit.
+    (The demo models are that pair in miniature: widths 32 and 64.)"""
+    unit = {"model": "demo-controlnet-sd15", "image": png_b64()}
+    resp = client.post("/api/v1/jobs", json={**GOOD, "model": "demo-sdxl", "controlnet": [unit]})
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    errors = {e["field"]: e["reason"] for e in resp.get_json()["errors"]}
+    assert errors == {
+        "controlnet.0.model": "controlnet 'demo-controlnet-sd15' is for cross-attention width "
+        "32 checkpoints; 'demo-sdxl' is cross-attention width 64"
+    }
+
+    units = [{"enabled": True, "model": "demo-controlnet-sd15", "image": png_b64()}]
+    body = {
+        **SDAPI,
+        "override_settings": {"sd_model_checkpoint": "demo-sdxl"},
+        "alwayson_scripts": {"ControlNet": {"args": units}},
+    }
+    resp = client.post("/sdapi/v1/txt2img", json=body)
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    [detail] = resp.get_json()["detail"]
+    assert detail["loc"] == ["body", "alwayson_scripts", "ControlNet", "args", 0, "model"]
+    assert "is for cross-attention width 32 checkpoints" in detail["msg"]

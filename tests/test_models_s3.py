@@ -188,6 +188,16 @@ def test_pushed_models_list_as_the_folder_store_lists_them(pushed, models_dir, s
         found.source == f"s3://{MODELS_BUCKET}/{store.prefix}/manifests/checkpoint/demo-sd15.json"
     )
     assert fresh.find("demo-sd15", "vae") is None and fresh.find("../x", "checkpoint") is None
+    # What a submission checks a ControlNet against, carried by the manifests as read on push.
+    widths = {(m.name, m.family): m.cross_attention for m in local.list() if m.cross_attention}
+    assert widths == {
+        ("demo-sd15", "checkpoint"): 32,
+        ("demo-sdxl", "checkpoint"): 64,
+        ("demo-controlnet-sd15", "controlnet"): 32,
+    }
+    assert {(m.name, m.family): m.cross_attention for m in fresh.list() if m.cross_attention} == (
+        widths
+    )
     # Single-file upscalers keep their file name; folders their relative paths.
     esrgan = manifest(fresh, "demo-esrgan-x4", "upscaler")
     assert [f.path for f in esrgan.files] == ["demo-esrgan-x4.safetensors"]
