@@ -46,7 +46,7 @@ class Child:
 @dataclass
 class Supervisor:
     """The children in start order; `watch` restarts one that exits until one keeps exiting,
-    then returns its message. Stopping them is the caller's (`procs`, in start order)."""
+    then returns its message. Stopping them is the caller's (each child's `proc`)."""
 
     children: list[Child] = field(default_factory=list)
     say: Callable[[str], None] = partial(print, flush=True)
@@ -56,9 +56,6 @@ class Supervisor:
         child = Child(name, start)
         self.children.append(child)
         child.launch()
-
-    def procs(self) -> list[subprocess.Popen]:
-        return [c.proc for c in self.children if c.proc is not None]
 
     def watch(self) -> str:
         while True:
