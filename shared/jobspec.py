@@ -289,6 +289,12 @@ class Txt2ImgSpec(DiffusionSpec):
         return needed
 
 
+def hires_upscaler_name(upscaler: str) -> str:
+    """A hires fix's upscaler as SD-WebUI's infotext names it ("Latent"; clients send the
+    infotext's name back as hr_upscaler)."""
+    return "Latent" if upscaler == "latent" else upscaler
+
+
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The hires-fix target size: scaled, rounded down to a multiple of 8."""
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8

@@ -13,7 +13,14 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from shared.jobspec import AnySpec, DiffusionSpec, Img2ImgSpec, Txt2ImgSpec, UpscaleSpec
+from shared.jobspec import (
+    AnySpec,
+    DiffusionSpec,
+    Img2ImgSpec,
+    Txt2ImgSpec,
+    UpscaleSpec,
+    hires_upscaler_name,
+)
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -49,13 +56,11 @@ def _diffusion_parameters(spec: DiffusionSpec, seed: int, size: tuple[int, int])
         if spec.mask:
             params.append(f"Mask blur: {spec.mask_blur}")
     if isinstance(spec, Txt2ImgSpec) and spec.hires:
-        # SD-WebUI's name for a latent upscale (clients send it back as hr_upscaler).
-        upscaler = "Latent" if spec.hires.upscaler == "latent" else spec.hires.upscaler
         params += [
             f"Denoising strength: {spec.hires.denoising_strength:g}",
             f"Hires upscale: {spec.hires.scale:g}",
             f"Hires steps: {spec.hires.steps or spec.steps}",
-            f"Hires upscaler: {upscaler}",
+            f"Hires upscaler: {hires_upscaler_name(spec.hires.upscaler)}",
             f"Hires resize: {size[0]}x{size[1]}",
         ]
     for i, unit in enumerate(spec.controlnet):

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from dashboard import farm
 from dashboard.sdapi import catalogue
 from shared.config import Settings
-from shared.jobspec import hires_size
+from shared.jobspec import hires_size, hires_upscaler_name
 
 VERSION = "renderfarm-sdapi 1.10.0"
 # Fields never echoed back (SillyTavern forwards its connection settings in the body).
@@ -55,7 +55,7 @@ def info(record: dict[str, Any], infotexts: list[str], settings: Settings) -> st
         size = hires_size(spec["width"], spec["height"], hires["scale"])
         extra = {
             "Hires upscale": hires["scale"],
-            "Hires upscaler": "Latent" if hires["upscaler"] == "latent" else hires["upscaler"],
+            "Hires upscaler": hires_upscaler_name(hires["upscaler"]),
             "Hires resize": f"{size[0]}x{size[1]}",
         }
     created = time.localtime(float(record["created_at"]))
