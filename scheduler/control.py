@@ -114,8 +114,7 @@ class JobControl:
             if info is None:
                 raise SubmitError(field, f"unknown {family} {name!r}; see GET /api/v1/models")
             found.append((field, info))
-        widths = [i.cross_attention for _, i in found if i.family == "checkpoint"]
-        checkpoint = widths[0] if widths else None
+        checkpoint = next((i.cross_attention for _, i in found if i.family == "checkpoint"), None)
         for field, info in found:
             width = info.cross_attention
             if info.family == "controlnet" and width and checkpoint and width != checkpoint:
