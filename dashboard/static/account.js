@@ -26,7 +26,7 @@
       const r = await api("/me", { method: "POST", body: { webhook_url: url } });
       const message = document.getElementById("webhook-message");
       message.className = `form-message ${r.ok ? "ok" : "error"}`;
-      message.textContent = r.ok ? (url ? "saved" : "cleared") : (r.body.errors || []).map((e) => `${e.field}: ${e.reason}`).join("; ") || r.body.error;
+      message.textContent = r.ok ? (url ? "saved" : "cleared") : RF.refusal(r);
     });
   }
   loadMe();

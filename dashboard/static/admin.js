@@ -7,7 +7,7 @@
   const tokenAccount = document.getElementById("token-account");
   const tokens = tokenCard({ account: () => tokenAccount.value || RF.me.account, changed: () => loadAudit() });
 
-  function fail(r) { RF.flash(r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`, "error"); }
+  function fail(r) { RF.flash(RF.refusal(r), "error"); }
 
   async function change(name, body, done) {
     const r = await api(`/accounts/${encodeURIComponent(name)}`, { method: "POST", body });
@@ -61,7 +61,7 @@
     if (f.password.value) body.password = f.password.value;
     const r = await api("/accounts", { method: "POST", body });
     const message = document.getElementById("account-message");
-    if (!r.ok) { message.className = "form-message error"; message.textContent = (r.body.errors || []).map((e) => `${e.field}: ${e.reason}`).join("; ") || r.body.error; return; }
+    if (!r.ok) { message.className = "form-message error"; message.textContent = RF.refusal(r); return; }
     message.className = "form-message ok";
     message.textContent = `created ${r.body.name} (${r.body.role})`;
     event.target.reset();

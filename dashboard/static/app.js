@@ -135,6 +135,9 @@ const RF = (() => {
   // cancellation's neutral (someone chose it; nothing went wrong).
   const messageClass = (outcome) => (outcome === "canceled" ? "muted block" : "error");
 
+  // What a refused answer says: its field errors ("field: reason; ..."), else its error.
+  const refusal = (r) => (r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`);
+
   const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
 
   // The cancel / retry / priority controls this account may use on `job`.
@@ -253,5 +256,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, track, live, query, setQuery, shortId, waitingText, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, refusal, track, live, query, setQuery, shortId, waitingText, messageClass, FINAL };
 })();

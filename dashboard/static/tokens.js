@@ -6,7 +6,7 @@ function tokenCard({ account = () => "", changed = () => {} } = {}) {
   const { api, el, fmt, flash } = RF;
   const secretBox = document.getElementById("new-token-secret");
   const whose = () => (account() ? `?account=${encodeURIComponent(account())}` : "");
-  const refused = (r) => flash(r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`, "error");
+  const refused = (r) => flash(RF.refusal(r), "error");
 
   async function revoke(id) {
     const r = await api(`/tokens/${encodeURIComponent(id)}${whose()}`, { method: "DELETE" });
