@@ -149,6 +149,7 @@ def shoot(url: str, out: Path, ids: dict[str, str], admin: str) -> None:
         snap("workers", "/workers", "#worker-rows tr")
         snap("models", "/models", "#families section")
         snap("admin", "/admin", "#audit-rows tr")
+        snap("account", "/account", "#me-hardware:not(:empty)")
         browser.close()
 
 
