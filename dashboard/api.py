@@ -20,7 +20,7 @@ from scheduler.fleet import drain, live_workers
 from scheduler.listing import JobQuery, find_jobs, gallery
 from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
-from shared.jobspec import AnySpec, field_errors, parse_spec
+from shared.jobspec import AnySpec, field_errors, load_spec, parse_spec
 from shared.storage import ObjectNotFound
 from shared.vocabulary import Priority, StatusView
 
@@ -381,13 +381,47 @@ def list_gallery():
     return jsonify(items=out, total=total, page=page, per_page=per_page)
 
 
+def input_views(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The job's stored input images (init image, mask, ControlNet images), each by its
+    field. Only in the one job's answer: lists would parse every job's spec for them."""
+    job_id, images = record["id"], load_spec(record["spec"]).images()
+    return [
+        {"field": name, "key": key, "url": url_for("api.job_input", job_id=job_id, field=name)}
+        for name, key in images.items()
+    ]
+
+
 @api.get("/jobs/<job_id>")
 @require(Role.VIEWER)
 def get_job(job_id: str):
     record = farm.jobs().records.get(job_id)
     if record is None:
         return jsonify(error=f"no job {job_id!r}"), 404
-    return jsonify(job_view(record))
+    return jsonify(job_view(record) | {"inputs": input_views(record)})
+
+
+@api.get("/jobs/<job_id>/inputs/<field>")
+@require(Role.VIEWER)
+def job_input(job_id: str, field: str):
+    """One stored input image of the job (a PNG), by its field: `init_image`, `mask`,
+    `image` (an upscale's), `controlnet.<n>.image`."""
+    record = farm.jobs().records.get(job_id)
+    if record is None:
+        return jsonify(error=f"no job {job_id!r}"), 404
+    images = load_spec(record["spec"]).images()
+    if field not in images:
+        has = ", ".join(images) or "none"
+        return jsonify(error=f"job {job_id!r} has no input {field!r} (its inputs: {has})"), 404
+    try:
+        data = farm.jobs().storage.get(images[field])
+    except ObjectNotFound:
+        return jsonify(error=f"input {field} of job {job_id!r} is missing from storage"), 404
+    # Stored under the hash of its bytes: what this address gives never changes.
+    resp = Response(data, mimetype="image/png")
+    resp.cache_control.private = True
+    resp.cache_control.max_age = 30 * 86400
+    resp.cache_control.immutable = True
+    return resp
 
 
 def _output_key(job_id: str, index: int) -> str | tuple[Response, int]:

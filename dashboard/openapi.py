@@ -37,6 +37,12 @@ class Output(BaseModel):
     url: str
 
 
+class Input(BaseModel):
+    field: str = Field(description="init_image, mask, image or controlnet.<n>.image")
+    key: str
+    url: str
+
+
 class Job(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
@@ -49,6 +55,7 @@ class Job(BaseModel):
     seeds: list[int]
     error: str | None = None
     outputs: list[Output]
+    inputs: list[Input] | None = Field(None, description="its input images (GET of one job)")
     created_at: float
 
 
@@ -218,6 +225,9 @@ ROUTES: tuple[Route, ...] = (
           params=JOB_ID),
     Route("get", "/api/v1/jobs/{job_id}/outputs/{index}", Role.VIEWER, "An output PNG",
           media="image/png", errors=(404,), params=(*JOB_ID, ("index", "path", "integer"))),
+    Route("get", "/api/v1/jobs/{job_id}/inputs/{field}", Role.VIEWER,
+          "An input image (PNG) of the job, by its field", media="image/png", errors=(404,),
+          params=(*JOB_ID, ("field", "path", "string"))),
     Route("post", "/api/v1/jobs/{job_id}/cancel", Role.MEMBER, "Cancel a job", ok=Job,
           errors=(403, 404, 409), params=JOB_ID),
     Route("post", "/api/v1/jobs/{job_id}/retry", Role.MEMBER, "Run a finished job again",

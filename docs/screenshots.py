@@ -116,7 +116,7 @@ def demo_jobs(url: str, tokens: dict[str, str]) -> dict[str, str]:
     cho.submit({**base, "prompt": "portrait study, needs a gpu", "hardware": "gpu"})
     long = ana.submit({**base, "prompt": "a long render: 150 steps", "steps": 150, "width": 256})
     ben.submit({**base, "prompt": "queued behind the long render", "steps": 30}, priority="low")
-    return {"job": hires, "long": long["id"]}
+    return {"job": hires, "inpaint": inpaint, "long": long["id"]}
 
 
 def shoot(url: str, out: Path, ids: dict[str, str], admin: str) -> None:
@@ -142,6 +142,7 @@ def shoot(url: str, out: Path, ids: dict[str, str], admin: str) -> None:
 
         snap("queue", "/", "#job-rows tr.status-row-running", 1.5)
         snap("job", f"/jobs/{ids['job']}", "#images img.full")
+        snap("job-inputs", f"/jobs/{ids['inpaint']}", "#inputs img")
         page.goto(url + f"/submit?from={ids['job']}")
         page.wait_for_selector("#reused:not([hidden])")
         snap("submit", f"/submit?from={ids['job']}", "#reused:not([hidden])")

@@ -197,6 +197,11 @@ class FarmClient:
         """The PNG bytes of output `index`."""
         return self._call("GET", f"/api/v1/jobs/{job_id}/outputs/{index}").content
 
+    def input(self, job_id: str, field: str) -> bytes:
+        """The PNG bytes of the job's input image `field` (`init_image`, `mask`, `image`,
+        `controlnet.<n>.image`), as stored when it was submitted."""
+        return self._call("GET", f"/api/v1/jobs/{job_id}/inputs/{field}").content
+
     def download(self, job: JSON, folder: Path) -> list[Path]:
         """Every output of `job` (a job as the API gave it) into `folder`, as <id>-<n>.png."""
         folder.mkdir(parents=True, exist_ok=True)

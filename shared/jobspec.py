@@ -19,7 +19,7 @@ import io
 import math
 import re
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -126,6 +126,17 @@ class _Spec(BaseModel):
     def image_fields(self) -> list[tuple[str, ...]]:
         """Paths (field names / indexes) of every image input in this spec."""
         return []
+
+    def images(self) -> dict[str, str]:
+        """Every image input by its field's dotted name (`init_image`, `controlnet.0.image`):
+        its base64 as sent, or its `inputs/` key once stored."""
+        found = {}
+        for path in self.image_fields():
+            value: Any = self
+            for part in path:
+                value = value[int(part)] if part.isdigit() else getattr(value, part)
+            found[".".join(path)] = value
+        return found
 
     def required_models(self) -> list[tuple[str, str, str]]:
         """Every model the job needs from the store, as (field, family, name)."""

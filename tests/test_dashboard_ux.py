@@ -245,7 +245,10 @@ def data_url(colour) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def test_reusing_an_inpainting_job_says_it_reuses_its_image_and_mask(farm, page):
+LOADED = "img => img.complete && img.naturalWidth"  # the image arrived and decoded
+
+
+def test_reusing_an_inpainting_job_shows_its_image_and_mask(farm, page):
     job = farm.submit(
         owner="ux-member",
         kind="img2img",
@@ -266,5 +269,18 @@ def test_reusing_an_inpainting_job_says_it_reuses_its_image_and_mask(farm, page)
         mask.wait_for()
         assert spec["init_image"] in init.inner_text()
         assert "and its mask" in mask.inner_text() and spec["mask"] in mask.inner_text()
+        # Both shown: the init image where an uploaded one would be, under the brush (a new
+        # mask can be painted on it), the mask in its note.
+        for preview in (page.locator("#init-preview"), mask.locator("img")):
+            page.wait_for_function(LOADED, arg=preview.element_handle())
+        assert page.locator("#paint").is_visible()
+        # The job's own page shows what it was given.
+        page.goto(farm.url + f"/jobs/{job['id']}")
+        figures = page.locator("#inputs figure")
+        figures.nth(1).wait_for()
+        assert figures.locator("figcaption").all_inner_texts() == ["init image", "mask"]
+        for img in figures.locator("img").all():
+            page.wait_for_function(LOADED, arg=img.element_handle())
+            assert img.evaluate("img => img.naturalWidth") == 64
     finally:
         farm.client.cancel(job["id"])

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image, ImageOps
 
+from shared.client import ApiError
 from tests.conftest import BUCKET, s3_client
 
 TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 4, "seed": 11}
@@ -95,6 +97,38 @@ def test_an_input_png_is_stored_as_sent_and_a_jpeg_as_a_png_of_its_pixels(farm, 
     as_stored = Image.open(io.BytesIO(stored_input(farm, jpeg)[1]))
     assert as_stored.format == "PNG"
     assert np.array_equal(np.asarray(as_stored), np.asarray(Image.open(io.BytesIO(jpeg))))
+
+
+def test_a_jobs_input_images_are_served_by_their_field(farm, gradient):
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    init = encoded(gradient, "PNG", compress_level=1)
+    mask = encoded(Image.new("L", gradient.size, 255), "PNG")
+    hint = encoded(ImageOps.mirror(gradient), "PNG")
+    unit = {"model": "demo-controlnet-sd15", "image": b64(hint)}
+    spec = {**TINY, "prompt": "p", "hardware": "gpu"}  # no GPU worker: they wait
+    images = {"init_image": b64(init), "mask": b64(mask), "controlnet": [unit]}
+    job = farm.submit(kind="img2img", **images, **spec)
+    plain = farm.submit(**spec)
+    try:
+        inputs = farm.job(job["id"])["inputs"]
+        assert [i["field"] for i in inputs] == ["init_image", "mask", "controlnet.0.image"]
+        with farm.as_account("inputs-viewer", "viewer") as viewer:
+            for item, sent in zip(inputs, (init, mask, hint), strict=True):
+                assert item["key"] == f"inputs/{hashlib.sha256(sent).hexdigest()}.png"
+                assert viewer.input(job["id"], item["field"]) == sent
+            resp = viewer.request("GET", inputs[0]["url"])
+            assert resp.headers["Content-Type"] == "image/png" and resp.content == init
+            with pytest.raises(ApiError) as missing:
+                viewer.input(job["id"], "controlnet.1.image")
+            assert missing.value.status == 404
+            assert "its inputs: init_image, mask, controlnet.0.image" in missing.value.body["error"]
+        assert requests.get(farm.url + inputs[0]["url"], timeout=10).status_code == 401
+        assert farm.job(plain["id"])["inputs"] == []
+    finally:
+        for made in (job, plain):
+            farm.client.cancel(made["id"])
 
 
 def test_a_photo_is_stored_upright_and_a_cmyk_jpeg_as_rgb(farm, gradient):

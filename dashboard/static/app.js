@@ -13,6 +13,12 @@ const RF = (() => {
   // and title attributes keep the full id. (templates/job.html uses the same rule.)
   const shortId = (id) => String(id).slice(-8);
 
+  // An input image's field as people read it: "init image", "mask", "ControlNet 2 image".
+  function inputName(field) {
+    const unit = /^controlnet\.(\d+)\.image$/.exec(field);
+    return unit ? `ControlNet ${Number(unit[1]) + 1} image` : field.replace("_", " ");
+  }
+
   async function api(path, { method = "GET", body, signal } = {}) {
     const headers = {};
     if (method !== "GET") headers["X-CSRFToken"] = csrf;
@@ -256,5 +262,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, refusal, track, live, query, setQuery, shortId, waitingText, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, refusal, track, live, query, setQuery, shortId, inputName, waitingText, messageClass, FINAL };
 })();

@@ -109,6 +109,16 @@
         el("a", { href: out.url, download: `${job.id}-${out.index}.png`, className: "download" }, "download")))));
   }
 
+  // The images it was given, shown once (they never change): init image, mask, ControlNet.
+  function inputs() {
+    const box = document.getElementById("inputs-box");
+    if (!box.hidden || !(job.inputs || []).length) return;
+    document.getElementById("inputs").replaceChildren(...job.inputs.map((input) => el("figure", {},
+      el("a", { href: input.url }, el("img", { src: input.url, alt: RF.inputName(input.field), className: "input" })),
+      el("figcaption", {}, RF.inputName(input.field)))));
+    box.hidden = false;
+  }
+
   function progress() {
     const bar = document.getElementById("job-progress");
     const running = job.status === "running";
@@ -142,6 +152,7 @@
     attempts();
     specTable();
     images();
+    inputs();
   }
 
   async function load() {

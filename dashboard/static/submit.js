@@ -50,9 +50,15 @@
     reader.onerror = () => reject(reader.error);
     reader.readAsDataURL(file);
   });
-  function reusedNote(field, text) {
+  // What a reused job's image field holds: its key, and the image itself (`src`).
+  function reusedNote(field, text, src) {
     const note = form.querySelector(`.reused-image[data-for="${field}"]`);
-    if (note) { note.textContent = text || ""; note.hidden = !text; }
+    if (note) showReused(note, text, src);
+  }
+  function showReused(note, text, src) {
+    note.replaceChildren(text || "");
+    if (text && src) note.append(el("img", { src, alt: text, className: "reused-preview" }));
+    note.hidden = !text;
   }
   for (const field of ["init_image", "mask", "image"]) {
     f[field].addEventListener("change", async () => {
@@ -130,8 +136,7 @@
     }
     if (values.image) {
       unit.image = values.image;
-      const note = unit.querySelector(".reused-image");
-      note.textContent = `using ${values.image}`; note.hidden = false;
+      showReused(unit.querySelector(".reused-image"), `using ${values.image}`, values.preview);
     }
     unit.querySelector(".cn-image").addEventListener("change", async (e) => {
       const file = e.target.files[0];
@@ -273,6 +278,7 @@
     const { ok, body: job } = await api(`/jobs/${id}`);
     if (!ok) { RF.flash(`no job ${id} to reuse`, "error"); return; }
     const s = job.spec;
+    const stored = (field) => (job.inputs || []).find((input) => input.field === field)?.url;
     const k = s.kind === "img2img" ? (s.mask ? "inpaint" : "img2img") : s.kind || "txt2img";
     form.querySelector(`input[name=kind][value="${k}"]`).checked = true;
     const set = (input, value) => {
@@ -286,7 +292,8 @@
         set(f.up_width, s.width); set(f.up_height, s.height);
         form.querySelector("input[name=upscale_by][value=size]").checked = true;
       }
-      images.image = s.image; reusedNote("image", `using the image of job ${RF.shortId(id)} (${s.image})`);
+      images.image = s.image;
+      reusedNote("image", `using the image of job ${RF.shortId(id)} (${s.image})`, stored("image"));
     } else {
       for (const key of ["prompt", "negative_prompt", "model", "sampler", "steps", "cfg_scale", "width", "height", "seed", "batch_size", "batch_count"]) set(f[key], s[key]);
       set(f.vae, s.vae || "");
@@ -299,9 +306,13 @@
         images.init_image = s.init_image;
         set(f.denoising_strength, s.denoising_strength); set(f.resize_mode, s.resize_mode);
         reusedNote("init_image", `using the init image of job ${RF.shortId(id)} (${s.init_image})`);
+        if (stored("init_image")) showInit(stored("init_image")); // a new mask can be painted on it
       }
-      if (s.mask) { images.mask = s.mask; set(f.mask_blur, s.mask_blur); reusedNote("mask", `and its mask (${s.mask})`); }
-      for (const unit of s.controlnet || []) addUnit(unit);
+      if (s.mask) {
+        images.mask = s.mask; set(f.mask_blur, s.mask_blur);
+        reusedNote("mask", `and its mask (${s.mask})`, stored("mask"));
+      }
+      (s.controlnet || []).forEach((unit, i) => addUnit({ ...unit, preview: stored(`controlnet.${i}.image`) }));
     }
     set(f.hardware, s.hardware);
     if (job.priority) set(f.priority, job.priority);
