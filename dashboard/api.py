@@ -227,6 +227,22 @@ def retry_job(job_id: str):
     return _steer(job_id, "retry", farm.jobs().retry)
 
 
+@api.delete("/jobs/<job_id>")
+@require(Role.MEMBER)
+def delete_job(job_id: str):
+    """A finished job, its outputs and thumbnails, and the input images no other job names:
+    gone (the record at once, the objects soon after). 409 while it is queued or running."""
+    found = _steerable(job_id)
+    if isinstance(found, tuple):
+        return found
+    try:
+        farm.jobs().delete(job_id)
+    except KeyError:
+        return jsonify(error=f"no job {job_id!r}"), 404  # deleted meanwhile
+    audit_event("job.delete", job_id, detail=f"owner {found['owner']}")
+    return jsonify(id=job_id, deleted=True)
+
+
 @api.post("/jobs/<job_id>/priority")
 @require(Role.MEMBER)
 def set_priority(job_id: str):

@@ -59,6 +59,11 @@ class Job(BaseModel):
     created_at: float
 
 
+class Deleted(BaseModel):
+    id: str
+    deleted: bool
+
+
 class JobList(BaseModel):
     model_config = ConfigDict(extra="allow")
     jobs: list[Job]
@@ -230,6 +235,9 @@ ROUTES: tuple[Route, ...] = (
           params=(*JOB_ID, ("field", "path", "string"))),
     Route("post", "/api/v1/jobs/{job_id}/cancel", Role.MEMBER, "Cancel a job", ok=Job,
           errors=(403, 404, 409), params=JOB_ID),
+    Route("delete", "/api/v1/jobs/{job_id}", Role.MEMBER,
+          "Delete a finished job with its outputs", ok=Deleted, errors=(403, 404, 409),
+          params=JOB_ID),
     Route("post", "/api/v1/jobs/{job_id}/retry", Role.MEMBER, "Run a finished job again",
           ok=Job, errors=(403, 404, 409), params=JOB_ID),
     Route("post", "/api/v1/jobs/{job_id}/priority", Role.MEMBER, "Re-prioritise a queued job",

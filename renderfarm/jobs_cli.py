@@ -121,6 +121,10 @@ def cmd_control(args: argparse.Namespace) -> int:
         return 0
     if args.command == "priority":
         job = client.set_priority(args.target, args.priority)
+    elif args.command == "delete":
+        client.delete(args.target)
+        print(f"{args.target} deleted")
+        return 0
     else:
         job = getattr(client, args.command)(args.target)  # cancel, retry
     print(f"{job['id']} {job['status']} priority={job['priority']}")
@@ -132,6 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("cancel", "cancel a queued or running job"),
         ("retry", "run a failed or canceled job again"),
         ("priority", "change the priority of a queued job"),
+        ("delete", "delete a finished job with its outputs"),
         ("drain", "let a worker finish its job and take no new ones"),
     ):
         p = sub.add_parser(name, help=text)

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
 from scheduler.quotas import Quota, QuotaExceeded
-from scheduler.records import JobRecords, as_record, refused
+from scheduler.records import Deleted, JobRecords, as_record, refused
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -145,6 +145,9 @@ class JobControl:
                     raw = self.storage.get(value)
                 except ObjectNotFound:
                     raise SubmitError(".".join(path), f"no stored input {value!r}") from None
+                # Written again, as a new image is: the retention step never deletes an input
+                # written in the last minutes, so not one this job is about to name.
+                pngs[value] = raw
                 with Image.open(io.BytesIO(raw)) as im:
                     sizes[path] = im.size
                 continue
@@ -354,6 +357,16 @@ class JobControl:
             )
         self.pending.add(job_id, rec["owner"], rec["priority"], rec["created_at"])
         return self._get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job: its record at once, its outputs from storage soon after (the
+        scheduler's retention step empties the trash). KeyError: no such job; ConflictError:
+        it is still queued or running (cancel it first)."""
+        done = self.records.delete(job_id)
+        if done is Deleted.GONE:
+            raise KeyError(job_id)
+        if done is Deleted.ACTIVE:
+            raise ConflictError(f"job {job_id} is still queued or running; cancel it first")
 
     def set_priority(self, job_id: str, priority: Priority) -> dict[str, Any]:
         rec = self._get(job_id)

@@ -9,6 +9,8 @@ One dispatcher runs per farm (`renderfarm scheduler`, holding a Redis lock). Eac
   then age) go one at a time to an idle live worker that can run them, on that worker's
   own queue. A worker that already holds the job's model wins; a job waits at most
   `affinity_wait_s` for a busy warm worker before an idle one loads the model.
+- tidy (scheduler/retention.py), every TIDY_EVERY_S: deleted jobs' objects removed from
+  storage; jobs finished more than `keep_jobs_days` ago deleted.
 Celery carries the task (late ack, requeue if the worker is lost); the record decides.
 
 What a pass costs does not grow with the queue: it reads the fleet in two round trips
@@ -39,11 +41,13 @@ from scheduler.fleetview import FleetReader, FleetView, Worker, can_run, holds
 from scheduler.pending import Candidate, PendingJobs
 from scheduler.reaper import Reaper
 from scheduler.records import JobRecords
+from scheduler.retention import Retention
 from scheduler.timing import model_of  # the model whose presence makes a worker warm
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import AnySpec, load_spec
 from shared.outage import Outage
+from shared.storage import open_storage
 from shared.vocabulary import JobStatus
 
 __all__ = ["AFFINITY_WINDOW", "Dispatcher", "FleetView", "can_run", "holds"]
@@ -57,6 +61,7 @@ READ_BATCH = 64  # records read in one round trip
 READ_PER_OWNER = 2  # of them, at most this many of one owner (most are skipped: served)
 SWEEP_BATCH = 500  # the same, while refreshing every head job's reason
 SEND_BATCH = 200  # decisions sent in one pipeline and one publish batch
+TIDY_EVERY_S = 2.0  # how often the retention step runs (scheduler/retention.py)
 # A record's fields a pass decides on (the spec too, unless already parsed).
 _FIELDS = (
     *("status", "priority", "owner", "attempt", "eligible_at", "waiting", "hardware"),
@@ -122,13 +127,17 @@ class Dispatcher:
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
         self.reaper = Reaper(self.redis, settings)
+        self.retention = Retention(self.redis, open_storage(settings), settings)
+        self._storage_outage = Outage(
+            log, "storage unavailable; deleted jobs' objects wait", "storage reached again"
+        )
         self.leading = False  # holds the dispatcher lock (renderfarm_scheduler_leader)
         # A heartbeat is up to an interval old anyway: re-read them at most 4 times per one.
         self.fleet_reader = FleetReader(self.redis, refresh_s=settings.heartbeat_s / 4)
         # A lost attempt is found within this of its lease expiring.
         self.reap_every_s = min(settings.lease_s, settings.heartbeat_s) / 4
         self.sweep_every_s = settings.heartbeat_s
-        self._next_reap = self._next_sweep = float("-inf")
+        self._next_reap = self._next_sweep = self._next_tidy = float("-inf")
         self._counts_checked = False
         self._known: dict[str, _Job] = {}  # the jobs in the owners' heads, last pass
         self.affinity = Affinity(self.redis)  # the caches and costs beyond the heartbeats
@@ -152,6 +161,23 @@ class Dispatcher:
             return 0
         self._next_reap = now + self.reap_every_s
         return self.reaper.reap()
+
+    def tidy(self) -> None:
+        """Retention (scheduler/retention.py), at most every TIDY_EVERY_S: deleted jobs'
+        objects removed from storage, expired jobs deleted. Storage down is logged, and
+        dispatching goes on."""
+        now = time.monotonic()
+        if now < self._next_tidy:
+            return
+        self._next_tidy = now + TIDY_EVERY_S
+        try:
+            self.retention.step()
+        except RedisError:
+            raise
+        except Exception as exc:  # boto3's and the filesystem's errors alike
+            self._storage_outage.failed(exc)
+        else:
+            self._storage_outage.over()
 
     # -- dispatching --------------------------------------------------------------------------
 
@@ -332,6 +358,7 @@ class Dispatcher:
                     self.redis.pexpire(keys.dispatcher_lock(), 5000)
                     self.reap()
                     self.dispatch()
+                    self.tidy()
                 if self.redis.brpop([keys.wake()], timeout=poll_s):
                     self.redis.delete(keys.wake())  # one pass serves every wake-up so far
                 outage.over()

@@ -30,9 +30,10 @@ class JobEvent:
     progress: float
     owner: str
     seq: int
+    deleted: bool = False  # the job was deleted (with the status it had)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        event = {
             "job": self.job,
             "status": self.status.view,
             "state": self.status,
@@ -40,6 +41,7 @@ class JobEvent:
             "owner": self.owner,
             "seq": self.seq,
         }
+        return event | {"deleted": True} if self.deleted else event
 
 
 def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> JobEvent:
@@ -51,6 +53,7 @@ def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> JobEvent:
         float(f["progress"]),
         f["owner"],
         int(f["seq"]),
+        "deleted" in f,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis
@@ -24,7 +25,7 @@ from scheduler.census import CENSUS_LUA
 from scheduler.pending import score as pending_score
 from scheduler.timing import HISTORY, model_of, timing_of
 from shared import keys
-from shared.jobspec import AnySpec
+from shared.jobspec import INPUT_KEY, AnySpec, load_spec
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
 S = JobStatus
@@ -297,13 +298,15 @@ def _parse(rec: dict[str, Any]) -> dict[str, Any]:
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
 # indexes, the events stream, the owner's pending set, the pending owners, the wake-up list,
 # the owners' dispatched counts (kept by the census), the hash of the sibling it comes after,
-# the owners' running limits, the audit log. ARGV: job id, created at, owner, its pending
-# score, wake ("1" or ""), max queued ("" = not checked), jobs counted against it, "1" if the
-# sibling must exist, the events' length, the owner's running limit ("" = unchanged), the
-# audit log's length ("" = no entry), how many audit values follow (n), the audit entry's n
-# field/value values, then the record's field/value pairs. The quota check, the record, its
-# indexes, its event, its place in the owner's queue and its audit entry in one step: two
-# submissions cannot both take the last place, and no job is recorded without its entry.
+# the owners' running limits, the audit log, the input images' reference counts. ARGV: job
+# id, created at, owner, its pending score, wake ("1" or ""), max queued ("" = not checked),
+# jobs counted against it, "1" if the sibling must exist, the events' length, the owner's
+# running limit ("" = unchanged), the audit log's length ("" = no entry), how many audit
+# values follow (n), how many input image keys (m), the audit entry's n field/value values,
+# the m input keys, then the record's field/value pairs. The quota check, the record, its
+# indexes, its event, its place in the owner's queue, its inputs' counts and its audit entry
+# in one step: two submissions cannot both take the last place, and no job is recorded
+# without its entry.
 _CREATE = f"""
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
 if ARGV[6] ~= '' then
@@ -311,8 +314,10 @@ if ARGV[6] ~= '' then
   queued = queued + tonumber(redis.call('HGET', KEYS[12], ARGV[3]) or '0')
   if queued + tonumber(ARGV[7]) > tonumber(ARGV[6]) then return queued end
 end
-local id, now, owner, audited = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[12])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13 + audited))
+local id, now, owner = ARGV[1], ARGV[2], ARGV[3]
+local audited, inputs = tonumber(ARGV[12]), tonumber(ARGV[13])
+redis.call('HSET', KEYS[1], unpack(ARGV, 14 + audited + inputs))
+for i = 14 + audited, 13 + audited + inputs do redis.call('HINCRBY', KEYS[16], ARGV[i], 1) end
 for i = 2, 7 do redis.call('ZADD', KEYS[i], now, id) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*',
   'job', id, 'status', '{S.PENDING}', 'progress', 0, 'owner', owner, 'seq', 1)
@@ -321,11 +326,56 @@ redis.call('ZADD', KEYS[10], 'NX', 0, owner)  -- a new owner goes first
 if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[11], 1) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[14], owner, ARGV[10]) end
 if ARGV[11] ~= '' then
-  redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[11], '*', unpack(ARGV, 13, 12 + audited))
+  redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[11], '*', unpack(ARGV, 14, 13 + audited))
 end
 return 'created'
 """
 CREATED = b"created"
+
+# KEYS: the job hash, the jobs index, the events stream, the team's gallery, the trash, the
+# input images' reference counts. ARGV: job id, the `seq` the caller read, the events'
+# length, the job's storage folders, then its input keys. A finished job only, unchanged
+# since it was read: the record, its place in every index and gallery, its inputs' counts
+# (an input no job names any more goes to the trash, with the folders), and an event
+# saying it was deleted, in one step. The per-owner keys are built here from the record.
+_DELETE = f"""
+local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'owner', 'model', 'class_asked',
+  'outputs', 'created_at', 'progress')
+if not f[1] then return 'gone' end
+if f[1] ~= '{S.SUCCEEDED}' and f[1] ~= '{S.FAILED}' and f[1] ~= '{S.CANCELED}' then
+  return 'active'
+end
+if f[2] ~= ARGV[2] then return 'changed' end
+local id, owner = ARGV[1], f[3] or ''
+redis.call('ZREM', KEYS[2], id)
+for _, ix in ipairs({{'owner:' .. owner, 'status:' .. f[1], 'model:' .. (f[4] or ''),
+    'hardware:' .. (f[5] or '')}}) do
+  redis.call('ZREM', '{keys.index("", "").removesuffix(":")}' .. ix, id)
+end
+for i = 1, #cjson.decode(f[6] or '[]') do
+  local member = id .. ':' .. (i - 1)
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('ZREM', '{_OWNER_GALLERY}' .. owner, member)
+end
+for i = 4, #ARGV do
+  if string.sub(ARGV[i], -1) == '/' then
+    redis.call('RPUSH', KEYS[5], ARGV[i])
+  else
+    local left = redis.call('HINCRBY', KEYS[6], ARGV[i], -1)
+    if left <= 0 then redis.call('HDEL', KEYS[6], ARGV[i]) end
+    if left == 0 then redis.call('RPUSH', KEYS[5], ARGV[i]) end  -- below 0: never counted
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'job', id, 'status', f[1],
+  'progress', f[8] or '0', 'owner', owner, 'seq', tonumber(f[2]) + 1, 'deleted', 1)
+return 'deleted'
+"""
+
+
+def _input_keys(spec: AnySpec) -> list[str]:
+    """The stored input images a job's spec names (once per field that names one)."""
+    return [key for key in spec.images().values() if INPUT_KEY.match(key)]
 
 
 def refused(reply: Any) -> int | None:
@@ -334,12 +384,21 @@ def refused(reply: Any) -> int | None:
     return None if reply == CREATED else int(reply)
 
 
+class Deleted(StrEnum):
+    """What `JobRecords.delete` did."""
+
+    DELETED = "deleted"
+    ACTIVE = "active"  # queued or running: not deleted
+    GONE = "gone"  # no such job (never was, or deleted already)
+
+
 class JobRecords:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
         self._rebuild = redis.register_script(_REBUILD_ACTIVE)
         self._create = redis.register_script(_CREATE)
+        self._delete = redis.register_script(_DELETE)
 
     def create(
         self,
@@ -417,6 +476,7 @@ class JobRecords:
             "class_asked": spec.hardware,  # its census cell while it waits
         }
         stored = {name: _encode(value) for name, value in fields.items()}
+        inputs = _input_keys(spec)
         reply = self._create(
             keys=[
                 keys.job(job_id),
@@ -435,6 +495,7 @@ class JobRecords:
                 keys.job(after or job_id),
                 keys.running_limits(),
                 keys.audit_log(),
+                keys.input_refs(),
             ],
             args=[
                 job_id,
@@ -449,7 +510,9 @@ class JobRecords:
                 "" if max_running is None else max_running,
                 "" if audit is None else audit_max,
                 2 * len(audit or ()),
+                len(inputs),
                 *(x for pair in (audit or {}).items() for x in pair),
+                *inputs,
                 *(x for pair in stored.items() for x in pair),
             ],
             client=client,
@@ -458,6 +521,32 @@ class JobRecords:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
+
+    def delete(self, job_id: str) -> Deleted:
+        """Delete a finished job's record, and queue its objects in storage (its outputs and
+        thumbnails, and the input images no other job names) for the scheduler to delete.
+        A job still queued or running is not deleted (`ACTIVE`)."""
+        while True:
+            record = self.get(job_id)
+            if record is None:
+                return Deleted.GONE
+            if not record["status"].final:
+                return Deleted.ACTIVE
+            folders = [f"jobs/{job_id}/", f"thumbs/{job_id}/"]
+            inputs = _input_keys(load_spec(record["spec"]))
+            reply = self._delete(
+                keys=[
+                    keys.job(job_id),
+                    keys.jobs_index(),
+                    keys.events(),
+                    keys.gallery(),
+                    keys.trash(),
+                    keys.input_refs(),
+                ],
+                args=[job_id, record["seq"], EVENTS_MAXLEN, *folders, *inputs],
+            )
+            if reply != b"changed":  # retried and finished again since it was read: anew
+                return Deleted(reply.decode())
 
     def get_many(self, job_ids: list[str]) -> list[dict[str, Any]]:
         """The records of `job_ids` in that order (missing ones left out), in one round trip."""

@@ -189,6 +189,10 @@ class FarmClient:
         """Run a failed or canceled job again."""
         return self._json("POST", f"/api/v1/jobs/{job_id}/retry")
 
+    def delete(self, job_id: str) -> JSON:
+        """A finished job, with its outputs, is deleted (409 while it is queued or running)."""
+        return self._json("DELETE", f"/api/v1/jobs/{job_id}")
+
     def set_priority(self, job_id: str, priority: str) -> JSON:
         """high, normal or low, for a job not yet dispatched (409 after)."""
         return self._json("POST", f"/api/v1/jobs/{job_id}/priority", json={"priority": priority})

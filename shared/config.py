@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     # every step and tile). The broker's visibility timeout sits above it.
     job_time_limit_s: int = 3600
 
+    # --- Retention (scheduler/retention.py) ---
+    # A finished job is deleted, with its outputs, this many days after it finished (0: kept
+    # until someone deletes it).
+    keep_jobs_days: float = Field(default=0, ge=0)
+
     # --- The live events stream (GET /api/v1/events) and webhooks (scheduler/notify.py) ---
     # A comment line is sent this often on an idle stream (proxies and clients keep it open,
     # and a client that went away is noticed).

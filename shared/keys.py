@@ -116,6 +116,18 @@ def account_tokens(name: str) -> str:
     return f"{PREFIX}:account-tokens:{name}"
 
 
+def input_refs() -> str:
+    """Hash of input image key (`inputs/<sha256>.png`) -> how many job records name it: the
+    image is deleted from storage with the last of them."""
+    return f"{PREFIX}:input-refs"
+
+
+def trash() -> str:
+    """List of the storage keys of deleted jobs' objects (a key ending in `/`: everything
+    under it), written with the deletion and emptied by the scheduler's retention step."""
+    return f"{PREFIX}:trash"
+
+
 def audit_log() -> str:
     """Stream of audit entries (append-only, capped)."""
     return f"{PREFIX}:audit"

@@ -7,7 +7,9 @@ back without knowing which one the farm was started with.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,15 @@ class Storage(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def age_s(self, key: str) -> float | None:
+        """Seconds since the object `key` was last written; None if there is none."""
+
+    @abstractmethod
+    def delete(self, key: str) -> int:
+        """Delete the object `key`, or with a key ending in `/` every object under it; how
+        many there were (deleting what is not there is no error)."""
 
 
 class FileStorage(Storage):
@@ -58,6 +69,24 @@ class FileStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def age_s(self, key: str) -> float | None:
+        try:
+            return time.time() - self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> int:
+        path = self._path(key)
+        if not key.endswith("/"):
+            existed = path.is_file()
+            path.unlink(missing_ok=True)
+            return int(existed)
+        if not path.is_dir() or path == self.root:
+            return 0
+        found = sum(1 for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        return found
 
 
 def s3_client(settings: Settings, **config: Any) -> Any:
@@ -116,6 +145,31 @@ class S3Storage(Storage):
                 return False
             raise
         return True
+
+    def age_s(self, key: str) -> float | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return time.time() - head["LastModified"].timestamp()
+
+    def delete(self, key: str) -> int:
+        if not key.endswith("/"):
+            existed = self.exists(key)
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            return int(existed)
+        found = 0
+        pages = self.client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self._key(key)):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:  # a page holds at most 1,000 keys: what one DeleteObjects takes
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+                found += len(objects)
+        return found
 
 
 def open_storage(settings: Settings) -> Storage:

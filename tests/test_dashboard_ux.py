@@ -7,6 +7,7 @@ job's images."""
 import base64
 import io
 import re
+import time
 
 import pytest
 from PIL import Image
@@ -284,3 +285,24 @@ def test_reusing_an_inpainting_job_shows_its_image_and_mask(farm, page):
             assert img.evaluate("img => img.naturalWidth") == 64
     finally:
         farm.client.cancel(job["id"])
+
+
+def test_a_finished_job_is_deleted_from_its_page_after_a_confirmation(farm, page):
+    kept, job = (
+        farm.submit(owner="ux-member", prompt=p, hardware="gpu", **TINY)
+        for p in ("kept", "to be deleted")
+    )
+    for made in (kept, job):
+        farm.client.cancel(made["id"])
+    page.goto(farm.url + f"/jobs/{job['id']}")
+    delete = page.locator("#job-actions button.delete")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete.click()
+    time.sleep(0.5)
+    assert farm.job(job["id"])["status"] == "canceled", "dismissed: nothing deleted"
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete.click()
+    page.wait_for_url(farm.url + "/")
+    row(page, kept["id"]).wait_for()  # the queue, with the job kept and without the other
+    assert row(page, job["id"]).count() == 0
+    assert farm.client.request("GET", f"/api/v1/jobs/{job['id']}").status_code == 404

@@ -167,6 +167,18 @@ const RF = (() => {
         on: { click: () => post("retry") },
       }));
     }
+    if (FINAL.has(job.status)) {
+      box.append(el("button", {
+        type: "button", className: "small action delete", textContent: "Delete",
+        on: { click: async () => {
+          if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
+          const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
+          if (!r.ok) flash(refusal(r), "error");
+          else if (location.pathname === `/jobs/${job.id}`) { location.assign("/"); return; }
+          if (done) done(r);
+        } },
+      }));
+    }
     if (job.status === "queued") {
       const select = el("select", { className: "priority", title: "priority" },
         ...["high", "normal", "low"].map((p) => el("option", { value: p, textContent: p, selected: p === job.priority })));
