@@ -16,13 +16,25 @@ def roundtrip(storage):
     assert storage.get("jobs/a/image-0.png") == b"second"
     with pytest.raises(ObjectNotFound):
         storage.get("jobs/missing.png")
+    assert 0 <= storage.age_s("jobs/a/image-0.png") < 60
+    assert storage.age_s("jobs/missing.png") is None
+    # A key, then a folder (a key ending in /): everything under it, and nothing beside it.
+    for key in ("jobs/a/1/image-0.png", "jobs/a/1/manifest.json", "jobs/ab/image-0.png"):
+        storage.put(key, b"x", "image/png")
+    assert storage.delete("jobs/a/image-0.png") == 1
+    assert not storage.exists("jobs/a/image-0.png")
+    assert storage.delete("jobs/a/image-0.png") == 0, "deleting what is gone is no error"
+    assert storage.delete("jobs/a/") == 2
+    assert not storage.exists("jobs/a/1/manifest.json") and storage.exists("jobs/ab/image-0.png")
+    assert storage.delete("jobs/none/") == 0
 
 
 def test_file_storage(tmp_path):
     storage = open_storage(Settings(storage_url=f"file://{tmp_path}"))
     assert isinstance(storage, FileStorage)
     roundtrip(storage)
-    assert (tmp_path / "jobs/a/image-0.png").read_bytes() == b"second"
+    assert (tmp_path / "jobs/ab/image-0.png").read_bytes() == b"x"
+    assert not (tmp_path / "jobs/a").exists(), "a deleted folder is gone, not left empty"
     assert not list(tmp_path.rglob(".part-*")), "no temporary files left behind"
 
 
@@ -42,8 +54,12 @@ def test_s3_storage_through_a_real_s3_endpoint(s3_env):
     storage = open_storage(settings)
     assert isinstance(storage, S3Storage)
     roundtrip(storage)
-    body = storage.client.get_object(Bucket=BUCKET, Key="unit/jobs/a/image-0.png")["Body"].read()
-    assert body == b"second"
+    # More objects than one listing page (and one DeleteObjects) holds.
+    for i in range(1005):
+        storage.client.put_object(Bucket=BUCKET, Key=f"unit/jobs/many/{i}.png", Body=b"x")
+    assert storage.delete("jobs/many/") == 1005
+    listed = storage.client.list_objects_v2(Bucket=BUCKET, Prefix="unit/jobs/many/")
+    assert listed["KeyCount"] == 0
 
 
 @pytest.mark.parametrize("url", ["ftp://x/y", "s3:///no-bucket", "/plain/path"])
