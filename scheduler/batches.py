@@ -95,6 +95,8 @@ class Batches:
         batch = {k.decode(): v.decode() for k, v in raw.items()}
         ids = json.loads(batch["children"])
         children = self.jobs.records.get_many(ids)  # one round trip, not one per job
+        if not children:
+            return None  # its jobs were deleted (the last one's deletion takes the batch)
         status, progress = aggregate(children)
         return {
             "id": batch_id,

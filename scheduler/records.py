@@ -336,11 +336,12 @@ CREATED = b"created"
 # input images' reference counts. ARGV: job id, the `seq` the caller read, the events'
 # length, the job's storage folders, then its input keys. A finished job only, unchanged
 # since it was read: the record, its place in every index and gallery, its inputs' counts
-# (an input no job names any more goes to the trash, with the folders), and an event
-# saying it was deleted, in one step. The per-owner keys are built here from the record.
+# (an input no job names any more goes to the trash, with the folders), its batch with the
+# last of its jobs, and an event saying it was deleted, in one step. The per-owner and
+# batch keys are built here from the record.
 _DELETE = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'owner', 'model', 'class_asked',
-  'outputs', 'created_at', 'progress')
+  'outputs', 'batch', 'progress')
 if not f[1] then return 'gone' end
 if f[1] ~= '{S.SUCCEEDED}' and f[1] ~= '{S.FAILED}' and f[1] ~= '{S.CANCELED}' then
   return 'active'
@@ -367,6 +368,14 @@ for i = 4, #ARGV do
   end
 end
 redis.call('DEL', KEYS[1])
+if f[7] and f[7] ~= '' then  -- the batch goes with the last of its jobs
+  local batch = '{keys.batch("")}' .. f[7]
+  local left = false
+  for _, child in ipairs(cjson.decode(redis.call('HGET', batch, 'children') or '[]')) do
+    if redis.call('EXISTS', '{keys.job("")}' .. child) == 1 then left = true break end
+  end
+  if not left then redis.call('DEL', batch) end
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'job', id, 'status', f[1],
   'progress', f[8] or '0', 'owner', owner, 'seq', tonumber(f[2]) + 1, 'deleted', 1)
 return 'deleted'

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from redis import Redis
 
+from scheduler.batches import Batches
 from scheduler.control import ConflictError, JobControl
 from scheduler.events import JobEvents
 from scheduler.records import Deleted
@@ -26,11 +27,12 @@ from shared.client import ApiError
 from shared.config import Settings
 from shared.jobspec import parse_spec
 from shared.storage import FileStorage
-from shared.vocabulary import JobStatus
+from shared.vocabulary import JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
 
 S = JobStatus
+NORMAL = Priority.NORMAL
 TINY = {"model": "demo-sd15", "prompt": "p", "width": 64, "height": 64, "steps": 1}
 
 
@@ -157,6 +159,19 @@ def test_an_input_reused_by_key_after_its_last_job_was_deleted_stays(jobs):
     jobs.redis.hdel(keys.input_refs(), key)
     retention(jobs).step()
     assert jobs.storage.exists(key)
+
+
+def test_a_batch_goes_with_the_last_of_its_jobs(jobs):
+    batches = Batches(jobs)
+    batch = batches.submit([parse_spec({**TINY, "batch_count": 2}, jobs.settings)], "ann", NORMAL)
+    first, second = (job["id"] for job in batch["jobs"])
+    batches.cancel(batch["id"])
+    jobs.delete(first)
+    assert [job["id"] for job in batches.get(batch["id"])["jobs"]] == [second]
+    jobs.delete(second)
+    assert batches.get(batch["id"]) is None
+    retention(jobs).step()
+    assert naming(jobs.redis, batch["id"]) == [] and naming(jobs.redis, second) == []
 
 
 def test_a_queued_or_running_job_is_not_deleted(jobs):
