@@ -112,6 +112,24 @@ class FarmCollector(Collector):
             {(outcome,): f.finished(outcome) for outcome in OUTCOMES},
         )
         yield _family(
+            "renderfarm_jobs_recorded",
+            "Job records Redis holds (every status; deleted jobs leave)",
+            [],
+            {(): f.recorded},
+        )
+        yield _family(
+            "renderfarm_jobs_deleted_total",
+            "Finished jobs deleted, through the API or by retention (RENDERFARM_KEEP_JOBS_DAYS)",
+            [],
+            {(): f.deleted()},
+        )
+        yield _family(
+            "renderfarm_storage_trash_entries",
+            "Deleted jobs' storage folders and input images the scheduler has yet to delete",
+            [],
+            {(): f.trash},
+        )
+        yield _family(
             "renderfarm_dispatches_total",
             "Jobs sent to a worker, by its class",
             ["worker_class"],

@@ -117,6 +117,8 @@ class Figures:
     durations: dict[Hardware, Histogram]
     stages: dict[str, Histogram]
     leader_present: bool
+    recorded: int = 0  # job records Redis holds
+    trash: int = 0  # storage entries of deleted jobs not deleted yet
     redis_memory: dict[str, int] = field(default_factory=dict)
 
     def finished(self, outcome: str) -> int:
@@ -124,6 +126,9 @@ class Figures:
 
     def dispatches(self, hardware: Hardware) -> int:
         return self.counters.get(f"dispatches:{hardware}", 0)
+
+    def deleted(self) -> int:
+        return self.counters.get("deleted", 0)
 
     def affinity(self, result: str) -> int:
         return self.counters.get(f"affinity:{result}", 0)
@@ -159,6 +164,8 @@ def read_census(redis: Redis) -> Figures:
         for stage in STAGES:
             pipe.hgetall(keys.histogram("stage", stage))
         pipe.exists(keys.dispatcher_lock())
+        pipe.zcard(keys.jobs_index())
+        pipe.llen(keys.trash())
         pipe.info("memory")
         answers: list[Any] = pipe.execute()
     seconds, micros = answers.pop(0)
@@ -177,6 +184,7 @@ def read_census(redis: Redis) -> Figures:
     durations = {hw: _histogram(answers.pop(0)) for hw in Hardware}
     stages = {stage: _histogram(answers.pop(0)) for stage in STAGES}
     leader = bool(answers.pop(0))
+    recorded, trash = answers.pop(0), answers.pop(0)
     memory = answers.pop(0)
     return Figures(
         pending=pending,
@@ -187,6 +195,8 @@ def read_census(redis: Redis) -> Figures:
         durations=durations,
         stages=stages,
         leader_present=leader,
+        recorded=recorded,
+        trash=trash,
         redis_memory={
             "used": int(memory.get("used_memory", 0)),
             "max": int(memory.get("maxmemory", 0)),

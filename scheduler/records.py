@@ -333,12 +333,12 @@ return 'created'
 CREATED = b"created"
 
 # KEYS: the job hash, the jobs index, the events stream, the team's gallery, the trash, the
-# input images' reference counts. ARGV: job id, the `seq` the caller read, the events'
-# length, the job's storage folders, then its input keys. A finished job only, unchanged
-# since it was read: the record, its place in every index and gallery, its inputs' counts
-# (an input no job names any more goes to the trash, with the folders), its batch with the
-# last of its jobs, and an event saying it was deleted, in one step. The per-owner and
-# batch keys are built here from the record.
+# input images' reference counts, the farm's counters. ARGV: job id, the `seq` the caller
+# read, the events' length, the job's storage folders, then its input keys. A finished job
+# only, unchanged since it was read: the record, its place in every index and gallery, its
+# inputs' counts (an input no job names any more goes to the trash, with the folders), its
+# batch with the last of its jobs, the count of deleted jobs, and an event saying it was
+# deleted, in one step. The per-owner and batch keys are built here from the record.
 _DELETE = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'owner', 'model', 'class_asked',
   'outputs', 'batch', 'progress')
@@ -376,6 +376,7 @@ if f[7] and f[7] ~= '' then  -- the batch goes with the last of its jobs
   end
   if not left then redis.call('DEL', batch) end
 end
+redis.call('HINCRBY', KEYS[7], 'deleted', 1)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'job', id, 'status', f[1],
   'progress', f[8] or '0', 'owner', owner, 'seq', tonumber(f[2]) + 1, 'deleted', 1)
 return 'deleted'
@@ -551,6 +552,7 @@ class JobRecords:
                     keys.gallery(),
                     keys.trash(),
                     keys.input_refs(),
+                    keys.counters(),
                 ],
                 args=[job_id, record["seq"], EVENTS_MAXLEN, *folders, *inputs],
             )

@@ -58,6 +58,9 @@ DASHBOARD: dict[str, Metric] = {
     "renderfarm_model_cache_hits_total": _m("counter", *_PER_TIER),
     "renderfarm_dispatch_affinity_total": _m("counter", "result"),
     "renderfarm_dispatches_total": _m("counter", "worker_class"),
+    "renderfarm_jobs_recorded": _m("gauge"),
+    "renderfarm_jobs_deleted_total": _m("counter"),
+    "renderfarm_storage_trash_entries": _m("gauge"),
     "renderfarm_scheduler_leader_present": _m("gauge"),
     "renderfarm_redis_used_memory_bytes": _m("gauge"),
     "renderfarm_redis_maxmemory_bytes": _m("gauge"),  # 0: no limit

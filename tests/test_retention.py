@@ -30,6 +30,7 @@ from shared.storage import FileStorage
 from shared.vocabulary import JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
+from tests.test_metrics import scrape, value
 
 S = JobStatus
 NORMAL = Priority.NORMAL
@@ -228,7 +229,12 @@ def test_deleting_a_job_through_the_api(farm, tmp_path):
     assert active.value.status == 409 and "cancel it first" in active.value.body["error"]
 
     before = JobEvents(farm.redis).last_id()
+    operator = account_token(farm.redis, "retention-operator", "operator")
+    figures = scrape(farm.url, operator)
     assert owner.delete(job) == {"id": job, "deleted": True}
+    now = scrape(farm.url, operator)
+    for name, change in (("renderfarm_jobs_deleted_total", 1), ("renderfarm_jobs_recorded", -1)):
+        assert value(now, name) == value(figures, name) + change, name
     said = next(e for e in owner.events(last_id=before, timeout=10) if e["job"] == job)
     assert said["deleted"] is True and said["status"] == "succeeded"
     with pytest.raises(ApiError) as gone:
