@@ -305,4 +305,11 @@ def test_a_finished_job_is_deleted_from_its_page_after_a_confirmation(farm, page
     page.wait_for_url(farm.url + "/")
     row(page, kept["id"]).wait_for()  # the queue, with the job kept and without the other
     assert row(page, job["id"]).count() == 0
+    assert row(page, kept["id"]).locator("button.delete").count() == 0, "only on a job's page"
     assert farm.client.request("GET", f"/api/v1/jobs/{job['id']}").status_code == 404
+    # Deleted elsewhere while its page is open: the page says so, and offers nothing.
+    page.goto(farm.url + f"/jobs/{kept['id']}")
+    page.locator("#job-actions button.delete").wait_for()
+    farm.client.delete(kept["id"])
+    page.locator("#job-error", has_text="This job was deleted.").wait_for()
+    assert page.locator("#job-actions button").count() == 0

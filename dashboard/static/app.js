@@ -167,18 +167,6 @@ const RF = (() => {
         on: { click: () => post("retry") },
       }));
     }
-    if (FINAL.has(job.status)) {
-      box.append(el("button", {
-        type: "button", className: "small action delete", textContent: "Delete",
-        on: { click: async () => {
-          if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
-          const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
-          if (!r.ok) flash(refusal(r), "error");
-          else if (location.pathname === `/jobs/${job.id}`) { location.assign("/"); return; }
-          if (done) done(r);
-        } },
-      }));
-    }
     if (job.status === "queued") {
       const select = el("select", { className: "priority", title: "priority" },
         ...["high", "normal", "low"].map((p) => el("option", { value: p, textContent: p, selected: p === job.priority })));
@@ -186,6 +174,21 @@ const RF = (() => {
       box.append(select);
     }
     return box;
+  }
+
+  // Delete, for a finished job this account may steer (on its page, not on every queue row):
+  // after a confirmation; then the queue.
+  function deleteButton(job) {
+    if (!FINAL.has(job.status) || !maySteer(job)) return null;
+    return el("button", {
+      type: "button", className: "small action delete", textContent: "Delete",
+      on: { click: async () => {
+        if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
+        const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
+        if (r.ok) location.assign("/");
+        else flash(refusal(r), "error");
+      } },
+    });
   }
 
   // A short message at the top of the page.
@@ -274,5 +277,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, flash, refusal, track, live, query, setQuery, shortId, inputName, waitingText, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, refusal, track, live, query, setQuery, shortId, inputName, waitingText, messageClass, FINAL };
 })();

@@ -144,7 +144,7 @@
     const key = `${job.status}/${job.priority}`;
     if (key !== actionsKey) {
       actionsKey = key;
-      document.getElementById("job-actions").replaceChildren(RF.actions(job, load));
+      document.getElementById("job-actions").replaceChildren(RF.actions(job, load), RF.deleteButton(job) || "");
     }
     setText(document.getElementById("parameters"), parameters(job.spec, (job.seeds || [job.spec.seed])[0]));
     facts();
@@ -156,7 +156,8 @@
   }
 
   async function load() {
-    const { ok, body } = await api(`/jobs/${id}`);
+    const { ok, status, body } = await api(`/jobs/${id}`);
+    if (status === 404 && job) gone();
     if (!ok) return;
     const text = JSON.stringify(body);
     if (text === last) return; // nothing changed
@@ -165,10 +166,21 @@
     show();
   }
 
+  // Deleted while this page is open (by its owner elsewhere, an operator, or retention).
+  function gone() {
+    const error = document.getElementById("job-error");
+    setText(error, "This job was deleted.");
+    error.className = "error";
+    error.hidden = false;
+    document.getElementById("job-actions").replaceChildren();
+    document.getElementById("reuse")?.remove();
+  }
+
   RF.live({
     poll: load,
     onEvent(event) {
       if (event.job !== id || !job) return;
+      if (event.deleted) { gone(); return; }
       if (event.status !== job.status) { load(); return; }
       job = { ...job, progress: event.progress };
       progress();

@@ -226,8 +226,7 @@
   async function fetchOne(id) {
     const { ok, body: job } = await api(`/jobs/${id}`);
     const entry = rows.get(id);
-    if (!ok) { refresh(); return; } // deleted meanwhile: the page without it
-    if (!entry) return;
+    if (!ok || !entry) return;
     if (!matches(job, filters())) { refresh(); return; } // e.g. it left the status filtered on
     updateRow(entry, job);
     if (job.batch) updateBatch(job.batch);
