@@ -7,6 +7,7 @@ import argparse
 import base64
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,105 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _what(job: dict[str, Any]) -> str:
+    """The kind, the model (an upscale's upscaler) and the size, as the queue page shows them."""
+    spec = job["spec"]
+    size = f"{spec['width']}x{spec['height']}" if spec.get("width") else f"x{spec.get('scale')}"
+    return f"{spec['kind']} {spec.get('model') or spec.get('upscaler')} {size}"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    found = client.find_jobs(
+        owner=args.owner, status=args.status, model=args.model, q=args.q, per_page=args.limit
+    )
+    if args.json:
+        print(json.dumps(found["jobs"], indent=2))
+        return 0
+    now = time.time()
+    for job in found["jobs"]:
+        status = job["status"]
+        if status == JobStatus.RUNNING:
+            status += f" {job['progress']:.0%}"
+        elif status == "queued" and job.get("queue_position"):
+            status += f" #{job['queue_position']}"
+        prompt = " ".join(str(job["spec"].get("prompt", "")).split())
+        print(
+            f"{job['id']}  {status:<14} {job['owner']:<14} {_what(job):<32} "
+            f"{_ago(now - job['created_at']):>11}  {prompt[:40]}"
+        )
+    shown = len(found["jobs"])
+    print(f"({shown} of {found['total']} jobs)" if found["total"] > shown else f"({shown} jobs)")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.job(args.target)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    lines = {
+        "status": job["status"] + (f" {job['progress']:.0%}" if job["status"] == "running" else ""),
+        "owner": job["owner"],
+        "job": _what(job),
+        "prompt": job["spec"].get("prompt"),
+        "worker": job.get("worker"),
+        "attempts": job["attempts"],
+        "seeds": ", ".join(map(str, job["seeds"])),
+        "waiting": job.get("waiting") if job["status"] == "queued" else None,
+        "error": job.get("error"),
+    }
+    for name, value in lines.items():
+        if value not in (None, ""):
+            print(f"{name + ':':<10}{value}")
+    for out in job["outputs"]:
+        print(f"{'output:':<10}{client.url}{out['url']}")
+    for given in job.get("inputs", []):
+        print(f"{'input:':<10}{given['field']} {client.url}{given['url']}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.job(args.target)
+    if job["status"] != JobStatus.SUCCEEDED:
+        raise SystemExit(f"job {args.target} is {job['status']}: it has no images to download")
+    for path in client.download(job, args.out):
+        print(path)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="list jobs, newest first (filters as the queue page's)")
+    p.add_argument("--owner", help='an account, or "me"')
+    p.add_argument("--status", help="queued, running, succeeded, failed, canceled (a,b: either)")
+    p.add_argument("--model", help="a checkpoint (an upscale's upscaler)")
+    p.add_argument("--q", metavar="WORDS", help="words in the prompt")
+    p.add_argument("--limit", type=int, default=20, help="how many (at most 200)")
+    p.add_argument("--json", action="store_true", help="the jobs as the API gives them")
+    p.add_argument("--api", help=API_HELP)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", help="one job: status, progress, worker, error, images")
+    p.add_argument("target", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="the job as the API gives it")
+    p.add_argument("--api", help=API_HELP)
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("download", help="a succeeded job's images, into a folder")
+    p.add_argument("target", metavar="JOB_ID")
+    p.add_argument("--out", type=Path, default=Path("."), help="the folder (default: here)")
+    p.add_argument("--api", help=API_HELP)
+    p.set_defaults(func=cmd_download)
+
     for name, text in (
         ("cancel", "cancel a queued or running job"),
         ("retry", "run a failed or canceled job again"),

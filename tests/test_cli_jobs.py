@@ -1,0 +1,55 @@
+"""`renderfarm jobs`, `job` and `download`: the queue, one job and its images from a shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from tests.signin import account_token
+
+TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 2}
+
+
+def cli(farm, *args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RENDERFARM_TOKEN": account_token(farm.redis, "cli-lister")}
+    return subprocess.run(
+        [sys.executable, "-m", "renderfarm", *args, "--api", farm.url],
+        env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_listing_showing_and_downloading_jobs(farm, tmp_path):
+    with farm.as_account("cli-lister") as me:
+        done = me.wait(me.submit({**TINY, "prompt": "a  quiet\nharbour"})["id"], timeout=120)
+        waiting = me.submit({**TINY, "prompt": "waits for a gpu", "hardware": "gpu"})
+    assert done["status"] == "succeeded", done["error"]
+    try:
+        listed = cli(farm, "jobs", "--owner", "me", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[0].startswith(waiting["id"]) and "queued #" in lines[0]  # newest first
+        assert lines[1].startswith(done["id"]) and "succeeded" in lines[1]
+        assert "txt2img demo-sd15 64x64" in lines[1] and "a quiet harbour" in lines[1]
+        assert lines[-1] == "(2 jobs)"
+        only = cli(farm, "jobs", "--owner", "me", "--status", "succeeded", "--json", cwd=tmp_path)
+        assert [j["id"] for j in json.loads(only.stdout)] == [done["id"]]
+
+        shown = cli(farm, "job", done["id"], cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "status:   succeeded" in shown.stdout
+        assert f"output:   {farm.url}/api/v1/jobs/{done['id']}/outputs/0" in shown.stdout
+        assert "waiting:" in cli(farm, "job", waiting["id"], cwd=tmp_path).stdout
+
+        got = cli(farm, "download", done["id"], "--out", str(tmp_path / "renders"), cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        assert Image.open(tmp_path / "renders" / f"{done['id']}-0.png").size == (64, 64)
+        refused = cli(farm, "download", waiting["id"], cwd=tmp_path)
+        assert refused.returncode == 1 and "is queued: it has no images" in refused.stderr
+        missing = cli(farm, "job", "no-such-job", cwd=tmp_path)
+        assert missing.returncode == 1 and "404" in missing.stderr
+    finally:
+        farm.client.cancel(waiting["id"])
