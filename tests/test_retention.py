@@ -128,6 +128,18 @@ def test_a_deleted_job_leaves_nothing_in_redis_or_storage(jobs):
         jobs.delete(job)  # gone already
 
 
+def test_a_deleted_jobs_idempotency_key_makes_a_new_job(jobs):
+    spec = parse_spec(TINY, jobs.settings)
+    first, created = jobs.submit(spec, "ann", NORMAL, "key-1")
+    assert created and jobs.submit(spec, "ann", NORMAL, "key-1")[0]["id"] == first["id"]
+    jobs.cancel(first["id"])
+    jobs.delete(first["id"])
+    retention(jobs).step()
+    assert naming(jobs.redis, first["id"]) == []
+    again, created = jobs.submit(spec, "ann", NORMAL, "key-1")  # not a 5 s wait, then a 409
+    assert created and again["id"] != first["id"]
+
+
 def test_an_input_image_another_job_names_is_kept(jobs):
     image = png_b64((10, 120, 30))
     first = submit(jobs, kind="img2img", init_image=image)
