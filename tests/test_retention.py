@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,6 +22,7 @@ from redis import Redis
 
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, JobControl
+from scheduler.dispatcher import Dispatcher
 from scheduler.events import JobEvents
 from scheduler.records import Deleted
 from scheduler.retention import INPUT_GRACE_S, Retention
@@ -213,6 +217,38 @@ def test_jobs_finished_before_the_cutoff_expire_and_active_ones_stay(jobs):
     assert all(jobs.records.get(j)["status"] == S.PENDING for j in active)
     assert jobs.records.get(recent)["status"] == S.SUCCEEDED
     assert retention(jobs, keep_days=1).expire(cutoff) == 0
+
+
+def test_storage_that_hangs_holds_up_no_dispatching(redis_url, models_dir, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        settings = settings_on_db(redis_url, 8, models_dir, tmp_path).model_copy(
+            update={
+                "storage_url": "s3://renders/farm",
+                "s3_endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "s3_access_key_id": "testing",
+                "s3_secret_access_key": "testing",
+            }
+        )
+        jobs, dispatcher = JobControl(settings), Dispatcher(settings)
+        beat = {"name": "w", "hardware": "cpu", "kinds": ["txt2img"],
+                "store": {"checkpoint": ["demo-sd15"]}, "models": [], "cache_budget": 2**30,
+                "cache_bytes": 0}  # fmt: skip
+        jobs.redis.set(keys.worker("w"), json.dumps(beat), px=60_000)
+        jobs.redis.sadd(keys.workers_index(), "w")
+        jobs.redis.rpush(keys.trash(), "jobs/deleted-one/")  # its storage call hangs
+        loop = threading.Thread(target=dispatcher.run_forever, daemon=True)
+        loop.start()
+        try:
+            time.sleep(3)  # the retention step has begun
+            job = submit(jobs)
+            deadline = time.monotonic() + 5
+            while jobs.records.get(job)["status"] == S.PENDING:
+                assert time.monotonic() < deadline, "dispatching waits for storage"
+                time.sleep(0.1)
+        finally:
+            dispatcher.stopping.set()
+            loop.join(timeout=5)
+            jobs.redis.flushdb()
 
 
 # -- through the API, on the real farm ---------------------------------------------------
