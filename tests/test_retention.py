@@ -30,7 +30,6 @@ from shared import keys
 from shared.client import ApiError
 from shared.config import Settings
 from shared.jobspec import parse_spec
-from shared.storage import FileStorage
 from shared.vocabulary import JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
@@ -77,10 +76,12 @@ def succeed(jobs: JobControl, job_id: str, finished_at: float | None = None) -> 
     )
 
 
-def written_long_ago(storage: FileStorage, key: str) -> None:
-    """As if the object had been written before the retention step's grace period."""
+def written_long_ago(jobs: JobControl, key: str) -> None:
+    """As if the object had been written before the retention step's grace period (and, if
+    it was waiting it out aside, that was long ago)."""
     then = time.time() - INPUT_GRACE_S - 60
-    os.utime(storage._path(key), (then, then))
+    os.utime(jobs.storage._path(key), (then, then))
+    jobs.redis.zadd(keys.trash_later(), {key: then}, xx=True)
 
 
 def held(redis: Redis, key: bytes) -> list[bytes]:
@@ -124,12 +125,30 @@ def test_a_deleted_job_leaves_nothing_in_redis_or_storage(jobs):
         assert not storage.exists(key), key
     # Its input waits out the grace period (a submission may be writing it again), then goes.
     assert storage.exists(input_key)
-    written_long_ago(storage, input_key)
+    written_long_ago(jobs, input_key)
     keep.step()
     assert not storage.exists(input_key)
     assert jobs.redis.llen(keys.trash()) == 0
     with pytest.raises(KeyError):
         jobs.delete(job)  # gone already
+
+
+def test_an_input_waiting_out_its_grace_period_is_not_counted_as_trash(jobs):
+    """The trash metric alerts when it stays above 0: an input image of a job deleted just
+    after it ran is not stuck, and is not looked at again until it may go."""
+    job = submit(jobs, kind="img2img", init_image=png_b64((60, 10, 200)))
+    key = jobs.records.get(job)["spec"]["init_image"]
+    jobs.cancel(job)
+    jobs.delete(job)
+    keep = retention(jobs)
+    keep.step()
+    assert jobs.redis.llen(keys.trash()) == 0 and jobs.storage.exists(key)
+    waits_until = jobs.redis.zscore(keys.trash_later(), key)
+    assert time.time() + INPUT_GRACE_S - 60 < waits_until <= time.time() + INPUT_GRACE_S
+    written_long_ago(jobs, key)
+    keep.step()
+    assert not jobs.storage.exists(key)
+    assert jobs.redis.llen(keys.trash()) == jobs.redis.zcard(keys.trash_later()) == 0
 
 
 def test_a_deleted_jobs_idempotency_key_makes_a_new_job(jobs):
@@ -152,11 +171,11 @@ def test_an_input_image_another_job_names_is_kept(jobs):
     for job in (first, second):
         jobs.cancel(job)
     jobs.delete(first)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     retention(jobs).step()
     assert jobs.storage.exists(key), "the second job still names it"
     jobs.delete(second)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     retention(jobs).step()
     assert not jobs.storage.exists(key)
 
@@ -166,7 +185,7 @@ def test_an_input_reused_by_key_after_its_last_job_was_deleted_stays(jobs):
     key = jobs.records.get(first)["spec"]["init_image"]
     jobs.cancel(first)
     jobs.delete(first)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     again = submit(jobs, kind="img2img", init_image=key)  # "Reuse settings" of the first
     retention(jobs).step()
     assert jobs.storage.exists(key) and jobs.records.get(again)["spec"]["init_image"] == key
