@@ -125,7 +125,8 @@ class FarmCollector(Collector):
         )
         yield _family(
             "renderfarm_storage_trash_entries",
-            "Deleted jobs' storage folders and input images the scheduler has yet to delete",
+            "Deleted jobs' storage folders and input images the scheduler has yet to delete "
+            "(input images written in the last 10 minutes wait aside, not counted)",
             [],
             {(): f.trash},
         )

@@ -218,7 +218,16 @@ class JobControl:
             spec = self.prepare(spec)
             if audit is not None:
                 audit = {**audit, "target": job_id}
-            made = self.enqueue([spec], owner, priority, quota, submitted_by, [job_id], audit=audit)
+            made = self.enqueue(
+                [spec],
+                owner,
+                priority,
+                quota,
+                submitted_by,
+                [job_id],
+                audit=audit,
+                idempotency_key=idempotency_key or "",
+            )
             return made[0], True
         except Exception:
             if idempotency_key:
@@ -241,6 +250,7 @@ class JobControl:
         job_ids: list[str] | None = None,
         batch: str = "",
         audit: dict[str, str] | None = None,
+        idempotency_key: str = "",
     ) -> list[dict[str, Any]]:
         """Record prepared specs' jobs (of `batch`, if given) and queue them for dispatch:
         all or, over the quota's `max_queued` (QuotaExceeded), none. The records are not
@@ -270,6 +280,7 @@ class JobControl:
                     max_running=max_running if i == 0 else None,
                     audit=audit if i == 0 else None,  # the first job stands for the batch
                     audit_max=self.settings.audit_max_entries,
+                    idempotency_key=idempotency_key,
                 )
                 for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
             ]

@@ -9,8 +9,9 @@ One dispatcher runs per farm (`renderfarm scheduler`, holding a Redis lock). Eac
   then age) go one at a time to an idle live worker that can run them, on that worker's
   own queue. A worker that already holds the job's model wins; a job waits at most
   `affinity_wait_s` for a busy warm worker before an idle one loads the model.
-- tidy (scheduler/retention.py), every TIDY_EVERY_S: deleted jobs' objects removed from
-  storage; jobs finished more than `keep_jobs_days` ago deleted.
+- tidy (scheduler/retention.py), every TIDY_EVERY_S, in a thread of its own (storage that
+  is slow or hangs must hold up neither the passes nor the lock's renewal): deleted jobs'
+  objects removed from storage; jobs finished more than `keep_jobs_days` ago deleted.
 Celery carries the task (late ack, requeue if the worker is lost); the record decides.
 
 What a pass costs does not grow with the queue: it reads the fleet in two round trips
@@ -25,7 +26,9 @@ shown on waiting jobs (`waiting`) are refreshed for every head job every `sweep_
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -137,7 +140,8 @@ class Dispatcher:
         # A lost attempt is found within this of its lease expiring.
         self.reap_every_s = min(settings.lease_s, settings.heartbeat_s) / 4
         self.sweep_every_s = settings.heartbeat_s
-        self._next_reap = self._next_sweep = self._next_tidy = float("-inf")
+        self._next_reap = self._next_sweep = float("-inf")
+        self.stopping = threading.Event()  # set: run_forever and its tidy thread return
         self._counts_checked = False
         self._known: dict[str, _Job] = {}  # the jobs in the owners' heads, last pass
         self.affinity = Affinity(self.redis)  # the caches and costs beyond the heartbeats
@@ -163,13 +167,8 @@ class Dispatcher:
         return self.reaper.reap()
 
     def tidy(self) -> None:
-        """Retention (scheduler/retention.py), at most every TIDY_EVERY_S: deleted jobs'
-        objects removed from storage, expired jobs deleted. Storage down is logged, and
-        dispatching goes on."""
-        now = time.monotonic()
-        if now < self._next_tidy:
-            return
-        self._next_tidy = now + TIDY_EVERY_S
+        """Retention (scheduler/retention.py): deleted jobs' objects removed from storage,
+        expired jobs deleted. Storage down is logged, and dispatching goes on."""
         try:
             self.retention.step()
         except RedisError:
@@ -178,6 +177,13 @@ class Dispatcher:
             self._storage_outage.failed(exc)
         else:
             self._storage_outage.over()
+
+    def tidy_forever(self) -> None:
+        """`tidy` every TIDY_EVERY_S while this dispatcher leads (run_forever's thread)."""
+        while not self.stopping.wait(TIDY_EVERY_S):
+            if self.leading:
+                with contextlib.suppress(RedisError):  # the dispatch loop logs Redis' outage
+                    self.tidy()
 
     # -- dispatching --------------------------------------------------------------------------
 
@@ -347,7 +353,8 @@ class Dispatcher:
     def run_forever(self, poll_s: float = 0.25) -> None:
         name = f"dispatcher-{time.time_ns()}"
         outage = Outage(log, "Redis unavailable; retrying", "the dispatcher reaches Redis again")
-        while True:
+        threading.Thread(target=self.tidy_forever, name="retention", daemon=True).start()
+        while not self.stopping.is_set():
             try:
                 # One dispatcher per farm: hold the lock, or stand by for it.
                 self.leading = bool(
@@ -358,7 +365,6 @@ class Dispatcher:
                     self.redis.pexpire(keys.dispatcher_lock(), 5000)
                     self.reap()
                     self.dispatch()
-                    self.tidy()
                 if self.redis.brpop([keys.wake()], timeout=poll_s):
                     self.redis.delete(keys.wake())  # one pass serves every wake-up so far
                 outage.over()

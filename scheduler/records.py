@@ -337,11 +337,12 @@ CREATED = b"created"
 # read, the events' length, the job's storage folders, then its input keys. A finished job
 # only, unchanged since it was read: the record, its place in every index and gallery, its
 # inputs' counts (an input no job names any more goes to the trash, with the folders), its
-# batch with the last of its jobs, the count of deleted jobs, and an event saying it was
-# deleted, in one step. The per-owner and batch keys are built here from the record.
+# Idempotency-Key, its batch with the last of its jobs, the count of deleted jobs, and an
+# event saying it was deleted, in one step. The per-owner, key and batch keys are built
+# here from the record.
 _DELETE = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'owner', 'model', 'class_asked',
-  'outputs', 'batch', 'progress')
+  'outputs', 'batch', 'progress', 'idempotency_key')
 if not f[1] then return 'gone' end
 if f[1] ~= '{S.SUCCEEDED}' and f[1] ~= '{S.FAILED}' and f[1] ~= '{S.CANCELED}' then
   return 'active'
@@ -368,6 +369,10 @@ for i = 4, #ARGV do
   end
 end
 redis.call('DEL', KEYS[1])
+if f[9] and f[9] ~= '' then  -- its Idempotency-Key may make a new job now
+  local idem = '{keys.idempotency("", "").removesuffix(":")}' .. owner .. ':' .. f[9]
+  if redis.call('GET', idem) == id then redis.call('DEL', idem) end
+end
 if f[7] and f[7] ~= '' then  -- the batch goes with the last of its jobs
   local batch = '{keys.batch("")}' .. f[7]
   local left = false
@@ -444,6 +449,7 @@ class JobRecords:
         max_running: int | None = None,
         audit: dict[str, str] | None = None,
         audit_max: int = 0,
+        idempotency_key: str = "",
     ) -> tuple[dict[str, str], Any]:
         """Record a job and queue it for dispatch in one step, on `client` (a pipeline: many
         jobs in one round trip). Returns the fields it writes (`as_record` makes them a
@@ -458,7 +464,8 @@ class JobRecords:
         whose first job was refused creates none); `wake`: wake the dispatcher (one wake-up
         serves many jobs); `max_running`: the owner's running limit, published with it;
         `audit`: an audit log entry's fields (`dashboard.audit.entry`), appended with the job
-        (the log capped at about `audit_max` entries), never without it."""
+        (the log capped at about `audit_max` entries), never without it; `idempotency_key`:
+        the key it was submitted with, so that deleting it frees the key."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -484,6 +491,7 @@ class JobRecords:
             "timing": timing_of(spec),  # its render-time history (scheduler/timing.py)
             "batch": batch,
             "class_asked": spec.hardware,  # its census cell while it waits
+            "idempotency_key": idempotency_key,
         }
         stored = {name: _encode(value) for name, value in fields.items()}
         inputs = _input_keys(spec)

@@ -7,7 +7,8 @@ its folders `jobs/<id>/` (every attempt's outputs and manifest) and `thumbs/<id>
 input images no other job names. The dispatcher process runs `step()` every few seconds:
 it empties the trash, then, at most once a minute, deletes jobs that finished more than
 `keep_jobs_days` ago, a bounded number per step. A crash between the record's deletion
-and the objects' leaves them listed in the trash, not orphaned.
+and the objects' leaves them listed in the trash, not orphaned. An input image written in
+the last INPUT_GRACE_S waits aside (`keys.trash_later()`) until it may go.
 """
 
 from __future__ import annotations
@@ -78,27 +79,32 @@ class Retention:
 
     def empty_trash(self) -> int:
         """Delete the objects the first TRASH_BATCH trash entries name; how many objects."""
+        now = time.time()
+        due = self.redis.zrangebyscore(keys.trash_later(), "-inf", now, 0, TRASH_BATCH)
+        if due:  # input images whose grace period is over: back in the trash, at once
+            self.redis.pipeline().rpush(keys.trash(), *due).zrem(keys.trash_later(), *due).execute()
         entries = [e.decode() for e in self.redis.lrange(keys.trash(), 0, TRASH_BATCH - 1)]
-        removed, later = 0, []
+        removed, later = 0, {}
         for key in entries:
             if key.endswith("/"):  # a deleted job's folder
                 removed += self.storage.delete(key)
                 continue
             # An input image no job named when its last one was deleted: a submission may
             # be about to name it again (it writes the image, then records the job), so it
-            # stays while freshly written, and while a job names it it is not deleted.
+            # waits while freshly written, and while a job names it it is not deleted.
             if self.redis.hexists(keys.input_refs(), key):
                 continue
             age = self.storage.age_s(key)
             if age is not None and age < INPUT_GRACE_S:
-                later.append(key)
+                later[key] = now + INPUT_GRACE_S - age
             elif age is not None:
                 removed += self.storage.delete(key)
         if entries:
             pipe = self.redis.pipeline()
-            pipe.ltrim(keys.trash(), len(entries), -1)
             if later:
-                pipe.rpush(keys.trash(), *later)
+                pipe.zadd(keys.trash_later(), later)
+            for key in entries:  # these, not the list's head: another step may share it
+                pipe.lrem(keys.trash(), 1, key)
             pipe.execute()
         return removed
 

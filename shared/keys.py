@@ -128,6 +128,12 @@ def trash() -> str:
     return f"{PREFIX}:trash"
 
 
+def trash_later() -> str:
+    """Sorted set of trashed input images written too recently to delete, by the Unix time
+    they may go: the retention step puts them back in the trash then."""
+    return f"{PREFIX}:trash:later"
+
+
 def audit_log() -> str:
     """Stream of audit entries (append-only, capped)."""
     return f"{PREFIX}:audit"

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,6 +22,7 @@ from redis import Redis
 
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, JobControl
+from scheduler.dispatcher import Dispatcher
 from scheduler.events import JobEvents
 from scheduler.records import Deleted
 from scheduler.retention import INPUT_GRACE_S, Retention
@@ -26,7 +30,6 @@ from shared import keys
 from shared.client import ApiError
 from shared.config import Settings
 from shared.jobspec import parse_spec
-from shared.storage import FileStorage
 from shared.vocabulary import JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
@@ -73,10 +76,12 @@ def succeed(jobs: JobControl, job_id: str, finished_at: float | None = None) -> 
     )
 
 
-def written_long_ago(storage: FileStorage, key: str) -> None:
-    """As if the object had been written before the retention step's grace period."""
+def written_long_ago(jobs: JobControl, key: str) -> None:
+    """As if the object had been written before the retention step's grace period (and, if
+    it was waiting it out aside, that was long ago)."""
     then = time.time() - INPUT_GRACE_S - 60
-    os.utime(storage._path(key), (then, then))
+    os.utime(jobs.storage._path(key), (then, then))
+    jobs.redis.zadd(keys.trash_later(), {key: then}, xx=True)
 
 
 def held(redis: Redis, key: bytes) -> list[bytes]:
@@ -120,12 +125,42 @@ def test_a_deleted_job_leaves_nothing_in_redis_or_storage(jobs):
         assert not storage.exists(key), key
     # Its input waits out the grace period (a submission may be writing it again), then goes.
     assert storage.exists(input_key)
-    written_long_ago(storage, input_key)
+    written_long_ago(jobs, input_key)
     keep.step()
     assert not storage.exists(input_key)
     assert jobs.redis.llen(keys.trash()) == 0
     with pytest.raises(KeyError):
         jobs.delete(job)  # gone already
+
+
+def test_an_input_waiting_out_its_grace_period_is_not_counted_as_trash(jobs):
+    """The trash metric alerts when it stays above 0: an input image of a job deleted just
+    after it ran is not stuck, and is not looked at again until it may go."""
+    job = submit(jobs, kind="img2img", init_image=png_b64((60, 10, 200)))
+    key = jobs.records.get(job)["spec"]["init_image"]
+    jobs.cancel(job)
+    jobs.delete(job)
+    keep = retention(jobs)
+    keep.step()
+    assert jobs.redis.llen(keys.trash()) == 0 and jobs.storage.exists(key)
+    waits_until = jobs.redis.zscore(keys.trash_later(), key)
+    assert time.time() + INPUT_GRACE_S - 60 < waits_until <= time.time() + INPUT_GRACE_S
+    written_long_ago(jobs, key)
+    keep.step()
+    assert not jobs.storage.exists(key)
+    assert jobs.redis.llen(keys.trash()) == jobs.redis.zcard(keys.trash_later()) == 0
+
+
+def test_a_deleted_jobs_idempotency_key_makes_a_new_job(jobs):
+    spec = parse_spec(TINY, jobs.settings)
+    first, created = jobs.submit(spec, "ann", NORMAL, "key-1")
+    assert created and jobs.submit(spec, "ann", NORMAL, "key-1")[0]["id"] == first["id"]
+    jobs.cancel(first["id"])
+    jobs.delete(first["id"])
+    retention(jobs).step()
+    assert naming(jobs.redis, first["id"]) == []
+    again, created = jobs.submit(spec, "ann", NORMAL, "key-1")  # not a 5 s wait, then a 409
+    assert created and again["id"] != first["id"]
 
 
 def test_an_input_image_another_job_names_is_kept(jobs):
@@ -136,11 +171,11 @@ def test_an_input_image_another_job_names_is_kept(jobs):
     for job in (first, second):
         jobs.cancel(job)
     jobs.delete(first)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     retention(jobs).step()
     assert jobs.storage.exists(key), "the second job still names it"
     jobs.delete(second)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     retention(jobs).step()
     assert not jobs.storage.exists(key)
 
@@ -150,7 +185,7 @@ def test_an_input_reused_by_key_after_its_last_job_was_deleted_stays(jobs):
     key = jobs.records.get(first)["spec"]["init_image"]
     jobs.cancel(first)
     jobs.delete(first)
-    written_long_ago(jobs.storage, key)
+    written_long_ago(jobs, key)
     again = submit(jobs, kind="img2img", init_image=key)  # "Reuse settings" of the first
     retention(jobs).step()
     assert jobs.storage.exists(key) and jobs.records.get(again)["spec"]["init_image"] == key
@@ -201,6 +236,38 @@ def test_jobs_finished_before_the_cutoff_expire_and_active_ones_stay(jobs):
     assert all(jobs.records.get(j)["status"] == S.PENDING for j in active)
     assert jobs.records.get(recent)["status"] == S.SUCCEEDED
     assert retention(jobs, keep_days=1).expire(cutoff) == 0
+
+
+def test_storage_that_hangs_holds_up_no_dispatching(redis_url, models_dir, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        settings = settings_on_db(redis_url, 8, models_dir, tmp_path).model_copy(
+            update={
+                "storage_url": "s3://renders/farm",
+                "s3_endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "s3_access_key_id": "testing",
+                "s3_secret_access_key": "testing",
+            }
+        )
+        jobs, dispatcher = JobControl(settings), Dispatcher(settings)
+        beat = {"name": "w", "hardware": "cpu", "kinds": ["txt2img"],
+                "store": {"checkpoint": ["demo-sd15"]}, "models": [], "cache_budget": 2**30,
+                "cache_bytes": 0}  # fmt: skip
+        jobs.redis.set(keys.worker("w"), json.dumps(beat), px=60_000)
+        jobs.redis.sadd(keys.workers_index(), "w")
+        jobs.redis.rpush(keys.trash(), "jobs/deleted-one/")  # its storage call hangs
+        loop = threading.Thread(target=dispatcher.run_forever, daemon=True)
+        loop.start()
+        try:
+            time.sleep(3)  # the retention step has begun
+            job = submit(jobs)
+            deadline = time.monotonic() + 5
+            while jobs.records.get(job)["status"] == S.PENDING:
+                assert time.monotonic() < deadline, "dispatching waits for storage"
+                time.sleep(0.1)
+        finally:
+            dispatcher.stopping.set()
+            loop.join(timeout=5)
+            jobs.redis.flushdb()
 
 
 # -- through the API, on the real farm ---------------------------------------------------
