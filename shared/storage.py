@@ -167,7 +167,13 @@ class S3Storage(Storage):
         for page in pages.paginate(Bucket=self.bucket, Prefix=self._key(key)):
             objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if objects:  # a page holds at most 1,000 keys: what one DeleteObjects takes
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+                done = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+                if errors := done.get("Errors"):  # refused per key (AccessDenied): not deleted
+                    first = errors[0]
+                    raise OSError(
+                        f"S3 refused to delete {len(errors)} of the objects under {key!r}: "
+                        f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                    )
                 found += len(objects)
         return found
 
