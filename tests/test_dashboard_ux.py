@@ -380,3 +380,23 @@ def test_clear_mask_clears_a_reused_mask(farm, page):
         assert page.locator("#submitted a.job-link").count() == 0
     finally:
         farm.client.cancel(job["id"])
+
+
+def test_the_submit_page_fits_a_phone_with_reused_keys_and_a_wide_init_image(farm, page):
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    job = reused_inpainting(farm, page)  # notes naming inputs/<64 hex digits>.png
+    try:
+        fits = "() => document.documentElement.scrollWidth <= window.innerWidth"
+        assert page.evaluate(fits), page.evaluate("document.documentElement.scrollWidth")
+        buf = io.BytesIO()
+        Image.new("RGB", (512, 384), (90, 90, 200)).save(buf, "PNG")
+        wide = {"name": "wide.png", "mimeType": "image/png", "buffer": buf.getvalue()}
+        page.set_input_files("input[name=init_image]", files=[wide])
+        page.wait_for_function("() => document.getElementById('init-preview').naturalWidth === 512")
+        page.wait_for_function(fits)  # the brush and its image narrowed to the card
+        canvas = page.locator("#mask-canvas").bounding_box()
+        assert canvas["x"] + canvas["width"] <= 390
+    finally:
+        page.set_viewport_size(size)
+        farm.client.cancel(job["id"])
