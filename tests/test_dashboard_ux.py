@@ -400,3 +400,16 @@ def test_the_submit_page_fits_a_phone_with_reused_keys_and_a_wide_init_image(far
     finally:
         page.set_viewport_size(size)
         farm.client.cancel(job["id"])
+
+
+def test_a_job_page_left_open_on_a_deleted_job_offers_none_of_its_images(farm, page):
+    job = farm.submit(owner="ux-member", prompt="deleted while watched", **TINY)
+    farm.wait(job["id"])
+    page.goto(farm.url + f"/jobs/{job['id']}")
+    page.locator("#images a.download").wait_for()
+    page.locator("#inputs-box").wait_for(state="attached")
+    farm.client.delete(job["id"])
+    page.locator("#job-error", has_text="This job was deleted.").wait_for()
+    assert page.inner_text("#job-status") == "deleted"  # not "succeeded" beside it
+    assert page.locator("#images a").count() == 0  # its downloads would be 404s now
+    assert page.locator("#images", has_text="deleted with it").is_visible()
