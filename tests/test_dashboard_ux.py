@@ -413,3 +413,21 @@ def test_a_job_page_left_open_on_a_deleted_job_offers_none_of_its_images(farm, p
     assert page.inner_text("#job-status") == "deleted"  # not "succeeded" beside it
     assert page.locator("#images a").count() == 0  # its downloads would be 404s now
     assert page.locator("#images", has_text="deleted with it").is_visible()
+
+
+def test_deleting_a_job_goes_back_to_the_queue_it_was_opened_from(farm, page):
+    jobs = [
+        farm.submit(owner="ux-member", prompt=f"to clear {i}", hardware="gpu", **TINY)
+        for i in range(2)
+    ]
+    for job in jobs:
+        farm.client.cancel(job["id"])
+    queue = farm.url + "/?scope=me&status=canceled&q=to+clear"
+    page.goto(queue)
+    row(page, jobs[0]["id"]).locator("a.job-link").click()  # clearing them out, one by one
+    page.wait_for_url(farm.url + f"/jobs/{jobs[0]['id']}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#job-actions button.delete").click()
+    page.wait_for_url(queue)  # its filters kept, not the whole queue
+    row(page, jobs[1]["id"]).wait_for()
+    assert row(page, jobs[0]["id"]).count() == 0
