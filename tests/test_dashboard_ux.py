@@ -269,7 +269,7 @@ def test_reusing_an_inpainting_job_shows_its_image_and_mask(farm, page):
         init.wait_for()
         mask.wait_for()
         assert spec["init_image"] in init.inner_text()
-        assert "and its mask" in mask.inner_text() and spec["mask"] in mask.inner_text()
+        assert "using the mask of job" in mask.inner_text() and spec["mask"] in mask.inner_text()
         # Both shown: the init image where an uploaded one would be, under the brush (a new
         # mask can be painted on it), the mask in its note.
         for preview in (page.locator("#init-preview"), mask.locator("img")):
@@ -313,3 +313,121 @@ def test_a_finished_job_is_deleted_from_its_page_after_a_confirmation(farm, page
     farm.client.delete(kept["id"])
     page.locator("#job-error", has_text="This job was deleted.").wait_for()
     assert page.locator("#job-actions button").count() == 0
+
+
+def left_quarter_mask() -> str:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 16, 64))
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+LEFT_QUARTER = left_quarter_mask()
+
+
+def reused_inpainting(farm, page) -> dict:
+    """A waiting inpainting job of ux-member, reused on the submit page (its images loaded)."""
+    job = farm.submit(
+        owner="ux-member",
+        kind="img2img",
+        prompt="repaint again",
+        init_image=data_url((200, 80, 40)),
+        mask=LEFT_QUARTER,
+        hardware="gpu",
+        **TINY,
+    )
+    page.goto(farm.url + f"/submit?from={job['id']}")
+    page.locator("#reused").wait_for()
+    mask = page.locator(".reused-image[data-for=mask] img")
+    for preview in (page.locator("#init-preview"), mask):
+        page.wait_for_function(LOADED, arg=preview.element_handle())
+    return job
+
+
+def test_a_mask_painted_over_a_reused_image_is_where_it_was_painted(farm, page):
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1280, "height": 1400})  # all in view, not scrolled
+    job = reused_inpainting(farm, page)
+    new = None
+    try:
+        box = page.locator("#mask-canvas").bounding_box()
+        x = box["x"] + box["width"] * 3 / 4
+        page.mouse.move(x, box["y"] + 2)  # a stroke down the right quarter, top to bottom
+        page.mouse.down()
+        page.mouse.move(x, box["y"] + box["height"] - 2, steps=10)
+        page.mouse.up()
+        new = submit_form(page)
+        mask = Image.open(io.BytesIO(farm.client.input(new, "mask"))).convert("L")
+        assert mask.size == (64, 64)  # the init image's
+        painted = [y for y in range(64) if mask.getpixel((48, y)) > 128]
+        assert painted[0] <= 2 and painted[-1] >= 61, painted  # not moved by the page
+        assert mask.getpixel((8, 32)) == 0  # a new mask: the old one is not kept
+    finally:
+        page.set_viewport_size(size)
+        for made in (job["id"], new):
+            if made:
+                farm.client.cancel(made)
+
+
+def test_clear_mask_clears_a_reused_mask(farm, page):
+    job = reused_inpainting(farm, page)
+    try:
+        page.click("#mask-clear")
+        assert page.locator(".reused-image[data-for=mask]").is_hidden()
+        page.click("#job-form button[type=submit]")
+        page.locator(".field-error[data-for=mask]").wait_for()  # nothing to repaint: refused
+        assert page.locator("#submitted a.job-link").count() == 0
+    finally:
+        farm.client.cancel(job["id"])
+
+
+def test_the_submit_page_fits_a_phone_with_reused_keys_and_a_wide_init_image(farm, page):
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    job = reused_inpainting(farm, page)  # notes naming inputs/<64 hex digits>.png
+    try:
+        fits = "() => document.documentElement.scrollWidth <= window.innerWidth"
+        assert page.evaluate(fits), page.evaluate("document.documentElement.scrollWidth")
+        buf = io.BytesIO()
+        Image.new("RGB", (512, 384), (90, 90, 200)).save(buf, "PNG")
+        wide = {"name": "wide.png", "mimeType": "image/png", "buffer": buf.getvalue()}
+        page.set_input_files("input[name=init_image]", files=[wide])
+        page.wait_for_function("() => document.getElementById('init-preview').naturalWidth === 512")
+        page.wait_for_function(fits)  # the brush and its image narrowed to the card
+        canvas = page.locator("#mask-canvas").bounding_box()
+        assert canvas["x"] + canvas["width"] <= 390
+    finally:
+        page.set_viewport_size(size)
+        farm.client.cancel(job["id"])
+
+
+def test_a_job_page_left_open_on_a_deleted_job_offers_none_of_its_images(farm, page):
+    job = farm.submit(owner="ux-member", prompt="deleted while watched", **TINY)
+    farm.wait(job["id"])
+    page.goto(farm.url + f"/jobs/{job['id']}")
+    page.locator("#images a.download").wait_for()
+    page.locator("#inputs-box").wait_for(state="attached")
+    farm.client.delete(job["id"])
+    page.locator("#job-error", has_text="This job was deleted.").wait_for()
+    assert page.inner_text("#job-status") == "deleted"  # not "succeeded" beside it
+    assert page.locator("#images a").count() == 0  # its downloads would be 404s now
+    assert page.locator("#images", has_text="deleted with it").is_visible()
+
+
+def test_deleting_a_job_goes_back_to_the_queue_it_was_opened_from(farm, page):
+    jobs = [
+        farm.submit(owner="ux-member", prompt=f"to clear {i}", hardware="gpu", **TINY)
+        for i in range(2)
+    ]
+    for job in jobs:
+        farm.client.cancel(job["id"])
+    queue = farm.url + "/?scope=me&status=canceled&q=to+clear"
+    page.goto(queue)
+    row(page, jobs[0]["id"]).locator("a.job-link").click()  # clearing them out, one by one
+    page.wait_for_url(farm.url + f"/jobs/{jobs[0]['id']}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#job-actions button.delete").click()
+    page.wait_for_url(queue)  # its filters kept, not the whole queue
+    row(page, jobs[1]["id"]).wait_for()
+    assert row(page, jobs[0]["id"]).count() == 0

@@ -176,8 +176,16 @@ const RF = (() => {
     return box;
   }
 
+  // The queue or gallery this page was opened from, with its filters (a team clearing out its
+  // failed jobs one by one keeps its place); else the queue.
+  function backToList() {
+    const from = document.referrer ? new URL(document.referrer) : null;
+    const list = from && from.origin === location.origin && ["/", "/gallery"].includes(from.pathname);
+    return list ? from.pathname + from.search : "/";
+  }
+
   // Delete, for a finished job this account may steer (on its page, not on every queue row):
-  // after a confirmation; then the queue.
+  // after a confirmation; then the queue (or gallery) it was opened from.
   function deleteButton(job) {
     if (!FINAL.has(job.status) || !maySteer(job)) return null;
     return el("button", {
@@ -185,7 +193,7 @@ const RF = (() => {
       on: { click: async () => {
         if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
         const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
-        if (r.ok) location.assign("/");
+        if (r.ok) location.assign(backToList());
         else flash(refusal(r), "error");
       } },
     });

@@ -166,8 +166,16 @@
     show();
   }
 
-  // Deleted while this page is open (by its owner elsewhere, an operator, or retention).
+  // Deleted while this page is open (by its owner elsewhere, an operator, or retention): its
+  // images went with it, so no links to them (each would be a 404) and no actions are left.
   function gone() {
+    const status = document.getElementById("job-status");
+    status.className = "status status-deleted";
+    setText(status, "deleted");
+    document.getElementById("job-progress").hidden = true;
+    setText(document.getElementById("job-progress-text"), "");
+    document.getElementById("images").replaceChildren(el("p", { className: "muted" }, "Its images were deleted with it."));
+    document.getElementById("inputs-box").hidden = true;
     const error = document.getElementById("job-error");
     setText(error, "This job was deleted.");
     error.className = "error";

@@ -100,14 +100,16 @@
     ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.strokeStyle = "#fff";
     ctx.lineTo(x, y); ctx.stroke(); ctx.beginPath(); ctx.moveTo(x, y);
   }
+  // A painted mask replaces an uploaded or reused one; Clear mask drops them all.
+  function dropMask() { delete images.mask; f.mask.value = ""; reusedNote("mask", ""); }
   canvas.addEventListener("pointerdown", (e) => {
     drawing = true; painted = true; canvas.setPointerCapture(e.pointerId);
-    delete images.mask; f.mask.value = ""; reusedNote("mask", "");
+    dropMask();
     const [x, y] = point(e); ctx.beginPath(); ctx.moveTo(x, y); stroke(e);
   });
   canvas.addEventListener("pointermove", (e) => { if (drawing) stroke(e); });
   for (const ev of ["pointerup", "pointercancel"]) canvas.addEventListener(ev, () => { drawing = false; ctx.beginPath(); });
-  document.getElementById("mask-clear").addEventListener("click", () => { clearCanvas(); painted = false; });
+  document.getElementById("mask-clear").addEventListener("click", () => { clearCanvas(); painted = false; dropMask(); });
   window.addEventListener("resize", sizeCanvas);
 
   // The painted mask at the init image's own size: black = keep, white = repaint.
@@ -310,7 +312,7 @@
       }
       if (s.mask) {
         images.mask = s.mask; set(f.mask_blur, s.mask_blur);
-        reusedNote("mask", `and its mask (${s.mask})`, stored("mask"));
+        reusedNote("mask", `using the mask of job ${RF.shortId(id)} (${s.mask})`, stored("mask"));
       }
       (s.controlnet || []).forEach((unit, i) => addUnit({ ...unit, preview: stored(`controlnet.${i}.image`) }));
     }
