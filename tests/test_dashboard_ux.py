@@ -304,6 +304,7 @@ def test_a_finished_job_is_deleted_from_its_page_after_a_confirmation(farm, page
     delete.click()
     page.wait_for_url(farm.url + "/")
     row(page, kept["id"]).wait_for()  # the queue, with the job kept and without the other
+    page.locator("#flash", has_text=f"Job {job['id'][-8:]} deleted").wait_for()
     assert row(page, job["id"]).count() == 0
     assert row(page, kept["id"]).locator("button.delete").count() == 0, "only on a job's page"
     assert farm.client.request("GET", f"/api/v1/jobs/{job['id']}").status_code == 404

@@ -193,8 +193,9 @@ const RF = (() => {
       on: { click: async () => {
         if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
         const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
-        if (r.ok) location.assign(backToList());
-        else flash(refusal(r), "error");
+        if (!r.ok) { flash(refusal(r), "error"); return; }
+        sessionStorage.setItem("rf-flash", `Job ${shortId(job.id)} deleted`); // said on the next page
+        location.assign(backToList());
       } },
     });
   }
@@ -211,6 +212,9 @@ const RF = (() => {
     clearTimeout(flash.timer);
     flash.timer = setTimeout(() => box.remove(), 6000);
   }
+  // A message the previous page left for this one (after a deletion, which leaves the page).
+  const left = sessionStorage.getItem("rf-flash");
+  if (left) { sessionStorage.removeItem("rf-flash"); flash(left); }
 
   // -- browser notifications when one of my jobs finishes ---------------------------------
   const seen = new Map(); // job id -> last status seen on this page
