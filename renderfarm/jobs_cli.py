@@ -166,8 +166,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             f"{job['id']}  {status:<14} {job['owner']:<14} {_what(job):<32} "
             f"{_ago(now - job['created_at']):>11}  {prompt[:40]}"
         )
-    shown = len(found["jobs"])
-    print(f"({shown} of {found['total']} jobs)" if found["total"] > shown else f"({shown} jobs)")
+    shown, total = len(found["jobs"]), found["total"]
+    jobs = "job" if total == 1 else "jobs"
+    print(f"({shown} of {total} {jobs})" if total > shown else f"({shown} {jobs})")
     return 0
 
 
