@@ -432,3 +432,20 @@ def test_deleting_a_job_goes_back_to_the_queue_it_was_opened_from(farm, page):
     page.wait_for_url(queue)  # its filters kept, not the whole queue
     row(page, jobs[1]["id"]).wait_for()
     assert row(page, jobs[0]["id"]).count() == 0
+
+
+def test_an_operator_is_told_whose_job_it_deletes(farm, browser):  # noqa: F811
+    image = data_url((30, 60, 90))
+    job = farm.submit(
+        owner="ux-member", kind="upscale", image=image, upscaler="demo-esrgan-x4", scale=2,
+        hardware="gpu",
+    )  # fmt: skip
+    farm.client.cancel(job["id"])
+    page = sign_in(farm, browser, "ux-operator", "operator")
+    page.goto(farm.url + f"/jobs/{job['id']}")
+    page.locator("#inputs figcaption", has_text="image to upscale").wait_for()
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("#job-actions button.delete")
+    assert asked and f"Delete job {job['id'][-8:]} (ux-member's) and its images?" in asked[0]
+    assert farm.job(job["id"])["status"] == "canceled"

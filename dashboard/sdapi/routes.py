@@ -29,6 +29,7 @@ from dashboard.sdapi.state import (
 from scheduler.control import ConflictError, SubmitError
 from scheduler.events import JobEvents
 from shared.jobspec import decode_image, output_size_error, parse_spec
+from shared.storage import ObjectNotFound
 from shared.vocabulary import JobStatus, Priority
 
 sdapi = Blueprint("sdapi", __name__)
@@ -103,8 +104,10 @@ def _wait_all(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for other in records:  # no half results: nothing else is left running
                 with contextlib.suppress(ConflictError, KeyError):  # already final
                     jobs.cancel(other["id"])
-        if final is None:
-            raise Failure(500, "JobLost", f"job {record['id']} disappeared")
+        if final is None:  # only a finished job can be deleted: it was, before it was read
+            raise Failure(
+                409, "JobDeleted", f"job {record['id']} was deleted before this call read it"
+            )
         if not final["status"].final:
             wait = f"{farm.settings().sdapi_wait_s:g} s (RENDERFARM_SDAPI_WAIT_S)"
             raise Failure(504, "Timeout", f"job {record['id']} not done after {wait}; canceled")
@@ -118,7 +121,12 @@ def _wait_all(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _pngs(record: dict[str, Any]) -> list[bytes]:
-    return [farm.jobs().storage.get(key) for key in record.get("outputs", [])]
+    try:
+        return [farm.jobs().storage.get(key) for key in record.get("outputs", [])]
+    except ObjectNotFound:  # the job deleted (DELETE /api/v1/jobs/<id>) as it finished
+        raise Failure(
+            409, "JobDeleted", f"job {record['id']} was deleted with its images"
+        ) from None
 
 
 def _generation(spec: dict[str, Any], body: dict[str, Any]):

@@ -16,7 +16,8 @@ const RF = (() => {
   // An input image's field as people read it: "init image", "mask", "ControlNet 2 image".
   function inputName(field) {
     const unit = /^controlnet\.(\d+)\.image$/.exec(field);
-    return unit ? `ControlNet ${Number(unit[1]) + 1} image` : field.replace("_", " ");
+    if (unit) return `ControlNet ${Number(unit[1]) + 1} image`;
+    return field === "image" ? "image to upscale" : field.replace("_", " ");
   }
 
   async function api(path, { method = "GET", body, signal } = {}) {
@@ -191,7 +192,8 @@ const RF = (() => {
     return el("button", {
       type: "button", className: "small action delete", textContent: "Delete",
       on: { click: async () => {
-        if (!window.confirm(`Delete job ${shortId(job.id)} and its images? This cannot be undone.`)) return;
+        const whose = job.owner === me.account ? "" : ` (${job.owner}'s)`; // an operator's deleting
+        if (!window.confirm(`Delete job ${shortId(job.id)}${whose} and its images? This cannot be undone.`)) return;
         const r = await api(`/jobs/${job.id}`, { method: "DELETE" });
         if (!r.ok) { flash(refusal(r), "error"); return; }
         sessionStorage.setItem("rf-flash", `Job ${shortId(job.id)} deleted`); // said on the next page
