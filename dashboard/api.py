@@ -210,7 +210,10 @@ def _steer(job_id: str, action: str, run) -> Any:
     found = _steerable(job_id)
     if isinstance(found, tuple):
         return found
-    record = run(job_id)
+    try:
+        record = run(job_id)
+    except KeyError:
+        return jsonify(error=f"no job {job_id!r}"), 404  # deleted meanwhile
     audit_event(f"job.{action}", job_id)
     return jsonify(job_view(record))
 

@@ -362,8 +362,9 @@ class JobControl:
             target="",
             eligible_at=time.time(),
         ):
+            now = self._get(job_id)  # KeyError (404) if it was deleted meanwhile
             raise ConflictError(
-                f"job {job_id} is {rec['status']}; only finished jobs that "
+                f"job {job_id} is {now['status']}; only finished jobs that "
                 "did not succeed can be retried"
             )
         self.pending.add(job_id, rec["owner"], rec["priority"], rec["created_at"])
