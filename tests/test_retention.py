@@ -326,4 +326,3 @@ def test_deleting_a_job_through_the_api(farm, tmp_path):
     again = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "404" in again.stderr + again.stdout
     owner.close()
-
