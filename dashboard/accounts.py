@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from argon2 import PasswordHasher
@@ -21,11 +22,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis import Redis
 
 from dashboard.tokens import Token, Tokens, looks_like_token
-from scheduler.control import JobControl
 from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
 from shared.vocabulary import Hardware
+
+if TYPE_CHECKING:  # the type only: the command line's start need not import Celery
+    from scheduler.control import JobControl
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
