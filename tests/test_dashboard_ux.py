@@ -383,6 +383,21 @@ def test_clear_mask_clears_a_reused_mask(farm, page):
         farm.client.cancel(job["id"])
 
 
+def test_a_new_init_image_drops_a_reused_jobs_mask(farm, page):
+    job = reused_inpainting(farm, page)
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, "PNG")
+        new = {"name": "new.png", "mimeType": "image/png", "buffer": buf.getvalue()}
+        page.set_input_files("input[name=init_image]", files=[new])
+        page.locator(".reused-image[data-for=init_image]").wait_for(state="hidden")
+        assert page.locator(".reused-image[data-for=mask]").is_hidden()
+        page.click("#job-form button[type=submit]")
+        page.locator(".field-error[data-for=mask]").wait_for()  # its mask went: paint one
+    finally:
+        farm.client.cancel(job["id"])
+
+
 def test_the_submit_page_fits_a_phone_with_reused_keys_and_a_wide_init_image(farm, page):
     size = page.viewport_size
     page.set_viewport_size({"width": 390, "height": 844})

@@ -66,7 +66,11 @@
       if (!file) { delete images[field]; return; }
       images[field] = await readFile(file);
       reusedNote(field, "");
-      if (field === "init_image") showInit(images[field]);
+      if (field === "init_image") {
+        showInit(images[field]);
+        // A reused job's mask was drawn for that job's image, not this one.
+        if (String(images.mask || "").startsWith("inputs/")) dropMask();
+      }
       if (field === "mask") { painted = false; clearCanvas(); }
     });
   }
