@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from shared.storage import Storage
+from shared.storage import Storage, thumbs_folder
 
 SIZES = (128, 256)  # the longest side, in pixels
 DEFAULT_SIZE = 256
@@ -15,7 +15,7 @@ MIMETYPE = "image/webp"
 
 
 def thumbnail_key(job_id: str, index: int, size: int) -> str:
-    return f"thumbs/{job_id}/{index}-{size}.webp"
+    return f"{thumbs_folder(job_id)}{index}-{size}.webp"
 
 
 def thumbnail(storage: Storage, output_key: str, job_id: str, index: int, size: int) -> bytes:

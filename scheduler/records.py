@@ -26,6 +26,7 @@ from scheduler.pending import score as pending_score
 from scheduler.timing import HISTORY, model_of, timing_of
 from shared import keys
 from shared.jobspec import INPUT_KEY, AnySpec, load_spec
+from shared.storage import job_folder, thumbs_folder
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
 S = JobStatus
@@ -550,7 +551,7 @@ class JobRecords:
                 return Deleted.GONE
             if not record["status"].final:
                 return Deleted.ACTIVE
-            folders = [f"jobs/{job_id}/", f"thumbs/{job_id}/"]
+            folders = [job_folder(job_id), thumbs_folder(job_id)]
             inputs = _input_keys(load_spec(record["spec"]))
             reply = self._delete(
                 keys=[

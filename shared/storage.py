@@ -178,6 +178,16 @@ class S3Storage(Storage):
         return found
 
 
+def job_folder(job_id: str) -> str:
+    """Where a job's outputs and manifests are, every attempt's (worker/outputs.py)."""
+    return f"jobs/{job_id}/"
+
+
+def thumbs_folder(job_id: str) -> str:
+    """Where the thumbnails of a job's outputs are kept (dashboard/thumbnails.py)."""
+    return f"thumbs/{job_id}/"
+
+
 def open_storage(settings: Settings) -> Storage:
     url = urlparse(settings.storage_url)
     if url.scheme == "file":

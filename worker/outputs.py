@@ -21,7 +21,7 @@ from shared.jobspec import (
     UpscaleSpec,
     hires_upscaler_name,
 )
-from shared.storage import Storage
+from shared.storage import Storage, job_folder
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,11 @@ def encode_png(image: np.ndarray, parameters: str) -> bytes:
 
 def image_key(job_id: str, attempt: int, index: int) -> str:
     # Per attempt: a stale attempt can never overwrite the outputs of the current one.
-    return f"jobs/{job_id}/{attempt}/image-{index}.png"
+    return f"{job_folder(job_id)}{attempt}/image-{index}.png"
 
 
 def manifest_key(job_id: str, attempt: int) -> str:
-    return f"jobs/{job_id}/{attempt}/manifest.json"
+    return f"{job_folder(job_id)}{attempt}/manifest.json"
 
 
 def put_retrying(
