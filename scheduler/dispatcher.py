@@ -26,7 +26,6 @@ shown on waiting jobs (`waiting`) are refreshed for every head job every `sweep_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -166,24 +165,21 @@ class Dispatcher:
         self._next_reap = now + self.reap_every_s
         return self.reaper.reap()
 
-    def tidy(self) -> None:
-        """Retention (scheduler/retention.py): deleted jobs' objects removed from storage,
-        expired jobs deleted. Storage down is logged, and dispatching goes on."""
-        try:
-            self.retention.step()
-        except RedisError:
-            raise
-        except Exception as exc:  # boto3's and the filesystem's errors alike
-            self._storage_outage.failed(exc)
-        else:
-            self._storage_outage.over()
-
     def tidy_forever(self) -> None:
-        """`tidy` every TIDY_EVERY_S while this dispatcher leads (run_forever's thread)."""
+        """Retention (scheduler/retention.py) every TIDY_EVERY_S while this dispatcher leads
+        (run_forever's thread): deleted jobs' objects removed from storage, expired jobs
+        deleted. Storage down is logged, and dispatching goes on."""
         while not self.stopping.wait(TIDY_EVERY_S):
-            if self.leading:
-                with contextlib.suppress(RedisError):  # the dispatch loop logs Redis' outage
-                    self.tidy()
+            if not self.leading:
+                continue
+            try:
+                self.retention.step()
+            except RedisError:
+                pass  # the dispatch loop logs Redis' outage
+            except Exception as exc:  # boto3's and the filesystem's errors alike
+                self._storage_outage.failed(exc)
+            else:
+                self._storage_outage.over()
 
     # -- dispatching --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ EXPIRE_BATCH = 200  # jobs deleted per step (the rest wait for the next)
 EXPIRE_SCAN_PAGES = 10  # pages of old jobs read per step, past ones still active
 EXPIRE_EVERY_S = 60.0
 INPUT_GRACE_S = 600.0  # an input image written this recently is not deleted yet
+FIELDS = ("status", "priority", "created_at", "finished_at")  # of a job, to expire it
 
 
 class Retention:
@@ -107,6 +108,3 @@ class Retention:
                 pipe.lrem(keys.trash(), 1, key)
             pipe.execute()
         return removed
-
-
-FIELDS = ("status", "priority", "created_at", "finished_at")
