@@ -435,12 +435,7 @@ def job_input(job_id: str, field: str):
         data = farm.jobs().storage.get(images[field])
     except ObjectNotFound:
         return jsonify(error=f"input {field} of job {job_id!r} is missing from storage"), 404
-    # Stored under the hash of its bytes: what this address gives never changes.
-    resp = Response(data, mimetype="image/png")
-    resp.cache_control.private = True
-    resp.cache_control.max_age = 30 * 86400
-    resp.cache_control.immutable = True
-    return resp
+    return _immutable(data, "image/png")  # stored under the hash of its bytes
 
 
 def _output_key(job_id: str, index: int) -> str | tuple[Response, int]:
@@ -485,8 +480,13 @@ def job_thumbnail(job_id: str, index: int):
         data = thumbnails.thumbnail(farm.jobs().storage, key, job_id, index, size)
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
-    # The output of a succeeded job never changes, nor its thumbnail: cache it for long.
-    resp = Response(data, mimetype=thumbnails.MIMETYPE)
+    # The output of a succeeded job never changes, nor its thumbnail.
+    return _immutable(data, thumbnails.MIMETYPE)
+
+
+def _immutable(data: bytes, mimetype: str) -> Response:
+    """An image whose address always gives the same bytes: browsers keep it for long."""
+    resp = Response(data, mimetype=mimetype)
     resp.cache_control.private = True
     resp.cache_control.max_age = 30 * 86400
     resp.cache_control.immutable = True
