@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from shared.client import FarmClient
 from shared.config import Settings
 from shared.vocabulary import AUTO, JobKind, JobStatus, Priority
@@ -39,7 +41,21 @@ def api_url(settings: Settings) -> str:
 
 
 def _image(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+    try:
+        return base64.b64encode(path.read_bytes()).decode()
+    except OSError as exc:
+        raise SystemExit(f"renderfarm submit: cannot read {path}: {exc.strerror}") from None
+
+
+def _download(client: FarmClient, job: dict[str, Any], folder: Path, command: str) -> None:
+    """The job's images into `folder`, a path a line; a folder it cannot write is a message."""
+    try:
+        for path in client.download(job, folder):
+            print(path)
+    except requests.RequestException:  # an OSError too: the farm's, said by main
+        raise
+    except OSError as exc:
+        raise SystemExit(f"renderfarm {command}: cannot write {folder}: {exc.strerror}") from None
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,8 +126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job["status"] != JobStatus.SUCCEEDED:
         return 1
     if args.out:
-        for path in client.download(job, args.out):
-            print(path)
+        _download(client, job, args.out, "submit")
     return 0
 
 
@@ -204,8 +219,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     job = client.job(args.target)
     if job["status"] != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {args.target} is {job['status']}: it has no images to download")
-    for path in client.download(job, args.out):
-        print(path)
+    _download(client, job, args.out, "download")
     return 0
 
 

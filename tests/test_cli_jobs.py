@@ -53,3 +53,18 @@ def test_listing_showing_and_downloading_jobs(farm, tmp_path):
         assert missing.returncode == 1 and "404" in missing.stderr
     finally:
         farm.client.cancel(waiting["id"])
+
+
+def test_a_file_it_cannot_read_or_write_is_a_message_not_a_traceback(farm, tmp_path):
+    with farm.as_account("cli-lister") as me:
+        done = me.wait(me.submit({**TINY, "prompt": "kept on the farm"})["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    a_file = tmp_path / "renders"
+    a_file.write_text("not a folder")
+    got = cli(farm, "download", done["id"], "--out", str(a_file), cwd=tmp_path)
+    assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
+    assert f"renderfarm download: cannot write {a_file}" in got.stderr
+    missing = tmp_path / "no-such.png"
+    sent = cli(farm, "submit", "x", "--kind", "img2img", "--init-image", str(missing), cwd=tmp_path)
+    assert sent.returncode == 1 and "Traceback" not in sent.stderr, sent.stderr
+    assert f"renderfarm submit: cannot read {missing}: No such file or directory" in sent.stderr
