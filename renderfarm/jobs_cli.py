@@ -158,7 +158,8 @@ def _what(job: dict[str, Any]) -> str:
     """The kind, the model (an upscale's upscaler) and the size, as the queue page shows them."""
     spec = job["spec"]
     size = f"{spec['width']}x{spec['height']}" if spec.get("width") else f"x{spec.get('scale')}"
-    return f"{spec['kind']} {spec.get('model') or spec.get('upscaler')} {size}"
+    kind = "inpaint" if spec["kind"] == JobKind.IMG2IMG and spec.get("mask") else spec["kind"]
+    return f"{kind} {spec.get('model') or spec.get('upscaler')} {size}"
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -68,3 +68,17 @@ def test_a_file_it_cannot_read_or_write_is_a_message_not_a_traceback(farm, tmp_p
     sent = cli(farm, "submit", "x", "--kind", "img2img", "--init-image", str(missing), cwd=tmp_path)
     assert sent.returncode == 1 and "Traceback" not in sent.stderr, sent.stderr
     assert f"renderfarm submit: cannot read {missing}: No such file or directory" in sent.stderr
+
+
+def test_an_inpainting_job_is_listed_as_inpaint_as_the_queue_page_shows_it(farm, tmp_path):
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "init.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
+    sent = cli(farm, "submit", "a painted door", "--kind", "img2img", "--init-image",
+               str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png"), "--width", "64",
+               "--height", "64", "--steps", "2", "--wait", cwd=tmp_path)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.splitlines()[0]
+    listed = cli(farm, "jobs", "--owner", "me", "--q", "a painted door", cwd=tmp_path)
+    assert listed.stdout.splitlines()[0].startswith(job_id), listed.stdout
+    assert "inpaint demo-sd15 64x64" in listed.stdout
+    assert "job:      inpaint demo-sd15 64x64" in cli(farm, "job", job_id, cwd=tmp_path).stdout
