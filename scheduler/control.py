@@ -287,6 +287,11 @@ class JobControl:
             first = made[0][1] if one else pipe.execute()[0]
         queued = refused(first)
         if queued is not None:
+            # Their images were stored by `prepare` and no job names them: the trash (the
+            # retention step keeps any another job names, and fresh ones for a while).
+            images = {key for spec in specs for key in spec.images().values()}
+            if images:
+                self.redis.rpush(keys.trash(), *sorted(images))
             raise QuotaExceeded(
                 "max_queued", f"{owner} has {queued} jobs queued; its limit is {max_queued}"
             )

@@ -24,13 +24,14 @@ from scheduler.batches import Batches
 from scheduler.control import ConflictError, JobControl
 from scheduler.dispatcher import Dispatcher
 from scheduler.events import JobEvents
+from scheduler.quotas import Quota, QuotaExceeded
 from scheduler.records import Deleted
 from scheduler.retention import INPUT_GRACE_S, Retention
 from shared import keys
 from shared.client import ApiError
 from shared.config import Settings
-from shared.jobspec import parse_spec
-from shared.vocabulary import JobStatus, Priority
+from shared.jobspec import input_key, parse_spec
+from shared.vocabulary import Hardware, JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
 from tests.test_metrics import scrape, value
@@ -195,6 +196,29 @@ def test_an_input_reused_by_key_after_its_last_job_was_deleted_stays(jobs):
     jobs.redis.hdel(keys.input_refs(), key)
     retention(jobs).step()
     assert jobs.storage.exists(key)
+
+
+def test_the_input_of_a_submission_refused_over_its_quota_is_not_kept(jobs):
+    """The images are stored before the record step checks `max_queued`: a refused
+    submission's are trashed (deleted once past the grace period, unless a job names one)."""
+    shared = submit(jobs, kind="img2img", init_image=png_b64((5, 150, 5)))
+    shared_key = jobs.records.get(shared)["spec"]["init_image"]
+    full = Quota(max_queued=1, max_running=4, hardware=tuple(Hardware))
+    refused_image = png_b64((150, 5, 5))
+    refused_key = input_key(base64.b64decode(refused_image))  # a PNG is stored as sent
+    for image in (refused_image, shared_key):
+        spec = parse_spec({**TINY, "kind": "img2img", "init_image": image}, jobs.settings)
+        with pytest.raises(QuotaExceeded):
+            jobs.submit(spec, "ann", NORMAL, quota=full)
+    assert jobs.storage.exists(refused_key)
+    keep = retention(jobs)
+    keep.step()
+    for key in (refused_key, shared_key):
+        written_long_ago(jobs, key)
+    keep.step()
+    assert not jobs.storage.exists(refused_key), "no job names it: it would stay for ever"
+    assert jobs.storage.exists(shared_key), "the first job still names it"
+    assert jobs.redis.llen(keys.trash()) == jobs.redis.zcard(keys.trash_later()) == 0
 
 
 def test_a_batch_goes_with_the_last_of_its_jobs(jobs):
