@@ -58,8 +58,26 @@ def _download(client: FarmClient, job: dict[str, Any], folder: Path, command: st
         raise SystemExit(f"renderfarm {command}: cannot write {folder}: {exc.strerror}") from None
 
 
+# The options of one kind only: given for another, they would be left out of its spec.
+KIND_OPTIONS = {
+    "init_image": JobKind.IMG2IMG,
+    "mask": JobKind.IMG2IMG,
+    "image": JobKind.UPSCALE,
+    "upscaler": JobKind.UPSCALE,
+    "scale": JobKind.UPSCALE,
+    "hires_scale": JobKind.TXT2IMG,
+}
+
+
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The job spec of `renderfarm submit`'s options, for every kind."""
+    for name, kind in KIND_OPTIONS.items():
+        if getattr(args, name) is not None and args.kind != kind:
+            option = "--" + name.replace("_", "-")
+            raise SystemExit(
+                f"renderfarm submit: {option} is for --kind {kind}, not {args.kind} (it would be"
+                f" ignored)"
+            )
     if args.kind == JobKind.UPSCALE:
         if args.image is None or args.upscaler is None:
             raise SystemExit("--kind upscale needs --image FILE and --upscaler NAME")

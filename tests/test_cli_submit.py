@@ -38,3 +38,19 @@ def test_submit_every_kind_with_a_progress_bar(farm, tmp_path):
     assert up.returncode == 0, up.stderr
     job_id = up.stdout.split()[0]
     assert Image.open(tmp_path / f"{job_id}-0.png").size == (128, 128)
+
+
+def test_an_option_of_another_kind_is_refused_not_ignored(farm, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (20, 90, 160)).save(init)
+    before = farm.client.find_jobs(owner="cli-user")["total"]
+    for args, said in (
+        (("a wave", "--init-image", str(init)), "--init-image is for --kind img2img, not txt2img"),
+        (("--kind", "upscale", "--image", str(init), "--upscaler", "demo-esrgan-x4",
+          "--scale", "2", "--mask", str(init)), "--mask is for --kind img2img, not upscale"),
+        (("a wave", "--kind", "img2img", "--init-image", str(init), "--hires-scale", "2"),
+         "--hires-scale is for --kind txt2img, not img2img"),
+    ):  # fmt: skip
+        refused = submit(farm, *args, tmp_path=tmp_path)
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+    assert farm.client.find_jobs(owner="cli-user")["total"] == before, "nothing was submitted"
