@@ -464,3 +464,30 @@ def test_an_operator_is_told_whose_job_it_deletes(farm, browser):  # noqa: F811
     page.click("#job-actions button.delete")
     assert asked and f"Delete job {job['id'][-8:]} (ux-member's) and its images?" in asked[0]
     assert farm.job(job["id"])["status"] == "canceled"
+
+
+def test_deleting_the_last_job_of_the_last_page_goes_back_to_the_page_before(farm, page):
+    """Clearing a filtered queue out from its end: the page it goes back to is past the end
+    once its one job is gone; it shows the last page, not 'No jobs match' without a pager."""
+    batch = farm.client.submit_batch(
+        spec={**TINY, "prompt": "cleared from the end", "hardware": "gpu", "batch_count": 26},
+        owner="ux-member",
+    )
+    farm.client.cancel_batch(batch["id"])
+    oldest = batch["jobs"][0]["id"]
+    queue = farm.url + "/?scope=me&status=canceled&q=cleared+from+the+end&page=2"
+    page.goto(queue)
+    row(page, oldest).locator("a.job-link").click()
+    page.wait_for_url(farm.url + f"/jobs/{oldest}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#job-actions button.delete").click()
+    page.locator("#flash", has_text=f"Job {oldest[-8:]} deleted").wait_for()
+    row(page, batch["jobs"][1]["id"]).wait_for()  # the last page there is now: page 1
+    assert page.locator("#empty").is_hidden()
+    assert page.locator("#page-info").inner_text() == "page 1 of 1"
+    assert "page=2" not in page.url
+    # The gallery the same: a page past its end goes back to its last one.
+    farm.wait(farm.submit(owner="ux-member", prompt="in the gallery", **TINY)["id"])
+    page.goto(farm.url + "/gallery?page=9")
+    page.locator("#page-info", has_text=re.compile(r"^page (\d+) of \1$")).wait_for(state="attached")
+    assert "page=9" not in page.url and page.locator("#gallery-empty").is_hidden()

@@ -32,6 +32,13 @@
     const { ok, status, body } = await api(`/gallery?${params}`);
     const items = ok ? body.items || [] : [];
     const total = ok ? body.total ?? items.length : 0;
+    const last = Math.max(1, Math.ceil(total / PER_PAGE));
+    if (ok && page > last) { // past the end (its images deleted, say): the last page there is now
+      page = last;
+      RF.setQuery({ scope: form.elements.scope.value, page: page > 1 ? page : "" }, { push: false });
+      load();
+      return;
+    }
     const key = JSON.stringify(items);
     if (key !== shown) { shown = key; grid.replaceChildren(...items.map(tile)); }
     document.getElementById("gallery-empty").hidden = items.length > 0;

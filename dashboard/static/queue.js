@@ -63,6 +63,13 @@
     } else {
       total = answer.total;
     }
+    const last = Math.max(1, Math.ceil(total / PER_PAGE));
+    if (page > last) { // past the end (its jobs deleted, say): the last page there is now
+      page = last;
+      RF.setQuery({ ...f, page: page > 1 ? page : "" }, { push: false });
+      refresh();
+      return;
+    }
     render(jobs);
     pager();
   }
