@@ -242,13 +242,24 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limit(text: str) -> int:
+    """--limit: a page of the API's (per_page), 1 to 200, refused here by its own name."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to 200, not {text!r}") from None
+    if not 1 <= n <= 200:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 200, not {n}")
+    return n
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="list jobs, newest first (filters as the queue page's)")
     p.add_argument("--owner", help='an account, or "me"')
     p.add_argument("--status", help="queued, running, succeeded, failed, canceled (a,b: either)")
     p.add_argument("--model", help="a checkpoint (an upscale's upscaler)")
     p.add_argument("--q", metavar="WORDS", help="words in the prompt")
-    p.add_argument("--limit", type=int, default=20, help="how many (at most 200)")
+    p.add_argument("--limit", type=_limit, default=20, help="how many (at most 200)")
     p.add_argument("--json", action="store_true", help="the jobs as the API gives them")
     p.add_argument("--api", help=API_HELP)
     p.set_defaults(func=cmd_jobs)

@@ -82,3 +82,11 @@ def test_an_inpainting_job_is_listed_as_inpaint_as_the_queue_page_shows_it(farm,
     assert listed.stdout.splitlines()[0].startswith(job_id), listed.stdout
     assert "inpaint demo-sd15 64x64" in listed.stdout
     assert "job:      inpaint demo-sd15 64x64" in cli(farm, "job", job_id, cwd=tmp_path).stdout
+
+
+def test_a_limit_out_of_range_is_refused_by_its_own_name(farm, tmp_path):
+    for limit in ("0", "500"):
+        refused = cli(farm, "jobs", "--limit", limit, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert "argument --limit: must be between 1 and 200" in refused.stderr
+        assert "per_page" not in refused.stderr  # the API's name for it, not the command's
