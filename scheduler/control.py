@@ -144,7 +144,11 @@ class JobControl:
                 try:
                     raw = self.storage.get(value)
                 except ObjectNotFound:
-                    raise SubmitError(".".join(path), f"no stored input {value!r}") from None
+                    raise SubmitError(
+                        ".".join(path),
+                        f"no stored input {value!r} (deleted with the last job that named it,"
+                        " or never stored): send the image itself",
+                    ) from None
                 # Written again, as a new image is: the retention step never deletes an input
                 # written in the last minutes, so not one this job is about to name.
                 pngs[value] = raw

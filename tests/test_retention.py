@@ -21,7 +21,7 @@ from PIL import Image
 from redis import Redis
 
 from scheduler.batches import Batches
-from scheduler.control import ConflictError, JobControl
+from scheduler.control import ConflictError, JobControl, SubmitError
 from scheduler.dispatcher import Dispatcher
 from scheduler.events import JobEvents
 from scheduler.quotas import Quota, QuotaExceeded
@@ -219,6 +219,25 @@ def test_the_input_of_a_submission_refused_over_its_quota_is_not_kept(jobs):
     assert not jobs.storage.exists(refused_key), "no job names it: it would stay for ever"
     assert jobs.storage.exists(shared_key), "the first job still names it"
     assert jobs.redis.llen(keys.trash()) == jobs.redis.zcard(keys.trash_later()) == 0
+
+
+def test_reusing_an_input_deleted_with_its_last_job_says_to_send_the_image_again(jobs):
+    """A submit page left open on "Reuse settings" of a job deleted meanwhile names the
+    image by key; once it is gone the refusal says what happened and what to do."""
+    first = submit(jobs, kind="img2img", init_image=png_b64((90, 30, 200)))
+    key = jobs.records.get(first)["spec"]["init_image"]
+    jobs.cancel(first)
+    jobs.delete(first)
+    written_long_ago(jobs, key)
+    retention(jobs).step()
+    assert not jobs.storage.exists(key)
+    with pytest.raises(SubmitError) as refused:
+        submit(jobs, kind="img2img", init_image=key)
+    assert refused.value.field == "init_image"
+    assert refused.value.reason == (
+        f"no stored input {key!r} (deleted with the last job that named it, or never stored):"
+        " send the image itself"
+    )
 
 
 def test_a_batch_goes_with_the_last_of_its_jobs(jobs):
