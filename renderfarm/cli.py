@@ -9,6 +9,7 @@ import sys
 
 import redis
 import requests
+from pydantic import ValidationError
 
 from dashboard import accounts_cli
 from dashboard import cli as dashboard_cli
@@ -60,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             f"renderfarm {args.command}: cannot reach Redis at {url} (RENDERFARM_REDIS_URL)",
             file=sys.stderr,
         )
+        return 1
+    except ValidationError as exc:  # a setting the environment got wrong, by its variable
+        if exc.title != Settings.__name__:
+            raise
+        for error in exc.errors():
+            name = "RENDERFARM_" + "_".join(map(str, error["loc"])).upper()
+            print(f"renderfarm {args.command}: {name}: {error['msg']}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C before a command handles it (a worker still starting)
         return 130

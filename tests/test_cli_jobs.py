@@ -90,3 +90,17 @@ def test_a_limit_out_of_range_is_refused_by_its_own_name(farm, tmp_path):
         assert refused.returncode == 2, refused.stderr
         assert "argument --limit: must be between 1 and 200" in refused.stderr
         assert "per_page" not in refused.stderr  # the API's name for it, not the command's
+
+
+def test_a_setting_out_of_range_is_named_by_its_variable_not_a_traceback(tmp_path):
+    for command in (["jobs"], ["scheduler"]):
+        env = {**os.environ, "RENDERFARM_KEEP_JOBS_DAYS": "7d"}
+        done = subprocess.run(
+            [sys.executable, "-m", "renderfarm", *command],
+            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert (
+            f"renderfarm {command[0]}: RENDERFARM_KEEP_JOBS_DAYS: Input should be a valid number"
+            in done.stderr
+        )
