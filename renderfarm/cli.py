@@ -20,6 +20,8 @@ from shared.config import Settings
 from shared.sentinel import without_password
 from worker import cli as worker_cli
 
+JOB_ID_LENGTH = 32  # hex digits (scheduler.control.new_job_id)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renderfarm", description=__doc__)
@@ -47,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ApiError as exc:  # a refused request: the API's answer, not a traceback
         print(f"renderfarm {args.command}: {exc}", file=sys.stderr)
+        target = getattr(args, "target", "")
+        if exc.status == 404 and args.command != "drain" and 0 < len(target) < JOB_ID_LENGTH:
+            print(
+                f"{target!r} is not a whole job id: the dashboard shows a job by the last 8 of its"
+                f" {JOB_ID_LENGTH} digits (hover it, or `renderfarm jobs`, for the whole id)",
+                file=sys.stderr,
+            )
         return 1
     except requests.ConnectionError:  # the client commands: no dashboard answering
         api = getattr(args, "api", "")

@@ -104,3 +104,20 @@ def test_a_setting_out_of_range_is_named_by_its_variable_not_a_traceback(tmp_pat
             f"renderfarm {command[0]}: RENDERFARM_KEEP_JOBS_DAYS: Input should be a valid number"
             in done.stderr
         )
+
+
+def test_a_short_id_from_the_dashboard_is_told_apart_from_a_missing_job(farm, tmp_path):
+    with farm.as_account("cli-lister") as me:
+        done = me.wait(me.submit({**TINY, "prompt": "known by its tail"})["id"], timeout=120)
+        gone = me.wait(me.submit({**TINY, "prompt": "deleted"})["id"], timeout=120)
+        me.delete(gone["id"])
+    short = done["id"][-8:]  # what the queue page, the job page and the deletion notice show
+    for command in ("job", "download", "delete"):
+        told = cli(farm, command, short, cwd=tmp_path)
+        assert told.returncode == 1, told.stderr
+        assert (
+            f"'{short}' is not a whole job id" in told.stderr and "renderfarm jobs" in told.stderr
+        )
+    missing = cli(farm, "job", gone["id"], cwd=tmp_path)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    assert "not a whole job id" not in missing.stderr
