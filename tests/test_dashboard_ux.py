@@ -7,11 +7,13 @@ job's images."""
 import base64
 import io
 import re
+import shutil
 import time
 
 import pytest
 from PIL import Image
 
+from shared.modelstore import LocalModelStore
 from tests.signin import ensure_account
 from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
 
@@ -489,5 +491,31 @@ def test_deleting_the_last_job_of_the_last_page_goes_back_to_the_page_before(far
     # The gallery the same: a page past its end goes back to its last one.
     farm.wait(farm.submit(owner="ux-member", prompt="in the gallery", **TINY)["id"])
     page.goto(farm.url + "/gallery?page=9")
-    page.locator("#page-info", has_text=re.compile(r"^page (\d+) of \1$")).wait_for(state="attached")
+    page.locator("#page-info", has_text=re.compile(r"^page (\d+) of \1$")).wait_for(
+        state="attached"
+    )
     assert "page=9" not in page.url and page.locator("#gallery-empty").is_hidden()
+
+
+def test_reusing_a_job_whose_model_left_the_store_does_not_render_with_another(
+    farm, page, models_dir
+):
+    retired = models_dir / "checkpoints" / "ux-retired-sd15"
+    shutil.copytree(models_dir / "checkpoints" / "demo-sd15", retired)
+    try:
+        job = farm.submit(owner="ux-member", prompt="on a retired model", hardware="gpu",
+                          **{**TINY, "model": "ux-retired-sd15"})  # fmt: skip
+        farm.client.cancel(job["id"])
+    finally:
+        shutil.rmtree(retired)
+    page.goto(farm.url + f"/submit?from={job['id']}")
+    page.locator("#reused", has_text="Settings of job").wait_for()
+    model = page.locator("select[name=model]")
+    assert model.input_value() == "ux-retired-sd15"  # not demo-sd15, the first one listed
+    assert model.locator("option:checked").inner_text() == "ux-retired-sd15 (not in the store)"
+    time.sleep(LocalModelStore.FOUND_TTL_S)  # the dashboard's memory of the model found
+    page.click("#render")
+    error = page.locator(".field-error[data-for='model']")
+    error.wait_for()
+    assert "ux-retired-sd15" in error.inner_text()
+    assert page.locator("#submitted a.job-link").count() == 0

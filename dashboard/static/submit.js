@@ -30,7 +30,12 @@
   function fillSelect(select, names, keep = []) {
     const current = select.value || select.dataset.wanted;
     select.replaceChildren(...keep.map((n) => new Option(n, n === "automatic" ? "" : n)), ...names.map((n) => new Option(n, n)));
-    if (current !== undefined && [...select.options].some((o) => o.value === current)) select.value = current;
+    if (current === undefined) return;
+    // A reused job's model that left the store: named as it is, so the farm refuses it beside
+    // its field, rather than the first model in the list rendering the job unnoticed.
+    const missing = ![...select.options].some((o) => o.value === current);
+    if (missing && current && current === select.dataset.wanted) select.add(new Option(`${current} (not in the store)`, current));
+    if (!missing || current === select.dataset.wanted) select.value = current;
   }
   async function loadModels() {
     const { body } = await api("/models");
