@@ -72,8 +72,9 @@ class Retention:
                 break
         if deleted:
             log.info(
-                "retention: deleted %d jobs finished more than %g days ago",
+                "retention: deleted %d %s finished more than %g days ago",
                 deleted,
+                "job" if deleted == 1 else "jobs",
                 self.keep_s / 86400,
             )
         return deleted
