@@ -176,6 +176,8 @@ def _what(job: dict[str, Any]) -> str:
     """The kind, the model (an upscale's upscaler) and the size, as the queue page shows them."""
     spec = job["spec"]
     size = f"{spec['width']}x{spec['height']}" if spec.get("width") else f"x{spec.get('scale')}"
+    if spec.get("hires"):  # rendered at that size, then upscaled by the hires fix
+        size += f"->x{spec['hires']['scale']:g}"
     kind = "inpaint" if spec["kind"] == JobKind.IMG2IMG and spec.get("mask") else spec["kind"]
     return f"{kind} {spec.get('model') or spec.get('upscaler')} {size}"
 

@@ -84,6 +84,16 @@ def test_an_inpainting_job_is_listed_as_inpaint_as_the_queue_page_shows_it(farm,
     assert "job:      inpaint demo-sd15 64x64" in cli(farm, "job", job_id, cwd=tmp_path).stdout
 
 
+def test_a_hires_job_is_listed_with_its_upscale_as_the_queue_page_shows_it(farm, tmp_path):
+    sent = cli(farm, "submit", "a tall lighthouse", "--width", "64", "--height", "64",
+               "--steps", "2", "--hires-scale", "1.5", cwd=tmp_path)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.splitlines()[0]
+    listed = cli(farm, "jobs", "--owner", "me", "--q", "a tall lighthouse", cwd=tmp_path)
+    assert listed.stdout.splitlines()[0].startswith(job_id), listed.stdout
+    assert "txt2img demo-sd15 64x64->x1.5" in listed.stdout
+
+
 def test_a_limit_out_of_range_is_refused_by_its_own_name(farm, tmp_path):
     for limit in ("0", "500"):
         refused = cli(farm, "jobs", "--limit", limit, cwd=tmp_path)
