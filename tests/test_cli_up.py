@@ -317,3 +317,21 @@ def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(models_dir, tmp_path):
+    """`renderfarm models list | head -1`: the reader goes away, and the command ends quietly
+    with the status a command killed by SIGPIPE has (128 + 13), not a BrokenPipeError."""
+    env = {**os.environ, "RENDERFARM_MODELS_DIR": str(models_dir)}
+    env.pop("RENDERFARM_MODELS_URL", None)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "renderfarm", "models", "list", "--json"],
+            cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141, proc.stderr
