@@ -108,7 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--workers",
         nargs="+",
         default=[Hardware.CPU],
-        choices=list(Hardware),
+        choices=[h.value for h in Hardware],
         help="hardware classes to start one worker each for",
     )
     p.set_defaults(func=cmd_up)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from tests.signin import account_token
@@ -38,3 +39,24 @@ def test_submit_every_kind_with_a_progress_bar(farm, tmp_path):
     assert up.returncode == 0, up.stderr
     job_id = up.stdout.split()[0]
     assert Image.open(tmp_path / f"{job_id}-0.png").size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["submit", "x", "--priority", "urgent"], "(choose from 'high', 'normal', 'low')"),
+        (["submit", "x", "--kind", "paint"], "(choose from 'txt2img', 'img2img', 'upscale')"),
+        (["priority", "some-job", "urgent"], "(choose from 'high', 'normal', 'low')"),
+        (["worker", "--hardware", "tpu"], "(choose from 'cpu', 'openvino', 'gpu')"),
+        (["up", "--workers", "tpu"], "(choose from 'cpu', 'openvino', 'gpu')"),
+    ],
+)
+def test_a_wrong_choice_is_answered_with_the_words_to_type(args, said, tmp_path):
+    """argparse names an enum's members by repr (<Priority.HIGH: 'high'>): the operator
+    is told the words the command takes instead."""
+    out = subprocess.run(
+        [sys.executable, "-m", "renderfarm", *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr and "<" not in out.stderr.splitlines()[-1], out.stderr

@@ -33,7 +33,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a worker for one hardware class")
-    p.add_argument("--hardware", choices=list(Hardware), default=Hardware.CPU)
+    p.add_argument("--hardware", choices=[h.value for h in Hardware], default=Hardware.CPU)
     p.add_argument("--loglevel", default="INFO")
     p.add_argument(
         "--device",
