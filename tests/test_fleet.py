@@ -94,3 +94,21 @@ def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
         assert time.monotonic() - started <= 2.5
     finally:
         localfarm.stop(polite, killed)
+
+
+def test_a_worker_told_to_preload_a_model_the_store_lacks_stops_with_the_reason(farm):
+    """`--preload` with a typo: the worker stops before it takes a job, as one refusing its
+    device does (exit 2, the reason, no traceback)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "renderfarm", "worker", "--preload", "no-such-model"],
+        env={**os.environ, **farm.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        "renderfarm worker: --preload no-such-model: checkpoint 'no-such-model' is not in this "
+        "worker's model store" in done.stderr
+    ), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

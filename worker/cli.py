@@ -12,11 +12,11 @@ from shared.vocabulary import Hardware
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.device import DeviceUnavailable
-    from worker.main import run_worker
+    from worker.main import PreloadFailed, run_worker
 
     try:
         run_worker(Settings(), Hardware(args.hardware), args.loglevel, args.preload, args.device)
-    except DeviceUnavailable as exc:
+    except (DeviceUnavailable, PreloadFailed) as exc:
         print(f"renderfarm worker: {exc}", file=sys.stderr)
         return 2
     return 0
