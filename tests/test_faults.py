@@ -237,11 +237,16 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
         time.sleep(2)  # uploads failing and being retried
         assert all(ff.job(j["id"])["status"] == "running" for j in jobs)
         assert all(objects(ff, j["id"]) == [] for j in jobs)
+        # Not a silent 100%: the record says why the job has not finished.
+        for j in jobs:
+            note = ff.job(j["id"])["note"] or ""
+            assert note.startswith("storing outputs: storage unreachable, retrying"), note
     finally:
         ff.s3_proxy.resume()
     for j in jobs:
         done = ff.wait(j["id"], timeout=120)
         assert done["status"] == "succeeded", done["error"]
+        assert done["note"] is None  # the note went with the outage
         attempt = done["outputs"][0]["key"].split("/")[2]
         assert objects(ff, j["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]
 
