@@ -187,6 +187,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         "attempts": job["attempts"],
         "seeds": ", ".join(map(str, job["seeds"])),
         "waiting": job.get("waiting") if job["status"] == "queued" else None,
+        "note": job.get("note"),  # what a running job is doing besides rendering
         "error": job.get("error"),
     }
     for name, value in lines.items():
