@@ -504,7 +504,12 @@ def workers():
 def drain_worker(name: str):
     """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
     draining = bool(json_body(optional=True).get("drain", True))
-    drain(farm.jobs().redis, name, draining)
+    redis = farm.jobs().redis
+    # A name no heartbeat has (a typo, a worker gone) would drain nothing and keep its flag for
+    # ever; undraining any name is allowed, so a flag left by a worker gone can be cleared.
+    if draining and all(w["name"] != name for w in live_workers(redis)):
+        return jsonify(error=f"no live worker {name!r} (see GET /api/v1/workers)"), 404
+    drain(redis, name, draining)
     audit_event("worker.drain" if draining else "worker.undrain", name)
     return jsonify(worker=name, draining=draining)
 
