@@ -22,7 +22,7 @@ from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
 from shared.jobspec import AnySpec, field_errors, load_spec, parse_spec
 from shared.storage import ObjectNotFound
-from shared.vocabulary import Priority, StatusView
+from shared.vocabulary import AUTO, Hardware, Priority, StatusView
 
 api = Blueprint("api", __name__)
 MAX_BATCH_SPECS = 1000
@@ -345,6 +345,14 @@ def _statuses() -> tuple[StatusView, ...]:
         raise BadRequest(422, "status", f"each must be one of {', '.join(StatusView)}") from None
 
 
+def _hardware_arg() -> str | None:
+    hardware = request.args.get("hardware") or None
+    classes = (AUTO, *Hardware)
+    if hardware is not None and hardware not in classes:
+        raise BadRequest(422, "hardware", f"must be one of {', '.join(classes)}")
+    return hardware
+
+
 @api.get("/jobs")
 @require(Role.VIEWER)
 def list_jobs():
@@ -358,7 +366,7 @@ def list_jobs():
         owner=_owner_arg(),
         statuses=_statuses(),
         model=request.args.get("model") or None,
-        hardware=request.args.get("hardware") or None,
+        hardware=_hardware_arg(),
         q=request.args.get("q") or None,
     )
     found = find_jobs(farm.jobs().redis, query, page, per_page)
