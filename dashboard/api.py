@@ -22,7 +22,7 @@ from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
 from shared.jobspec import AnySpec, field_errors, load_spec, parse_spec
 from shared.storage import ObjectNotFound
-from shared.vocabulary import Priority, StatusView
+from shared.vocabulary import AUTO, Hardware, Priority, StatusView
 
 api = Blueprint("api", __name__)
 MAX_BATCH_SPECS = 1000
@@ -345,6 +345,14 @@ def _statuses() -> tuple[StatusView, ...]:
         raise BadRequest(422, "status", f"each must be one of {', '.join(StatusView)}") from None
 
 
+def _hardware_arg() -> str | None:
+    hardware = request.args.get("hardware") or None
+    classes = (AUTO, *Hardware)
+    if hardware is not None and hardware not in classes:
+        raise BadRequest(422, "hardware", f"must be one of {', '.join(classes)}")
+    return hardware
+
+
 @api.get("/jobs")
 @require(Role.VIEWER)
 def list_jobs():
@@ -358,7 +366,7 @@ def list_jobs():
         owner=_owner_arg(),
         statuses=_statuses(),
         model=request.args.get("model") or None,
-        hardware=request.args.get("hardware") or None,
+        hardware=_hardware_arg(),
         q=request.args.get("q") or None,
     )
     found = find_jobs(farm.jobs().redis, query, page, per_page)
@@ -504,7 +512,12 @@ def workers():
 def drain_worker(name: str):
     """Drain (or, with {"drain": false}, undrain) a worker: it finishes its job, takes no new."""
     draining = bool(json_body(optional=True).get("drain", True))
-    drain(farm.jobs().redis, name, draining)
+    redis = farm.jobs().redis
+    # A name no heartbeat has (a typo, a worker gone) would drain nothing and keep its flag for
+    # ever; undraining any name is allowed, so a flag left by a worker gone can be cleared.
+    if draining and all(w["name"] != name for w in live_workers(redis)):
+        return jsonify(error=f"no live worker {name!r} (see GET /api/v1/workers)"), 404
+    drain(redis, name, draining)
     audit_event("worker.drain" if draining else "worker.undrain", name)
     return jsonify(worker=name, draining=draining)
 

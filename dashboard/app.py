@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import logging
+
+from botocore.exceptions import BotoCoreError
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dashboard.accounts import Accounts
@@ -18,6 +21,9 @@ from dashboard.ui import ui
 from scheduler.control import JobControl
 from shared.config import Settings
 from shared.storage import open_storage
+
+log = logging.getLogger(__name__)
+STORE_RETRY_AFTER_S = 30
 
 
 def create_app(settings: Settings) -> Flask:
@@ -45,6 +51,14 @@ def create_app(settings: Settings) -> Flask:
     def _too_large(exc: RequestEntityTooLarge):
         limit = f"{settings.max_request_mb} MiB (RENDERFARM_MAX_REQUEST_MB)"
         return jsonify(error=f"request body larger than {limit}"), 413
+
+    @app.errorhandler(BotoCoreError)
+    def _store_unreachable(exc: BotoCoreError):
+        """The S3 endpoint (results or model store) down or not answering: say so, not 500."""
+        log.warning("%s %s: object storage unreachable: %s", request.method, request.path, exc)
+        resp = jsonify(error=f"object storage unreachable: {exc}; try again shortly")
+        resp.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+        return resp, 503
 
     @app.get("/healthz")
     def healthz():

@@ -26,19 +26,10 @@ from dashboard import farm
 from dashboard.accounts import Role
 from dashboard.auth import require
 from scheduler.census import AFFINITY, ASKED, OUTCOMES, STAGES, Figures, demand, read_census
-from scheduler.fleet import draining, live_workers
+from scheduler.fleet import WORKER_STATES, draining, live_workers, worker_state
 from shared.vocabulary import Hardware, Priority
 
 metrics = Blueprint("metrics", __name__)
-WORKER_STATES = ("idle", "busy", "draining", "stalled")
-
-
-def worker_state(worker: dict[str, Any], draining: bool) -> str:
-    if worker.get("stalled_job"):
-        return "stalled"
-    if draining:
-        return "draining"
-    return "busy" if worker.get("current_job") else "idle"
 
 
 def _family(name: str, doc: str, labels: list[str], values: dict[tuple, float]) -> Metric:

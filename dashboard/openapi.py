@@ -250,7 +250,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(403, 404), params=(("batch_id", "path", "string"),)),
     Route("get", "/api/v1/workers", Role.VIEWER, "The live workers' heartbeats", ok=Workers),
     Route("post", "/api/v1/workers/{name}/drain", Role.OPERATOR, "Drain or undrain a worker",
-          params=(("name", "path", "string"),)),
+          errors=(404,), params=(("name", "path", "string"),)),
     Route("get", "/api/v1/models", Role.VIEWER, "The models in the store", ok=ModelList),
     Route("get", "/api/v1/fleet/demand", Role.OPERATOR,
           "Waiting and active jobs and live workers per class, for autoscalers (KEDA)",

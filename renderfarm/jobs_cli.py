@@ -223,6 +223,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         "attempts": job["attempts"],
         "seeds": ", ".join(map(str, job["seeds"])),
         "waiting": job.get("waiting") if job["status"] == "queued" else None,
+        "note": job.get("note"),  # what a running job is doing besides rendering
         "error": job.get("error"),
     }
     for name, value in lines.items():
@@ -289,14 +290,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("target", metavar="WORKER" if name == "drain" else "JOB_ID")
         p.add_argument("--api", help=API_HELP)
         if name == "priority":
-            p.add_argument("priority", choices=list(Priority))
+            p.add_argument("priority", choices=[p.value for p in Priority])
         if name == "drain":
             p.add_argument("--undo", action="store_true", help="take new jobs again")
         p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("submit", help="submit a job (any kind) through the REST API")
     p.add_argument("prompt", nargs="?", default="")
-    p.add_argument("--kind", default=JobKind.TXT2IMG, choices=list(JobKind))
+    p.add_argument("--kind", default=JobKind.TXT2IMG, choices=[k.value for k in JobKind])
     p.add_argument("--init-image", type=Path, help="img2img: the image to start from")
     p.add_argument("--mask", type=Path, help="img2img: inpaint where the mask is white")
     p.add_argument("--denoising-strength", type=float, default=0.75)
@@ -316,7 +317,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--seed", type=int)
     p.add_argument("--hardware", default=AUTO)
-    p.add_argument("--priority", default=Priority.NORMAL, choices=list(Priority))
+    p.add_argument("--priority", default=Priority.NORMAL, choices=[p.value for p in Priority])
     p.add_argument("--owner", help="submit on behalf of this account (operators and admins)")
     p.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     p.add_argument("--out", type=Path, help="download the images into this folder")

@@ -64,8 +64,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"(shown only now; its API token is in {settings.token_file}, which the "
                 "renderfarm commands on this machine use)"
             )
-        written = write_demo_models(settings.models_dir)
-        print(f"model store {settings.models_dir.resolve()} (new demo models: {written or 'none'})")
+        if settings.models_url:  # the bucket's models: a demo folder would be read by nothing
+            print(f"model store {settings.models_url} (models arrive by renderfarm models push)")
+        else:
+            written = write_demo_models(settings.models_dir) or "none"
+            print(f"model store {settings.models_dir.resolve()} (new demo models: {written})")
         farm.add("the scheduler", lambda: localfarm.start_scheduler(env))
         for hardware in args.workers:
             farm.add(f"the {hardware} worker", partial(localfarm.start_worker, hardware, env))
@@ -105,7 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--workers",
         nargs="+",
         default=[Hardware.CPU],
-        choices=list(Hardware),
+        choices=[h.value for h in Hardware],
         help="hardware classes to start one worker each for",
     )
     p.set_defaults(func=cmd_up)

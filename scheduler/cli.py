@@ -45,23 +45,27 @@ def serve_leader_metric(dispatcher: Dispatcher, port: int) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from scheduler.fleet import live_workers
+    from scheduler.fleet import draining, live_workers, worker_state
 
-    fleet = live_workers(redis_client(Settings()))
+    redis = redis_client(Settings())
+    fleet = live_workers(redis)
     if args.json:
         print(json.dumps(fleet, indent=2))
         return 0
+    off = draining(redis, [w["name"] for w in fleet])  # the flag itself: at once, not at a beat
     gib = 2**30
     print(
-        f"{'worker':<34} {'class':<9} {'device':<28} {'memory used/total':>18} "
+        f"{'worker':<34} {'class':<9} {'state':<8} {'device':<28} {'memory used/total':>18} "
         f"{'cache used/budget':>18} {'models':>6} {'done':>5}  job"
     )
     for w in fleet:
         job = w["current_job"] or "-"
         if w.get("stalled_job"):
             job += " (stalled: given up, running elsewhere)"
+        device = f"{w['device']} {w['device_name']}"
         print(
-            f"{w['name']:<34} {w['hardware']:<9} {w['device_name'][:28]:<28} "
+            f"{w['name']:<34} {w['hardware']:<9} {worker_state(w, w['name'] in off):<8} "
+            f"{device[:28]:<28} "
             f"{w['memory_used'] / gib:>8.1f}/{w['memory_total'] / gib:<6.1f}GiB "
             f"{w['cache_bytes'] / gib:>8.2f}/{w['cache_budget'] / gib:<6.1f}GiB "
             f"{len(w['models']):>6} {w['jobs_done']:>5}  {job}"

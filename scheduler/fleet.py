@@ -9,6 +9,17 @@ from redis import Redis
 
 from shared import keys
 
+WORKER_STATES = ("idle", "busy", "draining", "stalled")
+
+
+def worker_state(worker: dict[str, Any], draining: bool) -> str:
+    """What the Workers page, `renderfarm workers` and `renderfarm_workers{state}` say."""
+    if worker.get("stalled_job"):
+        return "stalled"
+    if draining:
+        return "draining"
+    return "busy" if worker.get("current_job") else "idle"
+
 
 def live_workers(redis: Redis) -> list[dict[str, Any]]:
     """Every worker whose heartbeat has not expired, by name; stale names are pruned."""

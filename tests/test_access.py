@@ -88,7 +88,7 @@ def _state(farm, job_id: str | None, role: str) -> tuple:
         job.get("status"),
         job.get("priority"),
         farm.redis.zcard(keys.jobs_index()),
-        farm.redis.exists(keys.drain("matrix-worker")),
+        farm.redis.exists(keys.drain(farm.cpu_worker())),
         farm.redis.scard(keys.accounts_index()),
         farm.redis.scard(keys.account_tokens(f"r-{role}")),
     )
@@ -118,7 +118,7 @@ def test_permission_matrix(farm, sessions, role, what, method, path, least, whos
         own = whose.startswith("own") and role in ("member", "operator", "admin")
         job_id = _job(farm, f"r-{role}" if own else OTHER, canceled=whose.endswith("canceled"))
     before = _state(farm, job_id, role)
-    url = farm.url + path.format(job=job_id, worker="matrix-worker", batch=batch_id)
+    url = farm.url + path.format(job=job_id, worker=farm.cpu_worker(), batch=batch_id)
     resp = sessions[role].request(
         method,
         url,
@@ -138,7 +138,7 @@ def test_permission_matrix(farm, sessions, role, what, method, path, least, whos
             assert "needs role" in resp.text or "is someone-else's" in resp.text
         assert _state(farm, job_id, role) == before, "a refused request changed something"
     # Leave nothing queued or drained behind.
-    farm.redis.delete(keys.drain("matrix-worker"))
+    farm.redis.delete(keys.drain(farm.cpu_worker()))
     made = resp.json() if resp.status_code == 202 else {}
     for job in [job_id, made.get("id"), *(j["id"] for j in made.get("jobs", []))]:
         if job:

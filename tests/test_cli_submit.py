@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from tests.signin import account_token
@@ -54,3 +55,24 @@ def test_an_option_of_another_kind_is_refused_not_ignored(farm, tmp_path):
         refused = submit(farm, *args, tmp_path=tmp_path)
         assert refused.returncode == 1 and said in refused.stderr, refused.stderr
     assert farm.client.find_jobs(owner="cli-user")["total"] == before, "nothing was submitted"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["submit", "x", "--priority", "urgent"], "(choose from 'high', 'normal', 'low')"),
+        (["submit", "x", "--kind", "paint"], "(choose from 'txt2img', 'img2img', 'upscale')"),
+        (["priority", "some-job", "urgent"], "(choose from 'high', 'normal', 'low')"),
+        (["worker", "--hardware", "tpu"], "(choose from 'cpu', 'openvino', 'gpu')"),
+        (["up", "--workers", "tpu"], "(choose from 'cpu', 'openvino', 'gpu')"),
+    ],
+)
+def test_a_wrong_choice_is_answered_with_the_words_to_type(args, said, tmp_path):
+    """argparse names an enum's members by repr (<Priority.HIGH: 'high'>): the operator
+    is told the words the command takes instead."""
+    out = subprocess.run(
+        [sys.executable, "-m", "renderfarm", *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr and "<" not in out.stderr.splitlines()[-1], out.stderr

@@ -31,14 +31,17 @@ def renderfarm(cwd, env: dict, *args: str, timeout: float = 60) -> subprocess.Co
     )
 
 
-def start_up(models_dir, tmp_path, **popen) -> tuple[subprocess.Popen, dict, int, list[str]]:
+def start_up(
+    models_dir, tmp_path, extra_env: dict | None = None, **popen
+) -> tuple[subprocess.Popen, dict, int, list[str]]:
     """`renderfarm up` in tmp_path on free ports, once it says it is up: the process, its
-    environment, the dashboard's port and what it printed."""
+    environment (`extra_env` added), the dashboard's port and what it printed."""
     redis_port, port = localfarm.free_port(), localfarm.free_port()
     env = {
         **os.environ,
         "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "RENDERFARM_MODELS_DIR": str(models_dir),
+        **(extra_env or {}),
     }
     env.pop("RENDERFARM_STORAGE_URL", None)  # the default: a local folder
     up = subprocess.Popen(
@@ -105,6 +108,22 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
     assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_up_with_the_model_store_in_s3_names_that_store(s3_env, tmp_path):
+    """With RENDERFARM_MODELS_URL the farm's models are the bucket's: `up` says so, and
+    writes no demo models into a folder nothing reads."""
+    store = "s3://renders/up-models"
+    up, _, _, said = start_up(
+        tmp_path / "var" / "models", tmp_path, {**s3_env, "RENDERFARM_MODELS_URL": store}
+    )
+    try:
+        assert any(line.startswith(f"model store {store}") for line in said), "".join(said)
+        assert not any("new demo models" in line for line in said), "".join(said)
+        assert not (tmp_path / "var" / "models").exists()
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
 
 
 def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_path):
@@ -317,3 +336,21 @@ def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(models_dir, tmp_path):
+    """`renderfarm models list | head -1`: the reader goes away, and the command ends quietly
+    with the status a command killed by SIGPIPE has (128 + 13), not a BrokenPipeError."""
+    env = {**os.environ, "RENDERFARM_MODELS_DIR": str(models_dir)}
+    env.pop("RENDERFARM_MODELS_URL", None)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "renderfarm", "models", "list", "--json"],
+            cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141, proc.stderr

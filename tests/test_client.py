@@ -111,9 +111,25 @@ def test_batches(farm):
 
 
 def test_drain_and_undrain(farm):
-    name = "cpu-0@nowhere"  # no such worker: the flag is set and cleared all the same
-    assert farm.client.drain(name) == {"worker": name, "draining": True}
-    assert farm.redis.exists(keys.drain(name))
+    name = farm.cpu_worker()
+    try:
+        assert farm.client.drain(name) == {"worker": name, "draining": True}
+        assert farm.redis.exists(keys.drain(name))
+    finally:
+        assert farm.client.drain(name, draining=False) == {"worker": name, "draining": False}
+    assert not farm.redis.exists(keys.drain(name))
+
+
+def test_draining_a_worker_that_is_not_live_is_refused(farm):
+    """A typo (or a worker gone) is a 404 naming it, not a 200 that drains nothing and leaves
+    a flag behind for ever; undraining any name clears its flag (one left by a worker gone)."""
+    name = "cpu-0@nowhere"
+    with pytest.raises(ApiError) as refused:
+        farm.client.drain(name)
+    assert refused.value.status == 404
+    assert f"no live worker {name!r}" in refused.value.body["error"]
+    assert not farm.redis.exists(keys.drain(name))
+    farm.redis.set(keys.drain(name), 1)
     assert farm.client.drain(name, draining=False) == {"worker": name, "draining": False}
     assert not farm.redis.exists(keys.drain(name))
 

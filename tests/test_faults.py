@@ -5,6 +5,8 @@ Bounded in time: every wait has a deadline; the farm uses 0.5 s heartbeats and 2
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +16,7 @@ from shared import keys
 from shared.config import Settings
 from tests.conftest import BUCKET, s3_client
 from tests.faultfarm import FaultFarm, pid_of
-from tests.signin import ensure_account
+from tests.signin import account_token, ensure_account
 
 QUICK = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 3}
 SLOW = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 40}
@@ -237,11 +239,22 @@ def test_s3_outage_delays_jobs_and_loses_none(ff):
         time.sleep(2)  # uploads failing and being retried
         assert all(ff.job(j["id"])["status"] == "running" for j in jobs)
         assert all(objects(ff, j["id"]) == [] for j in jobs)
+        # Not a silent 100%: the record says why the job has not finished.
+        for j in jobs:
+            note = ff.job(j["id"])["note"] or ""
+            assert note.startswith("storing outputs: storage unreachable, retrying"), note
+        shown = subprocess.run(  # and so does `renderfarm job`
+            [sys.executable, "-m", "renderfarm", "job", jobs[0]["id"], "--api", ff.url],
+            env={**os.environ, "RENDERFARM_TOKEN": account_token(ff.redis, "admin", "admin")},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "\nnote:     storing outputs: storage unreachable" in shown.stdout, shown.stderr
     finally:
         ff.s3_proxy.resume()
     for j in jobs:
         done = ff.wait(j["id"], timeout=120)
         assert done["status"] == "succeeded", done["error"]
+        assert done["note"] is None  # the note went with the outage
         attempt = done["outputs"][0]["key"].split("/")[2]
         assert objects(ff, j["id"]) == [f"{attempt}/image-0.png", f"{attempt}/manifest.json"]
 

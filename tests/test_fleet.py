@@ -46,6 +46,34 @@ def test_heartbeat_describes_the_worker(farm):
     assert job["worker"] in out.stdout
 
 
+def workers_table(farm) -> dict[str, str]:
+    """`renderfarm workers`: each worker's line, by name."""
+    out = subprocess.run(
+        [sys.executable, "-m", "renderfarm", "workers"],
+        env={**os.environ, **farm.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:4] == ["worker", "class", "state", "device"], header
+    return {row.split()[0]: row for row in rows}
+
+
+def test_the_workers_table_shows_each_workers_state_and_device(farm):
+    """What an operator drains is seen drained: the state the Workers page and
+    renderfarm_workers{state} show (idle, busy, draining, stalled), and the device."""
+    name = farm.cpu_worker()
+    assert workers_table(farm)[name].split()[1:4] == ["cpu", "idle", "cpu"]
+    farm.client.drain(name)
+    try:
+        assert workers_table(farm)[name].split()[2] == "draining"  # at once, not at its beat
+    finally:
+        farm.client.drain(name, draining=False)
+    assert workers_table(farm)[name].split()[2] == "idle"
+
+
 def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
     env = {**farm.env, "RENDERFARM_HEARTBEAT_S": "0.5"}
     before = set(fleet(farm))
@@ -66,3 +94,21 @@ def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
         assert time.monotonic() - started <= 2.5
     finally:
         localfarm.stop(polite, killed)
+
+
+def test_a_worker_told_to_preload_a_model_the_store_lacks_stops_with_the_reason(farm):
+    """`--preload` with a typo: the worker stops before it takes a job, as one refusing its
+    device does (exit 2, the reason, no traceback)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "renderfarm", "worker", "--preload", "no-such-model"],
+        env={**os.environ, **farm.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        "renderfarm worker: --preload no-such-model: checkpoint 'no-such-model' is not in this "
+        "worker's model store" in done.stderr
+    ), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

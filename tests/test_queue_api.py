@@ -32,6 +32,11 @@ def test_filters_and_paging(farm):
         assert farm.client.jobs(limit=5, owner="qa-ann", q=word)[0]["id"] == held[2]["id"]
         bad = farm.client.request("GET", "/api/v1/jobs", params={"status": "dispatched"})
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "status"
+        # A class that does not exist is named, as a status is, not an empty page.
+        bad = farm.client.request("GET", "/api/v1/jobs", params={"hardware": "tpu"})
+        assert bad.status_code == 422 and bad.json()["errors"] == [
+            {"field": "hardware", "reason": "must be one of auto, cpu, openvino, gpu"}
+        ]
         assert (
             farm.client.request("GET", "/api/v1/jobs", params={"per_page": 201}).status_code == 422
         )

@@ -1,10 +1,18 @@
 """Both storage backends keep what is put, at the same keys."""
 
-import pytest
+import base64
+import io
 
+import pytest
+from PIL import Image
+from redis import Redis
+
+from renderfarm import localfarm
+from shared.client import FarmClient
 from shared.config import Settings
 from shared.storage import FileStorage, ObjectNotFound, S3Storage, open_storage
 from tests.conftest import BUCKET
+from tests.signin import account_token
 
 
 def roundtrip(storage):
@@ -66,3 +74,47 @@ def test_s3_storage_through_a_real_s3_endpoint(s3_env):
 def test_bad_storage_urls_are_refused(url):
     with pytest.raises(ValueError, match="RENDERFARM_STORAGE_URL"):
         open_storage(Settings(storage_url=url))
+
+
+@pytest.mark.parametrize("down", ["results", "models"])
+def test_an_unreachable_object_store_is_a_503_with_the_reason(
+    down, redis_url, models_dir, tmp_path
+):
+    """The dashboard with its S3 endpoint down: a submission that needs the results' store (an
+    input image to keep) or the model store (a model it has not listed yet) is refused with
+    503, the reason and Retry-After, never a bare 500."""
+    url = redis_url.rsplit("/", 1)[0] + "/6"
+    Redis.from_url(url).flushdb()
+    endpoint = f"http://127.0.0.1:{localfarm.free_port()}"  # nothing listens there
+    env = {
+        "RENDERFARM_REDIS_URL": url,
+        "RENDERFARM_STORAGE_URL": f"s3://{BUCKET}/down",
+        "RENDERFARM_MODELS_DIR": str(models_dir),
+        "RENDERFARM_S3_ENDPOINT_URL": endpoint,
+        "RENDERFARM_S3_ACCESS_KEY_ID": "testing",
+        "RENDERFARM_S3_SECRET_ACCESS_KEY": "testing",
+        "RENDERFARM_S3_REGION": "us-east-1",
+        "RENDERFARM_HTTP_PROCESSES": "1",
+    }
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG")
+    spec = {
+        "kind": "upscale",
+        "image": base64.b64encode(buf.getvalue()).decode(),
+        "upscaler": "demo-esrgan-x4",
+        "scale": 2,
+    }
+    if down == "models":
+        env["RENDERFARM_MODELS_URL"] = f"s3://{BUCKET}/down-models"
+        spec = {"prompt": "a model", "model": "demo-sd15", "width": 64, "height": 64}
+    port = localfarm.free_port()
+    proc = localfarm.start_dashboard("127.0.0.1", port, env, log=tmp_path / "dashboard.log")
+    client = FarmClient(f"http://127.0.0.1:{port}", account_token(Redis.from_url(url), "op"))
+    try:
+        resp = client.request("POST", "/api/v1/jobs", json=spec)
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"].startswith("object storage unreachable"), resp.text
+        assert endpoint in resp.json()["error"] and int(resp.headers["Retry-After"]) > 0
+    finally:
+        client.close()
+        localfarm.stop(proc)

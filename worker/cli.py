@@ -12,11 +12,11 @@ from shared.vocabulary import Hardware
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.device import DeviceUnavailable
-    from worker.main import run_worker
+    from worker.main import PreloadFailed, run_worker
 
     try:
         run_worker(Settings(), Hardware(args.hardware), args.loglevel, args.preload, args.device)
-    except DeviceUnavailable as exc:
+    except (DeviceUnavailable, PreloadFailed) as exc:
         print(f"renderfarm worker: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -33,7 +33,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a worker for one hardware class")
-    p.add_argument("--hardware", choices=list(Hardware), default=Hardware.CPU)
+    p.add_argument("--hardware", choices=[h.value for h in Hardware], default=Hardware.CPU)
     p.add_argument("--loglevel", default="INFO")
     p.add_argument(
         "--device",

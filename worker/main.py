@@ -11,8 +11,13 @@ from scheduler.celery_app import make_celery
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.vocabulary import Hardware
+from worker.attempt import JobFailed
 from worker.heartbeat import Heartbeat
 from worker.runner import JobRunner, register
+
+
+class PreloadFailed(Exception):
+    """A --preload checkpoint the worker cannot load: it stops before it takes a job."""
 
 
 def run_worker(
@@ -28,7 +33,11 @@ def run_worker(
     name = f"{hardware}-{os.getpid()}@{socket.gethostname()}"
     app = make_celery(settings)
     runner = JobRunner(settings, hardware, name, device)
-    runner.preload(preload or [])
+    for checkpoint in preload or []:
+        try:
+            runner.preload([checkpoint])
+        except JobFailed as exc:
+            raise PreloadFailed(f"--preload {checkpoint}: {exc}") from None
     register(app, runner)
     heartbeat = Heartbeat(runner, redis_client(settings), settings.heartbeat_s)
     # Beat once the worker consumes its queue, so the fleet only lists workers taking jobs.

@@ -107,11 +107,13 @@ def put_retrying(
     content_type: str,
     retry_s: float,
     still_ours: Callable[[], bool],
+    on_retry: Callable[[str], None] = lambda note: None,
 ) -> None:
     """Put, retrying storage errors with backoff for up to `retry_s`, then check it is there.
 
     An S3 outage delays the job instead of failing it; the worker keeps the job's lease
-    meanwhile (its heartbeat renews it), and stops if the lease is lost.
+    meanwhile (its heartbeat renews it), and stops if the lease is lost. Each retry is told
+    to `on_retry` as a note for the job's record.
     """
     deadline = time.monotonic() + retry_s
     delay = 0.5
@@ -128,6 +130,8 @@ def put_retrying(
         if not still_ours():
             raise OutputError(f"lease lost while storing {key}")
         log.warning("storing %s failed (%s); retrying in %.1fs", key, error, delay)
+        note = "storing outputs: storage unreachable, retrying"
+        on_retry(f"{note} (at most {retry_s:.0f}s): {error}")
         time.sleep(delay)
         delay = min(delay * 2, 15.0)
 
@@ -141,6 +145,7 @@ def store(
     extra: dict[str, Any],
     retry_s: float = 600.0,
     still_ours: Callable[[], bool] = lambda: True,
+    on_retry: Callable[[str], None] = lambda note: None,
 ) -> list[str]:
     """Upload every image, then the manifest naming them; returns the image keys.
 
@@ -152,7 +157,7 @@ def store(
     for index, image in enumerate(images):
         key = image_key(job_id, attempt, index)
         png = encode_png(image, parameters_text(spec, index, size))
-        put_retrying(storage, key, png, "image/png", retry_s, still_ours)
+        put_retrying(storage, key, png, "image/png", retry_s, still_ours, on_retry)
         keys.append(key)
     manifest = {
         "id": job_id,
@@ -163,6 +168,12 @@ def store(
     }
     body = json.dumps(manifest, indent=2).encode()
     put_retrying(
-        storage, manifest_key(job_id, attempt), body, "application/json", retry_s, still_ours
+        storage,
+        manifest_key(job_id, attempt),
+        body,
+        "application/json",
+        retry_s,
+        still_ours,
+        on_retry,
     )
     return keys

@@ -319,6 +319,13 @@ class JobRunner:
                 "passes": passes,
                 "render_s": time.time() - started,
             }
+            noted: list[str] = []  # the record's note while storage is retried
+
+            def retrying(note: str) -> None:
+                noted.append(note)
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
+
             with att.wait("upload"):  # retries storage errors for RENDERFARM_STORAGE_RETRY_S
                 keys_ = outputs.store(
                     self.storage,
@@ -329,7 +336,11 @@ class JobRunner:
                     extra,
                     retry_s=self.settings.storage_retry_s,
                     still_ours=att.still_ours,
+                    on_retry=retrying,
                 )
+            if noted:  # stored after all: the note goes before the job's outcome
+                with suppress(RedisError):
+                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
         except JobCanceled:
             self._finish(att, JobStatus.CANCELED, error="canceled while running")
             return
