@@ -31,6 +31,7 @@ class JobEvent:
     owner: str
     seq: int
     deleted: bool = False  # the job was deleted (with the status it had)
+    note: str = ""  # the record's note (a model being fetched, outputs waiting for storage)
 
     def as_dict(self) -> dict[str, Any]:
         event = {
@@ -40,6 +41,7 @@ class JobEvent:
             "progress": self.progress,
             "owner": self.owner,
             "seq": self.seq,
+            "note": self.note,
         }
         return event | {"deleted": True} if self.deleted else event
 
@@ -54,6 +56,7 @@ def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> JobEvent:
         f["owner"],
         int(f["seq"]),
         "deleted" in f,
+        f.get("note", ""),
     )
 
 

@@ -192,9 +192,10 @@ if current ~= target then
     end
   end
 end
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'progress')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'progress', 'note')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'job', ARGV[1],
-  'status', target, 'progress', rec[2] or '0', 'owner', rec[1] or '', 'seq', seq)
+  'status', target, 'progress', rec[2] or '0', 'owner', rec[1] or '', 'seq', seq,
+  'note', rec[3] or '')
 return 1
 """
 )

@@ -3,10 +3,12 @@ through the submit form (an upload, a painted mask), a live progress bar, cancel
 reuse settings, filters, the gallery, draining a worker, the admin page."""
 
 import io
+from contextlib import suppress
 
 import pytest
 from PIL import Image
 
+from shared.client import ApiError
 from tests.test_dashboard_browser import browser, open_submit, sign_in, submit_form  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -141,6 +143,40 @@ def test_the_progress_bar_advances_with_no_reload(farm, page):
     row = page.locator(f"#job-rows tr[data-job-id='{job['id']}']")
     row.locator("td.status", has_text="succeeded").wait_for(timeout=60_000)
     assert page.evaluate("window.__stayed") is True
+
+
+def test_a_running_jobs_note_shows_under_its_status_as_it_changes(farm, page):
+    """What a worker notes on a running job (a model it fetches, outputs waiting for storage
+    to come back) is shown on the job's page and its queue row, live, and goes when cleared."""
+    from scheduler.records import JobRecords
+    from shared.vocabulary import JobStatus
+
+    job = farm.submit(
+        owner="painter", model="demo-sd15", prompt="a noted one", width=256, height=256, steps=150
+    )
+    records = JobRecords(farm.redis)
+    try:
+        farm.client.wait(job["id"], 60, until={"running"})
+        page.goto(f"{farm.url}/jobs/{job['id']}")
+        line = page.locator("#job-waiting")
+        page.wait_for_function("() => document.querySelector('#job-progress').value > 0")
+        assert line.is_hidden()  # a running job with nothing to say: no line
+        noted = "storing outputs: storage unreachable, retrying (at most 600s): timed out"
+        # As the worker writes it (worker/runner.py; the worker also gives its attempt).
+        assert records.update(job["id"], JobStatus.RUNNING, note=noted)
+        line.filter(has_text=noted).wait_for(timeout=10_000)
+        queue = page.context.new_page()
+        queue.goto(farm.url + "/")
+        cell = queue.locator(f"#job-rows tr[data-job-id='{job['id']}'] td.status small.waiting")
+        cell.filter(has_text=noted).wait_for(timeout=10_000)
+        assert records.update(job["id"], JobStatus.RUNNING, note="")
+        line.wait_for(state="hidden", timeout=10_000)
+        cell.wait_for(state="hidden", timeout=10_000)
+        queue.close()
+    finally:
+        with suppress(ApiError):  # 409 if it finished already
+            farm.client.cancel(job["id"])
+        farm.wait(job["id"])
 
 
 def test_cancel_then_retry_from_the_queue(farm, page):

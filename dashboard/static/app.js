@@ -129,10 +129,13 @@ const RF = (() => {
     },
   };
 
-  // Why a queued job waits, as the server says; it gives a reason only for each owner's
-  // first jobs in line (README, Scheduling: the reasons on waiting jobs), and none yet for a
-  // job a pass has not looked at: those wait their turn.
-  function waitingText(job) {
+  // The line under a job's status: why a queued job waits, as the server says (it gives a
+  // reason only for each owner's first jobs in line, README, Scheduling: the reasons on
+  // waiting jobs; none yet for a job a pass has not looked at: those wait their turn), or what
+  // a running job is doing besides its steps (its note: a model being fetched, outputs
+  // waiting for storage to come back).
+  function statusNote(job) {
+    if (job.status === "running") return job.note || "";
     if (job.status !== "queued") return "";
     if (job.waiting) return job.waiting;
     return job.state === "dispatched" ? "sent to a worker, starting" : "waiting its turn";
@@ -291,5 +294,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, refusal, track, live, query, setQuery, shortId, inputName, waitingText, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, refusal, track, live, query, setQuery, shortId, inputName, statusNote, messageClass, FINAL };
 })();

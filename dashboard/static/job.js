@@ -127,6 +127,12 @@
     setText(document.getElementById("job-progress-text"), running ? fmt.percent(job.progress) : "");
   }
 
+  function note() {
+    const line = document.getElementById("job-waiting");
+    setText(line, RF.statusNote(job));
+    line.hidden = !line.textContent;
+  }
+
   function show() {
     RF.track(job);
     const status = document.getElementById("job-status");
@@ -134,9 +140,7 @@
     setText(status, job.status);
     setText(document.getElementById("job-kind"), spec.kind(job));
     progress();
-    const waiting = document.getElementById("job-waiting");
-    setText(waiting, RF.waitingText(job));
-    waiting.hidden = job.status !== "queued";
+    note();
     const error = document.getElementById("job-error");
     setText(error, job.error || "");
     error.hidden = !job.error;
@@ -190,8 +194,9 @@
       if (event.job !== id || !job) return;
       if (event.deleted) { gone(); return; }
       if (event.status !== job.status) { load(); return; }
-      job = { ...job, progress: event.progress };
+      job = { ...job, progress: event.progress, note: event.note };
       progress();
+      note();
     },
   });
 })();

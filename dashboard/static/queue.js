@@ -107,6 +107,12 @@
     setText(row.querySelector(".pct"), running ? fmt.percent(job.progress) : "");
   }
 
+  function updateNote(row, job) {
+    const note = row.querySelector("td.status .waiting");
+    setText(note, RF.statusNote(job));
+    note.hidden = !note.textContent;
+  }
+
   function updateRow(entry, job) {
     const { row } = entry;
     entry.job = job;
@@ -125,9 +131,7 @@
     status.className = `status status-${job.status}`;
     setText(status.querySelector(".status-text"), job.status);
     updateProgress(row, job);
-    const waiting = status.querySelector(".waiting");
-    setText(waiting, RF.waitingText(job));
-    waiting.hidden = job.status !== "queued";
+    updateNote(row, job);
     let where = "";
     if (job.status === "queued") {
       const parts = [];
@@ -259,8 +263,9 @@
     else lastStatus.set(event.job, event.status);
     if (event.status === "running" && before === "running") { // progress: moves no one's standing
       if (entry && event.progress !== undefined) {
-        entry.job = { ...entry.job, progress: event.progress };
+        entry.job = { ...entry.job, progress: event.progress, note: event.note };
         updateProgress(entry.row, entry.job);
+        updateNote(entry.row, entry.job);
         if (entry.job.batch) updateBatch(entry.job.batch);
       }
       return;
