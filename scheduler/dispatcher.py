@@ -192,9 +192,11 @@ class Dispatcher:
             return None, f"waiting: {rec['owner']} has {limit} jobs running, its limit"
         groups = view.able_groups(spec, rec.get("hardware"))
         if not groups:
+            # Draining workers are out of the view: an operator is told they may be why.
+            drained = f"; {view.draining} live worker(s) draining" if view.draining else ""
             return None, (
                 f"waiting for a compatible worker (hardware {spec.hardware}, "
-                f"kind {spec.kind}, model {model_of(spec)!r})"
+                f"kind {spec.kind}, model {model_of(spec)!r}{drained})"
             )
         model = model_of(spec)
         warm_idle = view.first_idle_holder(groups, model)

@@ -126,6 +126,7 @@ class FleetView:
     active: Counter[str] = field(default_factory=Counter)
     limits: dict[str, int] = field(default_factory=dict)
     index: FleetIndex | None = None
+    draining: int = 0  # live workers left out of `workers` because they are draining
     _idle: dict[str, None] | None = field(default=None, repr=False)  # name order
     _heaps: list[list[tuple[float, int, int, str]]] | None = field(default=None, repr=False)
 
@@ -300,4 +301,5 @@ class FleetReader:
             active=Counter({k.decode(): int(v) for k, v in active_raw.items()}),
             limits={k.decode(): int(v) for k, v in limits_raw.items()},
             index=self._index,
+            draining=len(self._draining),
         )

@@ -205,6 +205,24 @@ def test_drained_worker_takes_no_new_jobs(ff):
         ff.client.drain(drained, draining=False)
 
 
+def test_a_job_waiting_because_every_worker_drains_says_so(ff):
+    names = [w["name"] for w in ff.wait_workers(2)]
+    for name in names:
+        ff.client.drain(name)
+    try:
+        job = ff.submit(prompt="all drained", **QUICK)
+        deadline = time.monotonic() + 30
+        while not (waiting := ff.job(job["id"])["waiting"]):
+            assert time.monotonic() < deadline, ff.job(job["id"])
+            time.sleep(0.1)
+        assert "waiting for a compatible worker" in waiting
+        assert f"; {len(names)} live worker(s) draining" in waiting, waiting
+    finally:
+        for name in names:
+            ff.client.drain(name, draining=False)
+    assert ff.wait(job["id"])["status"] == "succeeded"
+
+
 def test_idempotency_key_returns_the_same_job(ff):
     headers = {"Idempotency-Key": "retry-me-42"}
     body = {"prompt": "idem", **QUICK}
