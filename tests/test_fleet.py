@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,24 @@ def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
         assert time.monotonic() - started <= 2.5
     finally:
         localfarm.stop(polite, killed)
+
+
+def test_a_worker_does_not_inherit_a_drain_left_under_its_name(farm, tmp_path):
+    """A container restarted in its pod has the same host name and often the same pid, hence
+    the same worker name: a drain asked of the process before it is not the new one's."""
+    from scheduler.fleet import is_draining
+    from shared import keys
+
+    before = set(fleet(farm))
+    worker = localfarm.start_worker("cpu", farm.env, log=tmp_path / "same-name.log")
+    name = f"cpu-{worker.pid}@{socket.gethostname()}"
+    farm.redis.set(keys.drain(name), 1)  # as the earlier process's drain left it
+    try:
+        wait_until(lambda: name in set(fleet(farm)) - before, timeout=120)
+        assert not is_draining(farm.redis, name)
+        assert fleet(farm)[name]["draining"] is False
+    finally:
+        localfarm.stop(worker)
 
 
 def test_a_worker_told_to_preload_a_model_the_store_lacks_stops_with_the_reason(farm):

@@ -8,6 +8,7 @@ import socket
 from celery.signals import worker_ready
 
 from scheduler.celery_app import make_celery
+from scheduler.fleet import drain
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.vocabulary import Hardware
@@ -39,7 +40,11 @@ def run_worker(
         except JobFailed as exc:
             raise PreloadFailed(f"--preload {checkpoint}: {exc}") from None
     register(app, runner)
-    heartbeat = Heartbeat(runner, redis_client(settings), settings.heartbeat_s)
+    redis = redis_client(settings)
+    # A drain flag under this name was left for an earlier process (a container restarted
+    # in its pod keeps its host name, often its pid): this one starts taking jobs.
+    drain(redis, name, False)
+    heartbeat = Heartbeat(runner, redis, settings.heartbeat_s)
     # Beat once the worker consumes its queue, so the fleet only lists workers taking jobs.
     worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     # The solo pool runs jobs in this process: the model cache lives across jobs and
