@@ -15,7 +15,7 @@ import requests
 
 from shared.client import FarmClient
 from shared.config import Settings
-from shared.vocabulary import AUTO, JobKind, JobStatus, Priority
+from shared.vocabulary import AUTO, JobKind, JobStatus, Priority, StatusView
 
 DEFAULT_API = "http://127.0.0.1:8000"
 API_HELP = f"the farm (default: RENDERFARM_API_URL, else var/renderfarm.api, else {DEFAULT_API})"
@@ -182,6 +182,13 @@ def _what(job: dict[str, Any]) -> str:
     return f"{kind} {spec.get('model') or spec.get('upscaler')} {size}"
 
 
+def _worker(job: dict[str, Any]) -> str | None:
+    """Where the job runs or ran; a job queued again is not on the worker it last ran on."""
+    if job.get("worker") and job["status"] == StatusView.QUEUED:
+        return f"{job['worker']} (its last attempt)"
+    return job.get("worker")
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     found = client.find_jobs(
@@ -219,7 +226,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         "owner": job["owner"],
         "job": _what(job),
         "prompt": job["spec"].get("prompt"),
-        "worker": job.get("worker"),
+        "worker": _worker(job),
         "attempts": job["attempts"],
         "seeds": ", ".join(map(str, job["seeds"])),
         "waiting": job.get("waiting") if job["status"] == "queued" else None,

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import suppress
 
 from PIL import Image
 
+from shared.client import ApiError
 from tests.signin import account_token
 
 TINY = {"model": "demo-sd15", "width": 64, "height": 64, "steps": 2}
@@ -92,6 +94,25 @@ def test_a_hires_job_is_listed_with_its_upscale_as_the_queue_page_shows_it(farm,
     listed = cli(farm, "jobs", "--owner", "me", "--q", "a tall lighthouse", cwd=tmp_path)
     assert listed.stdout.splitlines()[0].startswith(job_id), listed.stdout
     assert "txt2img demo-sd15 64x64->x1.5" in listed.stdout
+
+
+def test_a_job_queued_again_names_the_worker_of_its_last_attempt_as_such(farm, tmp_path):
+    slow = {**TINY, "width": 256, "height": 256, "steps": 150, "hardware": "cpu"}
+    with farm.as_account("cli-lister") as me:
+        first = me.submit({**slow, "prompt": "tried once"})
+        ran = me.wait(first["id"], 60, until={"running"})
+        me.cancel(first["id"])
+        assert me.wait(first["id"], 60)["status"] == "canceled"
+        blocker = me.submit({**slow, "prompt": "holds the worker"})
+        try:
+            me.wait(blocker["id"], 60, until={"running"})
+            assert me.retry(first["id"])["status"] == "queued"  # behind the blocker
+            shown = cli(farm, "job", first["id"], cwd=tmp_path).stdout
+            assert f"worker:   {ran['worker']} (its last attempt)" in shown, shown
+        finally:
+            for job in (blocker, first):
+                with suppress(ApiError):  # 409 if it finished already
+                    me.cancel(job["id"])
 
 
 def test_a_limit_out_of_range_is_refused_by_its_own_name(farm, tmp_path):
