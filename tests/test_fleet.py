@@ -66,6 +66,26 @@ def test_the_workers_table_shows_each_workers_state_and_device(farm):
     assert workers_table(farm)[name].split()[2] == "idle"
 
 
+def test_a_workers_heartbeat_follows_its_job_starting_and_ending_not_its_interval(farm):
+    """Busy while it runs a job and idle once it ends, as the fleet shows it, even with a
+    heartbeat interval longer than the whole job."""
+    usual = farm.cpu_worker()
+    farm.client.drain(usual)  # the job goes to the new worker
+    try:
+        with farm.worker("cpu", env={"RENDERFARM_HEARTBEAT_S": "60"}) as proc:
+            name = f"cpu-{proc.pid}@{socket.gethostname()}"
+            wait_until(lambda: name in fleet(farm), timeout=120)
+            spec = {"model": "demo-sd15", "width": 128, "height": 128, "steps": 40}
+            job = farm.submit(prompt="beats at its ends", hardware="cpu", **spec)
+            wait_until(lambda: fleet(farm)[name]["current_job"] == job["id"], timeout=30)
+            done = farm.wait(job["id"])
+            assert (done["status"], done["worker"]) == ("succeeded", name)
+            wait_until(lambda: fleet(farm)[name]["current_job"] is None, timeout=30)
+            assert workers_table(farm)[name].split()[2] == "idle"
+    finally:
+        farm.client.drain(usual, draining=False)
+
+
 def test_stopped_and_killed_workers_leave_the_fleet(farm, tmp_path):
     env = {**farm.env, "RENDERFARM_HEARTBEAT_S": "0.5"}
     before = set(fleet(farm))

@@ -131,14 +131,17 @@ class Heartbeat:
     def _loop(self) -> None:
         outage = Outage(log, "heartbeat failed; beating again next interval", "heartbeats again")
         seen = self.runner.cache.version
+        # A job started or ended is beaten at once too: what the Workers page, `renderfarm
+        # workers` and renderfarm_workers{state} say (busy, idle) follows it, not the interval.
+        seen_job = self.runner.current_job
         due = time.monotonic() + self.interval_s
         while not self._stop.wait(min(CHANGE_POLL_S, self.interval_s)):
-            version, now = self.runner.cache.version, time.monotonic()
-            if version == seen and now < due:
+            version, job, now = self.runner.cache.version, self.runner.current_job, time.monotonic()
+            if version == seen and job == seen_job and now < due:
                 continue
             try:
                 self.beat(cache_changed=version != seen, between=now < due)
-                seen = version
+                seen, seen_job = version, job
                 if now >= due:
                     due = now + self.interval_s
                 outage.over()
