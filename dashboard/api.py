@@ -16,7 +16,7 @@ from dashboard.accounts import Account, Role
 from dashboard.auth import audit_entry, audit_event, current_account, require
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, SubmitError, priority_of
-from scheduler.fleet import drain, live_workers
+from scheduler.fleet import drain, is_live, live_workers
 from scheduler.listing import JobQuery, find_jobs, gallery
 from scheduler.positions import QueueView, stages
 from scheduler.quotas import QuotaExceeded
@@ -515,7 +515,7 @@ def drain_worker(name: str):
     redis = farm.jobs().redis
     # A name no heartbeat has (a typo, a worker gone) would drain nothing and keep its flag for
     # ever; undraining any name is allowed, so a flag left by a worker gone can be cleared.
-    if draining and all(w["name"] != name for w in live_workers(redis)):
+    if draining and not is_live(redis, name):
         return jsonify(error=f"no live worker {name!r} (see GET /api/v1/workers)"), 404
     drain(redis, name, draining)
     audit_event("worker.drain" if draining else "worker.undrain", name)

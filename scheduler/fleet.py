@@ -31,6 +31,11 @@ def live_workers(redis: Redis) -> list[dict[str, Any]]:
     return [json.loads(beat) for beat in beats if beat is not None]
 
 
+def is_live(redis: Redis, worker: str) -> bool:
+    """Whether the worker's heartbeat has not expired (what `live_workers` lists)."""
+    return bool(redis.exists(keys.worker(worker)))
+
+
 def drain(redis: Redis, worker: str, draining: bool = True) -> None:
     """A draining worker finishes its job and is sent no new ones."""
     if draining:
