@@ -115,9 +115,7 @@ class JobRunner:
             shown["at"] = now
             if pct != shown["pct"]:
                 shown["pct"] = pct
-                note = f"fetching model {model.name} ({pct}%)"
-                with suppress(RedisError):
-                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
+                self._note(att, f"fetching model {model.name} ({pct}%)")
             self.progress(att, None)  # canceled, superseded, over the time limit: stop
 
         # Fetching is part of the model_load stage; not `att.wait`: silence is not expected.
@@ -127,8 +125,13 @@ class JobRunner:
                 stack.enter_context(self.fetcher.hold(model.manifest, on_bytes if report else None))
         finally:  # fetched, failed or canceled: the note goes before the job's outcome
             if att is not None and shown["pct"] >= 0:
-                with suppress(RedisError):
-                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
+                self._note(att, "")
+
+    def _note(self, att: Attempt, note: str) -> None:
+        """The running job's note (what it does besides rendering; "" clears it), written
+        if Redis answers: a missed note is no reason to stop the job."""
+        with suppress(RedisError):
+            self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
 
     def _use(self, stack: ExitStack, family: str, name: str, loader: Loader) -> Any:
         """The loaded model, locked in the cache until the job's stack closes."""
@@ -319,12 +322,11 @@ class JobRunner:
                 "passes": passes,
                 "render_s": time.time() - started,
             }
-            noted: list[str] = []  # the record's note while storage is retried
+            noted: list[str] = []  # the record's notes while storage is retried
 
             def retrying(note: str) -> None:
                 noted.append(note)
-                with suppress(RedisError):
-                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note=note)
+                self._note(att, note)
 
             with att.wait("upload"):  # retries storage errors for RENDERFARM_STORAGE_RETRY_S
                 keys_ = outputs.store(
@@ -339,8 +341,7 @@ class JobRunner:
                     on_retry=retrying,
                 )
             if noted:  # stored after all: the note goes before the job's outcome
-                with suppress(RedisError):
-                    self.records.update(att.job_id, JobStatus.RUNNING, att.attempt, note="")
+                self._note(att, "")
         except JobCanceled:
             self._finish(att, JobStatus.CANCELED, error="canceled while running")
             return
