@@ -131,6 +131,8 @@ class JobControl:
 
         An upscale's output size depends on its image: it is checked here, against
         `max_output_pixels`, before anything is stored."""
+        if not spec.image_fields():  # nothing to store: no second validation
+            return spec
         data = spec.model_dump()
         sizes: dict[tuple[str, ...], tuple[int, int]] = {}
         pngs: dict[str, bytes] = {}  # by key: each stored once, its hash taken once
