@@ -20,7 +20,9 @@ each:
           waitress, Flask, the token check, a JSON reply) with no job work at all;
   empty   the same POST (FarmClient.submit) to a Flask app that only parses the body and
           answers 202 with an id, served like the dashboard (`dashboard.server.serve`, the
-          same process count): the HTTP stack with nothing of the farm in it.
+          same process count): the HTTP stack with nothing of the farm in it;
+  lean    the api side's POST sent with urllib3 directly (the library under `requests`):
+          what the client's own library costs, as a leaner client would send it.
 Sides alternate order per round; the figure is the median round. Also printed: Redis
 commands per call (INFO commandstats) for each side. The queue grows by every job posted, so
 a submission whose cost grew with the queue would show in the later rounds.
@@ -29,6 +31,7 @@ a submission whose cost grew with the queue would show in the later rounds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -39,6 +42,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
+
+import urllib3
 
 from bench.common import (
     api_token,
@@ -160,6 +165,7 @@ def measure(
     celery = make_celery(settings)
     redis = Redis.from_url(redis_url)
     sessions: list[FarmClient] = []
+    pools: list[urllib3.HTTPConnectionPool] = []
 
     def session(at: str) -> FarmClient:
         """A keep-alive session for one client thread, closed at the end."""
@@ -194,6 +200,21 @@ def measure(
         client = session(empty_url)
         return lambda: client.submit(SPEC)
 
+    def lean(_: int):
+        host, port = url.removeprefix("http://").split(":")
+        pool = urllib3.HTTPConnectionPool(host, int(port), maxsize=1)
+        pools.append(pool)
+        body = json.dumps(SPEC).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def call() -> None:
+            resp = pool.request("POST", "/api/v1/jobs", body=body, headers=headers)
+            if resp.status != 202:
+                raise RuntimeError(f"POST /api/v1/jobs: {resp.status} {resp.data[:200]!r}")
+            json.loads(resp.data)
+
+        return call
+
     image = input_png(args.image_side) if args.image_side else ""
     image_spec = {**SPEC, "kind": "img2img", "init_image": image}
 
@@ -208,7 +229,14 @@ def measure(
 
         return call
 
-    sides = {"api": api, "inproc": inproc, "celery": send, "floor": floor, "empty": empty}
+    sides = {
+        "api": api,
+        "inproc": inproc,
+        "celery": send,
+        "floor": floor,
+        "empty": empty,
+        "lean": lean,
+    }
     calls = dict.fromkeys(sides, args.n)
     if image:
         sides |= {"api_image": api_image, "celery_image": send_image}
@@ -238,6 +266,7 @@ def measure(
             "inproc_vs_celery": per_s["inproc"] / per_s["celery"],
             "floor_vs_celery": per_s["floor"] / per_s["celery"],
             "empty_vs_celery": per_s["empty"] / per_s["celery"],
+            "lean_vs_celery": per_s["lean"] / per_s["celery"],
         }
         if image:
             results[str(clients)]["image_vs_celery"] = per_s["api_image"] / per_s["celery_image"]
@@ -245,6 +274,8 @@ def measure(
     recorded = int(redis.zcard("rf:jobs"))
     for client in sessions:
         client.close()
+    for pool in pools:
+        pool.close()
     celery.close()
     redis.flushdb()
     return results, recorded
@@ -272,6 +303,19 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
                 f"{ps['celery']:>8.0f}/s {ps['floor']:>13.0f}/s {r['api_vs_celery']:>14.0%} "
                 f"{r['floor_vs_celery']:>16.0%} {ps['empty']:>8.0f}/s "
                 f"{r['empty_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
+            )
+    lines += [
+        "",
+        "the same POST from urllib3 directly (no requests): the client library's share",
+        f"{'server processes':>16} {'clients':>7} {'urllib3 POST':>13} {'requests POST':>14} "
+        f"{'urllib3/send_task':>18}",
+    ]
+    for processes, by_clients in results.items():
+        for clients, r in by_clients.items():
+            ps = r["per_s"]
+            lines.append(
+                f"{processes:>16} {clients:>7} {ps['lean']:>11.0f}/s {ps['api']:>12.0f}/s "
+                f"{r['lean_vs_celery']:>18.0%}"
             )
     if args.image_side:
         lines += [
