@@ -377,6 +377,7 @@ def list_jobs():
         page=page,
         per_page=per_page,
         truncated=found.truncated,
+        searched=found.searched,
     )
 
 

@@ -70,6 +70,12 @@ class JobList(BaseModel):
     total: int | None = None
     page: int | None = None
     per_page: int | None = None
+    truncated: bool | None = Field(
+        None, description="a prompt search (q) left older matches of the other filters unread"
+    )
+    searched: int | None = Field(
+        None, description="how many jobs a prompt search read, newest first (null: no q)"
+    )
 
 
 class Gallery(BaseModel):

@@ -212,6 +212,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     shown, total = len(found["jobs"]), found["total"]
     jobs = "job" if total == 1 else "jobs"
     print(f"({shown} of {total} {jobs})" if total > shown else f"({shown} {jobs})")
+    if found.get("truncated"):
+        print(
+            f"(the search read only the newest {found['searched']} jobs of the other filters:"
+            " narrow them, with --owner, --status or --model, to search older ones)"
+        )
     return 0
 
 

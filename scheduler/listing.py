@@ -5,7 +5,8 @@ scanning every record.
 One facet reads its index directly (ZCARD + ZREVRANGE); several are intersected
 (ZINTERSTORE into a scratch key, in one MULTI, the scratch deleted in it). A prompt search
 (`q`) reads the prompts of the newest `SEARCH_SCAN` matches of the other filters and keeps
-those containing it: its `total` counts those only, and `truncated` says more were left.
+those containing it: its `total` counts those only, `searched` how many were read, and
+`truncated` says more were left unread.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Page:
     ids: list[str]
     total: int
     truncated: bool = False
+    searched: int | None = None  # jobs whose prompts a search read (None: no search)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,7 +99,8 @@ def find_jobs(redis: Redis, query: JobQuery, page: int, per_page: int) -> Page:
             # Most specs do not contain it anywhere: only those that might are parsed.
             if raw is not None and needle in raw.decode().casefold() and needle in _prompts(raw):
                 matches.append(job_id)
-    return Page(matches[start : start + per_page], len(matches), total > len(candidates))
+    page_ids = matches[start : start + per_page]
+    return Page(page_ids, len(matches), total > len(candidates), len(candidates))
 
 
 def _prompts(raw_spec: bytes) -> str:

@@ -519,3 +519,67 @@ def test_reusing_a_job_whose_model_left_the_store_does_not_render_with_another(
     error.wait_for()
     assert "ux-retired-sd15" in error.inner_text()
     assert page.locator("#submitted a.job-link").count() == 0
+
+
+def control_of(farm):
+    """The farm's job control in this process, on its Redis and model store."""
+    from scheduler.control import JobControl
+    from shared.config import Settings
+
+    env = farm.env
+    return JobControl(
+        Settings(redis_url=env["RENDERFARM_REDIS_URL"], models_dir=env["RENDERFARM_MODELS_DIR"])
+    )
+
+
+def recorded_at_once(control, owner: str, prompts: list[str]) -> list[str]:
+    """Jobs of `owner` recorded in batches, oldest first (they wait for a GPU the farm
+    lacks): thousands in seconds, where POSTing them would take minutes."""
+    from shared.jobspec import parse_spec
+    from shared.vocabulary import Priority
+
+    ids = []
+    for at in range(0, len(prompts), 500):
+        specs = [
+            parse_spec({**TINY, "prompt": p, "hardware": "gpu"}, control.settings).with_seed()
+            for p in prompts[at : at + 500]
+        ]
+        ids += [r["id"] for r in control.enqueue(specs, owner, Priority.NORMAL)]
+        time.sleep(0.01)  # each batch newer than the one before
+    return ids
+
+
+def test_a_prompt_search_that_left_older_jobs_unread_says_so(farm, page, tmp_path):
+    from tests.test_cli_jobs import cli
+
+    owner, control = "ux-searcher", control_of(farm)
+    ensure_account(farm.redis, owner)
+    # The oldest needle lies beyond the newest 5,000 jobs the search reads; two are within.
+    ids = recorded_at_once(control, owner, ["a needle, the oldest"])
+    ids += recorded_at_once(control, owner, ["hay"] * 4998 + ["a needle"] * 2)
+    try:
+        found = farm.client.find_jobs(owner=owner, q="needle")
+        assert (found["total"], found["truncated"], found["searched"]) == (2, True, 5000)
+        assert farm.client.find_jobs(owner=owner, q="oldest")["total"] == 0  # never read
+        assert farm.client.find_jobs(owner=owner)["searched"] is None  # no search, no note
+
+        listed = cli(farm, "jobs", "--owner", owner, "--q", "needle", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines()[-2:] == [
+            "(2 jobs)",
+            "(the search read only the newest 5000 jobs of the other filters: narrow them, "
+            "with --owner, --status or --model, to search older ones)",
+        ]
+        plain = cli(farm, "jobs", "--owner", owner, "--limit", "3", cwd=tmp_path)
+        assert plain.stdout.splitlines()[-1] == "(3 of 5001 jobs)"
+
+        page.goto(farm.url + f"/?owner={owner}&q=needle")
+        counts = page.locator("#counts")
+        counts.filter(has_text="2 jobs in the newest 5000 searched").wait_for()
+        assert "narrow the other filters to search older ones" in counts.inner_text()
+        page.goto(farm.url + f"/?owner={owner}")
+        page.locator("#counts", has_text=re.compile(r"^5001 jobs$")).wait_for()
+    finally:
+        control.cancel_all(owner)
+        for job_id in ids:
+            control.delete(job_id)

@@ -11,6 +11,7 @@
   const batchRows = new Map(); // batch id -> row
   let page = 1;
   let total = 0;
+  let searched = null; // set when a prompt search left older jobs unread
   let generation = 0;
   let lastRefresh = -Infinity;
 
@@ -63,6 +64,7 @@
     } else {
       total = answer.total;
     }
+    searched = answer.truncated ? answer.searched : null;
     const last = Math.max(1, Math.ceil(total / PER_PAGE));
     if (page > last) { // past the end (its jobs deleted, say): the last page there is now
       page = last;
@@ -228,7 +230,9 @@
   function pager() {
     const pages = Math.max(1, Math.ceil(total / PER_PAGE));
     setText(document.getElementById("page-info"), `page ${page} of ${pages}`);
-    setText(document.getElementById("counts"), `${total} job${total === 1 ? "" : "s"}`);
+    const counted = `${total} job${total === 1 ? "" : "s"}`;
+    setText(document.getElementById("counts"), searched === null ? counted
+      : `${counted} in the newest ${searched} searched (narrow the other filters to search older ones)`);
     document.getElementById("pager").hidden = pages <= 1;
     document.getElementById("prev").disabled = page <= 1;
     document.getElementById("next").disabled = page >= pages;
