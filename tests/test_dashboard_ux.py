@@ -433,6 +433,24 @@ def test_a_job_page_left_open_on_a_deleted_job_offers_none_of_its_images(farm, p
     assert page.locator("#images", has_text="deleted with it").is_visible()
 
 
+def test_a_job_deleted_between_its_page_and_the_pages_first_read_says_so(farm, page):
+    job = farm.submit(owner="ux-member", prompt="deleted before it was read", **TINY)
+    farm.wait(job["id"])
+    held = []  # the page's first read of the job, held until the job is deleted
+    page.route(f"**/api/v1/jobs/{job['id']}", lambda route: held.append(route))
+    try:
+        page.goto(farm.url + f"/jobs/{job['id']}")  # the page itself: the job is there
+        while not held:
+            page.wait_for_timeout(50)
+        farm.client.delete(job["id"])
+        held[0].continue_()  # to the farm, which answers 404 now
+    finally:
+        page.unroute(f"**/api/v1/jobs/{job['id']}")
+    page.locator("#job-error", has_text="This job was deleted.").wait_for()
+    assert page.inner_text("#job-status") == "deleted"
+    assert page.locator("#job-actions button").count() == 0
+
+
 def test_deleting_a_job_goes_back_to_the_queue_it_was_opened_from(farm, page):
     jobs = [
         farm.submit(owner="ux-member", prompt=f"to clear {i}", hardware="gpu", **TINY)

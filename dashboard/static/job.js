@@ -161,7 +161,8 @@
 
   async function load() {
     const { ok, status, body } = await api(`/jobs/${id}`);
-    if (status === 404 && job) gone();
+    // The page was served with the job: a 404 now, even on the first read, is its deletion.
+    if (status === 404) { gone(); return; }
     if (!ok) return;
     const text = JSON.stringify(body);
     if (text === last) return; // nothing changed
