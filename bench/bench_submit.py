@@ -281,6 +281,15 @@ def measure(
     return results, recorded
 
 
+def table(results: dict[str, Any], title: str, header: str, row: Any) -> list[str]:
+    """A titled table of `row(figures)` for each process and client count."""
+    lines = ["", title, f"{'server processes':>16} {'clients':>7} {header}"]
+    for processes, by_clients in results.items():
+        for clients, r in by_clients.items():
+            lines.append(f"{processes:>16} {clients:>7} {row(r)}")
+    return lines
+
+
 def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la) -> dict:
     """`results`: by server processes, then by clients."""
     machine = machine_info()
@@ -304,34 +313,26 @@ def report(args: argparse.Namespace, results: dict[str, Any], recorded: int, la)
                 f"{r['floor_vs_celery']:>16.0%} {ps['empty']:>8.0f}/s "
                 f"{r['empty_vs_celery']:>16.0%} {cmds['api']:>14.1f} / {cmds['celery']:.1f}"
             )
-    lines += [
-        "",
+    lines += table(
+        results,
         "the same POST from urllib3 directly (no requests): the client library's share",
-        f"{'server processes':>16} {'clients':>7} {'urllib3 POST':>13} {'requests POST':>14} "
-        f"{'urllib3/send_task':>18}",
-    ]
-    for processes, by_clients in results.items():
-        for clients, r in by_clients.items():
-            ps = r["per_s"]
-            lines.append(
-                f"{processes:>16} {clients:>7} {ps['lean']:>11.0f}/s {ps['api']:>12.0f}/s "
-                f"{r['lean_vs_celery']:>18.0%}"
-            )
+        f"{'urllib3 POST':>13} {'requests POST':>14} {'urllib3/send_task':>18}",
+        lambda r: (
+            f"{r['per_s']['lean']:>11.0f}/s {r['per_s']['api']:>12.0f}/s "
+            f"{r['lean_vs_celery']:>18.0%}"
+        ),
+    )
     if args.image_side:
-        lines += [
-            "",
+        lines += table(
+            results,
             f"img2img with a {args.image_side}x{args.image_side} PNG input "
             f"({max(1, args.n // 10)} calls per client per round)",
-            f"{'server processes':>16} {'clients':>7} {'POST /api/v1/jobs':>18} "
-            f"{'send_task + image':>18} {'API/send_task':>14}",
-        ]
-        for processes, by_clients in results.items():
-            for clients, r in by_clients.items():
-                ps = r["per_s"]
-                lines.append(
-                    f"{processes:>16} {clients:>7} {ps['api_image']:>16.0f}/s "
-                    f"{ps['celery_image']:>16.0f}/s {r['image_vs_celery']:>14.0%}"
-                )
+            f"{'POST /api/v1/jobs':>18} {'send_task + image':>18} {'API/send_task':>14}",
+            lambda r: (
+                f"{r['per_s']['api_image']:>16.0f}/s "
+                f"{r['per_s']['celery_image']:>16.0f}/s {r['image_vs_celery']:>14.0%}"
+            ),
+        )
     print("\n".join(lines), flush=True)
     return {
         "machine": {**machine, "loadavg_start": la[0], "loadavg_end": la[1]},
