@@ -2,14 +2,19 @@
 notifier sends when a job of the account succeeds or fails."""
 
 import json
+import logging
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from redis import Redis
 
+from renderfarm import localfarm
+from scheduler.notify import Notifier
 from shared import keys
 from shared.client import ApiError
+from shared.config import Settings
 
 SPEC = {"model": "demo-sd15", "prompt": "hook", "width": 64, "height": 64, "steps": 2}
 
@@ -63,3 +68,26 @@ def test_webhook_url_is_checked_and_needs_a_member(farm):
     with pytest.raises(ApiError) as exc:
         farm.as_account("hook-viewer", "viewer").set_webhook("http://127.0.0.1/x")
     assert exc.value.status == 403
+
+
+# A Slack or Discord hook's path is its key; a URL's user info and query are secrets too.
+SECRET_HOOK = "/services/T0/B0/XSECRETPATH?token=QSECRET"
+SECRETS = ("hookuser", "S3CRETPW", "XSECRETPATH", "QSECRET")
+
+
+def test_a_failed_webhook_is_logged_without_the_secrets_in_its_url(redis_url, receiver, caplog):
+    """The scheduler's log says where and why (it wrote the whole URL, twice: its own words
+    and requests' message), never what would let a reader post to the hook."""
+    url, _ = receiver  # refuses its first POST with a 503
+    notifier = Notifier(
+        Redis.from_url(redis_url), Settings(redis_url=redis_url, webhook_attempts=1)
+    )
+    nobody = localfarm.free_port()  # nothing listens there
+    body = {"event": "job.failed", "job": {"id": "job-1"}}
+    with caplog.at_level(logging.WARNING, logger="scheduler.notify"):
+        assert not notifier.send(f"http://hookuser:S3CRETPW@127.0.0.1:{nobody}{SECRET_HOOK}", body)
+        assert not notifier.send(url.removesuffix("/hook") + SECRET_HOOK, body)
+    logged = caplog.text
+    assert f"http://127.0.0.1:{nobody}" in logged and "Connection refused" in logged
+    assert "HTTP 503" in logged and "job-1" in logged
+    assert not [s for s in SECRETS if s in logged], logged
