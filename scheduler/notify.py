@@ -25,6 +25,7 @@ from urllib3.exceptions import MaxRetryError
 from scheduler.events import JobEvents
 from scheduler.records import JobRecords
 from shared import keys
+from shared.addresses import inside_address
 from shared.config import Settings
 from shared.outage import Outage
 from shared.vocabulary import JobStatus
@@ -138,8 +139,17 @@ class Notifier:
         delay = self.settings.webhook_backoff_s
         for attempt in range(1, self.settings.webhook_attempts + 1):
             try:
-                resp = self.session.post(url, json=body, timeout=self.settings.webhook_timeout_s)
-                if resp.ok:
+                # Checked on every try: a name may resolve elsewhere than when it was set.
+                if not self.settings.webhook_allow_private and (why := inside_address(url)):
+                    log.warning(
+                        "webhook %s for job %s refused: %s", shown(url), body["job"]["id"], why
+                    )
+                    return False
+                # A redirect is not followed: it could point anywhere, inside the farm too.
+                resp = self.session.post(
+                    url, json=body, timeout=self.settings.webhook_timeout_s, allow_redirects=False
+                )
+                if 200 <= resp.status_code < 300:
                     return True
                 why = f"HTTP {resp.status_code}"
             except requests.RequestException as exc:
