@@ -28,8 +28,9 @@ def inside_address(url: str) -> str | None:
     for address in _addresses(host):
         mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
         if not (mapped or address).is_global:
+            what = host if host == str(address) else f"{host} ({address})"
             return (
-                f"{host} is {address}, not a public address: webhooks to the farm's own "
-                f"network need {ALLOW_SETTING}=1"
+                f"{what} is not a public address: webhooks to the farm's own network "
+                f"need {ALLOW_SETTING}=1"
             )
     return None
