@@ -24,6 +24,7 @@ from redis import Redis
 from dashboard.tokens import Token, Tokens, looks_like_token
 from scheduler.quotas import Quota
 from shared import keys
+from shared.addresses import inside_address
 from shared.config import Settings
 from shared.vocabulary import Hardware
 
@@ -268,8 +269,12 @@ class Accounts:
 
     def set_webhook(self, name: str, url: str) -> Account:
         """Set (or, with "", clear) the account's webhook; the scheduler's notifier reads it
-        from the shared hash `keys.webhooks()` (scheduler/ does not read accounts)."""
-        self._update(name, webhook_url=validate_webhook_url(url))
+        from the shared hash `keys.webhooks()` (scheduler/ does not read accounts). One
+        inside the farm's network is refused unless `webhook_allow_private`."""
+        validate_webhook_url(url)
+        if url and not self.settings.webhook_allow_private and (why := inside_address(url)):
+            raise ValueError(why)
+        self._update(name, webhook_url=url)
         if url:
             self.redis.hset(keys.webhooks(), name, url)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from botocore.exceptions import BotoCoreError
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dashboard.accounts import Accounts
@@ -46,6 +46,13 @@ def create_app(settings: Settings) -> Flask:
     init_metrics(app, jobs.redis)
     init_sdapi(app)
     init_openapi(app)
+
+    @app.after_request
+    def _nosniff(resp: Response) -> Response:
+        """Every answer is the type it says: an input image is served byte for byte as a
+        member sent it, and must never be read as HTML by a browser that sniffs."""
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

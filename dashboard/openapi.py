@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Flask, jsonify, render_template
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from dashboard import ui
 from dashboard.accounts import Role
 from shared.jobspec import JobSpec
 
@@ -345,7 +346,8 @@ def openapi_json():
 
 @openapi.get("/docs")
 def docs():
-    return render_template("apidocs.html")
+    # The dashboard pages' policy: its script and styles from this site only, no framing.
+    return render_template("apidocs.html"), 200, ui.HEADERS
 
 
 def init_openapi(app: Flask) -> None:

@@ -15,14 +15,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from redis import Redis
 from redis.exceptions import RedisError
+from urllib3.exceptions import MaxRetryError
 
 from scheduler.events import JobEvents
 from scheduler.records import JobRecords
 from shared import keys
+from shared.addresses import inside_address
 from shared.config import Settings
 from shared.outage import Outage
 from shared.vocabulary import JobStatus
@@ -55,6 +58,23 @@ def job_payload(record: dict[str, Any]) -> dict[str, Any]:
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
     }
+
+
+def shown(url: str) -> str:
+    """A webhook URL as a log may show it: scheme, host and port. Its user info, path and
+    query are left out: they may be the secret (a Slack or Discord hook's path is its key)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+
+
+def reason(exc: requests.RequestException) -> str:
+    """Why a POST failed, in words without the URL: requests' own message quotes its path
+    and query, so it is the error under urllib3's retry wrapper (connection refused, name
+    not resolved, timed out, TLS), or only the kind of error when its words are the URL's."""
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    return f"{type(exc).__name__}: {cause}" if isinstance(cause, Exception) else type(exc).__name__
 
 
 class Notifier:
@@ -119,13 +139,24 @@ class Notifier:
         delay = self.settings.webhook_backoff_s
         for attempt in range(1, self.settings.webhook_attempts + 1):
             try:
-                resp = self.session.post(url, json=body, timeout=self.settings.webhook_timeout_s)
-                if resp.ok:
+                # Checked on every try: a name may resolve elsewhere than when it was set.
+                if not self.settings.webhook_allow_private and (why := inside_address(url)):
+                    log.warning(
+                        "webhook %s for job %s refused: %s", shown(url), body["job"]["id"], why
+                    )
+                    return False
+                # A redirect is not followed: it could point anywhere, inside the farm too.
+                resp = self.session.post(
+                    url, json=body, timeout=self.settings.webhook_timeout_s, allow_redirects=False
+                )
+                if 200 <= resp.status_code < 300:
                     return True
                 why = f"HTTP {resp.status_code}"
             except requests.RequestException as exc:
-                why = str(exc)
-            log.warning("webhook %s for job %s, try %d: %s", url, body["job"]["id"], attempt, why)
+                why = reason(exc)
+            log.warning(
+                "webhook %s for job %s, try %d: %s", shown(url), body["job"]["id"], attempt, why
+            )
             if attempt < self.settings.webhook_attempts and self.stopped.wait(delay):
                 break
             delay *= 2

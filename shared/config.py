@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     webhook_attempts: int = 4
     webhook_backoff_s: float = 2.0
     webhook_timeout_s: float = 5.0
+    # A member's webhook may be on loopback, a private network or link-local (a cloud's
+    # metadata service): off, since the scheduler would POST there from inside the farm.
+    webhook_allow_private: bool = False
 
     # --- The SD-WebUI API and the HTTP server (dashboard/sdapi/, dashboard/server.py) ---
     # A blocking /sdapi/v1 generation call waits at most this long for its job (queue time

@@ -23,6 +23,7 @@ Names starting with "." are skipped (half-written models).
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from abc import ABC, abstractmethod
@@ -84,6 +85,17 @@ class ModelInfo:
 def valid_name(name: str) -> bool:
     """A name a job may ask for: one path part, not hidden."""
     return bool(name) and not name.startswith(".") and Path(name).name == name
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name longer than the filesystem allows names nothing (the
+    spec bounds names in characters, and 200 of them can be 800 bytes)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
 
 
 def entry_name(path: Path) -> str:
@@ -243,7 +255,7 @@ class LocalModelStore(ModelStore):
         names = [name] + [name + suffix for suffix in UPSCALER_SUFFIXES if family == "upscaler"]
         for candidate in sorted(names):  # the order `list` meets them in
             path = folder / candidate
-            if path.exists() and (info := _read(family, path)) and info.name == name:
+            if _exists(path) and (info := _read(family, path)) and info.name == name:
                 return info
         return None
 

@@ -184,6 +184,7 @@ def farm(redis_url, models_dir, s3_env, tmp_path_factory) -> Iterator[Farm]:
         # Short enough for the tests to see: the events stream's heartbeat, webhook retries.
         "RENDERFARM_EVENTS_HEARTBEAT_S": "1",
         "RENDERFARM_WEBHOOK_BACKOFF_S": "0.2",
+        "RENDERFARM_WEBHOOK_ALLOW_PRIVATE": "1",  # the tests' receivers are on loopback
     }
     port = localfarm.free_port()
     scheduler = localfarm.start_scheduler(env, log=logs / "scheduler.log")

@@ -37,6 +37,7 @@ def client(redis_url, models_dir, tmp_path):
 
 
 GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
+LONG_NAME = "é" * 200  # the spec's most characters, but more bytes than a file name's 255
 
 
 @pytest.mark.parametrize(
@@ -52,6 +53,10 @@ GOOD = {"model": "demo-sd15", "prompt": "a cat", "width": 64, "height": 64}
         ({"steps": 2.5}, "steps", "fractional part"),  # only SD-WebUI fields truncate
         ({"prompt": None}, "prompt", "valid string"),
         ({"batch_size": "many"}, "batch_size", "valid integer"),
+        # 200 characters, 400 bytes: longer than a file name may be (it was a 500).
+        ({"model": LONG_NAME}, "model", "unknown checkpoint"),
+        ({"vae": LONG_NAME}, "vae", "unknown vae"),
+        ({"hires": {"upscaler": LONG_NAME}}, "hires.upscaler", "unknown upscaler"),
     ],
 )
 def test_bad_field(client, change, field, reason):
@@ -135,6 +140,17 @@ def test_sdapi_options_refuse_a_clip_skip_no_generation_could_honour(client):
     assert client.get("/sdapi/v1/options").get_json()["CLIP_stop_at_last_layers"] == 1
     echoed = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1.0})
     assert echoed.status_code == 200 and echoed.get_json() == {"updated": []}
+
+
+@pytest.mark.parametrize(
+    ("option", "msg"), [("sd_model_checkpoint", "unknown checkpoint"), ("sd_vae", "unknown VAE")]
+)
+def test_sdapi_options_refuse_a_model_name_too_long_for_a_file(client, option, msg):
+    """A 422 naming the option, as for any unknown model (it was a 500: File name too long)."""
+    resp = client.post("/sdapi/v1/options", json={option: LONG_NAME})
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    [detail] = resp.get_json()["detail"]
+    assert detail["loc"] == ["body", option] and msg in detail["msg"], detail
 
 
 def sdapi_error(resp, status: int, words: str) -> None:
