@@ -1,0 +1,41 @@
+"""The README names what exists: every setting in its Configuration table, and nothing there
+that is not a setting."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shared.config import Settings
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    """The README's `## title` section, up to the next heading of that level."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def documented_settings() -> set[str]:
+    """The variables the Configuration section names in backticks: `RENDERFARM_X`, and
+    `RENDERFARM_{A,B}_X` with the `..._Y` beside it (each of A, B with X, then with Y)."""
+    names: set[str] = set()
+    prefixes: list[str] = []
+    for quoted in re.findall(r"`([^`]+)`", section("Configuration")):
+        if braced := re.fullmatch(r"(RENDERFARM_)\{([A-Z,]+)\}(_[A-Z_]+)", quoted):
+            prefixes = [braced[1] + part for part in braced[2].split(",")]
+            names |= {p + braced[3] for p in prefixes}
+        elif rest := re.fullmatch(r"\.\.\.(_[A-Z_]+)", quoted):
+            names |= {p + rest[1] for p in prefixes}
+        elif re.fullmatch(r"RENDERFARM_[A-Z0-9_]+", quoted):
+            names.add(quoted)
+    return names
+
+
+def test_every_setting_is_in_the_configuration_table_and_only_settings_are():
+    settings = {f"RENDERFARM_{name.upper()}" for name in Settings.model_fields}
+    documented = documented_settings()
+    assert settings - documented == set(), "settings the README's Configuration leaves out"
+    assert documented - settings == set(), "named in Configuration, but not a setting"
