@@ -39,3 +39,27 @@ def test_every_setting_is_in_the_configuration_table_and_only_settings_are():
     documented = documented_settings()
     assert settings - documented == set(), "settings the README's Configuration leaves out"
     assert documented - settings == set(), "named in Configuration, but not a setting"
+
+
+def test_every_command_and_option_is_in_the_command_section():
+    import argparse
+
+    from renderfarm.cli import build_parser
+
+    text = section("The `renderfarm` command")
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if not re.search(rf"`(renderfarm )?({' '.join(words)} )?{name}\b", text):
+                        missing.append(" ".join((*words, name)))
+                    walk(sub, (*words, name))
+            for option in action.option_strings:
+                named = re.search(rf"{re.escape(option)}\b", text)
+                if option.startswith("--") and option != "--help" and not named:
+                    missing.append(f"{' '.join(words)} {option}")
+
+    walk(build_parser(), ())
+    assert missing == [], f"the README's command section leaves out {missing}"
