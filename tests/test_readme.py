@@ -1,5 +1,5 @@
-"""The README names what exists: every setting in its Configuration table, and nothing there
-that is not a setting."""
+"""The README names what exists: every setting in its Configuration table (and nothing there
+that is not a setting), every command and option of `renderfarm`, every route."""
 
 from __future__ import annotations
 
@@ -63,3 +63,44 @@ def test_every_command_and_option_is_in_the_command_section():
 
     walk(build_parser(), ())
     assert missing == [], f"the README's command section leaves out {missing}"
+
+
+def test_every_route_is_in_the_readme():
+    """Each route of /api/v1 (method and path, `<...>` standing for any parameter) is in the
+    README's tables, and each /sdapi/v1 endpoint in its SD-WebUI section."""
+    from flask import Flask
+
+    from dashboard.accounts_api import accounts_api
+    from dashboard.api import api
+    from dashboard.live import live
+    from dashboard.metrics import metrics
+    from dashboard.sdapi import PREFIX
+    from dashboard.sdapi.routes import sdapi
+
+    app = Flask(__name__)
+    for blueprint in (api, accounts_api, live):
+        app.register_blueprint(blueprint, url_prefix="/api/v1")
+    app.register_blueprint(metrics)
+    app.register_blueprint(sdapi, url_prefix=PREFIX)
+
+    def shape(path: str) -> str:
+        return re.sub(r"<[^>]*>", "<>", path)
+
+    documented = {
+        (method, shape(path))
+        for method, path in re.findall(r"`(GET|POST|DELETE) (/[^` ?]*)", README)
+    }
+    webui = section("The SD-WebUI API (`/sdapi/v1`)")
+    missing = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        if rule.rule.startswith(PREFIX):  # `png-info`, `POST txt2img`, `GET/POST options`
+            name = re.escape(rule.rule.removeprefix(PREFIX + "/"))
+            if not re.search(rf"`(?:[A-Z/]+ )?{name}`", webui):
+                missing.append(rule.rule)
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            if (method, shape(rule.rule)) not in documented:
+                missing.append(f"{method} {rule.rule}")
+    assert missing == [], f"the README leaves out {missing}"
