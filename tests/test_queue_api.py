@@ -58,6 +58,7 @@ def test_a_number_in_the_address_that_is_not_one_is_refused_by_name(farm):
         ("/api/v1/jobs", {"limit": "ten"}, "limit"),
         ("/api/v1/gallery", {"page": "2nd"}, "page"),
         ("/api/v1/gallery", {"per_page": "x"}, "per_page"),
+        ("/api/v1/audit", {"limit": "all"}, "limit"),
     ):
         resp = farm.client.request("GET", path, params=params)
         assert resp.status_code == 422, (path, params, resp.text)
