@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify, request
 
 from dashboard import farm
 from dashboard.accounts import Role, UnknownAccount, parse_role, validate_password
-from dashboard.api import BadRequest, json_body
+from dashboard.api import BadRequest, int_arg, json_body
 from dashboard.auth import audit_event, current_account, require
 
 accounts_api = Blueprint("accounts_api", __name__)
@@ -167,6 +167,6 @@ def revoke_token(token_id: str):
 @accounts_api.get("/audit")
 @require(Role.ADMIN)
 def audit_log():
-    limit = min(max(request.args.get("limit", 100, type=int), 1), 1000)
+    limit = min(max(int_arg("limit", 100), 1), 1000)
     filters = {k: request.args.get(k) for k in ("actor", "action", "target")}
     return jsonify(entries=farm.audit().recent(limit, **filters))

@@ -130,8 +130,9 @@ def cmd_users_add(args: argparse.Namespace, accounts: Accounts, audit: Audit) ->
 
 @_command
 def cmd_users_list(args: argparse.Namespace, accounts: Accounts, audit: Audit) -> int:
+    listed = accounts.all()  # read first: a Redis that does not answer leaves no header behind
     print(f"{'name':<24} {'role':<9} {'status':<9} {'kind':<8} {'created':<17} last login")
-    for a in accounts.all():
+    for a in listed:
         status = "disabled" if a.disabled else "enabled"
         kind = "service" if a.service else "person"
         print(

@@ -322,9 +322,21 @@ def cancel_batch(batch_id: str):
     return jsonify(batch_view(batches.cancel(batch_id)))
 
 
+def int_arg(name: str, default: int) -> int:
+    """The query argument `name` as an integer (absent or empty: `default`); anything else is
+    a 422 naming it, not the default as if it were absent."""
+    value = request.args.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(422, name, "must be a whole number") from None
+
+
 def _paging() -> tuple[int, int]:
-    page = request.args.get("page", 1, type=int)
-    per_page = request.args.get("per_page", 50, type=int)
+    page = int_arg("page", 1)
+    per_page = int_arg("per_page", 50)
     if not 1 <= page <= MAX_PAGE:
         raise BadRequest(422, "page", f"must be between 1 and {MAX_PAGE:,}")
     if not 1 <= per_page <= MAX_PER_PAGE:
@@ -359,7 +371,7 @@ def list_jobs():
     """Filtered, paged, newest first; `limit` alone (older clients) is the first page of
     that size, up to 500."""
     if "limit" in request.args and "per_page" not in request.args:
-        page, per_page = 1, min(max(request.args.get("limit", 50, type=int), 1), 500)
+        page, per_page = 1, min(max(int_arg("limit", 50), 1), 500)
     else:
         page, per_page = _paging()
     query = JobQuery(
@@ -479,7 +491,7 @@ def job_output(job_id: str, index: int):
 @require(Role.VIEWER)
 def job_thumbnail(job_id: str, index: int):
     """A WebP of output `index`, its longest side `size` (128 or 256) pixels."""
-    size = request.args.get("size", thumbnails.DEFAULT_SIZE, type=int)
+    size = int_arg("size", thumbnails.DEFAULT_SIZE)
     if size not in thumbnails.SIZES:
         raise BadRequest(422, "size", f"must be one of {', '.join(map(str, thumbnails.SIZES))}")
     key = _output_key(job_id, index)

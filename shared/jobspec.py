@@ -384,6 +384,12 @@ def load_spec(data: object) -> AnySpec:
     return _ADAPTER.validate_python(data)
 
 
+def error_reason(err: Any) -> str:
+    """One pydantic error's words: our validators' own, without pydantic's "Value error, "
+    before them (both APIs answer with these)."""
+    return str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as [{field, reason}] for API answers (the union's kind tag left out)."""
     out = []
@@ -393,9 +399,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             loc = loc[1:]
         if err["type"] == "union_tag_invalid":
             loc = ["kind"]
-        # Our validators' own words, without pydantic's "Value error, " before them.
-        reason = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        out.append({"field": ".".join(loc) or "body", "reason": reason})
+        out.append({"field": ".".join(loc) or "body", "reason": error_reason(err)})
     return out
 
 

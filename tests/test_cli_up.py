@@ -336,6 +336,7 @@ def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+    assert out.stdout == "", "nothing half-printed (a table's header) before the error"
 
 
 def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(models_dir, tmp_path):

@@ -50,6 +50,22 @@ def test_filters_and_paging(farm):
             farm.client.cancel(job["id"])
 
 
+def test_a_number_in_the_address_that_is_not_one_is_refused_by_name(farm):
+    """`page=abc` is a 422 naming `page`, as `page=0` is, not the first page as if absent."""
+    for path, params, field in (
+        ("/api/v1/jobs", {"page": "abc"}, "page"),
+        ("/api/v1/jobs", {"per_page": "1.5"}, "per_page"),
+        ("/api/v1/jobs", {"limit": "ten"}, "limit"),
+        ("/api/v1/gallery", {"page": "2nd"}, "page"),
+        ("/api/v1/gallery", {"per_page": "x"}, "per_page"),
+        ("/api/v1/audit", {"limit": "all"}, "limit"),
+    ):
+        resp = farm.client.request("GET", path, params=params)
+        assert resp.status_code == 422, (path, params, resp.text)
+        assert resp.json()["errors"] == [{"field": field, "reason": "must be a whole number"}]
+    assert farm.client.request("GET", "/api/v1/jobs", params={"page": ""}).ok  # = absent
+
+
 def test_waiting_jobs_have_a_position_and_an_eta(farm):
     # A few jobs succeed first: the render-time history for this size and steps on cpu.
     done = [farm.submit(prompt="warm-up", **SPEC) for _ in range(2)]
@@ -120,6 +136,8 @@ def test_thumbnail_is_small_and_cached(farm):
         farm.client.thumbnail(job["id"], 0, size=999)
     except ApiError as exc:
         assert exc.status == 422
+    word = farm.client.request("GET", f"/api/v1/jobs/{job['id']}/outputs/0/thumbnail?size=big")
+    assert word.status_code == 422 and word.json()["errors"][0]["field"] == "size", word.text
     assert (
         farm.client.request("GET", f"/api/v1/jobs/{job['id']}/outputs/5/thumbnail").status_code
         == 404

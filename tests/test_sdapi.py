@@ -311,6 +311,23 @@ def test_errors_in_sd_webui_shapes(farm, api):
     )
 
 
+def test_a_refusal_says_the_validators_words_as_sd_webui_does(farm, api):
+    """SD-WebUI's pydantic v1 says a validator's message as it was raised; pydantic v2 puts
+    "Value error, " before it, which the REST API leaves out and so does /sdapi/v1."""
+    resp = requests.post(
+        f"{farm.url}/sdapi/v1/txt2img",
+        json={"prompt": "x", "width": 63, "steps": 151},
+        auth=("sd-alice", PASSWORD),
+        timeout=30,
+    )
+    assert resp.status_code == 422, resp.text
+    said = {tuple(e["loc"]): e["msg"] for e in resp.json()["detail"]}
+    assert said == {
+        ("body", "width"): "must be a multiple of 8",
+        ("body", "steps"): "must be at most 150",
+    }, said
+
+
 def huge_png(side: int) -> bytes:
     """A valid all-black greyscale PNG of side x side pixels, a few hundred KiB: compressed row
     by row, so the test never holds the pixels."""

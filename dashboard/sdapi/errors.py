@@ -17,6 +17,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from dashboard.api import BadRequest
 from scheduler.control import ConflictError, SubmitError
 from scheduler.quotas import QuotaExceeded
+from shared.jobspec import error_reason
 
 # Statuses the app answers itself, named as SD-WebUI's exception classes would be.
 ERROR_KINDS = {
@@ -72,7 +73,7 @@ def validation_errors(exc: ValidationError, rename: dict[str, str]) -> Invalid:
         if loc and loc[0] in ("txt2img", "img2img", "upscale"):
             loc = loc[1:]
         field = rename_field(".".join(loc), rename)
-        out.append({"loc": ["body", *_path(field)], "msg": err["msg"], "type": err["type"]})
+        out.append({"loc": ["body", *_path(field)], "msg": error_reason(err), "type": err["type"]})
     return Invalid(out or [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
 
 

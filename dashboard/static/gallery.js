@@ -10,7 +10,7 @@
   let shown = "";
   function fromAddress() {
     const q = RF.query();
-    page = Math.max(1, Number(q.page) || 1);
+    page = Math.max(1, parseInt(q.page, 10) || 1);
     form.elements.scope.value = q.scope || "";
   }
   fromAddress();

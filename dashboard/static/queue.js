@@ -20,7 +20,7 @@
   function fromAddress() {
     const q = RF.query();
     for (const name of FILTERS) if (form.elements[name]) form.elements[name].value = q[name] || "";
-    page = Math.max(1, Number(q.page) || 1);
+    page = Math.max(1, parseInt(q.page, 10) || 1);
     return q;
   }
   const initial = fromAddress();
