@@ -526,10 +526,23 @@ def test_reusing_a_job_whose_model_left_the_store_does_not_render_with_another(
         farm.client.cancel(job["id"])
     finally:
         shutil.rmtree(retired)
-    page.goto(farm.url + f"/submit?from={job['id']}")
-    page.locator("#reused", has_text="Settings of job").wait_for()
-    model = page.locator("select[name=model]")
-    assert model.input_value() == "ux-retired-sd15"  # not demo-sd15, the first one listed
+    # The page reads the models again after filling the form; held here, so what it shows
+    # comes from the reuse itself (it once showed the model only after that second read).
+    reads, held = [], []
+    page.route("**/api/v1/models", lambda route: (held if reads else reads).append(route))
+    try:
+        page.goto(farm.url + f"/submit?from={job['id']}")
+        while not reads:
+            page.wait_for_timeout(50)
+        reads[0].continue_()
+        page.locator("#reused", has_text="Settings of job").wait_for()
+        model = page.locator("select[name=model]")
+        assert model.input_value() == "ux-retired-sd15"  # not demo-sd15, the first one listed
+        assert model.locator("option:checked").inner_text() == "ux-retired-sd15 (not in the store)"
+        for route in held:
+            route.continue_()
+    finally:
+        page.unroute("**/api/v1/models")
     assert model.locator("option:checked").inner_text() == "ux-retired-sd15 (not in the store)"
     time.sleep(LocalModelStore.FOUND_TTL_S)  # the dashboard's memory of the model found
     page.click("#render")

@@ -40,6 +40,9 @@
   async function loadModels() {
     const { body } = await api("/models");
     models = body.models || [];
+    fillModels();
+  }
+  function fillModels() {
     fillSelect(f.model, ofFamily("checkpoint"));
     fillSelect(f.vae, ofFamily("vae"), ["automatic"]);
     for (const select of form.querySelectorAll(".upscaler-select")) {
@@ -327,6 +330,7 @@
     }
     set(f.hardware, s.hardware);
     if (job.priority) set(f.priority, job.priority);
+    fillModels(); // a model that left the store is shown as such at once, not after a reload
     const note = document.getElementById("reused");
     note.replaceChildren("Settings of job ", el("a", { href: `/jobs/${id}`, title: id }, RF.shortId(id)));
     note.hidden = false;
