@@ -197,11 +197,13 @@ class Route:
 
 
 JOB_ID = (("job_id", "path", "string"),)
+# Where the answer needs the object store (results, inputs, an S3 model store).
+UNAVAILABLE = "object storage not answering: try again after Retry-After seconds"
 ROUTES: tuple[Route, ...] = (
     Route("get", "/healthz", None, "The process answers and Redis does", ok=Health, errors=(503,)),
     Route("get", "/api/v1/me", Role.VIEWER, "Who you are", ok=Me),
     Route("post", "/api/v1/jobs", Role.MEMBER, "Submit a job", body=JobSpec, ok=Job,
-          ok_status=202, errors=(400, 422, 429)),
+          ok_status=202, errors=(400, 422, 429, 503)),
     Route("get", "/api/v1/jobs", Role.VIEWER, "Jobs, newest first, filtered and paged",
           ok=JobList, errors=(422,),
           params=(("limit", "query", "integer"), ("owner", "query", "string"),
@@ -209,7 +211,7 @@ ROUTES: tuple[Route, ...] = (
                   ("hardware", "query", "string"), ("q", "query", "string"),
                   ("page", "query", "integer"), ("per_page", "query", "integer"))),
     Route("get", "/api/v1/jobs/{job_id}/outputs/{index}/thumbnail", Role.VIEWER,
-          "A small WebP of an output", media="image/webp", errors=(404, 422),
+          "A small WebP of an output", media="image/webp", errors=(404, 422, 503),
           params=(*JOB_ID, ("index", "path", "integer"), ("size", "query", "integer"))),
     Route("get", "/api/v1/gallery", Role.VIEWER, "Recent outputs, newest first", ok=Gallery,
           errors=(422,), params=(("owner", "query", "string"), ("page", "query", "integer"),
@@ -236,9 +238,9 @@ ROUTES: tuple[Route, ...] = (
     Route("get", "/api/v1/jobs/{job_id}", Role.VIEWER, "A job", ok=Job, errors=(404,),
           params=JOB_ID),
     Route("get", "/api/v1/jobs/{job_id}/outputs/{index}", Role.VIEWER, "An output PNG",
-          media="image/png", errors=(404,), params=(*JOB_ID, ("index", "path", "integer"))),
+          media="image/png", errors=(404, 503), params=(*JOB_ID, ("index", "path", "integer"))),
     Route("get", "/api/v1/jobs/{job_id}/inputs/{field}", Role.VIEWER,
-          "An input image (PNG) of the job, by its field", media="image/png", errors=(404,),
+          "An input image (PNG) of the job, by its field", media="image/png", errors=(404, 503),
           params=(*JOB_ID, ("field", "path", "string"))),
     Route("post", "/api/v1/jobs/{job_id}/cancel", Role.MEMBER, "Cancel a job", ok=Job,
           errors=(403, 404, 409), params=JOB_ID),
@@ -250,7 +252,7 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/api/v1/jobs/{job_id}/priority", Role.MEMBER, "Re-prioritise a queued job",
           body=Priority, ok=Job, errors=(403, 404, 409, 422), params=JOB_ID),
     Route("post", "/api/v1/batches", Role.MEMBER, "Submit a batch", body=BatchBody, ok=Batch,
-          ok_status=202, errors=(400, 422, 429)),
+          ok_status=202, errors=(400, 422, 429, 503)),
     Route("get", "/api/v1/batches/{batch_id}", Role.VIEWER, "A batch", ok=Batch, errors=(404,),
           params=(("batch_id", "path", "string"),)),
     Route("post", "/api/v1/batches/{batch_id}/cancel", Role.MEMBER, "Cancel a batch", ok=Batch,
@@ -258,7 +260,8 @@ ROUTES: tuple[Route, ...] = (
     Route("get", "/api/v1/workers", Role.VIEWER, "The live workers' heartbeats", ok=Workers),
     Route("post", "/api/v1/workers/{name}/drain", Role.OPERATOR, "Drain or undrain a worker",
           errors=(404,), params=(("name", "path", "string"),)),
-    Route("get", "/api/v1/models", Role.VIEWER, "The models in the store", ok=ModelList),
+    Route("get", "/api/v1/models", Role.VIEWER, "The models in the store", ok=ModelList,
+          errors=(503,)),
     Route("get", "/api/v1/fleet/demand", Role.OPERATOR,
           "Waiting and active jobs and live workers per class, for autoscalers (KEDA)",
           ok=Demand),
@@ -310,7 +313,8 @@ def document() -> dict[str, Any]:
             }  # noqa: E501
         statuses = set(route.errors) | ({401, 403} if route.role else set()) | {413}
         for status in sorted(statuses):
-            responses[str(status)] = {"description": "refused", **_json(error)}
+            why = UNAVAILABLE if status == 503 and route.role else "refused"
+            responses[str(status)] = {"description": why, **_json(error)}
         op["responses"] = responses
         paths.setdefault(route.path, {})[route.method] = op
     return {

@@ -115,6 +115,8 @@ def test_an_unreachable_object_store_is_a_503_with_the_reason(
         assert resp.status_code == 503, resp.text
         assert resp.json()["error"].startswith("object storage unreachable"), resp.text
         assert endpoint in resp.json()["error"] and int(resp.headers["Retry-After"]) > 0
+        documented = client.request("GET", "/api/v1/openapi.json").json()["paths"]
+        assert "503" in documented["/api/v1/jobs"]["post"]["responses"]  # as answered
     finally:
         client.close()
         localfarm.stop(proc)
