@@ -39,6 +39,16 @@ def settings_on_db(redis_url: str, db: int, models_dir: Path, tmp_path: Path) ->
     return Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
 
 
+@pytest.fixture
+def app_rules(redis_url, models_dir, tmp_path) -> list:
+    """The routes of the app as `create_app` builds it (static files left out): what the
+    route checks compare their documents with, whatever blueprints it registers."""
+    from dashboard.app import create_app
+
+    app = create_app(settings_on_db(redis_url, 3, models_dir, tmp_path))
+    return [rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     from worker.demo_models import write_demo_models
