@@ -40,6 +40,22 @@ def settings_on_db(redis_url: str, db: int, models_dir: Path, tmp_path: Path) ->
 
 
 @pytest.fixture
+def app_client(redis_url, models_dir, tmp_path):
+    """`make(account, **settings)`: Flask's test client on the real app (its own Redis
+    database, file storage), signed in with a token of `account` (a member)."""
+    from dashboard.app import create_app
+
+    def make(account: str, **overrides):
+        settings = settings_on_db(redis_url, 3, models_dir, tmp_path)
+        client = create_app(settings.model_copy(update=overrides)).test_client()
+        token = account_token(Redis.from_url(settings.redis_url), account)
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        return client
+
+    return make
+
+
+@pytest.fixture
 def app_rules(redis_url, models_dir, tmp_path) -> list:
     """The routes of the app as `create_app` builds it (static files left out): what the
     route checks compare their documents with, whatever blueprints it registers."""

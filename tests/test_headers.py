@@ -7,23 +7,14 @@ import io
 
 import pytest
 from PIL import Image
-from redis import Redis
-
-from dashboard.app import create_app
-from tests.conftest import settings_on_db
-from tests.signin import account_token
 
 # No worker: the job stays queued, and its input image is stored at submission.
 IMG2IMG = {"kind": "img2img", "model": "demo-sd15", "prompt": "x", "width": 64, "height": 64}
 
 
 @pytest.fixture
-def client(redis_url, models_dir, tmp_path):
-    settings = settings_on_db(redis_url, 3, models_dir, tmp_path)
-    client = create_app(settings).test_client()
-    token = account_token(Redis.from_url(settings.redis_url), "header-tester")
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    return client
+def client(app_client):
+    return app_client("header-tester")
 
 
 def png_b64() -> str:

@@ -10,14 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from redis import Redis
 
-from dashboard.app import create_app
 from renderfarm import localfarm
 from scheduler.notify import Notifier
 from shared import keys
 from shared.client import ApiError
 from shared.config import Settings
-from tests.conftest import settings_on_db
-from tests.signin import account_token
 
 SPEC = {"model": "demo-sd15", "prompt": "hook", "width": 64, "height": 64, "steps": 2}
 
@@ -109,22 +106,10 @@ INSIDE = [
 ]
 
 
-@pytest.fixture
-def app_client(redis_url, models_dir, tmp_path):
-    def make(**overrides):
-        base = settings_on_db(redis_url, 3, models_dir, tmp_path)
-        client = create_app(base.model_copy(update=overrides)).test_client()
-        token = account_token(Redis.from_url(base.redis_url), "hook-setter")
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-        return client
-
-    return make
-
-
 def test_a_webhook_to_an_inside_address_is_refused_unless_allowed(app_client):
     """A member chooses the URL and the scheduler POSTs to it from inside the farm: to
     Flower, Redis or the metadata service it was a request no member could make itself."""
-    client = app_client()
+    client = app_client("hook-setter")
     for url in INSIDE:
         resp = client.post("/api/v1/me", json={"webhook_url": url})
         assert resp.status_code == 422, (url, resp.get_data(as_text=True))
@@ -132,7 +117,7 @@ def test_a_webhook_to_an_inside_address_is_refused_unless_allowed(app_client):
         assert error["field"] == "webhook_url" and "WEBHOOK_ALLOW_PRIVATE" in error["reason"]
     public = client.post("/api/v1/me", json={"webhook_url": "https://8.8.8.8/hook"})
     assert public.status_code == 200, public.get_data(as_text=True)
-    allowed = app_client(webhook_allow_private=True)
+    allowed = app_client("hook-setter", webhook_allow_private=True)
     assert allowed.post("/api/v1/me", json={"webhook_url": INSIDE[0]}).status_code == 200
 
 
