@@ -498,7 +498,8 @@ def job_thumbnail(job_id: str, index: int):
     if not isinstance(key, str):
         return key
     try:
-        data = thumbnails.thumbnail(farm.jobs().storage, key, job_id, index, size)
+        jobs = farm.jobs()
+        data = thumbnails.thumbnail(jobs.storage, jobs.records, key, job_id, index, size)
     except ObjectNotFound:
         return jsonify(error=f"output {index} of job {job_id!r} is missing from storage"), 404
     # The output of a succeeded job never changes, nor its thumbnail.

@@ -542,6 +542,9 @@ class JobRecords:
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))
 
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(keys.job(job_id)))
+
     def delete(self, job_id: str) -> Deleted:
         """Delete a finished job's record, and queue its objects in storage (its outputs and
         thumbnails, and the input images no other job names) for the scheduler to delete.

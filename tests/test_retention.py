@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from redis import Redis
 
+from dashboard import thumbnails
 from scheduler.batches import Batches
 from scheduler.control import ConflictError, JobControl, SubmitError
 from scheduler.dispatcher import Dispatcher
@@ -31,6 +32,7 @@ from shared import keys
 from shared.client import ApiError
 from shared.config import Settings
 from shared.jobspec import input_key, parse_spec
+from shared.storage import FileStorage
 from shared.vocabulary import Hardware, JobStatus, Priority
 from tests.conftest import BUCKET, s3_client, settings_on_db
 from tests.signin import account_token
@@ -132,6 +134,35 @@ def test_a_deleted_job_leaves_nothing_in_redis_or_storage(jobs):
     assert jobs.redis.llen(keys.trash()) == 0
     with pytest.raises(KeyError):
         jobs.delete(job)  # gone already
+
+
+def test_a_thumbnail_made_while_its_job_is_deleted_is_not_left_behind(jobs, tmp_path):
+    """A gallery's thumbnail request reads the record, then the output; the job is deleted and
+    its trash emptied before the thumbnail is stored: it must not stay in storage."""
+    job = submit(jobs)
+    succeed(jobs, job)
+    output = jobs.records.get(job)["outputs"][0]
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 256), (10, 120, 200)).save(buf, "PNG")
+    jobs.storage.put(output, buf.getvalue(), "image/png")
+    jobs.storage.delete(f"thumbs/{job}/")
+
+    class DeletedOnceRead(FileStorage):
+        """The same store; the job is deleted (and the trash emptied) the moment its output
+        has been read, as a user deleting it from another tab would."""
+
+        def get(self, key: str) -> bytes:
+            data = super().get(key)
+            if key == output:
+                jobs.delete(job)
+                retention(jobs).step()
+            return data
+
+    storage = DeletedOnceRead(jobs.storage.root)
+    data = thumbnails.thumbnail(storage, jobs.records, output, job, 0, 128)
+    assert Image.open(io.BytesIO(data)).size == (128, 128)  # the request still gets its image
+    assert not storage.exists(output)
+    assert not storage.exists(thumbnails.thumbnail_key(job, 0, 128))
 
 
 def test_an_input_waiting_out_its_grace_period_is_not_counted_as_trash(jobs):
