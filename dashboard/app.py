@@ -13,6 +13,7 @@ from dashboard.accounts_api import accounts_api
 from dashboard.api import api
 from dashboard.audit import Audit
 from dashboard.auth import init_auth
+from dashboard.holds import RETRY_AFTER_S, HoldRefused, Holds
 from dashboard.live import live
 from dashboard.metrics import init_metrics
 from dashboard.openapi import init_openapi
@@ -38,6 +39,9 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["renderfarm.jobs"] = jobs
     app.extensions["renderfarm.accounts"] = accounts
     app.extensions["renderfarm.audit"] = audit
+    app.extensions["renderfarm.holds"] = Holds(
+        settings.http_threads, settings.http_held_per_account
+    )
     init_auth(app, accounts, audit, settings)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
@@ -58,6 +62,12 @@ def create_app(settings: Settings) -> Flask:
     def _too_large(exc: RequestEntityTooLarge):
         limit = f"{settings.max_request_mb} MiB (RENDERFARM_MAX_REQUEST_MB)"
         return jsonify(error=f"request body larger than {limit}"), 413
+
+    @app.errorhandler(HoldRefused)
+    def _held_enough(exc: HoldRefused):
+        resp = jsonify(error=exc.reason)
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp, exc.status
 
     @app.errorhandler(BotoCoreError)
     def _store_unreachable(exc: BotoCoreError):

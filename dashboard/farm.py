@@ -10,6 +10,7 @@ from flask import current_app
 
 from dashboard.accounts import Accounts
 from dashboard.audit import Audit
+from dashboard.holds import Holds
 from scheduler.control import JobControl
 from shared.config import Settings
 from shared.modelstore import ModelStore
@@ -34,3 +35,8 @@ def accounts() -> Accounts:
 
 def audit() -> Audit:
     return current_app.extensions["renderfarm.audit"]
+
+
+def holds() -> Holds:
+    """This process's count of long requests (event streams, blocking SD-WebUI calls)."""
+    return current_app.extensions["renderfarm.holds"]

@@ -64,6 +64,8 @@ def events():
     stream = JobEvents(farm.jobs().redis)
     account = current_account()
     settings = farm.settings()
+    holds = farm.holds()
+    holds.take(account.name)  # released when the server closes the response
     lines: Iterator[str] = sse(
         stream,
         account,
@@ -71,8 +73,10 @@ def events():
         settings.events_heartbeat_s,
         settings.events_max_s,
     )
-    return Response(
+    resp = Response(
         stream_with_context(lines),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    resp.call_on_close(lambda: holds.release(account.name))
+    return resp

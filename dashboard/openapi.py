@@ -194,11 +194,16 @@ class Route:
     errors: tuple[int, ...] = ()
     media: str | None = None  # an answer that is not JSON: its media type
     params: tuple[tuple[str, str, str], ...] = field(default=())  # (name, in, type)
+    unavailable: str = ""  # why a 503 (by default: UNAVAILABLE, the object store's)
 
 
 JOB_ID = (("job_id", "path", "string"),)
 # Where the answer needs the object store (results, inputs, an S3 model store).
 UNAVAILABLE = "object storage not answering: try again after Retry-After seconds"
+HELD = (
+    "the server holds as many event streams and blocking SD-WebUI calls as it keeps open "
+    "(429: you hold your share): try again after Retry-After seconds"
+)
 ROUTES: tuple[Route, ...] = (
     Route("get", "/healthz", None, "The process answers and Redis does", ok=Health, errors=(503,)),
     Route("get", "/api/v1/me", Role.VIEWER, "Who you are", ok=Me),
@@ -217,7 +222,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(422,), params=(("owner", "query", "string"), ("page", "query", "integer"),
                                  ("per_page", "query", "integer"))),
     Route("get", "/api/v1/events", Role.VIEWER, "Server-Sent Events: every job change",
-          media="text/event-stream", errors=(422,), params=(("last_id", "query", "string"),)),
+          media="text/event-stream", errors=(422, 429, 503), unavailable=HELD,
+          params=(("last_id", "query", "string"),)),
     Route("post", "/api/v1/me", Role.MEMBER, "Set your webhook", body=MeBody, ok=Me,
           errors=(400, 422)),
     Route("get", "/api/v1/accounts", Role.ADMIN, "Every account", ok=AccountList),
@@ -313,7 +319,7 @@ def document() -> dict[str, Any]:
             }  # noqa: E501
         statuses = set(route.errors) | ({401, 403} if route.role else set()) | {413}
         for status in sorted(statuses):
-            why = UNAVAILABLE if status == 503 and route.role else "refused"
+            why = (route.unavailable or UNAVAILABLE) if status == 503 and route.role else "refused"
             responses[str(status)] = {"description": why, **_json(error)}
         op["responses"] = responses
         paths.setdefault(route.path, {})[route.method] = op

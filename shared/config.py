@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # one), most open connections, and how long an idle connection is kept. A connection
     # with a request in progress is never closed by the server, however long it blocks.
     http_threads: int = 128
+    # Event streams and blocking SD-WebUI calls one account may have open at once on a server
+    # process (dashboard/holds.py); all accounts together get 3/4 of http_threads.
+    http_held_per_account: int = Field(default=16, ge=1)
     http_connection_limit: int = 1000
     http_channel_timeout_s: int = 120
     # Server processes on the one port, each with those threads and that connection limit

@@ -27,6 +27,7 @@ ERROR_KINDS = {
     405: "MethodNotAllowed",
     413: "RequestEntityTooLarge",
     429: "TooManyRequests",
+    503: "ServiceUnavailable",
 }
 
 

@@ -130,7 +130,8 @@ def _pngs(record: dict[str, Any]) -> list[bytes]:
 
 
 def _generation(spec: dict[str, Any], body: dict[str, Any]):
-    record = _finish([_submit(spec, mapping.renames(body))])[0]
+    with farm.holds().holding(_me().name):  # refused before its job is queued
+        record = _finish([_submit(spec, mapping.renames(body))])[0]
     pngs = _pngs(record)
     infotexts = [replies.png_text(png).get("parameters", "") for png in pngs]
     send = mapping.Fields(body).bool("send_images", True)
@@ -184,10 +185,13 @@ def _run_extras(body: dict[str, Any], images: list[tuple[Any, str]]) -> list[byt
     """Resized images directly; upscaler jobs all queued first, then waited for."""
     results: list[Any] = [_extras(body, image, field) for image, field in images]
     jobs = {i: r for i, r in enumerate(results) if isinstance(r, dict)}
-    queued = _submit_all(
-        [(spec, {**mapping.EXTRAS_RENAME, "image": images[i][1]}) for i, spec in jobs.items()]
-    )
-    finals = _finish(queued)
+    if not jobs:
+        return results
+    with farm.holds().holding(_me().name):  # refused before its jobs are queued
+        queued = _submit_all(
+            [(spec, {**mapping.EXTRAS_RENAME, "image": images[i][1]}) for i, spec in jobs.items()]
+        )
+        finals = _finish(queued)
     for i, final in zip(jobs, finals, strict=True):
         results[i] = _pngs(final)[0]
     return results
