@@ -84,6 +84,8 @@ def start_farm(tmp, args, procs: list) -> tuple[dict[str, str], str]:
         "RENDERFARM_STORAGE_URL": f"file://{tmp / 'outputs'}",
         "RENDERFARM_SDAPI_DEFAULT_MODEL": "demo-sd15",
         "RENDERFARM_TORCH_THREADS": "1",
+        # The one member holds every call open at once (16 per server process by default).
+        "RENDERFARM_HTTP_HELD_PER_ACCOUNT": str(args.calls),
     }
     procs.append(localfarm.start_scheduler(env, log=tmp / "scheduler.log"))
     for i in range(args.workers):
