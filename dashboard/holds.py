@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from flask import request
+
 RETRY_AFTER_S = 5
+
+
+def client_gone() -> Callable[[], bool]:
+    """Whether the request's client has closed its connection: waitress tells, as it keeps
+    reading a connection while its request runs (`channel_request_lookahead`,
+    dashboard/server.py). A long request that asks stops holding a thread for no one."""
+    return request.environ.get("waitress.client_disconnected") or (lambda: False)
 
 
 class HoldRefused(Exception):

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from dashboard import farm
 from dashboard.accounts import Account, Role
 from dashboard.auth import current_account, require
-from scheduler.events import JobEvent, JobEvents
+from dashboard.holds import client_gone
+from scheduler.events import STOP_CHECK_S, JobEvent, JobEvents
 
 live = Blueprint("live", __name__)
 STREAM_ID = re.compile(r"^\d+-\d+$")
@@ -31,13 +32,23 @@ def visible(account: Account, event: JobEvent) -> bool:
     return True
 
 
-def sse(events: JobEvents, account: Account, after: str, heartbeat_s: float, max_s: float):
-    """The stream's lines, from after `after` until `max_s` has passed."""
+def sse(
+    events: JobEvents,
+    account: Account,
+    after: str,
+    heartbeat_s: float,
+    max_s: float,
+    gone: Callable[[], bool],
+):
+    """The stream's lines, from after `after` until `max_s` has passed or the client is
+    `gone` (asked at least every STOP_CHECK_S, so its thread and its place are free soon
+    after a page is left, not at the next write)."""
     yield f"retry: {RETRY_MS}\n\n"
     ends = time.monotonic() + max_s
     beat_at = time.monotonic() + heartbeat_s
-    while (now := time.monotonic()) < ends:
-        found = events.read(after, block_s=max(min(beat_at, ends) - now, 0.001))
+    while (now := time.monotonic()) < ends and not gone():
+        wake = min(beat_at, ends, now + STOP_CHECK_S)
+        found = events.read(after, block_s=max(wake - now, 0.001))
         if not found:
             if time.monotonic() >= beat_at:
                 # A write: a client that went away ends the stream here.
@@ -72,6 +83,7 @@ def events():
         after or stream.last_id(),
         settings.events_heartbeat_s,
         settings.events_max_s,
+        client_gone(),
     )
     resp = Response(
         stream_with_context(lines),

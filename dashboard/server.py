@@ -82,6 +82,9 @@ def _serve(app: Flask, sockets: list[socket.socket], settings: Settings) -> None
         threads=settings.http_threads,
         connection_limit=settings.http_connection_limit,
         channel_timeout=settings.http_channel_timeout_s,
+        # Keep reading a connection while its request runs: a client that closed it is seen
+        # at once (dashboard/holds.py:client_gone), not at the response's next write.
+        channel_request_lookahead=1,
         backlog=BACKLOG,
         ident="renderfarm",
     )

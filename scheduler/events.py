@@ -9,6 +9,7 @@ a job to finish without polling its record.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from shared.vocabulary import JobStatus
 
 # Below the Redis client's socket timeout (shared/config.py:redis_client).
 MAX_BLOCK_S = 10.0
+STOP_CHECK_S = 1.0  # how often a wait asks whether it should stop early
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,22 @@ class JobEvents:
         return [_event(i, fields) for _, entries in found for i, fields in entries]
 
     def wait_final(
-        self, records: JobRecords, job_id: str, timeout_s: float
+        self,
+        records: JobRecords,
+        job_id: str,
+        timeout_s: float,
+        stop: Callable[[], bool] = lambda: False,
     ) -> dict[str, Any] | None:
-        """The job's record once it is final, woken by its event; or as it is at the timeout
-        (None if there is no such job)."""
+        """The job's record once it is final, woken by its event; or as it is at the timeout,
+        or once `stop()` is true (None if there is no such job)."""
         after = self.last_id()  # before reading the record: no change can fall in between
         deadline = time.monotonic() + timeout_s
         record = records.get(job_id)
         while record is not None and not record["status"].final:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stop():
                 break
-            for event in self.read(after, block_s=left):
+            for event in self.read(after, block_s=min(left, STOP_CHECK_S)):
                 after = event.id
                 if event.job == job_id and event.status.final:
                     return records.get(job_id)

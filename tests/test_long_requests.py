@@ -5,6 +5,8 @@ leave the dashboard without a thread for the rest of the team. On the real
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,8 +35,8 @@ def served(redis_url, models_dir, tmp_path) -> Iterator[tuple[str, Redis]]:
         "RENDERFARM_HTTP_PROCESSES": "1",
         "RENDERFARM_HTTP_THREADS": str(THREADS),
         "RENDERFARM_HTTP_HELD_PER_ACCOUNT": str(PER_ACCOUNT),
-        # A stream whose client left ends at its next write.
-        "RENDERFARM_EVENTS_HEARTBEAT_S": "0.2",
+        # No write for a minute on an idle stream: a client that left is seen all the same.
+        "RENDERFARM_EVENTS_HEARTBEAT_S": "60",
     }
     port = localfarm.free_port()
     proc = localfarm.start_dashboard("127.0.0.1", port, env, log=tmp_path / "dashboard.log")
@@ -135,3 +137,28 @@ def test_blocking_sdapi_calls_count_and_one_over_the_share_queues_no_job(served)
     assert [a.status_code for a in answers] == [409] * PER_ACCOUNT  # JobCanceled
     until(lambda: accepted_again(url, token), "a stream once meg's calls answered")
     meg.close()
+
+
+def test_a_blocking_call_whose_client_leaves_cancels_its_job_and_frees_its_place(served):
+    url, redis = served
+    token = account_token(redis, "sam", "member")
+    sam = FarmClient(url, token, timeout=10)
+    body = json.dumps(TXT2IMG).encode()
+    request = (
+        f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: farm\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    port = int(url.rsplit(":", 1)[1])
+    calls = [socket.create_connection(("127.0.0.1", port)) for _ in range(PER_ACCOUNT)]
+    for call in calls:
+        call.sendall(request + body)
+    until(lambda: len(sam.jobs(owner="sam")) == PER_ACCOUNT, "sam's three jobs queued")
+    assert stream(url, token).status_code == 429
+    for call in calls:  # the client gives up (a closed tab, a timeout)
+        call.close()
+    until(
+        lambda: {j["status"] for j in sam.jobs(owner="sam")} == {"canceled"},
+        "the calls' jobs canceled",
+    )
+    until(lambda: accepted_again(url, token), "a stream once sam's calls were left")
+    sam.close()

@@ -17,6 +17,7 @@ from dashboard import farm
 from dashboard.accounts import Account, Role
 from dashboard.api import json_body
 from dashboard.auth import audit_entry, audit_event, current_account, require
+from dashboard.holds import client_gone
 from dashboard.sdapi import catalogue, mapping, replies
 from dashboard.sdapi.errors import Failure, add_handlers, invalid, rename_field, validation_errors
 from dashboard.sdapi.state import (
@@ -97,9 +98,11 @@ def _finish(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _wait_all(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     jobs, events = farm.jobs(), JobEvents(farm.jobs().redis)
     deadline = time.monotonic() + farm.settings().sdapi_wait_s
+    gone = client_gone()
     done = []
     for record in records:
-        final = events.wait_final(jobs.records, record["id"], deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        final = events.wait_final(jobs.records, record["id"], left, stop=gone)
         if final is None or final["status"] != JobStatus.SUCCEEDED:
             for other in records:  # no half results: nothing else is left running
                 with contextlib.suppress(ConflictError, KeyError):  # already final
@@ -108,6 +111,8 @@ def _wait_all(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise Failure(
                 409, "JobDeleted", f"job {record['id']} was deleted before this call read it"
             )
+        if not final["status"].final and gone():  # no one to answer: its jobs canceled
+            raise Failure(499, "ClientClosedRequest", "the client closed the connection")
         if not final["status"].final:
             wait = f"{farm.settings().sdapi_wait_s:g} s (RENDERFARM_SDAPI_WAIT_S)"
             raise Failure(504, "Timeout", f"job {record['id']} not done after {wait}; canceled")
