@@ -21,11 +21,11 @@
     const img = item.thumbnail_url
       ? el("img", { src: item.thumbnail_url, alt, loading: "lazy" })
       : el("span", { className: "no-thumb" }, alt, el("small", { className: "block" }, "no thumbnail"));
-    // The link reads "<prompt>, by <owner>": the caption's copy of the prompt is for the eye.
-    return el("a", { className: "tile", href: `/jobs/${item.job}`, title, dataset: { job: item.job, index: item.index } },
-      img,
-      el("span", { className: "caption" }, el("span", { className: "visually-hidden" }, ", by "),
-        el("strong", {}, item.owner), " ", el("span", { "aria-hidden": "true" }, item.prompt || "")));
+    // The link reads "<prompt>, by <owner>"; the caption, its copy for the eye, is not read twice.
+    return el("a", {
+      className: "tile", href: `/jobs/${item.job}`, title, "aria-label": `${alt}, by ${item.owner}`,
+      dataset: { job: item.job, index: item.index },
+    }, img, el("span", { className: "caption", "aria-hidden": "true" }, el("strong", {}, item.owner), " ", item.prompt || ""));
   }
 
   async function load() {

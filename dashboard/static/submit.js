@@ -250,8 +250,11 @@
       }
       input.classList.add("invalid");
       input.setAttribute("aria-invalid", "true");
-      // The message is read with the field (a second error on one field adds to the first).
-      const message = el("span", { className: "field-error", id: `field-error-${(errorIds += 1)}`, dataset: { for: field } }, error.reason);
+      // The message is read with the field, as its description (a second error on one field adds
+      // to the first); hidden from the label it sits in, or it would be the field's name too.
+      const message = el("span", {
+        className: "field-error", id: `field-error-${(errorIds += 1)}`, "aria-hidden": "true", dataset: { for: field },
+      }, error.reason);
       const described = input.getAttribute("aria-describedby");
       input.setAttribute("aria-describedby", described ? `${described} ${message.id}` : message.id);
       input.after(message);
