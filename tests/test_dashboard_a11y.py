@@ -136,7 +136,7 @@ def test_a_job_is_submitted_with_the_keyboard_alone(site):
 def test_a_refused_field_is_invalid_described_by_its_message_and_has_the_focus(site):
     page = site.open("submit")
     steps = page.get_by_role("spinbutton", name="Steps", exact=True)
-    page.get_by_role("textbox", name="Prompt", exact=True).fill("too many steps, said aloud")
+    page.get_by_role("textbox", name="Prompt", exact=True).fill("a refused field, then put right")
     steps.fill("500")
     page.get_by_role("button", name="Render").press("Enter")
     page.locator(".field-error[data-for=steps]").wait_for()  # the server's 422 names the field
