@@ -72,7 +72,7 @@ def test_jobs_submitted_together_have_different_short_ids(farm, page):
         download.wait_for()
         assert job["id"] in download.get_attribute("download")
         titles.append(page.title())
-        headings.append(page.locator("h2 code").inner_text())
+        headings.append(page.locator("h1 code").inner_text())
     assert titles[0] != titles[1] and headings[0] != headings[1]
     assert headings == shown  # the same short form on every page
 

@@ -16,15 +16,16 @@
   }
 
   function accountRow(a) {
-    const role = el("select", { className: "role", title: "role" }, ...ROLES.map((r) => el("option", { value: r, textContent: r, selected: r === a.role })));
+    const role = el("select", { className: "role", title: "role", "aria-label": `Role of ${a.name}` }, ...ROLES.map((r) => el("option", { value: r, textContent: r, selected: r === a.role })));
     role.addEventListener("change", () => change(a.name, { role: role.value }, () => RF.flash(`${a.name} is now ${role.value}`)));
-    const password = el("input", { type: "password", placeholder: "new password", autocomplete: "new-password", className: "password" });
-    const setPassword = el("button", { type: "button", className: "small", textContent: "Set", on: { click: () => {
+    const password = el("input", { type: "password", placeholder: "new password", autocomplete: "new-password", className: "password", "aria-label": `New password of ${a.name}` });
+    const setPassword = el("button", { type: "button", className: "small", textContent: "Set", "aria-label": `Set password of ${a.name}`, on: { click: () => {
       if (!password.value) return;
       change(a.name, { password: password.value }, () => { password.value = ""; RF.flash(`password of ${a.name} changed`); });
     } } });
     const toggle = el("button", {
       type: "button", className: `small ${a.disabled ? "enable" : "disable"}`, textContent: a.disabled ? "Enable" : "Disable",
+      "aria-label": `${a.disabled ? "Enable" : "Disable"} ${a.name}`,
       on: { click: () => {
         if (!a.disabled && !window.confirm(`Disable ${a.name}? Its sessions and tokens end and its unfinished jobs are canceled.`)) return;
         change(a.name, { disabled: !a.disabled });
@@ -61,6 +62,7 @@
     if (f.password.value) body.password = f.password.value;
     const r = await api("/accounts", { method: "POST", body });
     const message = document.getElementById("account-message");
+    RF.markRefused(event.target, message, r.ok ? undefined : r);
     if (!r.ok) { message.className = "form-message error"; message.textContent = RF.refusal(r); return; }
     message.className = "form-message ok";
     message.textContent = `created ${r.body.name} (${r.body.role})`;

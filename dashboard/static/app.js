@@ -148,6 +148,26 @@ const RF = (() => {
   // What a refused answer says: its field errors ("field: reason; ..."), else its error.
   const refusal = (r) => (r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`);
 
+  // A small form's refusal (its message in `message`, a live region): the fields it names are
+  // marked invalid, described by the message, and the first of them has the focus. With no
+  // answer (`r` undefined), the marks of the last refusal go.
+  function markRefused(form, message, r) {
+    for (const node of form.querySelectorAll("[aria-invalid]")) {
+      node.removeAttribute("aria-invalid");
+      node.removeAttribute("aria-describedby");
+      node.classList.remove("invalid");
+    }
+    const named = ((r && r.body.errors) || [])
+      .map((e) => form.querySelector(`[data-field="${String(e.field || "").replace(/^body\./, "")}"]`))
+      .filter(Boolean);
+    for (const input of named) {
+      input.classList.add("invalid");
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", message.id);
+    }
+    if (named.length) named[0].focus();
+  }
+
   const maySteer = (job) => me.steersAny === "yes" || (me.maySubmit === "yes" && job.owner === me.account);
 
   // The cancel / retry / priority controls this account may use on `job`.
@@ -159,20 +179,22 @@ const RF = (() => {
       if (!r.ok) flash(r.body.error || `refused (${r.status})`, "error");
       if (done) done(r);
     };
+    // Each row has its own: the name says whose (a screen reader lists the buttons of a page).
+    const of = ` job ${shortId(job.id)}`;
     if (job.status === "queued" || job.status === "running") {
       box.append(el("button", {
-        type: "button", className: "small action cancel", textContent: "Cancel",
+        type: "button", className: "small action cancel", textContent: "Cancel", "aria-label": `Cancel${of}`,
         on: { click: () => post("cancel") },
       }));
     }
     if (job.status === "failed" || job.status === "canceled") {
       box.append(el("button", {
-        type: "button", className: "small action retry", textContent: "Retry",
+        type: "button", className: "small action retry", textContent: "Retry", "aria-label": `Retry${of}`,
         on: { click: () => post("retry") },
       }));
     }
     if (job.status === "queued") {
-      const select = el("select", { className: "priority", title: "priority" },
+      const select = el("select", { className: "priority", title: "priority", "aria-label": `Priority of${of}` },
         ...["high", "normal", "low"].map((p) => el("option", { value: p, textContent: p, selected: p === job.priority })));
       select.addEventListener("change", () => post("priority", { priority: select.value }));
       box.append(select);
@@ -205,17 +227,21 @@ const RF = (() => {
     });
   }
 
-  // A short message at the top of the page.
+  // A short message at the top of the page, in one of the live regions of templates/base.html:
+  // an error interrupts a screen reader (role=alert), anything else waits its turn (status).
   function flash(text, kind = "info") {
-    let box = document.getElementById("flash");
-    if (!box) {
-      box = el("div", { id: "flash", role: "status" });
-      document.getElementById("main").prepend(box);
-    }
-    box.className = `flash ${kind}`;
-    box.textContent = text;
+    document.getElementById("flash")?.remove();
+    const box = el("div", { id: "flash", className: `flash ${kind}` }, text);
+    document.getElementById(kind === "error" ? "alerts" : "messages").append(box);
     clearTimeout(flash.timer);
     flash.timer = setTimeout(() => box.remove(), 6000);
+  }
+
+  // Said to a screen reader, not shown: what changed on a live page ("Job 1a2b3c4d succeeded").
+  // Polite: it waits until the reader is done; one sentence replaces the one before.
+  function announce(text) {
+    const region = document.getElementById("announce");
+    if (region && region.textContent !== text) region.textContent = text;
   }
   // A message the previous page left for this one (after a deletion, which leaves the page).
   const left = sessionStorage.getItem("rf-flash");
@@ -260,7 +286,12 @@ const RF = (() => {
     };
     const state = (on) => {
       streaming = on;
-      if (dot) { dot.hidden = false; dot.classList.toggle("on", on); dot.title = on ? "live (events)" : "polling"; }
+      if (dot) {
+        dot.hidden = false;
+        dot.classList.toggle("on", on);
+        dot.title = on ? "live (events)" : "polling";
+        dot.setAttribute("aria-label", on ? "live updates on" : "live updates: polling");
+      }
       schedule();
     };
     if (window.EventSource) {
@@ -294,5 +325,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, refusal, track, live, query, setQuery, shortId, inputName, statusNote, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, announce, refusal, markRefused, track, live, query, setQuery, shortId, inputName, statusNote, messageClass, FINAL };
 })();

@@ -17,12 +17,15 @@
 
   function tile(item) {
     const title = `${item.owner} · ${item.prompt || ""}`;
+    const alt = item.prompt || `image ${item.index + 1} of job ${RF.shortId(item.job)}`;
     const img = item.thumbnail_url
-      ? el("img", { src: item.thumbnail_url, alt: item.prompt || `output ${item.index}`, loading: "lazy" })
-      : el("span", { className: "no-thumb" }, "no thumbnail");
-    return el("a", { className: "tile", href: `/jobs/${item.job}`, title, dataset: { job: item.job, index: item.index } },
-      img,
-      el("span", { className: "caption" }, el("strong", {}, item.owner), " ", item.prompt || ""));
+      ? el("img", { src: item.thumbnail_url, alt, loading: "lazy" })
+      : el("span", { className: "no-thumb" }, alt, el("small", { className: "block" }, "no thumbnail"));
+    // The link reads "<prompt>, by <owner>"; the caption, its copy for the eye, is not read twice.
+    return el("a", {
+      className: "tile", href: `/jobs/${item.job}`, title, "aria-label": `${alt}, by ${item.owner}`,
+      dataset: { job: item.job, index: item.index },
+    }, img, el("span", { className: "caption", "aria-hidden": "true" }, el("strong", {}, item.owner), " ", item.prompt || ""));
   }
 
   async function load() {

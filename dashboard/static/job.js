@@ -67,7 +67,7 @@
     };
     const rows = [["Queued", st.queued_s], ["Dispatched", st.dispatched_s], ["Running", st.running_s], ["Total", st.total_s]];
     document.querySelector("#stages tbody").replaceChildren(
-      ...rows.map(([name, s]) => el("tr", {}, el("th", {}, name), el("td", {}, s === null || s === undefined ? "–" : fmt.duration(s)))));
+      ...rows.map(([name, s]) => el("tr", {}, el("th", { scope: "row" }, name), el("td", {}, s === null || s === undefined ? "–" : fmt.duration(s)))));
   }
 
   function attempts() {
@@ -91,11 +91,14 @@
       if (value === null || value === undefined || value === "") return;
       if (Array.isArray(value)) value.forEach((v, i) => add(`${key}.${i}`, v));
       else if (typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
-      else rows.push(el("tr", {}, el("th", {}, key), el("td", {}, String(value))));
+      else rows.push(el("tr", {}, el("th", { scope: "row" }, key), el("td", {}, String(value))));
     };
     for (const [k, v] of Object.entries(job.spec)) add(k, v);
     document.querySelector("#spec tbody").replaceChildren(...rows);
   }
+
+  // An output image's text alternative: what was asked for, and which image it is.
+  const described = (index) => `${spec.prompt(job) || `${spec.kind(job)} output`} (image ${index + 1} of ${job.outputs.length})`;
 
   function images() {
     const key = JSON.stringify(job.outputs);
@@ -104,7 +107,7 @@
     const box = document.getElementById("images");
     if (!job.outputs.length) { box.replaceChildren(el("p", { className: "muted" }, "No images yet.")); return; }
     box.replaceChildren(...job.outputs.map((out) => el("figure", {},
-      el("a", { href: out.url }, el("img", { src: out.url, alt: `output ${out.index}`, className: "full" })),
+      el("a", { href: out.url }, el("img", { src: out.url, alt: described(out.index), className: "full" })),
       el("figcaption", {}, `image ${out.index} · seed ${(job.seeds || [])[out.index] ?? "–"} · `,
         el("a", { href: out.url, download: `${job.id}-${out.index}.png`, className: "download" }, "download")))));
   }
@@ -133,8 +136,20 @@
     line.hidden = !line.textContent;
   }
 
+  // Said to a screen reader when the status changes while the page is open (not when it
+  // loads: the page itself says it), with a failure's reason; the progress steps are not.
+  let said = null;
+  function announce() {
+    const before = said;
+    said = job.status;
+    if (before === null || before === job.status) return;
+    const error = job.status === "failed" && job.error ? `: ${job.error}` : "";
+    RF.announce(`Job ${RF.shortId(job.id)} ${job.status}${error}`);
+  }
+
   function show() {
     RF.track(job);
+    announce();
     const status = document.getElementById("job-status");
     status.className = `status status-${job.status}`;
     setText(status, job.status);
@@ -176,6 +191,7 @@
   function gone() {
     const status = document.getElementById("job-status");
     status.className = "status status-deleted";
+    if (status.textContent !== "deleted") RF.announce(`Job ${RF.shortId(id)} was deleted`);
     setText(status, "deleted");
     document.getElementById("job-progress").hidden = true;
     setText(document.getElementById("job-progress-text"), "");

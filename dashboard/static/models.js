@@ -20,7 +20,7 @@
       const list = models.filter((m) => m.family === family);
       const size = list.reduce((s, m) => s + m.size_bytes, 0);
       return el("section", { className: "card family", dataset: { family } },
-        el("h3", {}, title, " ", el("span", { className: "muted" }, `${list.length} · ${fmt.bytes(size)}`)),
+        el("h2", {}, title, " ", el("span", { className: "muted" }, `${list.length} · ${fmt.bytes(size)}`)),
         list.length
           ? el("table", { className: "compact" },
             el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Kind"), el("th", { className: "num" }, "Size"), el("th", {}, "Held by"))),

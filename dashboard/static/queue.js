@@ -79,7 +79,8 @@
   // -- rows ----------------------------------------------------------------------------
   function newRow(job) {
     const row = el("tr", { dataset: { jobId: job.id } });
-    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id }, el("code", {}, RF.shortId(job.id)));
+    const short = RF.shortId(job.id);
+    const link = el("a", { href: `/jobs/${job.id}`, className: "job-link", title: job.id, "aria-label": `Job ${short}` }, el("code", {}, short));
     row.append(
       el("td", { className: "id" }, link),
       el("td", { className: "submitted nowrap" }),
@@ -90,7 +91,7 @@
       el("td", { className: "class" }),
       el("td", { className: "status" },
         el("span", { className: "status-text" }),
-        el("progress", { max: 1, value: 0, hidden: true }),
+        el("progress", { max: 1, value: 0, hidden: true, "aria-label": `progress of job ${short}` }),
         el("span", { className: "pct" }),
         el("small", { className: "waiting", hidden: true })),
       el("td", { className: "queue" }),
@@ -115,10 +116,22 @@
     note.hidden = !note.textContent;
   }
 
+  // What a screen reader hears of the queue: this account's own jobs starting and finishing
+  // (not every job of the team, not each progress step), once per change of status.
+  const SAID = { running: "started", succeeded: "succeeded", failed: "failed", canceled: "was canceled" };
+  function announce(entry, job) {
+    const before = entry.said;
+    entry.said = job.status;
+    if (!before || before === job.status || job.owner !== me.account || !SAID[job.status]) return;
+    const error = job.status === "failed" && job.error ? `: ${job.error}` : "";
+    RF.announce(`Job ${RF.shortId(job.id)} ${SAID[job.status]}${error}`);
+  }
+
   function updateRow(entry, job) {
     const { row } = entry;
     entry.job = job;
     RF.track(job);
+    announce(entry, job);
     row.dataset.status = job.status;
     row.className = `job status-row-${job.status}${job.batch ? " in-batch" : ""}`;
     const cells = row.cells;
@@ -172,7 +185,7 @@
       row = el("tr", { className: "batch-row", dataset: { batch: id } },
         el("td", { colSpan: 12 },
           el("span", { className: "batch-title" }, "Batch ", el("code", { title: id }, RF.shortId(id))),
-          el("progress", { max: 1, value: 0 }),
+          el("progress", { max: 1, value: 0, "aria-label": `progress of batch ${RF.shortId(id)}` }),
           el("span", { className: "batch-summary muted" })));
       batchRows.set(id, row);
     }

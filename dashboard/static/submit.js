@@ -136,7 +136,11 @@
 
   // -- ControlNet units ----------------------------------------------------------------------
   function renumber() {
-    [...units.children].forEach((unit, i) => { unit.dataset.index = i; unit.querySelector(".cn-n").textContent = i + 1; });
+    [...units.children].forEach((unit, i) => {
+      unit.dataset.index = i;
+      unit.querySelector(".cn-n").textContent = i + 1;
+      unit.querySelector(".cn-remove").setAttribute("aria-label", `remove ControlNet unit ${i + 1}`);
+    });
     document.getElementById("cn-add").disabled = units.children.length >= MAX_UNITS;
   }
   function addUnit(values = {}) {
@@ -210,7 +214,11 @@
   // -- errors beside their fields --------------------------------------------------------------
   function clearErrors() {
     for (const node of form.querySelectorAll(".field-error")) node.remove();
-    for (const node of form.querySelectorAll(".invalid")) { node.classList.remove("invalid"); node.removeAttribute("aria-invalid"); }
+    for (const node of form.querySelectorAll(".invalid")) {
+      node.classList.remove("invalid");
+      node.removeAttribute("aria-invalid");
+      node.removeAttribute("aria-describedby");
+    }
     document.getElementById("form-errors").replaceChildren();
   }
   const visible = (node) => node.offsetParent !== null || node.type === "file";
@@ -228,6 +236,7 @@
     }
     return null;
   }
+  let errorIds = 0;
   function showErrors(errors, fallback) {
     // A refused submission must not look accepted: the notes of earlier ones go.
     document.getElementById("submitted").replaceChildren();
@@ -241,12 +250,24 @@
       }
       input.classList.add("invalid");
       input.setAttribute("aria-invalid", "true");
-      input.after(el("span", { className: "field-error", dataset: { for: field } }, error.reason));
+      // The message is read with the field, as its description (a second error on one field adds
+      // to the first); hidden from the label it sits in, or it would be the field's name too.
+      const message = el("span", {
+        className: "field-error", id: `field-error-${(errorIds += 1)}`, "aria-hidden": "true", dataset: { for: field },
+      }, error.reason);
+      const described = input.getAttribute("aria-describedby");
+      input.setAttribute("aria-describedby", described ? `${described} ${message.id}` : message.id);
+      input.after(message);
     }
     if (!errors.length) general.append(el("li", {}, fallback));
-    const first = form.querySelector(".invalid");
-    if (first && first.focus) first.focus({ preventScroll: true });
-    (first || general).scrollIntoView({ block: "center", behavior: "instant" });
+    // Focus on the first refused field (a screen reader reads it, its message and "invalid");
+    // else on the list of what went wrong.
+    const first = [...form.querySelectorAll(".invalid")].find((node) => node.tabIndex >= 0);
+    const target = first || (general.children.length ? general : form.querySelector(".invalid"));
+    if (target) {
+      target.focus({ preventScroll: true });
+      target.scrollIntoView({ block: "center", behavior: "instant" });
+    }
   }
 
   form.addEventListener("submit", async (event) => {

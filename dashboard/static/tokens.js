@@ -20,7 +20,7 @@ function tokenCard({ account = () => "", changed = () => {} } = {}) {
     const rows = (r.body.tokens || []).map((t) => el("tr", { dataset: { token: t.id } },
       el("td", {}, el("code", {}, t.id)), el("td", {}, t.label || "–"), el("td", {}, fmt.date(t.created_at)),
       el("td", {}, fmt.date(t.last_used)), el("td", {}, t.expires_at ? fmt.date(t.expires_at) : "never"),
-      el("td", {}, el("button", { type: "button", className: "small revoke", textContent: "Revoke", on: { click: () => revoke(t.id) } }))));
+      el("td", {}, el("button", { type: "button", className: "small revoke", textContent: "Revoke", "aria-label": `Revoke token ${t.id}`, on: { click: () => revoke(t.id) } }))));
     document.getElementById("token-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 6, className: "muted" }, "no tokens"))]));
   }
 

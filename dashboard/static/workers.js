@@ -16,9 +16,10 @@
   function nowCell(w) {
     if (!w.current_job) return ["idle"];
     const job = jobs.get(w.current_job);
-    const link = el("a", { href: `/jobs/${w.current_job}`, title: w.current_job }, el("code", {}, RF.shortId(w.current_job)));
+    const short = RF.shortId(w.current_job);
+    const link = el("a", { href: `/jobs/${w.current_job}`, title: w.current_job, "aria-label": `Job ${short}` }, el("code", {}, short));
     if (!job) return [link];
-    return [link, " ", el("progress", { max: 1, value: job.progress || 0 }), ` ${fmt.percent(job.progress)}`,
+    return [link, " ", el("progress", { max: 1, value: job.progress || 0, "aria-label": `progress of job ${short}` }), ` ${fmt.percent(job.progress)}`,
       el("small", { className: "muted block" }, RF.spec.prompt(job))];
   }
 
@@ -33,6 +34,7 @@
     const draining = Boolean(w.draining);
     return [el("button", {
       type: "button", className: `small action ${draining ? "undrain" : "drain"}`, textContent: draining ? "Undrain" : "Drain",
+      "aria-label": `${draining ? "Undrain" : "Drain"} ${w.name}`,
       on: { click: async () => {
         const r = await api(`/workers/${encodeURIComponent(w.name)}/drain`, { method: "POST", body: { drain: !draining } });
         if (!r.ok) RF.flash(r.body.error || `refused (${r.status})`, "error");
