@@ -10,14 +10,17 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import requests
+from playwright.sync_api import expect
 from redis import Redis
 
 from renderfarm import localfarm
 from shared.client import FarmClient
 from tests.signin import account_token
+from tests.test_dashboard_browser import browser, sign_in  # noqa: F401
 
 THREADS, PER_ACCOUNT = 8, 3
 TXT2IMG = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 1}
@@ -162,3 +165,25 @@ def test_a_blocking_call_whose_client_leaves_cancels_its_job_and_frees_its_place
     )
     until(lambda: accepted_again(url, token), "a stream once sam's calls were left")
     sam.close()
+
+
+@pytest.mark.browser
+def test_a_page_refused_its_stream_polls_then_goes_live_when_a_place_is_free(served, browser):  # noqa: F811
+    url, redis = served
+    queue = sign_in(SimpleNamespace(url=url, redis=redis), browser, "pat", "viewer")
+    live = queue.locator("#live")
+    expect(live).to_have_attribute("title", "live (events)")  # the queue's stream: 1 of 3
+    token = account_token(redis, "pat", "viewer")
+    held = [stream(url, token) for _ in range(PER_ACCOUNT - 1)]
+    try:
+        assert [r.status_code for r in held] == [200] * (PER_ACCOUNT - 1)
+        second = queue.context.new_page()
+        second.goto(f"{url}/?scope=me")
+        expect(second.locator("#live")).to_have_attribute("title", "polling")  # a 429
+        held.pop().close()
+        # Asked for again (every 10 s): live once a place is free, without a reload.
+        expect(second.locator("#live")).to_have_attribute("title", "live (events)", timeout=30_000)
+    finally:
+        for r in held:
+            r.close()
+        queue.context.close()

@@ -274,7 +274,8 @@ const RF = (() => {
   // -- live updates: Server-Sent Events, polling while the stream is down -----------------
   // onEvent(data) for each pushed change; poll() on start, every pollMs while there is no
   // stream, and every slowMs with one (queue positions and ETAs move without events).
-  function live({ onEvent, poll, pollMs = 1500, slowMs = 10000 }) {
+  // A refused stream is asked for again after reopenMs.
+  function live({ onEvent, poll, pollMs = 1500, slowMs = 10000, reopenMs = 10000 }) {
     const dot = document.getElementById("live");
     let timer = null;
     let streaming = false;
@@ -295,16 +296,26 @@ const RF = (() => {
       schedule();
     };
     if (window.EventSource) {
-      const source = new EventSource("/api/v1/events");
-      source.addEventListener("open", () => { state(true); poll(); });
-      source.addEventListener("error", () => state(false)); // reconnects itself (Last-Event-ID)
-      source.addEventListener("message", (event) => {
-        let data;
-        try { data = JSON.parse(event.data); } catch { return; }
-        if (!data || !data.job) return;
-        track({ ...data, id: data.job });
-        onEvent(data);
-      });
+      let source = null;
+      const open = () => {
+        source = new EventSource("/api/v1/events");
+        source.addEventListener("open", () => { state(true); poll(); });
+        // A dropped stream reconnects itself (Last-Event-ID). One the server refused (429 or
+        // 503: this account's or the server's open streams at their bound) never does, so
+        // it is asked for again a little later; the page polls meanwhile.
+        source.addEventListener("error", () => {
+          state(false);
+          if (source.readyState === EventSource.CLOSED) setTimeout(open, reopenMs);
+        });
+        source.addEventListener("message", (event) => {
+          let data;
+          try { data = JSON.parse(event.data); } catch { return; }
+          if (!data || !data.job) return;
+          track({ ...data, id: data.job });
+          onEvent(data);
+        });
+      };
+      open();
       window.addEventListener("beforeunload", () => source.close());
     }
     poll();
