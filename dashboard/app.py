@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from botocore.exceptions import BotoCoreError
 from flask import Flask, Response, jsonify, request
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["renderfarm.jobs"] = jobs
     app.extensions["renderfarm.accounts"] = accounts
     app.extensions["renderfarm.audit"] = audit
+    app.extensions["renderfarm.stopping"] = threading.Event()
     init_auth(app, accounts, audit, settings)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
@@ -69,7 +71,10 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        """Open to anyone (load balancers, probes): the process answers and Redis does."""
+        """Open to anyone (load balancers, probes): the process answers and Redis does;
+        503 once it is stopping (draining its requests in progress)."""
+        if app.extensions["renderfarm.stopping"].is_set():
+            return jsonify(ok=False, stopping=True), 503
         try:
             jobs.redis.ping()
         except Exception:

@@ -3,13 +3,15 @@
 Fed from the job events stream (scheduler/events.py): each event is `id: <stream id>` and
 `data: <JSON>`; a client that reconnects with `Last-Event-ID` (or `?last_id=`) gets what
 came after it. An idle stream carries a `: keep-alive` comment every `events_heartbeat_s`,
-and ends after `events_max_s` (EventSource reconnects). One thread per open stream.
+and ends after `events_max_s` (EventSource reconnects), or within STOP_CHECK_S of the
+server stopping (it reconnects to another process). One thread per open stream.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 
@@ -23,6 +25,7 @@ from scheduler.events import JobEvent, JobEvents
 live = Blueprint("live", __name__)
 STREAM_ID = re.compile(r"^\d+-\d+$")
 RETRY_MS = 3000  # how soon EventSource reconnects
+STOP_CHECK_S = 1.0  # the longest a stream blocks on Redis before it looks at `stopping`
 
 
 def visible(account: Account, event: JobEvent) -> bool:
@@ -31,13 +34,21 @@ def visible(account: Account, event: JobEvent) -> bool:
     return True
 
 
-def sse(events: JobEvents, account: Account, after: str, heartbeat_s: float, max_s: float):
-    """The stream's lines, from after `after` until `max_s` has passed."""
+def sse(
+    events: JobEvents,
+    account: Account,
+    after: str,
+    heartbeat_s: float,
+    max_s: float,
+    stopping: threading.Event,
+):
+    """The stream's lines, from after `after` until `max_s` has passed or `stopping` is set."""
     yield f"retry: {RETRY_MS}\n\n"
     ends = time.monotonic() + max_s
     beat_at = time.monotonic() + heartbeat_s
-    while (now := time.monotonic()) < ends:
-        found = events.read(after, block_s=max(min(beat_at, ends) - now, 0.001))
+    while (now := time.monotonic()) < ends and not stopping.is_set():
+        wake = min(beat_at, ends, now + STOP_CHECK_S)
+        found = events.read(after, block_s=max(wake - now, 0.001))
         if not found:
             if time.monotonic() >= beat_at:
                 # A write: a client that went away ends the stream here.
@@ -70,6 +81,7 @@ def events():
         after or stream.last_id(),
         settings.events_heartbeat_s,
         settings.events_max_s,
+        farm.stopping(),
     )
     return Response(
         stream_with_context(lines),
