@@ -17,6 +17,7 @@ import pytest
 import requests
 from redis import Redis
 
+from dashboard import farm
 from renderfarm import localfarm
 from scheduler import control
 from scheduler.control import JobControl
@@ -208,3 +209,11 @@ def test_a_request_slower_than_its_reservation_answers_with_the_job_its_repeat_m
     made, created = jobs.submit(spec, "ann", NORMAL, "k")
     assert repeats[0][1] and not created and made["id"] == repeats[0][0]["id"]
     assert recorded(jobs) == 1
+
+
+def test_healthz_says_503_while_the_process_stops(app_client):
+    client = app_client("pat")
+    assert client.get("/healthz").status_code == 200
+    farm.stopping(client.application).set()
+    answer = client.get("/healthz")
+    assert answer.status_code == 503 and answer.get_json() == {"ok": False, "stopping": True}
