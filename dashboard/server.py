@@ -192,10 +192,19 @@ def _supervise(
         proc.start()
         started[proc] = ready
 
+    stopping = threading.Event()
+
     def stop(signum: int, _frame: object) -> None:
-        raise _Stop
+        # Once only: a SIGTERM after a Ctrl-C (`renderfarm up` sends both) changes nothing.
+        if not stopping.is_set():
+            stopping.set()
+            raise _Stop
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked again: stop waiting for the requests
 
     signal.signal(signal.SIGTERM, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
     log.info("%d HTTP processes (RENDERFARM_HTTP_PROCESSES), each:", processes)
     try:
         for _ in range(processes):
@@ -210,10 +219,10 @@ def _supervise(
                 log.warning("HTTP process %s exited (%s), replaced", proc.pid, proc.exitcode)
                 time.sleep(1.0)  # a process that keeps dying costs a second each time
                 start()
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopping.set()  # also after an error: no signal raises in here but a second Ctrl-C
         for sock in sockets:  # ours: once the children close theirs, the port refuses
             sock.close()
         for proc in started:
@@ -231,4 +240,4 @@ def _supervise(
 
 
 class _Stop(Exception):
-    """SIGTERM to the watching process."""
+    """SIGTERM or a first Ctrl-C to the watching process."""
