@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from botocore.exceptions import BotoCoreError
 from flask import Flask, Response, jsonify, request
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["renderfarm.holds"] = Holds(
         settings.http_threads, settings.http_held_per_account
     )
+    app.extensions["renderfarm.stopping"] = threading.Event()
     init_auth(app, accounts, audit, settings)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(accounts_api, url_prefix="/api/v1")
@@ -79,7 +81,10 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        """Open to anyone (load balancers, probes): the process answers and Redis does."""
+        """Open to anyone (load balancers, probes): the process answers and Redis does;
+        503 once it is stopping (draining its requests in progress)."""
+        if app.extensions["renderfarm.stopping"].is_set():
+            return jsonify(ok=False, stopping=True), 503
         try:
             jobs.redis.ping()
         except Exception:

@@ -6,7 +6,9 @@ handlers read them here, as Flask's tutorial reads its database with `get_db`.
 
 from __future__ import annotations
 
-from flask import current_app
+import threading
+
+from flask import Flask, current_app
 
 from dashboard.accounts import Accounts
 from dashboard.audit import Audit
@@ -40,3 +42,8 @@ def audit() -> Audit:
 def holds() -> Holds:
     """This process's count of long requests (event streams, blocking SD-WebUI calls)."""
     return current_app.extensions["renderfarm.holds"]
+
+
+def stopping(app: Flask | None = None) -> threading.Event:
+    """Set when the server stops (dashboard/server.py): event streams end, /healthz says 503."""
+    return (app or current_app).extensions["renderfarm.stopping"]

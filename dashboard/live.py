@@ -3,7 +3,8 @@
 Fed from the job events stream (scheduler/events.py): each event is `id: <stream id>` and
 `data: <JSON>`; a client that reconnects with `Last-Event-ID` (or `?last_id=`) gets what
 came after it. An idle stream carries a `: keep-alive` comment every `events_heartbeat_s`,
-and ends after `events_max_s` (EventSource reconnects). One thread per open stream.
+and ends after `events_max_s` (EventSource reconnects), or within STOP_CHECK_S of the
+server stopping (it reconnects to another process). One thread per open stream.
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ def sse(
     after: str,
     heartbeat_s: float,
     max_s: float,
-    gone: Callable[[], bool],
+    stop: Callable[[], bool],
 ):
-    """The stream's lines, from after `after` until `max_s` has passed or the client is
-    `gone` (asked at least every STOP_CHECK_S, so its thread and its place are free soon
-    after a page is left, not at the next write)."""
+    """The stream's lines, from after `after` until `max_s` has passed or `stop()` is true
+    (the client is gone, or the server stopping), asked at least every STOP_CHECK_S: a page
+    left frees its thread and its place at once, not at the next write."""
     yield f"retry: {RETRY_MS}\n\n"
     ends = time.monotonic() + max_s
     beat_at = time.monotonic() + heartbeat_s
-    while (now := time.monotonic()) < ends and not gone():
+    while (now := time.monotonic()) < ends and not stop():
         wake = min(beat_at, ends, now + STOP_CHECK_S)
         found = events.read(after, block_s=max(wake - now, 0.001))
         if not found:
@@ -75,7 +76,7 @@ def events():
     stream = JobEvents(farm.jobs().redis)
     account = current_account()
     settings = farm.settings()
-    holds = farm.holds()
+    holds, gone, stopping = farm.holds(), client_gone(), farm.stopping()
     holds.take(account.name)  # released when the server closes the response
     lines: Iterator[str] = sse(
         stream,
@@ -83,7 +84,7 @@ def events():
         after or stream.last_id(),
         settings.events_heartbeat_s,
         settings.events_max_s,
-        client_gone(),
+        lambda: gone() or stopping.is_set(),
     )
     resp = Response(
         stream_with_context(lines),

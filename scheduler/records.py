@@ -297,6 +297,10 @@ def _parse(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+CREATED = b"created"
+TAKEN = b"taken"  # the Idempotency-Key is another request's now: nothing was created
+IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key gives back its job
+
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
 # indexes, the events stream, the owner's pending set, the pending owners, the wake-up list,
 # the owners' dispatched counts (kept by the census), the hash of the sibling it comes after,
@@ -308,8 +312,10 @@ def _parse(rec: dict[str, Any]) -> dict[str, Any]:
 # the m input keys, then the record's field/value pairs. The quota check, the record, its
 # indexes, its event, its place in the owner's queue, its inputs' counts and its audit entry
 # in one step: two submissions cannot both take the last place, and no job is recorded
-# without its entry.
+# without its entry. KEYS[17], if given: the Idempotency-Key's, which must still hold this
+# job's id (its request's reservation), and holds it for IDEMPOTENCY_TTL_S once it is made.
 _CREATE = f"""
+if KEYS[17] and redis.call('GET', KEYS[17]) ~= ARGV[1] then return '{TAKEN.decode()}' end
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
 if ARGV[6] ~= '' then
   local queued = redis.call('ZCARD', KEYS[9])
@@ -330,9 +336,9 @@ if ARGV[10] ~= '' then redis.call('HSET', KEYS[14], owner, ARGV[10]) end
 if ARGV[11] ~= '' then
   redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[11], '*', unpack(ARGV, 14, 13 + audited))
 end
+if KEYS[17] then redis.call('SET', KEYS[17], id, 'EX', {IDEMPOTENCY_TTL_S}) end
 return 'created'
 """
-CREATED = b"created"
 
 # KEYS: the job hash, the jobs index, the events stream, the team's gallery, the trash, the
 # input images' reference counts, the farm's counters. ARGV: job id, the `seq` the caller
@@ -396,8 +402,8 @@ def _input_keys(spec: AnySpec) -> list[str]:
 
 
 def refused(reply: Any) -> int | None:
-    """From `create_in`'s reply: None if the job was created, else the owner's queued count
-    (-1: the sibling before it was refused)."""
+    """From `create_in`'s reply (not TAKEN): None if the job was created, else the owner's
+    queued count (-1: the sibling before it was refused)."""
     return None if reply == CREATED else int(reply)
 
 
@@ -467,7 +473,8 @@ class JobRecords:
         serves many jobs); `max_running`: the owner's running limit, published with it;
         `audit`: an audit log entry's fields (`dashboard.audit.entry`), appended with the job
         (the log capped at about `audit_max` entries), never without it; `idempotency_key`:
-        the key it was submitted with, so that deleting it frees the key."""
+        the key it was submitted with, so that deleting it frees the key; reserved by its
+        request beforehand (the job is not made, TAKEN, unless the key still holds its id)."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
@@ -516,6 +523,7 @@ class JobRecords:
                 keys.running_limits(),
                 keys.audit_log(),
                 keys.input_refs(),
+                *([keys.idempotency(owner, idempotency_key)] if idempotency_key else []),
             ],
             args=[
                 job_id,

@@ -2,21 +2,40 @@
 
 Every typed method returns the parsed JSON answer and raises `ApiError` on a non-2xx one;
 `request()` is the low-level call underneath them that returns the response as it came.
+
+A dashboard restarting (or a balancer moving to another replica) costs a caller nothing: a
+call is sent again, up to `retries` times after 0.25 s, 0.5 s, 1 s, ... (7.75 s in all by
+default), when it can be repeated safely (`Retry`). A submission always carries an
+Idempotency-Key (a new one per call if the caller gives none), so one cut after the
+dashboard received it gets, sent again, the job the first attempt made.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import requests
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from shared.vocabulary import FINAL
 
 JSON = dict[str, Any]
+RETRIES = 5
+BACKOFF_S = 0.25  # before the first retry; doubled for each next one
+RETRY_STATUSES = frozenset({502, 503})  # a balancer without a live replica, a draining one
+
+
+class Retry(Enum):
+    """When a call is sent again after a connection error or a 502/503."""
+
+    UNSENT = "unsent"  # the connection was refused: the request never reached the dashboard
+    SAFE = "safe"  # also cut after it was sent, or a 502/503: sending it again changes nothing
 
 
 class ApiError(RuntimeError):
@@ -36,11 +55,15 @@ class ApiError(RuntimeError):
 
 
 class FarmClient:
-    """The REST API at `url` (e.g. http://127.0.0.1:8000) over one keep-alive session."""
+    """The REST API at `url` (e.g. http://127.0.0.1:8000) over one keep-alive session;
+    `retries`: how many times a call is sent again (the module's docstring)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout: float = 30, retries: int = RETRIES
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.retries = retries
         self.session = requests.Session()
         # The environment's proxy settings and CA bundle, read once here rather than on
         # every call (requests would: ~0.15 ms of a call's ~0.7 ms here). Not ~/.netrc:
@@ -63,10 +86,27 @@ class FarmClient:
 
     # -- the low-level call --------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """`method` `path` (from /api/...), as `requests` takes it; never raises on a status."""
+    def request(
+        self, method: str, path: str, *, retry: Retry | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """`method` `path` (from /api/...), as `requests` takes it; never raises on a status.
+        Sent again as `retry` allows (default: SAFE for a GET, else UNSENT)."""
         kwargs.setdefault("timeout", self.timeout)
-        return self.session.request(method, self.url + path, **kwargs)
+        if retry is None:
+            retry = Retry.SAFE if method.upper() == "GET" else Retry.UNSENT
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                resp = self.session.request(method, self.url + path, **kwargs)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                if last or not _retryable(exc, retry):
+                    raise
+            else:
+                if last or retry is not Retry.SAFE or resp.status_code not in RETRY_STATUSES:
+                    return resp
+                resp.close()
+            time.sleep(BACKOFF_S * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         resp = self.request(method, path, **kwargs)
@@ -87,10 +127,11 @@ class FarmClient:
         priority: str | None = None,
         idempotency_key: str | None = None,
     ) -> JSON:
-        """POST /api/v1/jobs: the job as queued (the first one's, for a repeated key)."""
+        """POST /api/v1/jobs: the job as queued (the first one's, for a repeated key). Without
+        `idempotency_key`, a new one for this call (so its retries make one job)."""
         body = {**spec, **_given(owner=owner, priority=priority)}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._json("POST", "/api/v1/jobs", json=body, headers=headers)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return self._json("POST", "/api/v1/jobs", json=body, headers=headers, retry=Retry.SAFE)
 
     def job(self, job_id: str) -> JSON:
         return self._json("GET", f"/api/v1/jobs/{job_id}")
@@ -154,7 +195,7 @@ class FarmClient:
     def set_webhook(self, url: str) -> JSON:
         """POST /api/v1/me: `url` receives a JSON POST when a job of mine succeeds or fails
         ("" clears it)."""
-        return self._json("POST", "/api/v1/me", json={"webhook_url": url})
+        return self._json("POST", "/api/v1/me", json={"webhook_url": url}, retry=Retry.SAFE)
 
     def wait(
         self,
@@ -195,7 +236,12 @@ class FarmClient:
 
     def set_priority(self, job_id: str, priority: str) -> JSON:
         """high, normal or low, for a job not yet dispatched (409 after)."""
-        return self._json("POST", f"/api/v1/jobs/{job_id}/priority", json={"priority": priority})
+        return self._json(
+            "POST",
+            f"/api/v1/jobs/{job_id}/priority",
+            json={"priority": priority},
+            retry=Retry.SAFE,
+        )
 
     def output(self, job_id: str, index: int) -> bytes:
         """The PNG bytes of output `index`."""
@@ -247,7 +293,9 @@ class FarmClient:
 
     def drain(self, name: str, draining: bool = True) -> JSON:
         """The worker finishes its job and is sent no new ones (draining=False: undo)."""
-        return self._json("POST", f"/api/v1/workers/{name}/drain", json={"drain": draining})
+        return self._json(
+            "POST", f"/api/v1/workers/{name}/drain", json={"drain": draining}, retry=Retry.SAFE
+        )
 
     def models(self) -> list[JSON]:
         return self._json("GET", "/api/v1/models")["models"]
@@ -274,6 +322,17 @@ def parse_sse(lines: Iterable[str]) -> Iterator[JSON]:
                 data.append(value)
             elif name == "id":
                 event_id = value
+
+
+def _retryable(exc: requests.RequestException, retry: Retry) -> bool:
+    """Whether a call that raised `exc` may be sent again under `retry`. Not after a timeout
+    (the caller's bound) or a name that does not resolve (no restart makes it resolve)."""
+    if isinstance(exc, requests.Timeout):
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, NameResolutionError):
+        return False
+    return retry is Retry.SAFE or isinstance(reason, NewConnectionError)
 
 
 def _given(**fields: str | None) -> JSON:

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     # Server processes on the one port, each with those threads and that connection limit
     # (0: one per usable core, at most 4). Above 1, one more process watches them.
     http_processes: int = Field(default=0, ge=0, le=64)
+    # On SIGTERM (or a first Ctrl-C) the server stops accepting at once and lets requests in
+    # progress finish for at most this long, then exits; event streams end at once. Keep it
+    # below the orchestrator's kill timeout (Kubernetes: terminationGracePeriodSeconds, 30).
+    http_grace_s: float = Field(default=25.0, ge=0)
 
     # --- Operations (dashboard/metrics.py, scheduler/census.py) ---
     # For autoscaling (GET /api/v1/fleet/demand), jobs that leave the class to the dispatcher
