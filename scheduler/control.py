@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from scheduler.celery_app import make_celery
 from scheduler.pending import PendingJobs
 from scheduler.quotas import Quota, QuotaExceeded
-from scheduler.records import TAKEN, Deleted, JobRecords, as_record, refused
+from scheduler.records import Deleted, JobRecords, as_record, refused, taken
 from shared import keys
 from shared.config import Settings, redis_client
 from shared.jobspec import (
@@ -35,11 +35,6 @@ from shared.modelstore import ModelStore, cross_attention_label, open_model_stor
 from shared.storage import ObjectNotFound, Storage, open_storage
 from shared.vocabulary import AUTO, Hardware, JobStatus, Priority
 
-# An Idempotency-Key is reserved by the request that will make its job, for this long: a
-# repeat meanwhile waits for that job; one that never comes (its request was cut) frees the key.
-IDEMPOTENCY_RESERVE_S = 20
-# Frees a key only if it still holds this request's reservation.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 _last_ns = 0
 _id_lock = threading.Lock()
 
@@ -70,7 +65,11 @@ class ConflictError(RuntimeError):
 
 
 class _KeyTaken(Exception):
-    """This request's Idempotency-Key reservation lapsed and another request holds the key."""
+    """The Idempotency-Key names a job already (`job_id`): nothing was made."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 def priority_of(value: object) -> Priority:
@@ -107,7 +106,6 @@ class JobControl:
         self.models = models or open_model_store(settings)
         self.redis = redis_client(settings)
         self.records = JobRecords(self.redis)
-        self._release = self.redis.register_script(_RELEASE)
         self.pending = PendingJobs(self.redis)
         self.celery = celery or make_celery(settings)
         self.storage = storage or open_storage(settings)
@@ -217,40 +215,33 @@ class JobControl:
     ) -> tuple[dict[str, Any], bool]:
         """Record the job and queue it for dispatch; returns (record, created).
 
-        With an idempotency key, a retried request gets the job the first one created.
+        With an idempotency key, a retried request gets the job the first one created (the
+        record step sees the key: repeats racing each other make one job).
         With a quota, a job over it is refused (QuotaExceeded) and nothing is recorded;
         `submitted_by` is the account submitting on the owner's behalf; `audit`: the audit
         log entry of the submission, its target set to the job and written with it.
         """
         job_id = new_job_id()
-        idem = keys.idempotency(owner, idempotency_key) if idempotency_key else ""
-        while True:
-            if idem and not self.redis.set(idem, job_id, nx=True, ex=IDEMPOTENCY_RESERVE_S):
-                first = self._existing(idem)
-                if first is not None:
-                    return first, False
-                continue  # the key is free again: reserve it for this request
-            try:
-                if quota is not None:
-                    self.check_hardware(owner, quota, [spec])
-                prepared = self.prepare(spec)
-                made = self.enqueue(
-                    [prepared],
-                    owner,
-                    priority,
-                    quota,
-                    submitted_by,
-                    [job_id],
-                    audit=None if audit is None else {**audit, "target": job_id},
-                    idempotency_key=idempotency_key or "",
-                )
-                return made[0], True
-            except _KeyTaken:
-                continue  # that request's job is the answer
-            except Exception:
-                if idem:
-                    self._release(keys=[idem], args=[job_id])
-                raise
+        if quota is not None:
+            self.check_hardware(owner, quota, [spec])
+        spec = self.prepare(spec)
+        try:
+            made = self.enqueue(
+                [spec],
+                owner,
+                priority,
+                quota,
+                submitted_by,
+                [job_id],
+                audit=None if audit is None else {**audit, "target": job_id},
+                idempotency_key=idempotency_key or "",
+            )
+        except _KeyTaken as first:
+            record = self.records.get(first.job_id)
+            if record is None:  # deleted as this request came (deleting frees the key)
+                raise ConflictError("the job of this Idempotency-Key was just deleted") from None
+            return record, False
+        return made[0], True
 
     def prepare(self, spec: AnySpec) -> AnySpec:
         """Everything that can refuse a spec: its models, its inputs (stored), its output
@@ -303,32 +294,21 @@ class JobControl:
                 for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
             ]
             first = made[0][1] if one else pipe.execute()[0]
-        queued = None if first == TAKEN else refused(first)
-        if first == TAKEN or queued is not None:
+        earlier = taken(first)
+        queued = None if earlier else refused(first)
+        if earlier or queued is not None:
             # Their images were stored by `prepare` and no job names them: the trash (the
             # retention step keeps any another job names, and fresh ones for a while).
             images = {key for spec in specs for key in spec.images().values()}
             if images:
                 self.redis.rpush(keys.trash(), *sorted(images))
-        if first == TAKEN:
-            raise _KeyTaken
+        if earlier:
+            raise _KeyTaken(earlier)
         if queued is not None:
             raise QuotaExceeded(
                 "max_queued", f"{owner} has {queued} jobs queued; its limit is {max_queued}"
             )
         return [as_record(fields) for fields, _ in made]
-
-    def _existing(self, idem: str) -> dict[str, Any] | None:
-        """The job the request that reserved key `idem` made, once it is recorded; None once
-        the key is free (that request failed, or was cut and its reservation lapsed)."""
-        deadline = time.monotonic() + IDEMPOTENCY_RESERVE_S + 5.0
-        while (job_id := self.redis.get(idem)) is not None:
-            if (record := self.records.get(job_id.decode())) is not None:
-                return record
-            if time.monotonic() > deadline:  # reserved again and again, never made
-                raise ConflictError("the first request with this Idempotency-Key is not done")
-            time.sleep(0.02)
-        return None
 
     # -- control ------------------------------------------------------------------------------
 

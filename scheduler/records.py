@@ -298,7 +298,7 @@ def _parse(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 CREATED = b"created"
-TAKEN = b"taken"  # the Idempotency-Key is another request's now: nothing was created
+TAKEN = b"taken:"  # + the job id an earlier request with the same Idempotency-Key made
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key gives back its job
 
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
@@ -312,10 +312,13 @@ IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key gives back its job
 # the m input keys, then the record's field/value pairs. The quota check, the record, its
 # indexes, its event, its place in the owner's queue, its inputs' counts and its audit entry
 # in one step: two submissions cannot both take the last place, and no job is recorded
-# without its entry. KEYS[17], if given: the Idempotency-Key's, which must still hold this
-# job's id (its request's reservation), and holds it for IDEMPOTENCY_TTL_S once it is made.
+# without its entry. KEYS[17], if given: the Idempotency-Key's; a job it already names is
+# the answer (nothing is made), else it names this one for IDEMPOTENCY_TTL_S.
 _CREATE = f"""
-if KEYS[17] and redis.call('GET', KEYS[17]) ~= ARGV[1] then return '{TAKEN.decode()}' end
+if KEYS[17] then
+  local first = redis.call('GET', KEYS[17])
+  if first then return '{TAKEN.decode()}' .. first end
+end
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[13]) == 0 then return -1 end
 if ARGV[6] ~= '' then
   local queued = redis.call('ZCARD', KEYS[9])
@@ -402,9 +405,17 @@ def _input_keys(spec: AnySpec) -> list[str]:
 
 
 def refused(reply: Any) -> int | None:
-    """From `create_in`'s reply (not TAKEN): None if the job was created, else the owner's
+    """From `create_in`'s reply (not `taken`): None if the job was created, else the owner's
     queued count (-1: the sibling before it was refused)."""
     return None if reply == CREATED else int(reply)
+
+
+def taken(reply: Any) -> str | None:
+    """From `create_in`'s reply: the job an earlier request with the same Idempotency-Key
+    made (nothing was created), or None."""
+    if isinstance(reply, bytes) and reply.startswith(TAKEN):
+        return reply[len(TAKEN) :].decode()
+    return None
 
 
 class Deleted(StrEnum):
@@ -473,8 +484,8 @@ class JobRecords:
         serves many jobs); `max_running`: the owner's running limit, published with it;
         `audit`: an audit log entry's fields (`dashboard.audit.entry`), appended with the job
         (the log capped at about `audit_max` entries), never without it; `idempotency_key`:
-        the key it was submitted with, so that deleting it frees the key; reserved by its
-        request beforehand (the job is not made, TAKEN, unless the key still holds its id)."""
+        the key it was submitted with, so that deleting it frees the key (a key that names a
+        job already: nothing is made, the reply is `taken`)."""
         now = time.time()
         model = model_of(spec)
         classes = list(hardware) if spec.hardware == AUTO else [spec.hardware]
