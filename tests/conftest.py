@@ -31,11 +31,17 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     localfarm.stop(proc)
 
 
+def empty_db(redis_url: str, db: int) -> str:
+    """The URL of database `db` of the tests' Redis, emptied first."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    Redis.from_url(url).flushdb()
+    return url
+
+
 def settings_on_db(redis_url: str, db: int, models_dir: Path, tmp_path: Path) -> Settings:
     """Settings for in-process tests on a Redis database of their own (emptied first) and
     file storage in `tmp_path`."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    Redis.from_url(url).flushdb()
+    url = empty_db(redis_url, db)
     return Settings(redis_url=url, models_dir=models_dir, storage_url=f"file://{tmp_path}")
 
 

@@ -19,6 +19,7 @@ from redis import Redis
 
 from renderfarm import localfarm
 from shared.client import FarmClient
+from tests.conftest import empty_db
 from tests.signin import account_token
 from tests.test_dashboard_browser import browser, sign_in  # noqa: F401
 
@@ -28,9 +29,8 @@ TXT2IMG = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 1}
 
 @pytest.fixture
 def served(redis_url, models_dir, tmp_path) -> Iterator[tuple[str, Redis]]:
-    url = redis_url.rsplit("/", 1)[0] + "/4"
+    url = empty_db(redis_url, 4)
     redis = Redis.from_url(url)
-    redis.flushdb()
     env = {
         "RENDERFARM_REDIS_URL": url,
         "RENDERFARM_MODELS_DIR": str(models_dir),

@@ -20,6 +20,7 @@ import requests
 from redis import Redis
 
 from renderfarm import localfarm
+from tests.conftest import empty_db
 from tests.signin import ensure_account
 
 PASSWORD = "a long password"
@@ -36,9 +37,7 @@ def env_for(redis_url: str, models_dir: Path, tmp_path: Path, processes: int) ->
 
 @pytest.fixture
 def db_url(redis_url: str) -> str:
-    url = redis_url.rsplit("/", 1)[0] + "/4"
-    Redis.from_url(url).flushdb()
-    return url
+    return empty_db(redis_url, 4)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from shared import keys
 from shared.client import FarmClient
 from shared.jobspec import parse_spec
 from shared.vocabulary import Priority
-from tests.conftest import settings_on_db
+from tests.conftest import empty_db, settings_on_db
 from tests.signin import account_token
 from tests.test_server_processes import closed, env_for, gone, servers
 
@@ -36,9 +36,7 @@ TINY = {"model": "demo-sd15", "prompt": "a lighthouse", "width": 64, "height": 6
 
 @pytest.fixture
 def db_url(redis_url: str) -> str:
-    url = redis_url.rsplit("/", 1)[0] + "/5"
-    Redis.from_url(url).flushdb()
-    return url
+    return empty_db(redis_url, 5)
 
 
 @pytest.fixture
