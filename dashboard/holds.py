@@ -80,7 +80,3 @@ class Holds:
             self._held[account] -= 1
             if self._held[account] <= 0:
                 del self._held[account]
-
-    def held(self) -> int:
-        with self._lock:
-            return self._held.total()
