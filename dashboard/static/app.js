@@ -237,9 +237,12 @@ const RF = (() => {
     flash.timer = setTimeout(() => box.remove(), 6000);
   }
 
-  // Said to a screen reader, not shown: what changed on a live page ("Job 1a2b3c4d succeeded").
-  // Polite: it waits until the reader is done; one sentence replaces the one before.
-  function announce(text) {
+  // Said to a screen reader, not shown: what happened to a job on a live page ("Job 1a2b3c4d
+  // succeeded", a failure with its reason). Polite: it waits until the reader is done; one
+  // sentence replaces the one before.
+  function announce(job, what) {
+    const error = job.status === "failed" && job.error ? `: ${job.error}` : "";
+    const text = `Job ${shortId(job.id)} ${what}${error}`;
     const region = document.getElementById("announce");
     if (region && region.textContent !== text) region.textContent = text;
   }

@@ -143,8 +143,7 @@
     const before = said;
     said = job.status;
     if (before === null || before === job.status) return;
-    const error = job.status === "failed" && job.error ? `: ${job.error}` : "";
-    RF.announce(`Job ${RF.shortId(job.id)} ${job.status}${error}`);
+    RF.announce(job, job.status);
   }
 
   function show() {
@@ -191,7 +190,7 @@
   function gone() {
     const status = document.getElementById("job-status");
     status.className = "status status-deleted";
-    if (status.textContent !== "deleted") RF.announce(`Job ${RF.shortId(id)} was deleted`);
+    if (status.textContent !== "deleted") RF.announce({ id }, "was deleted");
     setText(status, "deleted");
     document.getElementById("job-progress").hidden = true;
     setText(document.getElementById("job-progress-text"), "");

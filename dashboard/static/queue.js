@@ -123,8 +123,7 @@
     const before = entry.said;
     entry.said = job.status;
     if (!before || before === job.status || job.owner !== me.account || !SAID[job.status]) return;
-    const error = job.status === "failed" && job.error ? `: ${job.error}` : "";
-    RF.announce(`Job ${RF.shortId(job.id)} ${SAID[job.status]}${error}`);
+    RF.announce(job, SAID[job.status]);
   }
 
   function updateRow(entry, job) {
