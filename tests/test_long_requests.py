@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -18,12 +17,14 @@ from playwright.sync_api import expect
 from redis import Redis
 
 from renderfarm import localfarm
+from renderfarm.localfarm import wait_for
 from shared.client import FarmClient
 from tests.conftest import empty_db
 from tests.signin import account_token
 from tests.test_dashboard_browser import browser, sign_in  # noqa: F401
 
 THREADS, PER_ACCOUNT = 8, 3
+WAIT_S = 30  # only against a hang
 TXT2IMG = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 1}
 
 
@@ -59,14 +60,6 @@ def stream(url: str, token: str) -> requests.Response:
     )
 
 
-def until(check, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
-
-
 def accepted_again(url: str, token: str) -> bool:
     resp = stream(url, token)
     resp.close()
@@ -94,7 +87,7 @@ def test_one_accounts_event_streams_cannot_take_every_server_thread(served):
         # Past its own share an account is told so, by name and setting.
         for held in open_streams["val"][:2]:
             held.close()
-        until(lambda: accepted_again(url, tokens["viv"]), "a stream after two were closed")
+        wait_for(lambda: accepted_again(url, tokens["viv"]), WAIT_S, "a stream after two closed")
         over = stream(url, tokens["vic"])
         assert over.status_code == 429
         assert int(over.headers["Retry-After"]) > 0
@@ -104,7 +97,7 @@ def test_one_accounts_event_streams_cannot_take_every_server_thread(served):
         # A client that goes away gives its place back.
         for held in open_streams["vic"]:
             held.close()
-        until(lambda: accepted_again(url, tokens["vic"]), "a stream after vic's closed")
+        wait_for(lambda: accepted_again(url, tokens["vic"]), WAIT_S, "a stream after vic's closed")
     finally:
         for held in (r for rs in open_streams.values() for r in rs):
             held.close()
@@ -125,7 +118,9 @@ def test_blocking_sdapi_calls_count_and_one_over_the_share_queues_no_job(served)
         call.start()
     try:
         # No worker: each call waits for its job, holding its thread.
-        until(lambda: len(meg.jobs(owner="meg")) == PER_ACCOUNT, "meg's three jobs queued")
+        wait_for(
+            lambda: len(meg.jobs(owner="meg")) == PER_ACCOUNT, WAIT_S, "meg's three jobs queued"
+        )
         refused = requests.post(f"{url}/sdapi/v1/txt2img", json=TXT2IMG, headers=auth, timeout=10)
         assert refused.status_code == 429
         assert refused.json()["error"] == "TooManyRequests"  # SD-WebUI's shape
@@ -138,7 +133,7 @@ def test_blocking_sdapi_calls_count_and_one_over_the_share_queues_no_job(served)
         for call in calls:
             call.join(30)
     assert [a.status_code for a in answers] == [409] * PER_ACCOUNT  # JobCanceled
-    until(lambda: accepted_again(url, token), "a stream once meg's calls answered")
+    wait_for(lambda: accepted_again(url, token), WAIT_S, "a stream once meg's calls answered")
     meg.close()
 
 
@@ -155,15 +150,16 @@ def test_a_blocking_call_whose_client_leaves_cancels_its_job_and_frees_its_place
     calls = [socket.create_connection(("127.0.0.1", port)) for _ in range(PER_ACCOUNT)]
     for call in calls:
         call.sendall(request + body)
-    until(lambda: len(sam.jobs(owner="sam")) == PER_ACCOUNT, "sam's three jobs queued")
+    wait_for(lambda: len(sam.jobs(owner="sam")) == PER_ACCOUNT, WAIT_S, "sam's three jobs queued")
     assert stream(url, token).status_code == 429
     for call in calls:  # the client gives up (a closed tab, a timeout)
         call.close()
-    until(
+    wait_for(
         lambda: {j["status"] for j in sam.jobs(owner="sam")} == {"canceled"},
+        WAIT_S,
         "the calls' jobs canceled",
     )
-    until(lambda: accepted_again(url, token), "a stream once sam's calls were left")
+    wait_for(lambda: accepted_again(url, token), WAIT_S, "a stream once sam's calls were left")
     sam.close()
 
 
