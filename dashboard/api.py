@@ -6,6 +6,7 @@ caller's own, unless the caller is an operator. The owner of a job is the caller
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
@@ -170,6 +171,19 @@ def _submission(body: dict[str, Any]) -> tuple[Account, str, Priority]:
     return owner, submitted_by, priority
 
 
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # as Stripe's: 255 at most
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header, if sent: a repeat of a submission with the same
+    key (from the same owner, within a day) gets what the first one made."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        reason = "must be 1 to 255 visible ASCII characters (spaces allowed)"
+        raise BadRequest(422, "Idempotency-Key", reason)
+    return key
+
+
 @api.post("/jobs")
 @require(Role.MEMBER)
 def submit_job():
@@ -180,7 +194,7 @@ def submit_job():
         spec,
         owner.name,
         priority,
-        request.headers.get("Idempotency-Key"),
+        idempotency_key(),
         quota=farm.accounts().limits(owner),
         submitted_by=submitted_by,
         audit=audit_entry("job.submit", detail=f"owner {owner.name}" if submitted_by else ""),
@@ -284,15 +298,17 @@ def submit_batch():
     body = json_body()
     owner, submitted_by, priority = _submission(body)
     specs = _batch_specs(body)
-    batch = Batches(farm.jobs()).submit(
+    batch, created = Batches(farm.jobs()).submit(
         specs,
         owner.name,
         priority,
         farm.accounts().limits(owner),
         submitted_by,
         audit=audit_entry("batch.submit"),
+        idempotency_key=idempotency_key(),
     )
-    return jsonify(batch_view(batch)), 202
+    location = url_for("api.get_batch", batch_id=batch["id"])
+    return jsonify(batch_view(batch)), 202 if created else 200, {"Location": location}
 
 
 def batch_view(batch: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from dashboard import ui
 from dashboard.accounts import Role
+from dashboard.api import IDEMPOTENCY_KEY
+from dashboard.tokens import MAX_LABEL
 from shared.jobspec import JobSpec
 
 openapi = Blueprint("openapi", __name__, template_folder="templates")
@@ -116,7 +118,7 @@ class AccountChange(BaseModel):
 
 
 class TokenBody(BaseModel):
-    label: str | None = None
+    label: str | None = Field(default=None, max_length=MAX_LABEL)
     expires_days: int | None = None
     account: str | None = Field(default=None, description="admins: another account's")
 
@@ -204,6 +206,14 @@ HELD = (
     "the server holds as many event streams and blocking SD-WebUI calls as it keeps open "
     "(429: you hold your share): try again after Retry-After seconds"
 )
+# Every submission's (202): a repeat with the same key gets what the first one made (200).
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a repeat within a day (from the same owner) makes nothing and answers 200",
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
+}
 ROUTES: tuple[Route, ...] = (
     Route("get", "/healthz", None, "The process answers and Redis does", ok=Health, errors=(503,)),
     Route("get", "/api/v1/me", Role.VIEWER, "Who you are", ok=Me),
@@ -235,7 +245,7 @@ ROUTES: tuple[Route, ...] = (
     Route("get", "/api/v1/tokens", Role.MEMBER, "Your tokens (admins: any account's)",
           ok=TokenList, errors=(404,), params=(("account", "query", "string"),)),
     Route("post", "/api/v1/tokens", Role.MEMBER, "Create a token (its secret shown once)",
-          body=TokenBody, ok_status=201, errors=(400, 404, 422)),
+          body=TokenBody, ok_status=201, errors=(400, 404, 409, 422)),
     Route("delete", "/api/v1/tokens/{token_id}", Role.MEMBER, "Revoke a token",
           errors=(404,), params=(("token_id", "path", "string"), ("account", "query", "string"))),
     Route("get", "/api/v1/audit", Role.ADMIN, "The audit log, newest first", ok=AuditLog,
@@ -312,11 +322,12 @@ def document() -> dict[str, Any]:
         if route.media:
             ok = {"description": route.media, "content": {route.media: {"schema": {}}}}
         responses = {str(route.ok_status): ok}
-        if route.ok_status == 202:
+        if route.ok_status == 202:  # a submission: a repeated Idempotency-Key makes nothing
             responses["200"] = {
-                "description": "the job an earlier Idempotency-Key made",
+                "description": "what an earlier request with this Idempotency-Key made",
                 **_json(ok_schema),
-            }  # noqa: E501
+            }
+            op.setdefault("parameters", []).append(IDEMPOTENCY_HEADER)
         statuses = set(route.errors) | ({401, 403} if route.role else set()) | {413}
         for status in sorted(statuses):
             why = (route.unavailable or UNAVAILABLE) if status == 503 and route.role else "refused"

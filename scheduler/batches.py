@@ -8,15 +8,16 @@ record only lists its children; its status and progress are derived from theirs.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
-from scheduler.control import JobControl
+from scheduler.control import ConflictError, JobControl, KeyTaken
 from scheduler.quotas import Quota
 from shared import keys
 from shared.jobspec import AnySpec, DiffusionSpec
 from shared.vocabulary import FINAL, QUEUED, JobStatus, Priority
+
+BATCH_KEY = "batch:"  # before a batch's Idempotency-Key: a job's and a batch's never meet
 
 
 def split(spec: AnySpec) -> list[AnySpec]:
@@ -62,10 +63,13 @@ class Batches:
         quota: Quota | None = None,
         submitted_by: str = "",
         audit: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
         """Queue every job of `specs` (each split by its batch_count) as one batch, or none;
-        `audit`: the submission's audit log entry, its target set to the batch and its
-        detail to the number of jobs, written with them."""
+        returns (batch, created). `audit`: the submission's audit log entry, its target set
+        to the batch and its detail to the number of jobs, written with them. With an
+        idempotency key, a repeat gets the batch the first request made (the keys of
+        batches kept apart from those of single jobs: `BATCH_KEY`)."""
         # Check everything first, so a bad spec anywhere, or a quota, queues nothing.
         children = [child for spec in specs for child in split(spec)]
         if quota is not None:
@@ -74,19 +78,23 @@ class Batches:
         batch_id = uuid.uuid4().hex
         if audit is not None:
             audit = {**audit, "target": batch_id, "detail": f"{len(children)} jobs"}
-        jobs = self.jobs.enqueue(
-            prepared, owner, priority, quota, submitted_by, batch=batch_id, audit=audit
-        )
-        self.redis.hset(
-            keys.batch(batch_id),
-            mapping={
-                "id": batch_id,
-                "owner": owner,
-                "created_at": time.time(),
-                "children": json.dumps([job["id"] for job in jobs]),
-            },
-        )
-        return self.get(batch_id)  # type: ignore[return-value]
+        try:
+            self.jobs.enqueue(
+                prepared,
+                owner,
+                priority,
+                quota,
+                submitted_by,
+                batch=batch_id,
+                audit=audit,
+                idempotency_key=BATCH_KEY + idempotency_key if idempotency_key else "",
+            )
+        except KeyTaken as first:
+            batch = self.get(first.made)
+            if batch is None:  # deleted as this request came (deleting frees the key)
+                raise ConflictError("the batch of this Idempotency-Key was just deleted") from None
+            return batch, False
+        return self.get(batch_id), True  # type: ignore[return-value]
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(keys.batch(batch_id))

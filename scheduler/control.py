@@ -64,12 +64,16 @@ class ConflictError(RuntimeError):
     """The job is not in a state that allows this action."""
 
 
-class _KeyTaken(Exception):
-    """The Idempotency-Key names a job already (`job_id`): nothing was made."""
+JOB_KEY = "job:"  # before a job's Idempotency-Key (a batch's: `batches.BATCH_KEY`)
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
-        self.job_id = job_id
+
+class KeyTaken(Exception):
+    """The Idempotency-Key names what an earlier request made (`made`: a job's id, or a
+    batch's): nothing was made."""
+
+    def __init__(self, made: str) -> None:
+        super().__init__(made)
+        self.made = made
 
 
 def priority_of(value: object) -> Priority:
@@ -234,10 +238,10 @@ class JobControl:
                 submitted_by,
                 [job_id],
                 audit=None if audit is None else {**audit, "target": job_id},
-                idempotency_key=idempotency_key or "",
+                idempotency_key=JOB_KEY + idempotency_key if idempotency_key else "",
             )
-        except _KeyTaken as first:
-            record = self.records.get(first.job_id)
+        except KeyTaken as first:
+            record = self.records.get(first.made)
             if record is None:  # deleted as this request came (deleting frees the key)
                 raise ConflictError("the job of this Idempotency-Key was just deleted") from None
             return record, False
@@ -261,17 +265,19 @@ class JobControl:
         audit: dict[str, str] | None = None,
         idempotency_key: str = "",
     ) -> list[dict[str, Any]]:
-        """Record prepared specs' jobs (of `batch`, if given) and queue them for dispatch:
-        all or, over the quota's `max_queued` (QuotaExceeded), none. The records are not
-        read back; the owner's running limit and the audit entry, if given, are written
-        with them."""
+        """Record prepared specs' jobs (and `batch`, if given, with them) and queue them for
+        dispatch: all or, over the quota's `max_queued` (QuotaExceeded), none; an
+        `idempotency_key` that names a job or batch already: none (KeyTaken). The records
+        are not read back; the owner's running limit and the audit entry, if given, are
+        written with them."""
         job_ids = job_ids or [new_job_id() for _ in specs]
         hardware = quota.hardware if quota is not None else tuple(Hardware)
         max_queued, max_running = (quota.max_queued, quota.max_running) if quota else (None, None)
-        one = len(specs) == 1
+        one = len(specs) == 1 and not batch
         # One job: one EVALSHA (a pipeline holding a script would first send SCRIPT EXISTS).
-        # Several: a transaction, whose first job is checked for the whole batch and each
-        # later one needs the one before it (so it is all or nothing).
+        # Several, or a batch: a transaction, whose first job is checked for the whole batch
+        # (quota and key) and each later one needs the one before it (so it is all or
+        # nothing), the batch's record last.
         with self.redis.pipeline() as pipe:
             made = [
                 self.records.create_in(
@@ -289,10 +295,12 @@ class JobControl:
                     max_running=max_running if i == 0 else None,
                     audit=audit if i == 0 else None,  # the first job stands for the batch
                     audit_max=self.settings.audit_max_entries,
-                    idempotency_key=idempotency_key,
+                    idempotency_key=idempotency_key if i == 0 else "",
                 )
                 for i, (job_id, spec) in enumerate(zip(job_ids, specs, strict=True))
             ]
+            if batch:
+                self.records.create_batch_in(pipe, batch, owner, job_ids, idempotency_key)
             first = made[0][1] if one else pipe.execute()[0]
         earlier = taken(first)
         queued = None if earlier else refused(first)
@@ -303,7 +311,7 @@ class JobControl:
             if images:
                 self.redis.rpush(keys.trash(), *sorted(images))
         if earlier:
-            raise _KeyTaken(earlier)
+            raise KeyTaken(earlier)
         if queued is not None:
             raise QuotaExceeded(
                 "max_queued", f"{owner} has {queued} jobs queued; its limit is {max_queued}"

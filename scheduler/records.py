@@ -298,7 +298,7 @@ def _parse(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 CREATED = b"created"
-TAKEN = b"taken:"  # + the job id an earlier request with the same Idempotency-Key made
+TAKEN = b"taken:"  # + the job (or batch) id an earlier request with the same key made
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long an Idempotency-Key gives back its job
 
 # KEYS: the job hash, the jobs index, its census cell, its owner, status, model and hardware
@@ -348,9 +348,9 @@ return 'created'
 # read, the events' length, the job's storage folders, then its input keys. A finished job
 # only, unchanged since it was read: the record, its place in every index and gallery, its
 # inputs' counts (an input no job names any more goes to the trash, with the folders), its
-# Idempotency-Key, its batch with the last of its jobs, the count of deleted jobs, and an
-# event saying it was deleted, in one step. The per-owner, key and batch keys are built
-# here from the record.
+# Idempotency-Key, its batch (and the batch's key) with the last of its jobs, the count of
+# deleted jobs, and an event saying it was deleted, in one step. The per-owner, key and
+# batch keys are built here from the record.
 _DELETE = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'owner', 'model', 'class_asked',
   'outputs', 'batch', 'progress', 'idempotency_key')
@@ -380,22 +380,40 @@ for i = 4, #ARGV do
   end
 end
 redis.call('DEL', KEYS[1])
-if f[9] and f[9] ~= '' then  -- its Idempotency-Key may make a new job now
-  local idem = '{keys.idempotency("", "").removesuffix(":")}' .. owner .. ':' .. f[9]
-  if redis.call('GET', idem) == id then redis.call('DEL', idem) end
+local function free(key, first)  -- its Idempotency-Key may make a new job (or batch) now
+  if key and key ~= '' then
+    local idem = '{keys.idempotency("", "").removesuffix(":")}' .. owner .. ':' .. key
+    if redis.call('GET', idem) == first then redis.call('DEL', idem) end
+  end
 end
-if f[7] and f[7] ~= '' then  -- the batch goes with the last of its jobs
+if f[7] and f[7] ~= '' then  -- the batch goes with the last of its jobs, and then its key
   local batch = '{keys.batch("")}' .. f[7]
-  local left = false
-  for _, child in ipairs(cjson.decode(redis.call('HGET', batch, 'children') or '[]')) do
+  local b = redis.call('HMGET', batch, 'children', 'idempotency_key')
+  local children, left = cjson.decode(b[1] or '[]'), false
+  for _, child in ipairs(children) do
     if redis.call('EXISTS', '{keys.job("")}' .. child) == 1 then left = true break end
   end
-  if not left then redis.call('DEL', batch) end
+  if not left then
+    redis.call('DEL', batch)
+    free(b[2], f[7])
+  end
+else
+  free(f[9], id)
 end
 redis.call('HINCRBY', KEYS[7], 'deleted', 1)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'job', id, 'status', f[1],
   'progress', f[8] or '0', 'owner', owner, 'seq', tonumber(f[2]) + 1, 'deleted', 1)
 return 'deleted'
+"""
+
+
+# KEYS: the batch hash, its last job's hash, its Idempotency-Key's (if any). ARGV: the
+# batch's id, then its field/value pairs. The batch's record, last in the transaction of
+# its jobs: written if they were (all or none); the key its first job took names it instead.
+_CREATE_BATCH = f"""
+if redis.call('EXISTS', KEYS[2]) == 0 then return end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', {IDEMPOTENCY_TTL_S}) end
 """
 
 
@@ -411,8 +429,8 @@ def refused(reply: Any) -> int | None:
 
 
 def taken(reply: Any) -> str | None:
-    """From `create_in`'s reply: the job an earlier request with the same Idempotency-Key
-    made (nothing was created), or None."""
+    """From `create_in`'s reply: the job (or batch) an earlier request with the same
+    Idempotency-Key made (nothing was created), or None."""
     if isinstance(reply, bytes) and reply.startswith(TAKEN):
         return reply[len(TAKEN) :].decode()
     return None
@@ -433,6 +451,7 @@ class JobRecords:
         self._rebuild = redis.register_script(_REBUILD_ACTIVE)
         self._create = redis.register_script(_CREATE)
         self._delete = redis.register_script(_DELETE)
+        self._create_batch = redis.register_script(_CREATE_BATCH)
 
     def create(
         self,
@@ -557,6 +576,35 @@ class JobRecords:
             client=client,
         )
         return stored, reply
+
+    def create_batch_in(
+        self,
+        pipe: Pipeline,
+        batch_id: str,
+        owner: str,
+        job_ids: list[str],
+        idempotency_key: str = "",
+    ) -> None:
+        """Record a batch at the end of the transaction that creates its jobs (`create_in`
+        on `pipe`): written only if they were. `idempotency_key`: the one its first job
+        took, which then names the batch (a repeat's `taken` is the batch's id) until the
+        batch goes (with its last job)."""
+        fields = {
+            "id": batch_id,
+            "owner": owner,
+            "created_at": repr(time.time()),
+            "children": json.dumps(job_ids),
+            "idempotency_key": idempotency_key,
+        }
+        self._create_batch(
+            keys=[
+                keys.batch(batch_id),
+                keys.job(job_ids[-1]),
+                *([keys.idempotency(owner, idempotency_key)] if idempotency_key else []),
+            ],
+            args=[batch_id, *(x for pair in fields.items() for x in pair)],
+            client=pipe,
+        )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(keys.job(job_id)))

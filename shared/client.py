@@ -7,7 +7,7 @@ A dashboard restarting (or a balancer moving to another replica) costs a caller 
 call is sent again, up to `retries` times after 0.25 s, 0.5 s, 1 s, ... (7.75 s in all by
 default), when it can be repeated safely (`Retry`). A submission always carries an
 Idempotency-Key (a new one per call if the caller gives none), so one cut after the
-dashboard received it gets, sent again, the job the first attempt made.
+dashboard received it gets, sent again, the job (or batch) the first attempt made.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ class ApiError(RuntimeError):
             errors if self.status == 422 and isinstance(errors, list) else []
         )
         super().__init__(f"{method} {path}: {self.status} {resp.text}")
+
+    @property
+    def reason(self) -> str:
+        """The refusal in words: a 422's `field: reason` pairs, else the answer's `error`."""
+        if self.errors:
+            return "; ".join(f"{e.get('field')}: {e.get('reason')}" for e in self.errors)
+        if isinstance(self.body, dict) and self.body.get("error"):
+            return str(self.body["error"])
+        return str(self.body).strip() or "no reason given"
 
 
 class FarmClient:
@@ -271,13 +280,16 @@ class FarmClient:
         *,
         owner: str | None = None,
         priority: str | None = None,
+        idempotency_key: str | None = None,
     ) -> JSON:
-        """POST /api/v1/batches: a list of specs, or one spec whose batch_count is split."""
+        """POST /api/v1/batches: a list of specs, or one spec whose batch_count is split (the
+        first one's batch, for a repeated key; a new key per call without one)."""
         if (jobs is None) == (spec is None):
             raise ValueError("give either jobs (a list of specs) or spec, not both")
         body = {"jobs": jobs} if jobs is not None else {"spec": spec}
         body |= _given(owner=owner, priority=priority)
-        return self._json("POST", "/api/v1/batches", json=body)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return self._json("POST", "/api/v1/batches", json=body, headers=headers, retry=Retry.SAFE)
 
     def batch(self, batch_id: str) -> JSON:
         return self._json("GET", f"/api/v1/batches/{batch_id}")

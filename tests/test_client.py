@@ -42,6 +42,27 @@ def test_an_idempotency_key_gives_back_the_first_job(farm):
     assert again["id"] == first["id"]
     assert farm.client.wait(first["id"])["status"] == "succeeded"
 
+    spec = {"prompt": "batch once", **TINY}
+    batch = farm.client.submit_batch([spec, spec], idempotency_key=key)
+    repeat = farm.client.request(
+        "POST", "/api/v1/batches", json={"jobs": [spec, spec]}, headers={"Idempotency-Key": key}
+    )
+    assert repeat.status_code == 200 and repeat.json()["id"] == batch["id"]
+    assert [j["id"] for j in repeat.json()["jobs"]] == [j["id"] for j in batch["jobs"]]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/batches"])
+@pytest.mark.parametrize("key", ["x" * 256, "tab\tin it", ""])
+def test_a_bad_idempotency_key_is_refused_naming_the_header(farm, path, key):
+    spec = {"prompt": "k", **TINY}
+    body = spec if path.endswith("jobs") else {"jobs": [spec]}
+    before = farm.redis.zcard("rf:jobs")
+    resp = farm.client.request("POST", path, json=body, headers={"Idempotency-Key": key})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert "1 to 255 visible ASCII characters" in resp.json()["errors"][0]["reason"]
+    assert farm.redis.zcard("rf:jobs") == before, "nothing recorded"
+
 
 def test_a_refusal_is_an_api_error_naming_the_field(farm):
     before = farm.redis.zcard("rf:jobs")
@@ -53,12 +74,14 @@ def test_a_refusal_is_an_api_error_naming_the_field(farm):
     assert err.body["errors"] == err.errors
     assert str(err).startswith("POST /api/v1/jobs: 422 ")
     assert "width" in str(err)
+    assert err.reason == f"width: {err.errors[0]['reason']}"  # what a command prints
     assert farm.redis.zcard("rf:jobs") == before, "nothing recorded"
 
     with pytest.raises(ApiError) as missing:
         farm.client.job("nope")
     assert missing.value.status == 404 and missing.value.errors == []
     assert missing.value.body == {"error": "no job 'nope'"}
+    assert missing.value.reason == "no job 'nope'"
     with pytest.raises(ValueError, match="either jobs"):
         farm.client.submit_batch()
 

@@ -271,17 +271,23 @@ def test_reusing_an_input_deleted_with_its_last_job_says_to_send_the_image_again
     )
 
 
-def test_a_batch_goes_with_the_last_of_its_jobs(jobs):
+def test_a_batch_and_its_idempotency_key_go_with_the_last_of_its_jobs(jobs):
     batches = Batches(jobs)
-    batch = batches.submit([parse_spec({**TINY, "batch_count": 2}, jobs.settings)], "ann", NORMAL)
+    specs = [parse_spec({**TINY, "batch_count": 2}, jobs.settings)]
+    batch, _ = batches.submit(specs, "ann", NORMAL, idempotency_key="key-1")
     first, second = (job["id"] for job in batch["jobs"])
     batches.cancel(batch["id"])
     jobs.delete(first)
     assert [job["id"] for job in batches.get(batch["id"])["jobs"]] == [second]
+    again, created = batches.submit(specs, "ann", NORMAL, idempotency_key="key-1")
+    assert not created and again["id"] == batch["id"], "the key still names the batch"
     jobs.delete(second)
     assert batches.get(batch["id"]) is None
     retention(jobs).step()
     assert naming(jobs.redis, batch["id"]) == [] and naming(jobs.redis, second) == []
+    assert naming(jobs.redis, "key-1") == []
+    new, created = batches.submit(specs, "ann", NORMAL, idempotency_key="key-1")
+    assert created and new["id"] != batch["id"]
 
 
 def test_a_queued_or_running_job_is_not_deleted(jobs):

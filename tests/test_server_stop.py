@@ -9,8 +9,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -18,11 +19,13 @@ from redis import Redis
 
 from dashboard import farm
 from renderfarm import localfarm
+from scheduler.batches import Batches
 from scheduler.control import JobControl, SubmitError
+from scheduler.quotas import Quota, QuotaExceeded
 from shared import keys
 from shared.client import FarmClient
 from shared.jobspec import parse_spec
-from shared.vocabulary import Priority
+from shared.vocabulary import Hardware, Priority
 from tests.conftest import empty_db, settings_on_db
 from tests.signin import account_token
 from tests.test_server_processes import closed, env_for, gone, servers
@@ -122,11 +125,17 @@ def test_submissions_through_a_restart_are_answered_and_each_recorded_once(env, 
     done = threading.Event()
 
     def submit_forever(n: int) -> None:
+        """Clients 0 and 1 submit jobs, client 2 batches of two."""
         with FarmClient(url, token, timeout=30) as client:
             i = 0
             while not done.is_set():
+                spec = {**TINY, "prompt": f"client {n} job {i}"}
                 try:
-                    answered.append(client.submit({**TINY, "prompt": f"client {n} job {i}"})["id"])
+                    if n < 2:
+                        answered.append(client.submit(spec)["id"])
+                    else:
+                        batch = client.submit_batch([spec, spec])
+                        answered.extend(job["id"] for job in batch["jobs"])
                 except BaseException as exc:
                     errors.append(exc)
                     return
@@ -166,25 +175,43 @@ def recorded(jobs: JobControl) -> int:
     return jobs.redis.zcard(keys.jobs_index())
 
 
-def test_repeats_racing_each_other_make_one_job(jobs):
-    """A client's retries may reach two server processes at once: the record step sees the
-    key, so one job is made and every repeat answers with it."""
-    spec = parse_spec(TINY, jobs.settings)
-    start = threading.Barrier(6)
-    got: list[tuple[dict, bool]] = []
+def at_once(n: int, call: Callable[[], Any]) -> list[Any]:
+    """What `call` returned in each of `n` threads let go together."""
+    start, got = threading.Barrier(n), []
 
-    def repeat() -> None:
+    def run() -> None:
         start.wait()
-        got.append(jobs.submit(spec, "ann", NORMAL, "k"))
+        got.append(call())
 
-    threads = [threading.Thread(target=repeat) for _ in range(6)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    return got
+
+
+def test_repeats_racing_each_other_make_one_job(jobs):
+    """A client's retries may reach two server processes at once: the record step sees the
+    key, so one job is made and every repeat answers with it."""
+    spec = parse_spec(TINY, jobs.settings)
+    got = at_once(6, lambda: jobs.submit(spec, "ann", NORMAL, "k"))
     assert len({record["id"] for record, _ in got}) == 1
     assert sorted(created for _, created in got) == [False] * 5 + [True]
     assert recorded(jobs) == 1
+
+
+def test_batch_repeats_racing_each_other_make_one_batch(jobs):
+    spec = parse_spec(TINY, jobs.settings)
+    got = at_once(6, lambda: Batches(jobs).submit([spec, spec], "ann", NORMAL, idempotency_key="k"))
+    assert len({batch["id"] for batch, _ in got}) == 1
+    assert sorted(created for _, created in got) == [False] * 5 + [True]
+    assert {len(batch["jobs"]) for batch, _ in got} == {2}
+    assert recorded(jobs) == 2
+    # A job's key and a batch's are apart: the same key makes a job of its own.
+    for key in ("k", "batch:k"):
+        record, created = jobs.submit(spec, "ann", NORMAL, key)
+        assert created and record["batch"] == ""
 
 
 def test_a_key_whose_request_was_refused_makes_the_job_when_sent_right(jobs):
@@ -195,6 +222,14 @@ def test_a_key_whose_request_was_refused_makes_the_job_when_sent_right(jobs):
     made, created = jobs.submit(parse_spec(TINY, jobs.settings), "ann", NORMAL, "k")
     assert created and jobs.submit(parse_spec(TINY, jobs.settings), "ann", NORMAL, "k")[0] == made
     assert recorded(jobs) == 1
+
+    batches, good = Batches(jobs), parse_spec(TINY, jobs.settings)
+    two_queued = Quota(max_queued=2, max_running=1, hardware=tuple(Hardware))
+    with pytest.raises(QuotaExceeded):  # one queued already
+        batches.submit([good, good], "ann", NORMAL, two_queued, idempotency_key="b")
+    made, created = batches.submit([good, good], "ann", NORMAL, idempotency_key="b")
+    assert created and batches.submit([good], "ann", NORMAL, idempotency_key="b")[0] == made
+    assert recorded(jobs) == 3
 
 
 def test_healthz_says_503_while_the_process_stops(app_client):
