@@ -16,6 +16,7 @@ from dashboard import farm
 from dashboard.accounts import Role, UnknownAccount, parse_role, validate_password
 from dashboard.api import BadRequest, int_arg, json_body
 from dashboard.auth import audit_event, current_account, require
+from dashboard.tokens import TooManyTokens, check_label
 
 accounts_api = Blueprint("accounts_api", __name__)
 MAX_TOKEN_DAYS = 3650
@@ -24,6 +25,11 @@ MAX_TOKEN_DAYS = 3650
 @accounts_api.errorhandler(UnknownAccount)
 def _unknown(exc: UnknownAccount):
     return jsonify(error=str(exc)), 404
+
+
+@accounts_api.errorhandler(TooManyTokens)
+def _too_many_tokens(exc: TooManyTokens):
+    return jsonify(error=str(exc)), 409
 
 
 @accounts_api.errorhandler(BadRequest)
@@ -145,6 +151,7 @@ def create_token():
     body = json_body()
     name = _tokens_of()
     label = _field(body, "label", str) or ""
+    _valid("label", lambda: check_label(label))
     days = _field(body, "expires_days", int)
     if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
         raise BadRequest(422, "expires_days", f"must be between 1 and {MAX_TOKEN_DAYS}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dashboard.accounts import Accounts, Role, UnknownAccount
 from dashboard.audit import Audit
+from dashboard.tokens import TooManyTokens
 from shared.config import Settings, redis_client
 
 
@@ -110,7 +111,7 @@ def _command(fn: Callable[[argparse.Namespace, Accounts, Audit], int]):
         redis = redis_client(settings)
         try:
             return fn(args, Accounts(redis, settings), Audit(redis, settings.audit_max_entries))
-        except (ValueError, LookupError) as exc:
+        except (ValueError, LookupError, TooManyTokens) as exc:
             words = (args.command, getattr(args, f"{args.command}_command", None))
             print(f"renderfarm {' '.join(filter(None, words))}: {exc}", file=sys.stderr)
             return 1

@@ -17,6 +17,18 @@ from shared import keys
 
 PREFIX = "rf_"
 SECRET_BYTES = 32  # 256 bits of randomness
+MAX_LABEL = 200  # characters
+MAX_PER_ACCOUNT = 100  # live tokens: one per script or machine is plenty
+
+
+class TooManyTokens(RuntimeError):
+    """The account holds `MAX_PER_ACCOUNT` live tokens already: one must be revoked first."""
+
+
+def check_label(label: str) -> None:
+    if len(label) > MAX_LABEL or not label.isprintable():
+        raise ValueError(f"must be at most {MAX_LABEL} printable characters")
+
 
 # Record a use of a live token and return it; nothing for a revoked or expired one (and a
 # token revoked meanwhile is not recreated by the write).
@@ -86,9 +98,17 @@ class Tokens:
     def create(
         self, account: str, label: str = "", expires_at: float | None = None
     ) -> tuple[Token, str]:
-        """A new token and its secret; the secret is returned here only, never stored."""
+        """A new token and its secret; the secret is returned here only, never stored. A
+        label `check_label` refuses is a ValueError; an account at `MAX_PER_ACCOUNT`,
+        TooManyTokens (two made at once may both pass: the bound is on a person's clicks)."""
+        check_label(label)
+        if len(self.list(account)) >= MAX_PER_ACCOUNT:
+            raise TooManyTokens(
+                f"{account} has {MAX_PER_ACCOUNT} tokens, the most an account may hold: "
+                "revoke one first"
+            )
         secret = PREFIX + secrets.token_urlsafe(SECRET_BYTES)
-        token = Token(secrets.token_hex(8), account, label[:200], time.time(), None, expires_at)
+        token = Token(secrets.token_hex(8), account, label, time.time(), None, expires_at)
         record = {
             "account": account,
             "label": token.label,

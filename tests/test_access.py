@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from dashboard.accounts import Role
+from dashboard.tokens import MAX_PER_ACCOUNT
 from shared import keys
 from tests.signin import account_token, ensure_account
 
@@ -175,6 +176,19 @@ def test_basic_with_password_and_with_token(farm):
     assert wrong_name.status_code == 401
 
 
+def test_a_full_set_of_tokens_is_a_409_saying_to_revoke_one(farm):
+    client = farm.as_account("collector")  # it holds one token: its client's
+    accounts = ensure_account(farm.redis, "collector")
+    for _ in range(MAX_PER_ACCOUNT - len(accounts.tokens.list("collector"))):
+        accounts.create_token("collector")
+    full = client.request("POST", "/api/v1/tokens", json={"label": "one more"})
+    assert full.status_code == 409, full.text
+    assert full.json()["error"] == (
+        f"collector has {MAX_PER_ACCOUNT} tokens, the most an account may hold: revoke one first"
+    )
+    assert len(accounts.tokens.list("collector")) == MAX_PER_ACCOUNT
+
+
 def test_a_revoked_token_stops_on_the_next_request_and_an_expired_one_too(farm):
     client = farm.as_account("revoker")
     made = json_of(client, "POST", "/api/v1/tokens", json={"label": "ci", "expires_days": 30})
@@ -187,6 +201,10 @@ def test_a_revoked_token_stops_on_the_next_request_and_an_expired_one_too(farm):
     assert second.get(f"{farm.url}/api/v1/me", timeout=10).ok
     assert client.request("DELETE", f"/api/v1/tokens/{made['id']}").ok
     assert second.get(f"{farm.url}/api/v1/me", timeout=10).status_code == 401
+
+    too_long = client.request("POST", "/api/v1/tokens", json={"label": "x" * 201})
+    assert too_long.status_code == 422 and too_long.json()["errors"][0]["field"] == "label"
+    assert "at most 200 printable characters" in too_long.json()["errors"][0]["reason"]
 
     accounts = ensure_account(farm.redis, "revoker")
     _, soon = accounts.create_token("revoker", "short", expires_at=time.time() + 1)

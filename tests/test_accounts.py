@@ -20,7 +20,7 @@ from dashboard.accounts import Accounts, LastAdmin, Role, UnknownAccount
 from dashboard.accounts_cli import ensure_local_admin
 from dashboard.app import create_app
 from dashboard.audit import Audit
-from dashboard.tokens import digest
+from dashboard.tokens import MAX_LABEL, MAX_PER_ACCOUNT, TooManyTokens, digest
 from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
@@ -159,6 +159,21 @@ def test_tokens_are_random_prefixed_shown_once_and_found_by_hash(accounts, redis
     assert accounts.check_token("rf_nonsense") is None
     _, other = accounts.create_token("alice")
     assert other != secret
+
+
+def test_an_account_holds_a_bounded_number_of_tokens_with_bounded_labels(accounts, redis):
+    accounts.create("alice", "member", PASSWORD)
+    for bad in ("x" * (MAX_LABEL + 1), "two\nlines"):
+        with pytest.raises(ValueError, match=f"at most {MAX_LABEL} printable characters"):
+            accounts.create_token("alice", label=bad)
+    assert accounts.tokens.list("alice") == []
+    made = [accounts.create_token("alice", label="x" * MAX_LABEL)[0]]
+    made += [accounts.create_token("alice")[0] for _ in range(MAX_PER_ACCOUNT - 1)]
+    with pytest.raises(TooManyTokens, match=f"alice has {MAX_PER_ACCOUNT} tokens"):
+        accounts.create_token("alice")
+    assert len(accounts.tokens.list("alice")) == MAX_PER_ACCOUNT
+    accounts.tokens.revoke("alice", made[0].id)
+    accounts.create_token("alice")  # room again
 
 
 def test_an_expired_token_stops_working(accounts):

@@ -209,6 +209,22 @@ def test_a_member_manages_its_own_tokens_and_webhook_on_the_account_page(farm, b
     gone = requests.get(farm.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert gone.status_code == 401
 
+    # The server decides (the input's maxlength only mirrors it): a refusal is told beside
+    # the form, on the field it names, and no token is made.
+    label = member.locator("#new-token input[name=label]")
+    label.evaluate("(input, value) => { input.value = value; }", "x" * 201)
+    member.click("#new-token button[type=submit]")
+    member.locator("#token-message.error", has_text="label: must be at most 200").wait_for()
+    assert label.get_attribute("aria-invalid") == "true"
+    assert label.get_attribute("aria-describedby") == "token-message"
+    assert member.locator("#new-token-secret").is_hidden()
+    member.locator("#token-rows", has_text="no tokens").wait_for()
+    label.fill("fine")
+    member.click("#new-token button[type=submit]")
+    member.locator("#token-rows tr", has_text="fine").wait_for()
+    assert label.get_attribute("aria-invalid") is None
+    assert member.locator("#token-message").inner_text() == ""
+
     member.fill("#webhook input[name=webhook_url]", "ftp://example.invalid/hook")
     member.click("#webhook button[type=submit]")
     member.locator("#webhook-message.error", has_text="webhook_url").wait_for()
