@@ -158,7 +158,9 @@ def _ready(proc: subprocess.Popen, check: Callable[[], bool], timeout: float, wh
         raise
 
 
-def stop(*procs: subprocess.Popen | None, timeout: float = 10) -> None:
+def stop(*procs: subprocess.Popen | None, timeout: float | None = 10) -> None:
+    """SIGTERM to each of `procs`, then each is killed if it has not exited within `timeout`
+    seconds (None: waited for, however long it takes)."""
     for proc in procs:
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -83,13 +83,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(farm.watch(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping renderfarm", flush=True)
+        print(
+            "\nstopping renderfarm (a job in progress finishes first; Ctrl-C again: now)",
+            flush=True,
+        )
         return 0
     finally:
-        # Redis (if we started it) goes last: the others need it to shut down cleanly.
+        # Redis (if we started it) goes last: the others need it to shut down cleanly. Each
+        # of them bounds its own stop (a worker: its job in progress, the dashboard: its
+        # grace); a second Ctrl-C is the way to stop sooner.
         others = [c.proc for c in farm.children if c is not redis and c.proc is not None]
         try:
-            localfarm.stop(*others)
+            localfarm.stop(*others, timeout=None)
         except KeyboardInterrupt:  # asked again: stop waiting for them (a job in progress)
             print("stopping now", flush=True)
             for proc in others:

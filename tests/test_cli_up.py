@@ -126,10 +126,43 @@ def test_up_with_the_model_store_in_s3_names_that_store(s3_env, tmp_path):
         assert up.wait(timeout=60) == 0
 
 
+def killed_if_left(up: subprocess.Popen) -> None:
+    """A test that failed before `up` stopped: it and its Redis (in a session of its own)."""
+    if up.poll() is None:
+        for child in psutil.Process(up.pid).children(recursive=True):
+            child.kill()
+        os.killpg(up.pid, signal.SIGKILL)
+        up.wait()
+
+
+def test_one_ctrl_c_lets_the_job_in_progress_finish_however_long_it_takes(models_dir, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group; `up` waits for the worker's
+    job (about 16 s here, longer than the 10 s it once gave every process before it killed
+    them) and then stops everything, the job's images stored."""
+    up, env, port, _ = start_up(models_dir, tmp_path, start_new_session=True)
+    token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
+    try:
+        with FarmClient(f"http://127.0.0.1:{port}", token) as client:
+            job = client.submit({**LONG, "width": 384, "height": 384, "prompt": "a long render"})
+            assert client.wait(job["id"], 120, until={"running"})["status"] == "running"
+        children = psutil.Process(up.pid).children(recursive=True)
+        os.killpg(up.pid, signal.SIGINT)
+        said, _ = up.communicate(timeout=180)
+    finally:
+        killed_if_left(up)
+    assert up.returncode == 0 and "a job in progress finishes first" in said, said
+    assert "stopping now" not in said and "Traceback" not in said, said
+    stored = tmp_path / "var" / "outputs" / "jobs" / job["id"] / "1"
+    assert stored.is_dir(), "the job was cut off"
+    assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)
+    assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
+
+
 def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_path):
-    """A terminal's Ctrl-C reaches every process of the group: the first lets the worker
-    finish its job, a second stops waiting for it. Everything ends, without a traceback, and
-    the job interrupted is not failed: the next `up` runs it to the end."""
+    """The first Ctrl-C lets the worker finish its job, a second stops waiting for it.
+    Everything ends, without a traceback, and the job interrupted is not failed: the next
+    `up` runs it to the end."""
     up, env, port, _ = start_up(models_dir, tmp_path, start_new_session=True)
     token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
     try:
@@ -146,9 +179,7 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
         os.killpg(up.pid, signal.SIGINT)
         rest, _ = up.communicate(timeout=60)
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
+        killed_if_left(up)
     assert up.returncode == 0, rest
     assert "stopping now" in rest and "Traceback" not in rest, rest
     assert not any(c.is_running() and c.status() != "zombie" for c in children)
