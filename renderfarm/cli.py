@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ApiError as exc:  # a refused request: the API's answer, not a traceback
-        print(f"renderfarm {args.command}: {exc}", file=sys.stderr)
+        print(f"renderfarm {args.command}: {exc.reason} ({exc.status})", file=sys.stderr)
         target = getattr(args, "target", "")
         if exc.status == 404 and args.command != "drain" and 0 < len(target) < JOB_ID_LENGTH:
             print(

@@ -8,6 +8,7 @@ import base64
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +134,30 @@ class ProgressBar:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """One job, or with --batch-count N a batch of N jobs shared by the workers (as the
+    dashboard's form sends it): each job's id a line, then, waiting, each job as it ends."""
+    if args.batch_count > 1 and args.kind == JobKind.UPSCALE:
+        raise SystemExit("renderfarm submit: --batch-count is for txt2img and img2img")
     client = _client(args)
-    job = client.submit(spec_from_args(args), owner=args.owner, priority=args.priority)
-    print(job["id"], flush=True)
+    spec, given = spec_from_args(args), {"owner": args.owner, "priority": args.priority}
+    if args.batch_count > 1:
+        jobs = client.submit_batch(spec={**spec, "batch_count": args.batch_count}, **given)["jobs"]
+    else:
+        jobs = [client.submit(spec, **given)]
+    for job in jobs:
+        print(job["id"], flush=True)
     if not (args.wait or args.out):
         return 0
-    bar = ProgressBar(job["id"])
-    job = client.wait(job["id"], timeout=float("inf"), poll_s=0.2, on_poll=bar)
-    print(json.dumps(job, indent=2))
-    if job["status"] != JobStatus.SUCCEEDED:
+    ended = []
+    for job in jobs:  # in their order: the first ones start first
+        bar = ProgressBar(job["id"])
+        ended.append(client.wait(job["id"], timeout=float("inf"), poll_s=0.2, on_poll=bar))
+    print(json.dumps(ended[0] if len(ended) == 1 else ended, indent=2))
+    if any(job["status"] != JobStatus.SUCCEEDED for job in ended):
         return 1
     if args.out:
-        _download(client, job, args.out, "submit")
+        for job in ended:
+            _download(client, job, args.out, "submit")
     return 0
 
 
@@ -257,15 +270,20 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limit(text: str) -> int:
-    """--limit: a page of the API's (per_page), 1 to 200, refused here by its own name."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number from 1 to 200, not {text!r}") from None
-    if not 1 <= n <= 200:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 200, not {n}")
-    return n
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An option's type: a whole number from `low` (to `high`), refused by the option's name."""
+    words = f"between {low} and {high}" if high is not None else f"{low} or more"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number {words}, not {text!r}") from None
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"must be {words}, not {n}")
+        return n
+
+    return parse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -274,7 +292,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", help="queued, running, succeeded, failed, canceled (a,b: either)")
     p.add_argument("--model", help="a checkpoint (an upscale's upscaler)")
     p.add_argument("--q", metavar="WORDS", help="words in the prompt")
-    p.add_argument("--limit", type=_limit, default=20, help="how many (at most 200)")
+    # --limit: a page of the API's (per_page); --batch-count: the farm refuses over its bound.
+    p.add_argument("--limit", type=_whole_number(1, 200), default=20, help="how many (at most 200)")
     p.add_argument("--json", action="store_true", help="the jobs as the API gives them")
     p.add_argument("--api", help=API_HELP)
     p.set_defaults(func=cmd_jobs)
@@ -324,7 +343,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="images per job")
+    p.add_argument(
+        "--batch-count",
+        type=_whole_number(1),
+        default=1,
+        metavar="N",
+        help="a batch of N jobs, seeds continuing",
+    )
     p.add_argument("--cfg-scale", type=float, default=7.0)
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--seed", type=int)

@@ -41,6 +41,30 @@ def test_submit_every_kind_with_a_progress_bar(farm, tmp_path):
     assert Image.open(tmp_path / f"{job_id}-0.png").size == (128, 128)
 
 
+def test_a_batch_count_submits_a_batch_shared_by_the_workers_and_waits_for_all(farm, tmp_path):
+    tiny = ("--width", "64", "--height", "64", "--steps", "2", "--seed", "40")
+    out = submit(farm, "three boats", *tiny, "--batch-count", "3", tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    ids = out.stdout.split()[:3]
+    jobs = [farm.client.job(job_id) for job_id in ids]
+    assert len({job["batch"] for job in jobs}) == 1 and jobs[0]["batch"]
+    assert farm.client.batch(jobs[0]["batch"])["status"] == "succeeded"
+    assert [job["seeds"] for job in jobs] == [[40], [41], [42]]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f"{i}-0.png" for i in ids)
+
+    before = farm.client.find_jobs(owner="cli-user")["total"]
+    for args, said in (
+        (("--batch-count", "101"),
+         "submit: spec.batch_count: Input should be less than or equal to 100 (422)"),
+        (("--batch-count", "0"), "argument --batch-count: must be 1 or more, not 0"),
+        (("--kind", "upscale", "--image", "x.png", "--upscaler", "demo-esrgan-x4", "--scale",
+          "2", "--batch-count", "2"), "--batch-count is for txt2img and img2img"),
+    ):  # fmt: skip
+        refused = submit(farm, "many boats", *tiny, *args, tmp_path=tmp_path)
+        assert refused.returncode in (1, 2) and said in refused.stderr, refused.stderr
+    assert farm.client.find_jobs(owner="cli-user")["total"] == before, "nothing was submitted"
+
+
 def test_an_option_of_another_kind_is_refused_not_ignored(farm, tmp_path):
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (20, 90, 160)).save(init)
