@@ -61,8 +61,23 @@ def start_up(
     raise AssertionError(f"up exited with {up.wait()}: {''.join(said)}")
 
 
-def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_path):
-    up, env, port, said = start_up(models_dir, tmp_path)
+def killed_if_left(up: subprocess.Popen) -> None:
+    """A test that failed before `up` stopped: it and its Redis (in a session of its own)."""
+    if up.poll() is None:
+        for child in psutil.Process(up.pid).children(recursive=True):
+            child.kill()
+        os.killpg(up.pid, signal.SIGKILL)
+        up.wait()
+
+
+def test_up_runs_jobs_with_local_storage_and_one_ctrl_c_stops_all_after_the_job_running(
+    models_dir, tmp_path
+):
+    """The README's farm: a job submitted with `renderfarm submit` as a script would, its
+    images stored in var/. Then a terminal's Ctrl-C (it reaches every process of the group)
+    with a job running: `up` waits for it (about 16 s here, longer than the 10 s it once gave
+    every process before it killed them), then stops everything, that job's images stored."""
+    up, env, port, said = start_up(models_dir, tmp_path, start_new_session=True)
     try:
         # A local admin on first start: its password shown once, its token in a private file.
         assert any("local admin account: name admin, password " in line for line in said)
@@ -101,9 +116,19 @@ def test_up_runs_a_job_with_local_storage_and_stops_everything(models_dir, tmp_p
         stored = tmp_path / "var" / "outputs" / "jobs" / job_id / "1"
         assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
         assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir(), "persistence is on"
+
+        with FarmClient(f"http://127.0.0.1:{port}", token_file.read_text().strip()) as client:
+            job = client.submit({**LONG, "width": 384, "height": 384, "prompt": "a long render"})
+            assert client.wait(job["id"], 120, until={"running"})["status"] == "running"
+        os.killpg(up.pid, signal.SIGINT)
+        said, _ = up.communicate(timeout=180)
     finally:
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=30) == 0
+        killed_if_left(up)
+    assert up.returncode == 0 and "a job in progress finishes first" in said, said
+    assert "stopping now" not in said and "Traceback" not in said, said
+    stored = tmp_path / "var" / "outputs" / "jobs" / job["id"] / "1"
+    assert stored.is_dir(), "the job was cut off"
+    assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
     assert not any(c.is_running() and c.status() != "zombie" for c in children)
     assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
     with pytest.raises(requests.ConnectionError):
@@ -124,39 +149,6 @@ def test_up_with_the_model_store_in_s3_names_that_store(s3_env, tmp_path):
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
-
-
-def killed_if_left(up: subprocess.Popen) -> None:
-    """A test that failed before `up` stopped: it and its Redis (in a session of its own)."""
-    if up.poll() is None:
-        for child in psutil.Process(up.pid).children(recursive=True):
-            child.kill()
-        os.killpg(up.pid, signal.SIGKILL)
-        up.wait()
-
-
-def test_one_ctrl_c_lets_the_job_in_progress_finish_however_long_it_takes(models_dir, tmp_path):
-    """A terminal's Ctrl-C reaches every process of the group; `up` waits for the worker's
-    job (about 16 s here, longer than the 10 s it once gave every process before it killed
-    them) and then stops everything, the job's images stored."""
-    up, env, port, _ = start_up(models_dir, tmp_path, start_new_session=True)
-    token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
-    try:
-        with FarmClient(f"http://127.0.0.1:{port}", token) as client:
-            job = client.submit({**LONG, "width": 384, "height": 384, "prompt": "a long render"})
-            assert client.wait(job["id"], 120, until={"running"})["status"] == "running"
-        children = psutil.Process(up.pid).children(recursive=True)
-        os.killpg(up.pid, signal.SIGINT)
-        said, _ = up.communicate(timeout=180)
-    finally:
-        killed_if_left(up)
-    assert up.returncode == 0 and "a job in progress finishes first" in said, said
-    assert "stopping now" not in said and "Traceback" not in said, said
-    stored = tmp_path / "var" / "outputs" / "jobs" / job["id"] / "1"
-    assert stored.is_dir(), "the job was cut off"
-    assert sorted(p.name for p in stored.iterdir()) == ["image-0.png", "manifest.json"]
-    assert not any(c.is_running() and c.status() != "zombie" for c in children)
-    assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
 
 
 def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_path):
@@ -337,37 +329,38 @@ def test_an_outage_is_logged_once_and_ctrl_c_ends_any_command_without_a_tracebac
     assert "Traceback" not in rest, rest
 
 
-@pytest.mark.parametrize(
-    ("command", "said"),
-    [
-        (
-            ["submit", "a lighthouse"],
-            "cannot reach the farm at http://127.0.0.1:{api} (is it up? --api)",
-        ),
-        (
-            ["cancel", "some-job"],
-            "cannot reach the farm at http://127.0.0.1:{api} (is it up? --api)",
-        ),
-        (["workers"], "cannot reach Redis at redis://127.0.0.1:{redis}/0 (RENDERFARM_REDIS_URL)"),
-        (
-            ["users", "list"],
-            "cannot reach Redis at redis://127.0.0.1:{redis}/0 (RENDERFARM_REDIS_URL)",
-        ),
-    ],
+# Each client command waits out its retries (7.75 s) before it says so: they run together.
+NO_FARM = "cannot reach the farm at http://127.0.0.1:{api} (is it up? --api)"
+NO_REDIS = "cannot reach Redis at redis://127.0.0.1:{redis}/0 (RENDERFARM_REDIS_URL)"
+NOT_UP = (
+    (["submit", "a lighthouse"], NO_FARM),
+    (["cancel", "some-job"], NO_FARM),
+    (["workers"], NO_REDIS),
+    (["users", "list"], NO_REDIS),
 )
-def test_a_farm_that_is_not_up_is_named_not_a_traceback(command, said, tmp_path):
+
+
+def test_a_farm_that_is_not_up_is_named_not_a_traceback(tmp_path):
     api, redis_port = localfarm.free_port(), localfarm.free_port()
-    client = ["--api", f"http://127.0.0.1:{api}"] if command[0] in ("submit", "cancel") else []
     env = {
         **os.environ,
         "RENDERFARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "RENDERFARM_TOKEN": "rf_not-checked-before-the-connection",
     }
-    out = renderfarm(tmp_path, env, *command, *client, timeout=120)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    assert out.stdout == "", "nothing half-printed (a table's header) before the error"
+    running = []
+    for command, said in NOT_UP:
+        client = ["--api", f"http://127.0.0.1:{api}"] if command[0] in ("submit", "cancel") else []
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "renderfarm", *command, *client],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        running.append((command, said, proc))
+    for command, said, proc in running:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (command, out + err)
+        assert f"renderfarm {command[0]}: " + said.format(api=api, redis=redis_port) in err
+        assert "Traceback" not in err, err
+        assert out == "", f"{command}: nothing half-printed (a table's header) before the error"
 
 
 def test_output_piped_to_a_reader_that_stops_early_ends_without_a_traceback(models_dir, tmp_path):
