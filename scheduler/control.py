@@ -76,6 +76,14 @@ class KeyTaken(Exception):
         self.made = made
 
 
+CANCELABLE = (JobStatus.PENDING, JobStatus.DISPATCHED)  # to CANCELED at once; RUNNING: asked
+
+
+def canceled_now() -> dict[str, Any]:
+    """The fields a job canceled now gets with its status."""
+    return {"finished_at": time.time(), "error": "canceled"}
+
+
 def priority_of(value: object) -> Priority:
     """A client's priority, or a SubmitError naming the field."""
     try:
@@ -329,28 +337,38 @@ class JobControl:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued job (it never runs) or ask a running one to stop at its next step."""
         rec = self._get(job_id)
-        now = time.time()
         if rec["status"] == JobStatus.PENDING:
             self.pending.remove(job_id, rec["owner"])
-        if self.records.transition(
-            job_id,
-            JobStatus.CANCELED,
-            (JobStatus.PENDING, JobStatus.DISPATCHED),
-            finished_at=now,
-            error="canceled",
-        ):
+        if self.records.transition(job_id, JobStatus.CANCELED, CANCELABLE, **canceled_now()):
             return self._get(job_id)
         if not self.records.update(job_id, JobStatus.RUNNING, cancel_requested=1):
             raise ConflictError(f"job {job_id} is {rec['status']}; only active jobs can cancel")
         return self._get(job_id)
 
-    def cancel_all(self, owner: str) -> int:
-        """Cancel every unfinished job of `owner` (its account was disabled); how many."""
-        ids = [i.decode() for i in self.redis.zrange(keys.pending(owner), 0, -1)]
-        for status in (JobStatus.DISPATCHED, JobStatus.RUNNING):
-            ids += [i for i in self.records.ids_in(status) if self.owner_of(i) == owner]
+    def cancel_all(self, owner: str, chunk: int = 500) -> int:
+        """Cancel every unfinished job of `owner` (its account was disabled); how many. Its
+        queued jobs a pipeline of `chunk` at a time (thousands take a second, not minutes)."""
+        queued = [i.decode() for i in self.redis.zrange(keys.pending(owner), 0, -1)]
+        active = [
+            job_id
+            for status in (JobStatus.DISPATCHED, JobStatus.RUNNING)
+            for job_id in self.records.ids_in(status)
+            if self.owner_of(job_id) == owner
+        ]
         canceled = 0
-        for job_id in ids:
+        for at in range(0, len(queued), chunk):
+            part = queued[at : at + chunk]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in part:
+                    self.pending.remove_in(pipe, job_id, owner)
+                    self.records.transition_in(
+                        pipe, job_id, JobStatus.CANCELED, CANCELABLE, **canceled_now()
+                    )
+                done = pipe.execute()[1::2]
+            canceled += sum(map(bool, done))
+            # Refused: dispatched and started meanwhile (asked to stop below), or finished.
+            active += [job_id for job_id, ok in zip(part, done, strict=True) if not ok]
+        for job_id in dict.fromkeys(active):  # once each: one may have been in both lists
             try:
                 self.cancel(job_id)
                 canceled += 1

@@ -97,6 +97,11 @@ class PendingJobs:
         sets = [keys.pending(owner), keys.pending_owners()]
         return bool(self._take(keys=sets, args=[job_id, owner, ""]))
 
+    def remove_in(self, pipe: Pipeline, job_id: str, owner: str) -> None:
+        """`remove`, queued on `pipe`."""
+        sets = [keys.pending(owner), keys.pending_owners()]
+        self._take(keys=sets, args=[job_id, owner, ""], client=pipe)
+
     def take_in(self, pipe: Pipeline, job_id: str, owner: str, served_at: float) -> None:
         """Queued on `pipe`: the job leaves for a worker and its owner was served now."""
         self._take(

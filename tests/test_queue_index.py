@@ -150,3 +150,23 @@ def test_queue_positions_follow_the_dispatch_order(jobs):
     jobs.records.set_progress(a1, attempt, 0.5)
     assert QueueView(jobs.redis).eta_s(jobs.records.get(a1)) == pytest.approx(1.0)
     assert QueueView(jobs.redis).position(jobs.records.get(a1)) is None
+
+
+def test_cancel_all_ends_every_unfinished_job_of_one_owner_and_no_others(jobs):
+    """An account disabled: its queued jobs canceled (a pipeline a chunk at a time), its
+    running one asked to stop, its finished one and everyone else's left as they were."""
+    queued = [submit(jobs, "leaver") for _ in range(5)]
+    running, done, other = submit(jobs, "leaver"), submit(jobs, "leaver"), submit(jobs, "stays")
+    run(jobs, running)
+    succeed(jobs, done)
+    assert jobs.cancel_all("leaver", chunk=2) == 6
+    assert {jobs.records.get(j)["status"] for j in queued} == {S.CANCELED}
+    assert {jobs.records.get(j)["error"] for j in queued} == {"canceled"}
+    still = jobs.records.get(running)
+    assert (still["status"], still["cancel_requested"]) == (S.RUNNING, 1)
+    assert jobs.records.get(done)["status"] == S.SUCCEEDED
+    assert jobs.records.get(other)["status"] == S.PENDING
+    assert jobs.redis.zcard(keys.pending("leaver")) == 0
+    canceled = find_jobs(jobs.redis, JobQuery(statuses=(StatusView.CANCELED,)), 1, 50)
+    assert sorted(canceled.ids) == sorted(queued), "the queue page's index follows"
+    assert jobs.cancel_all("leaver") == 1  # the running one, asked again; nothing else left
