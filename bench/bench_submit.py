@@ -119,6 +119,7 @@ def empty_app() -> Any:
     from flask import Flask, jsonify, request
 
     app = Flask("empty")
+    app.extensions["renderfarm.stopping"] = threading.Event()  # as dashboard.app sets it
 
     @app.post("/api/v1/jobs")
     def accept():
