@@ -726,7 +726,9 @@ def run_trace(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]
     load_median = {m: statistics.median(v) for m, v in load_times.items()}
 
     def median_cost(m: int, n: int) -> float:
-        return load_median[m]
+        # A model this trace never asked for (the variant study's other traces may, in a
+        # short run): its first load's time, measured above.
+        return load_median.get(m, first_load_s[m])
 
     def est_reload_s(loads_per_model: dict[int, int]) -> float:
         """Seconds a policy's loads would take at this run's per-model median load time."""
