@@ -25,9 +25,7 @@
       const url = event.target.elements.webhook_url.value.trim();
       const r = await api("/me", { method: "POST", body: { webhook_url: url } });
       const message = document.getElementById("webhook-message");
-      RF.markRefused(event.target, message, r.ok ? undefined : r);
-      message.className = `form-message ${r.ok ? "ok" : "error"}`;
-      message.textContent = r.ok ? (url ? "saved" : "cleared") : RF.refusal(r);
+      RF.tell(event.target, message, r, url ? "saved" : "cleared");
     });
   }
   loadMe();

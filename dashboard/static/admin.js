@@ -62,10 +62,8 @@
     if (f.password.value) body.password = f.password.value;
     const r = await api("/accounts", { method: "POST", body });
     const message = document.getElementById("account-message");
-    RF.markRefused(event.target, message, r.ok ? undefined : r);
-    if (!r.ok) { message.className = "form-message error"; message.textContent = RF.refusal(r); return; }
-    message.className = "form-message ok";
-    message.textContent = `created ${r.body.name} (${r.body.role})`;
+    RF.tell(event.target, message, r, r.ok ? `created ${r.body.name} (${r.body.role})` : "");
+    if (!r.ok) return;
     event.target.reset();
     await loadAccounts(); loadAudit();
   });

@@ -148,9 +148,15 @@ const RF = (() => {
   // What a refused answer says: its field errors ("field: reason; ..."), else its error.
   const refusal = (r) => (r.body.errors ? r.body.errors.map((e) => `${e.field}: ${e.reason}`).join("; ") : r.body.error || `refused (${r.status})`);
 
-  // A small form's refusal (its message in `message`, a live region): the fields it names are
-  // marked invalid, described by the message, and the first of them has the focus. With no
-  // answer (`r` undefined), the marks of the last refusal go.
+  // A small form's answer `r` told in `message` (a live region): accepted, `okText` (class ok
+  // when there is one); refused, its refusal, and the fields it names are marked invalid,
+  // described by the message, the first of them focused (the last refusal's marks go first).
+  function tell(form, message, r, okText = "") {
+    markRefused(form, message, r.ok ? undefined : r);
+    message.className = `form-message ${r.ok ? (okText ? "ok" : "") : "error"}`;
+    message.textContent = r.ok ? okText : refusal(r);
+  }
+
   function markRefused(form, message, r) {
     for (const node of form.querySelectorAll("[aria-invalid]")) {
       node.removeAttribute("aria-invalid");
@@ -339,5 +345,5 @@ const RF = (() => {
     else history.replaceState(null, "", url);
   }
 
-  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, announce, refusal, markRefused, track, live, query, setQuery, shortId, inputName, statusNote, messageClass, FINAL };
+  return { api, el, setText, fmt, spec, me, maySteer, actions, deleteButton, flash, announce, refusal, tell, track, live, query, setQuery, shortId, inputName, statusNote, messageClass, FINAL };
 })();

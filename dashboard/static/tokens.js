@@ -29,10 +29,7 @@ function tokenCard({ account = () => "", changed = () => {} } = {}) {
     const f = event.target.elements;
     const body = { label: f.label.value || undefined, expires_days: f.expires_days.value ? Number(f.expires_days.value) : undefined };
     const r = await api(`/tokens${whose()}`, { method: "POST", body });
-    const message = document.getElementById("token-message");
-    RF.markRefused(event.target, message, r.ok ? undefined : r);
-    message.className = `form-message ${r.ok ? "" : "error"}`;
-    message.textContent = r.ok ? "" : RF.refusal(r);
+    RF.tell(event.target, document.getElementById("token-message"), r);
     if (!r.ok) return;
     document.getElementById("token-secret").textContent = r.body.token;
     secretBox.hidden = false;
