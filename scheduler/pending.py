@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -94,21 +95,22 @@ class PendingJobs:
 
     def remove(self, job_id: str, owner: str) -> bool:
         """Take a job out; false if it was not pending (already dispatched or gone)."""
-        sets = [keys.pending(owner), keys.pending_owners()]
-        return bool(self._take(keys=sets, args=[job_id, owner, ""]))
+        return bool(self._take_out(job_id, owner, ""))
 
     def remove_in(self, pipe: Pipeline, job_id: str, owner: str) -> None:
         """`remove`, queued on `pipe`."""
-        sets = [keys.pending(owner), keys.pending_owners()]
-        self._take(keys=sets, args=[job_id, owner, ""], client=pipe)
+        self._take_out(job_id, owner, "", pipe)
 
     def take_in(self, pipe: Pipeline, job_id: str, owner: str, served_at: float) -> None:
         """Queued on `pipe`: the job leaves for a worker and its owner was served now."""
-        self._take(
-            keys=[keys.pending(owner), keys.pending_owners()],
-            args=[job_id, owner, served_at],
-            client=pipe,
-        )
+        self._take_out(job_id, owner, served_at, pipe)
+
+    def _take_out(
+        self, job_id: str, owner: str, served_at: float | str, pipe: Pipeline | None = None
+    ) -> Any:
+        """The job out of its owner's queue (`served_at` "": the owner is not counted served)."""
+        sets = [keys.pending(owner), keys.pending_owners()]
+        return self._take(keys=sets, args=[job_id, owner, served_at], client=pipe)
 
     def heads(
         self, depth: int, owners: list[str] | None = None
