@@ -19,6 +19,7 @@ from pathlib import Path
 from dashboard.accounts import Accounts, Role, UnknownAccount
 from dashboard.audit import Audit
 from dashboard.tokens import TooManyTokens
+from shared.cliargs import whole_number
 from shared.config import Settings, redis_client
 
 
@@ -60,7 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = tokens.add_parser("create", help="create a token; it is printed once, on the last line")
     p.add_argument("name")
     p.add_argument("--label", default="")
-    p.add_argument("--expires-days", type=int, metavar="N", help="expire after N days")
+    p.add_argument("--expires-days", type=whole_number(1), metavar="N", help="expire after N days")
     p.set_defaults(func=cmd_tokens_create)
     p = tokens.add_parser("list", help="list an account's tokens (never their secrets)")
     p.add_argument("name")
@@ -72,7 +73,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tokens_revoke)
 
     p = sub.add_parser("audit", help="print the audit log, newest first")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=whole_number(1), default=50, help="how many (default 50)")
     p.set_defaults(func=cmd_audit)
 
 
@@ -180,8 +181,6 @@ def cmd_users_passwd(args: argparse.Namespace, accounts: Accounts, audit: Audit)
 
 @_command
 def cmd_tokens_create(args: argparse.Namespace, accounts: Accounts, audit: Audit) -> int:
-    if args.expires_days is not None and args.expires_days <= 0:
-        raise ValueError("--expires-days must be 1 or more")
     expires_at = time.time() + args.expires_days * 86400 if args.expires_days else None
     token, secret = accounts.create_token(args.name, args.label, expires_at)
     audit.record(_actor(), "token.create", args.name, detail=f"token {token.id} {token.label}")

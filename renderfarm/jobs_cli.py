@@ -8,12 +8,12 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from shared.cliargs import whole_number
 from shared.client import FarmClient
 from shared.config import Settings
 from shared.vocabulary import AUTO, JobKind, JobStatus, Priority, StatusView
@@ -270,22 +270,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An option's type: a whole number from `low` (to `high`), refused by the option's name."""
-    words = f"between {low} and {high}" if high is not None else f"{low} or more"
-
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number {words}, not {text!r}") from None
-        if n < low or (high is not None and n > high):
-            raise argparse.ArgumentTypeError(f"must be {words}, not {n}")
-        return n
-
-    return parse
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="list jobs, newest first (filters as the queue page's)")
     p.add_argument("--owner", help='an account, or "me"')
@@ -293,7 +277,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a checkpoint (an upscale's upscaler)")
     p.add_argument("--q", metavar="WORDS", help="words in the prompt")
     # --limit: a page of the API's (per_page); --batch-count: the farm refuses over its bound.
-    p.add_argument("--limit", type=_whole_number(1, 200), default=20, help="how many (at most 200)")
+    p.add_argument("--limit", type=whole_number(1, 200), default=20, help="how many (at most 200)")
     p.add_argument("--json", action="store_true", help="the jobs as the API gives them")
     p.add_argument("--api", help=API_HELP)
     p.set_defaults(func=cmd_jobs)
@@ -346,7 +330,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per job")
     p.add_argument(
         "--batch-count",
-        type=_whole_number(1),
+        type=whole_number(1),
         default=1,
         metavar="N",
         help="a batch of N jobs, seeds continuing",

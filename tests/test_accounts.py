@@ -445,6 +445,16 @@ def test_the_cli_manages_accounts_and_tokens_and_audits_every_change(accounts, r
     everything = stored_values(redis).decode(errors="replace") + "\n".join(log)
     assert PASSWORD not in everything and "a new password" not in everything
     assert not any(s in everything for s in [secret, *more])
+    newest = cli(redis, "audit", "--limit", "2").stdout.splitlines()
+    assert [line.split()[3] for line in newest] == ["account.password", "account.enable"]
+    for args, said in (
+        (("audit", "--limit", "0"), "argument --limit: must be 1 or more, not 0"),
+        (("tokens", "create", "ci-bot", "--expires-days", "-3"),
+         "argument --expires-days: must be 1 or more, not -3"),
+    ):  # fmt: skip
+        refused = cli(redis, *args)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    assert len(accounts.tokens.list("ci-bot")) == 0, "no token was made"
 
 
 def test_ensure_local_admin_only_on_a_farm_without_accounts(accounts, redis, tmp_path):
