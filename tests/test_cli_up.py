@@ -213,8 +213,10 @@ def _next_worker(up: subprocess.Popen, seen: set[int], timeout: float = 60) -> p
 
 def test_a_worker_killed_mid_job_is_started_again_and_its_job_finishes(models_dir, tmp_path):
     """The kernel's OOM killer takes the worker in the middle of a job: `up` starts it again,
-    says so, the rest of the farm carries on, and the job runs to the end on its next attempt."""
-    up, env, port, _ = start_up(models_dir, tmp_path)
+    says so, the rest of the farm carries on, and the job runs to the end on its next attempt
+    (once the lost attempt's lease lapses: shortened here from 10 s)."""
+    quick_lease = {"RENDERFARM_HEARTBEAT_S": "0.5", "RENDERFARM_LEASE_S": "3"}
+    up, env, port, _ = start_up(models_dir, tmp_path, quick_lease)
     token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
     try:
         with FarmClient(f"http://127.0.0.1:{port}", token) as client:
