@@ -144,6 +144,8 @@ def test_a_dead_process_is_replaced_and_stopping_the_command_stops_them_all(serv
     proc, url = served
     victim, survivor = servers(proc)
     victim.kill()
+    # Not before it is dead: just after the signal it may still be listed, listening.
+    assert gone([victim.pid]), "a killed server process lived on"
     replaced = servers(proc)
     assert victim.pid not in {p.pid for p in replaced} and survivor in replaced
     for _ in range(6):
