@@ -30,10 +30,14 @@ def check_label(label: str) -> None:
         raise ValueError(f"must be at most {MAX_LABEL} printable characters")
 
 
+MARK_USE_S = 60  # a token's last use is recorded to the minute
+
 # Record a use of a live token and return it; nothing for a revoked or expired one (and a
 # token revoked meanwhile is not recreated by the write).
 # KEYS[1]: the secret's hash key. One round trip for a request's credentials: the token
 # (unless unknown or expired; its last use recorded) and the hash of the account it is of.
+# The use is written only when the one recorded is MARK_USE_S old: a request is otherwise a
+# read, so polling clients add nothing to the append-only file or the replicas' stream.
 _USE = f"""
 local token_id = redis.call('GET', KEYS[1])
 if not token_id then return false end
@@ -41,7 +45,10 @@ local token = '{keys.token("")}' .. token_id
 if redis.call('EXISTS', token) == 0 then return false end
 local expires_at = redis.call('HGET', token, 'expires_at')
 if expires_at and tonumber(expires_at) <= tonumber(ARGV[1]) then return false end
-redis.call('HSET', token, 'last_used', ARGV[1])
+local last = redis.call('HGET', token, 'last_used')
+if not last or tonumber(ARGV[1]) - tonumber(last) >= {MARK_USE_S} then
+  redis.call('HSET', token, 'last_used', ARGV[1])
+end
 local account = redis.call('HGET', token, 'account')
 return {{token_id, redis.call('HGETALL', token),
   redis.call('HGETALL', '{keys.account("")}' .. account)}}
