@@ -21,6 +21,7 @@ from dashboard.accounts_cli import ensure_local_admin
 from dashboard.app import create_app
 from dashboard.audit import Audit
 from dashboard.tokens import MARK_USE_S, MAX_LABEL, MAX_PER_ACCOUNT, TooManyTokens, digest
+from renderfarm import localfarm
 from scheduler.quotas import Quota
 from shared import keys
 from shared.config import Settings
@@ -161,20 +162,33 @@ def test_tokens_are_random_prefixed_shown_once_and_found_by_hash(accounts, redis
     assert other != secret
 
 
-def test_a_tokens_use_is_recorded_to_the_minute_and_a_repeat_writes_nothing(accounts, redis):
+def test_a_tokens_use_is_recorded_to_the_minute_and_a_repeat_writes_nothing(tmp_path):
     """A program polling with its token makes its requests reads: Redis records nothing new
     (no append-only file growth, nothing for the replicas) until the use recorded is a
-    minute old."""
-    accounts.create("alice", "member", PASSWORD)
-    token, secret = accounts.create_token("alice")
-    first = accounts.check_token(secret)[1].last_used
-    writes = redis.info("persistence")["rdb_changes_since_last_save"]
-    for _ in range(5):
-        assert accounts.check_token(secret)[1].last_used == first
-    assert redis.info("persistence")["rdb_changes_since_last_save"] == writes
-    redis.hset(keys.token(token.id), "last_used", first - MARK_USE_S)  # a minute ago
-    later = accounts.check_token(secret)[1].last_used
-    assert later > first - MARK_USE_S and accounts.tokens.list("alice")[0].last_used == later
+    minute old. (A Redis of its own, persistence on as the farm's: the counters are the
+    server's.)"""
+    port = localfarm.free_port()
+    server = localfarm.start_redis(port, tmp_path / "redis")
+    try:
+        redis = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        accounts = Accounts(redis, Settings(), hasher=FAST)
+        accounts.create("alice", "member", PASSWORD)
+        token, secret = accounts.create_token("alice")
+        first = accounts.check_token(secret)[1].last_used
+
+        def written() -> tuple[int, int]:
+            info = redis.info("persistence")
+            return info["rdb_changes_since_last_save"], info["aof_current_size"]
+
+        before = written()
+        for _ in range(5):
+            assert accounts.check_token(secret)[1].last_used == first
+        assert written() == before
+        redis.hset(keys.token(token.id), "last_used", first - MARK_USE_S)  # a minute ago
+        later = accounts.check_token(secret)[1].last_used
+        assert later > first - MARK_USE_S and accounts.tokens.list("alice")[0].last_used == later
+    finally:
+        localfarm.stop(server)
 
 
 def test_an_account_holds_a_bounded_number_of_tokens_with_bounded_labels(accounts, redis):
