@@ -262,6 +262,21 @@ def test_sampler_aliases_as_sd_webui_accepts_them(api):
     assert "Sampler: Euler a," in result.image.info["parameters"]
 
 
+def test_automatic_is_the_samplers_own_scheduler_as_in_sd_webui(api):
+    """SD-WebUI >= 1.9 lists each sampler's default scheduler and uses it for "automatic"
+    (the scheduler every client sends unless told otherwise): DPM++ 2M is Karras there."""
+    options = {s["name"]: s["options"] for s in api.get_samplers()}
+    assert options["DPM++ 2M"] == {"scheduler": "karras"} and options["LMS"] == {}
+    for sampler, scheduler, used in [
+        ("DPM++ 2M", "automatic", "DPM++ 2M Karras"),
+        ("DPM++ 2M", "uniform", "DPM++ 2M"),
+        ("DPM++ 2M", "karras", "DPM++ 2M Karras"),
+        ("LMS", "automatic", "LMS"),
+    ]:
+        result = api.txt2img(prompt="x", seed=5, sampler_name=sampler, scheduler=scheduler, **TINY)
+        assert f"Sampler: {used}," in result.image.info["parameters"], (sampler, scheduler)
+
+
 def test_errors_in_sd_webui_shapes(farm, api):
     base = f"{farm.url}/sdapi/v1"
     auth = ("sd-alice", PASSWORD)

@@ -26,6 +26,16 @@ KARRAS = " Karras"
 # SD-WebUI's scheduler names → the suffix of our combined sampler names.
 SCHEDULERS = {"automatic": "", "uniform": "", "karras": KARRAS}
 SCHEDULER_LABELS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+# What "automatic" means for a sampler: SD-WebUI >= 1.9's default scheduler of it (its
+# `options["scheduler"]`, modules/sd_samplers_kdiffusion.py), for the samplers the farm has;
+# the others' default is uniform. (SD-WebUI's "DPM++ 2M SDE" defaults to an exponential
+# schedule, which the farm has not: uniform there.)
+DEFAULT_SCHEDULER = {
+    "DPM++ 2M": "karras",
+    "DPM++ SDE": "karras",
+    "DPM2": "karras",
+    "DPM2 a": "karras",
+}
 # Our hires fix interpolates latents bilinearly: SD-WebUI's "Latent".
 LATENT_MODES = ("Latent",)
 # Plain resizers SD-WebUI lists beside the upscaler models ("None": no upscaling).
@@ -137,7 +147,7 @@ def samplers() -> list[dict[str, Any]]:
         {
             "name": name,
             "aliases": ALIASES.get(name, []),
-            "options": {"scheduler": "karras"} if name + KARRAS in SAMPLERS else {},
+            "options": {"scheduler": DEFAULT_SCHEDULER[name]} if name in DEFAULT_SCHEDULER else {},
         }
         for name in base_samplers()
     ]
@@ -186,11 +196,16 @@ _BY_LOWER = {
 
 def sampler_for(name: str, scheduler: str) -> tuple[str | None, str | None]:
     """(our sampler name, None) or (None, the field at fault): "DPM++ 2M" + "karras" and the
-    legacy "DPM++ 2M Karras" both → "DPM++ 2M Karras"; SD-WebUI's aliases ("k_euler_a") too."""
+    legacy "DPM++ 2M Karras" both → "DPM++ 2M Karras"; SD-WebUI's aliases ("k_euler_a") too;
+    "automatic", the sampler's default scheduler ("DPM++ 2M" → "DPM++ 2M Karras", as in
+    SD-WebUI >= 1.9)."""
     found = _BY_LOWER.get(name.strip().lower())
     if found is None:
         return None, "sampler_name"
-    suffix = SCHEDULERS.get(scheduler.strip().lower())
+    chosen = scheduler.strip().lower()
+    if chosen == "automatic":
+        chosen = DEFAULT_SCHEDULER.get(found, chosen)
+    suffix = SCHEDULERS.get(chosen)
     if suffix is None:
         return None, "scheduler"
     if suffix and not found.endswith(suffix):
