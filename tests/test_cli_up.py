@@ -17,6 +17,8 @@ from renderfarm import localfarm
 from shared.client import FarmClient
 
 LONG = {"model": "demo-sd15", "width": 256, "height": 256, "steps": 150}
+# A lost attempt's lease lapses in 3 s, not 10: the tests that cut a job off wait less.
+QUICK_LEASE = {"RENDERFARM_HEARTBEAT_S": "0.5", "RENDERFARM_LEASE_S": "3"}
 
 
 def renderfarm(cwd, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -155,7 +157,7 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
     """The first Ctrl-C lets the worker finish its job, a second stops waiting for it.
     Everything ends, without a traceback, and the job interrupted is not failed: the next
     `up` runs it to the end."""
-    up, env, port, _ = start_up(models_dir, tmp_path, start_new_session=True)
+    up, env, port, _ = start_up(models_dir, tmp_path, QUICK_LEASE, start_new_session=True)
     token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
     try:
         with FarmClient(f"http://127.0.0.1:{port}", token) as client:
@@ -177,7 +179,8 @@ def test_ctrl_c_twice_stops_the_farm_at_once_and_loses_no_job(models_dir, tmp_pa
     assert not any(c.is_running() and c.status() != "zombie" for c in children)
     assert not localfarm.redis_alive(env["RENDERFARM_REDIS_URL"])
 
-    again, _, port, _ = start_up(models_dir, tmp_path)  # the same var/: Redis's data, the token
+    # The same var/: Redis's data, the token.
+    again, _, port, _ = start_up(models_dir, tmp_path, QUICK_LEASE)
     try:
         with FarmClient(f"http://127.0.0.1:{port}", token) as client:
             done = client.wait(job["id"], 180)
@@ -214,9 +217,8 @@ def _next_worker(up: subprocess.Popen, seen: set[int], timeout: float = 60) -> p
 def test_a_worker_killed_mid_job_is_started_again_and_its_job_finishes(models_dir, tmp_path):
     """The kernel's OOM killer takes the worker in the middle of a job: `up` starts it again,
     says so, the rest of the farm carries on, and the job runs to the end on its next attempt
-    (once the lost attempt's lease lapses: shortened here from 10 s)."""
-    quick_lease = {"RENDERFARM_HEARTBEAT_S": "0.5", "RENDERFARM_LEASE_S": "3"}
-    up, env, port, _ = start_up(models_dir, tmp_path, quick_lease)
+    (once the lost attempt's lease lapses)."""
+    up, env, port, _ = start_up(models_dir, tmp_path, QUICK_LEASE)
     token = (tmp_path / "var" / "renderfarm.token").read_text().strip()
     try:
         with FarmClient(f"http://127.0.0.1:{port}", token) as client:
