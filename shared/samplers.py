@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 KARRAS = {"use_karras_sigmas": True}
+EXPONENTIAL = {"use_exponential_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
 
 # name -> (diffusers scheduler class, extra config)
@@ -26,6 +27,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", KARRAS),
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", SDE),
     "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {**SDE, **KARRAS}),
+    "DPM++ 2M SDE Exponential": ("DPMSolverMultistepScheduler", {**SDE, **EXPONENTIAL}),
     "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
     "DPM++ SDE Karras": ("DPMSolverSinglestepScheduler", KARRAS),
     "DDIM": ("DDIMScheduler", {}),

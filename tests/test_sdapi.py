@@ -267,11 +267,14 @@ def test_automatic_is_the_samplers_own_scheduler_as_in_sd_webui(api):
     (the scheduler every client sends unless told otherwise): DPM++ 2M is Karras there."""
     options = {s["name"]: s["options"] for s in api.get_samplers()}
     assert options["DPM++ 2M"] == {"scheduler": "karras"} and options["LMS"] == {}
+    assert options["DPM++ 2M SDE"] == {"scheduler": "exponential"}
     for sampler, scheduler, used in [
         ("DPM++ 2M", "automatic", "DPM++ 2M Karras"),
         ("DPM++ 2M", "uniform", "DPM++ 2M"),
         ("DPM++ 2M", "karras", "DPM++ 2M Karras"),
         ("LMS", "automatic", "LMS"),
+        ("DPM++ 2M SDE", "automatic", "DPM++ 2M SDE Exponential"),
+        ("k_dpmpp_2m_sde_exp", "automatic", "DPM++ 2M SDE Exponential"),
     ]:
         result = api.txt2img(prompt="x", seed=5, sampler_name=sampler, scheduler=scheduler, **TINY)
         assert f"Sampler: {used}," in result.image.info["parameters"], (sampler, scheduler)
@@ -284,7 +287,7 @@ def test_errors_in_sd_webui_shapes(farm, api):
     assert wrong.status_code == 401 and "detail" in wrong.json()
     cases = [
         ({"prompt": "x", "sampler_name": "Nope"}, ["body", "sampler_name"]),
-        ({"prompt": "x", "scheduler": "exponential"}, ["body", "scheduler"]),
+        ({"prompt": "x", "scheduler": "polyexponential"}, ["body", "scheduler"]),
         ({"prompt": "x", "restore_faces": True}, ["body", "restore_faces"]),
         ({"prompt": "x", "width": 63}, ["body", "width"]),
         ({"prompt": "x", "steps": "2.5"}, ["body", "steps"]),

@@ -22,17 +22,22 @@ from shared.config import Settings
 from shared.modelstore import ModelInfo
 from shared.samplers import SAMPLERS
 
-KARRAS = " Karras"
+KARRAS, EXPONENTIAL = " Karras", " Exponential"
 # SD-WebUI's scheduler names → the suffix of our combined sampler names.
-SCHEDULERS = {"automatic": "", "uniform": "", "karras": KARRAS}
-SCHEDULER_LABELS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+SCHEDULERS = {"automatic": "", "uniform": "", "karras": KARRAS, "exponential": EXPONENTIAL}
+SCHEDULER_LABELS = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+}
 # What "automatic" means for a sampler: SD-WebUI >= 1.9's default scheduler of it (its
 # `options["scheduler"]`, modules/sd_samplers_kdiffusion.py), for the samplers the farm has;
-# the others' default is uniform. (SD-WebUI's "DPM++ 2M SDE" defaults to an exponential
-# schedule, which the farm has not: uniform there.)
+# the others' default is uniform.
 DEFAULT_SCHEDULER = {
     "DPM++ 2M": "karras",
     "DPM++ SDE": "karras",
+    "DPM++ 2M SDE": "exponential",
     "DPM2": "karras",
     "DPM2 a": "karras",
 }
@@ -138,8 +143,9 @@ def named(value: str, names: tuple[str, ...]) -> str | None:
 
 
 def base_samplers() -> list[str]:
-    """Sampler names without a scheduler (SD-WebUI >= 1.9 lists these; Karras is a scheduler)."""
-    return [name for name in SAMPLERS if not name.endswith(KARRAS)]
+    """Sampler names without a scheduler (SD-WebUI >= 1.9 lists these; Karras and Exponential
+    are schedulers)."""
+    return [name for name in SAMPLERS if not name.endswith((KARRAS, EXPONENTIAL))]
 
 
 def samplers() -> list[dict[str, Any]]:
@@ -182,6 +188,7 @@ ALIASES = {
     "DPM++ 2M Karras": ["k_dpmpp_2m_ka"],
     "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
     "DPM++ 2M SDE Karras": ["k_dpmpp_2m_sde_ka"],
+    "DPM++ 2M SDE Exponential": ["k_dpmpp_2m_sde_exp"],
     "DPM++ SDE": ["k_dpmpp_sde"],
     "DPM++ SDE Karras": ["k_dpmpp_sde_ka"],
     "DDIM": ["ddim"],
