@@ -34,3 +34,14 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "PLMS": ("PNDMScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
+
+# SD-WebUI >= 1.9's default scheduler of a sampler, for the samplers here that have one other
+# than uniform (its `options["scheduler"]`, modules/sd_samplers_kdiffusion.py): what its
+# "Automatic" means, and what an infotext that names no schedule type is read as there.
+DEFAULT_SCHEDULER = {
+    "DPM++ 2M": "karras",
+    "DPM++ SDE": "karras",
+    "DPM++ 2M SDE": "exponential",
+    "DPM2": "karras",
+    "DPM2 a": "karras",
+}

@@ -277,7 +277,10 @@ def test_automatic_is_the_samplers_own_scheduler_as_in_sd_webui(api):
         ("k_dpmpp_2m_sde_exp", "automatic", "DPM++ 2M SDE Exponential"),
     ]:
         result = api.txt2img(prompt="x", seed=5, sampler_name=sampler, scheduler=scheduler, **TINY)
-        assert f"Sampler: {used}," in result.image.info["parameters"], (sampler, scheduler)
+        params = result.image.info["parameters"]
+        assert f"Sampler: {used}," in params, (sampler, scheduler)
+        # Named alone, DPM++ 2M would be read back as Karras: the infotext says it was not.
+        assert ("Schedule type: Uniform" in params) == (used == "DPM++ 2M"), params
 
 
 def test_errors_in_sd_webui_shapes(farm, api):

@@ -21,6 +21,7 @@ from shared.jobspec import (
     UpscaleSpec,
     hires_upscaler_name,
 )
+from shared.samplers import DEFAULT_SCHEDULER
 from shared.storage import Storage, job_folder
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def _diffusion_parameters(spec: DiffusionSpec, seed: int, size: tuple[int, int])
     params = [
         f"Steps: {spec.steps}",
         f"Sampler: {spec.sampler}",
+        # SD-WebUI reads a sampler named alone as its default schedule (Karras, for some).
+        *(["Schedule type: Uniform"] if spec.sampler in DEFAULT_SCHEDULER else []),
         f"CFG scale: {spec.cfg_scale:g}",
         f"Seed: {seed}",
         f"Size: {spec.width}x{spec.height}",

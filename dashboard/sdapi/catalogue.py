@@ -20,7 +20,7 @@ from typing import Any
 from dashboard import farm
 from shared.config import Settings
 from shared.modelstore import ModelInfo
-from shared.samplers import SAMPLERS
+from shared.samplers import DEFAULT_SCHEDULER, SAMPLERS
 
 KARRAS, EXPONENTIAL = " Karras", " Exponential"
 # SD-WebUI's scheduler names → the suffix of our combined sampler names.
@@ -30,16 +30,6 @@ SCHEDULER_LABELS = {
     "uniform": "Uniform",
     "karras": "Karras",
     "exponential": "Exponential",
-}
-# What "automatic" means for a sampler: SD-WebUI >= 1.9's default scheduler of it (its
-# `options["scheduler"]`, modules/sd_samplers_kdiffusion.py), for the samplers the farm has;
-# the others' default is uniform.
-DEFAULT_SCHEDULER = {
-    "DPM++ 2M": "karras",
-    "DPM++ SDE": "karras",
-    "DPM++ 2M SDE": "exponential",
-    "DPM2": "karras",
-    "DPM2 a": "karras",
 }
 # Our hires fix interpolates latents bilinearly: SD-WebUI's "Latent".
 LATENT_MODES = ("Latent",)
