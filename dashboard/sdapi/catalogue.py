@@ -22,15 +22,9 @@ from shared.config import Settings
 from shared.modelstore import ModelInfo
 from shared.samplers import DEFAULT_SCHEDULER, SAMPLERS
 
-KARRAS, EXPONENTIAL = " Karras", " Exponential"
-# SD-WebUI's scheduler names → the suffix of our combined sampler names.
-SCHEDULERS = {"automatic": "", "uniform": "", "karras": KARRAS, "exponential": EXPONENTIAL}
-SCHEDULER_LABELS = {
-    "automatic": "Automatic",
-    "uniform": "Uniform",
-    "karras": "Karras",
-    "exponential": "Exponential",
-}
+# SD-WebUI's scheduler names → the suffix of our combined sampler names (its label: the
+# name capitalised).
+SCHEDULERS = {"automatic": "", "uniform": "", "karras": " Karras", "exponential": " Exponential"}
 # Our hires fix interpolates latents bilinearly: SD-WebUI's "Latent".
 LATENT_MODES = ("Latent",)
 # Plain resizers SD-WebUI lists beside the upscaler models ("None": no upscaling).
@@ -135,7 +129,8 @@ def named(value: str, names: tuple[str, ...]) -> str | None:
 def base_samplers() -> list[str]:
     """Sampler names without a scheduler (SD-WebUI >= 1.9 lists these; Karras and Exponential
     are schedulers)."""
-    return [name for name in SAMPLERS if not name.endswith((KARRAS, EXPONENTIAL))]
+    suffixes = tuple(suffix for suffix in SCHEDULERS.values() if suffix)
+    return [name for name in SAMPLERS if not name.endswith(suffixes)]
 
 
 def samplers() -> list[dict[str, Any]]:
@@ -153,7 +148,7 @@ def schedulers() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "label": SCHEDULER_LABELS[name],
+            "label": name.capitalize(),
             "aliases": None,
             "default_rho": 7.0 if name == "karras" else -1,
             "need_inner_model": False,
