@@ -98,13 +98,10 @@ def test_batch_seeds_follow_sd_webui():
 def test_every_sampler_is_a_diffusers_scheduler_with_its_settings_taken():
     """Built as the worker builds it (`from_config` with the sampler's settings, which
     diffusers would drop with only a warning if it did not know one), and it steps."""
-    from diffusers import EulerDiscreteScheduler
-
+    from worker.demo_models import demo_scheduler
     from worker.pipelines import make_scheduler
 
-    # An SD1.5 checkpoint's scheduler config, as the demo models have it.
-    sd15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    base = EulerDiscreteScheduler(**sd15).config
+    base = demo_scheduler().config
     for name, (_, extra) in SAMPLERS.items():
         scheduler = make_scheduler(name, base)
         assert {k: scheduler.config[k] for k in extra} == extra, name

@@ -99,7 +99,8 @@ def _vae(scaling_factor: float = 0.18215, seed: int = 0):
     )
 
 
-def _scheduler():
+def demo_scheduler():
+    """The SDXL demo checkpoint's scheduler: SD's betas, Euler."""
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler(
@@ -195,7 +196,7 @@ def build_sdxl(out: Path, seed: int = 1) -> None:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=demo_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(out, safe_serialization=True)
